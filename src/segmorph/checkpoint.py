@@ -1,0 +1,53 @@
+"""Checkpoints: weights plus a JSON config, saved atomically and loaded without unpickling objects."""
+
+from __future__ import annotations
+
+import io as _io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_bytes
+
+
+def save_checkpoint(path: str | Path, model_state: dict, config: dict[str, Any], **extra_states: Any) -> Path:
+    """Write ``{"model": state_dict, "config_json": str, **extra_states}`` atomically.
+
+    Args:
+        path: Destination ``.pt`` file.
+        model_state: The network's ``state_dict()`` (tensors only).
+        config: JSON-serialisable facts needed to rebuild the network and resume (stored as a string,
+            so loading needs no pickled Python objects).
+        extra_states: Optimizer state dicts, counters: tensors, numbers, strings, lists and dicts only.
+    """
+    payload = {"model": model_state, "config_json": json.dumps(config), **extra_states}
+    buffer = _io.BytesIO()
+    torch.save(payload, buffer)
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[dict, dict, dict]:
+    """Load a checkpoint safely (``weights_only=True``).
+
+    Returns:
+        ``(model_state, config, extras)``.
+
+    Raises:
+        SegmorphError: Missing file, or a file that is not a plain-weights segmorph checkpoint
+            (for example a pickle holding arbitrary objects).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SegmorphError("checkpoint not found", path)
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
+        raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({reason})", path) from None
+    if not isinstance(payload, dict) or "model" not in payload or "config_json" not in payload:
+        raise SegmorphError("not a segmorph checkpoint (no model weights and config)", path)
+    extras = {k: v for k, v in payload.items() if k not in ("model", "config_json")}
+    return payload["model"], json.loads(payload["config_json"]), extras

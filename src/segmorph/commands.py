@@ -1,0 +1,155 @@
+"""What each command-line verb does: parse-free functions of the argparse namespace."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from segmorph.errors import SegmorphError
+from segmorph.progress import console
+
+DATA_HINT = (
+    "the MSD Task04 hippocampus data were not found; download Task04_Hippocampus.tar from "
+    "http://medicaldecathlon.com/ (CC BY-SA 4.0), unpack it and pass its folder with --data"
+)
+
+
+def _overrides(args: argparse.Namespace) -> tuple:
+    from segmorph.plan import load_overrides_file, parse_overrides
+
+    values = load_overrides_file(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    return tuple(values.items())
+
+
+def _request(args: argparse.Namespace, out: Path, **extra):
+    from segmorph.pipeline import TrainRequest
+
+    return TrainRequest(
+        dataset=args.dataset, out=out, time_budget_s=args.time_budget, max_steps=args.max_steps, device=args.device,
+        overrides=_overrides(args), images_dir=args.images, labels_dir=args.labels, seed=args.seed, **extra,
+    )  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from segmorph.pipeline import train_segmentation
+
+    request = _request(
+        args, args.out, fold=args.fold, val_cases=tuple(args.val_cases), resume=args.resume, cache_dir=args.cache,
+        validate_with_predictor=not args.no_validate, show_progress=not args.quiet,
+    )  # fmt: skip
+    summary = train_segmentation(request)
+    fit = summary["fit"]
+    console.print(
+        f"trained {fit['steps']} steps in {fit['elapsed_s'] / 60:.1f} min ({fit['stopped_because']}); "
+        f"best validation Dice {fit['best_val_dice']:.4f} at epoch {fit['best_epoch']}; run folder {args.out}",
+        highlight=False,
+    )
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from segmorph.pipeline import plan_dataset
+
+    _, plan = plan_dataset(_request(args, args.out))
+    plan.save(args.out)
+    print(json.dumps(plan.to_dict(), indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from segmorph.predict import PredictOptions, predict_files
+
+    options = PredictOptions(
+        mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
+        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint,
+    )  # fmt: skip
+    written = predict_files(
+        args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,
+        overlays=args.overlays, save_probabilities=args.probabilities, suffix=args.suffix, show_progress=not args.quiet,
+    )  # fmt: skip
+    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from segmorph.evaluate import evaluate_folders
+
+    evaluate_folders(args.predictions, args.references, args.out)
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}", highlight=False)
+    return 0
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from segmorph.io import read_image
+
+    for path in args.files:
+        image = read_image(path, check_finite=False)
+        values = image.numpy()
+        finite = values[np.isfinite(values)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"),) * 2
+        fmt = lambda a: "(" + ", ".join(f"{v:.6g}" for v in np.ravel(a)) + ")"  # noqa: E731
+        print(f"{path}")
+        print(f"  shape      {image.spatial_shape} x {image.num_channels} channel(s)  (axes I, J[, K])")
+        print(f"  spacing    {fmt(image.affine.spacing)} mm")
+        print(f"  origin     {fmt(image.affine.origin)} mm (LPS)")
+        print(f"  direction  {fmt(image.affine.direction)}")
+        print(f"  dtype      {values.dtype}  range [{low:.6g}, {high:.6g}]  non-finite voxels {values.size - finite.size}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from segmorph.export import export_model
+    from segmorph.predict import PredictOptions, Predictor
+
+    predictor = Predictor(args.run, "cpu", PredictOptions(checkpoint=args.checkpoint))
+    plan = predictor.plan
+    shape = (1, len(plan.channel_names), *plan.train.patch_size)
+    export_model(predictor.model, shape, args.format, args.out)
+    console.print(f"wrote {args.out} ({args.format}, input shape {list(shape)})", highlight=False)
+    return 0
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    from segmorph.baselines import segment_folder
+    from segmorph.io import list_images
+
+    params: dict = {}
+    if args.method == "otsu":
+        params["classes"] = args.classes
+    else:
+        if not args.seeds:
+            raise SegmorphError("region_grow needs at least one --seed-point")
+        params["seeds"] = [tuple(int(v) for v in s.split(",")) for s in args.seeds]
+        if args.tolerance is not None:
+            params["tolerance"] = args.tolerance
+    if args.fill_holes:
+        params["fill_holes"] = True
+    if args.largest_component:
+        params["largest_component"] = True
+    written = segment_folder(list_images(args.scans), args.out, args.method, **params)
+    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    return 0
+
+
+def find_demo_data(given: Path | None) -> Path:
+    """The hippocampus dataset folder: ``given``, or ../shared/datasets/msd_hippocampus near here."""
+    candidates = [given] if given else [
+        Path.cwd() / ".." / "shared" / "datasets" / "msd_hippocampus",
+        Path(__file__).resolve().parents[3] / "shared" / "datasets" / "msd_hippocampus",
+        Path.cwd() / "shared" / "datasets" / "msd_hippocampus",
+    ]  # fmt: skip
+    for candidate in candidates:
+        if candidate and (candidate / "dataset.json").is_file():
+            return candidate.resolve()
+    raise SegmorphError(DATA_HINT, given)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from segmorph.demo import run_demo as demo
+
+    demo(find_demo_data(args.data), args.out, args.time_budget, args.device)
+    return 0

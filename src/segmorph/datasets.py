@@ -1,0 +1,394 @@
+"""Dataset layouts -> lists of case files -> Samples, and train/validation splits.
+
+Two layouts are understood:
+
+* **MSD / nnU-Net**: ``dataset.json`` beside ``imagesTr/`` and ``labelsTr/``. ``modality`` (MSD) or
+  ``channel_names`` (nnU-Net v2) name the input channels; ``labels`` maps values to names in either
+  direction (``{"0": "background"}`` or ``{"background": 0}``). Cases come from the ``training`` list or,
+  without one, from pairing ``imagesTr``/``labelsTr`` by case id. Channels stored as separate files carry
+  nnU-Net's ``_0000``, ``_0001``... suffix and are stacked as input channels.
+* **Paired folders**: images and labels in two folders (given, or found among ``imagesTr/labelsTr``,
+  ``images/labels``, ``images/masks``, ``image/label``), paired by case id. Label values are then not
+  declared: ``spec.labels`` is empty until :func:`infer_labels` reads the label files.
+
+Modalities are one of :data:`MODALITIES`, derived from the channel names; they tell the planner how to
+normalise (CT: dataset-wide clipping; rgb: pictures; anything else: per-image z-score).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segmorph.errors import SegmorphError
+from segmorph.image import Image, Sample
+from segmorph.io import PICTURE_SUFFIXES, image_suffix, read_image, strip_suffix
+
+MODALITIES = ("CT", "MRI", "rgb", "other")
+FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("images", "masks"), ("image", "label"))
+_MR_NAMES = {"MRI", "MR", "T1", "T1W", "T1GD", "T1C", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "T2STAR"}
+_CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
+GEOMETRY_ATOL = 1e-4  # mm; tolerance when comparing channel and label geometry
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case.
+
+    Attributes:
+        case_id: Identifier (file name without suffix and channel suffix).
+        images: One file per input channel, in channel order.
+        label: The label map file, or None for an unlabelled case.
+    """
+
+    case_id: str
+    images: tuple[Path, ...]
+    label: Path | None = None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Where a dataset's cases are and what their channels and labels mean.
+
+    Attributes:
+        root: The dataset folder.
+        cases: The cases, sorted by case id.
+        labels: Label value -> name, including 0 (background); empty when not declared.
+        channel_names: One name per input channel (after stacking).
+        modalities: One of :data:`MODALITIES` per input channel.
+    """
+
+    root: Path
+    cases: tuple[CaseFiles, ...]
+    labels: dict[int, str]
+    channel_names: tuple[str, ...]
+    modalities: tuple[str, ...]
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [case.case_id for case in self.cases]
+
+    def case(self, case_id: str) -> CaseFiles:
+        """The case called ``case_id`` (SegmorphError when unknown)."""
+        for case in self.cases:
+            if case.case_id == case_id:
+                return case
+        raise SegmorphError(f"no case called {case_id!r} in this dataset", self.root)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (paths as strings, label values as string keys)."""
+        return {
+            "root": str(self.root),
+            "cases": [
+                {"case_id": c.case_id, "images": [str(p) for p in c.images], "label": c.label and str(c.label)}
+                for c in self.cases
+            ],
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "channel_names": list(self.channel_names),
+            "modalities": list(self.modalities),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> DatasetSpec:
+        """Inverse of :meth:`to_dict`."""
+        cases = tuple(
+            CaseFiles(c["case_id"], tuple(Path(p) for p in c["images"]), c["label"] and Path(c["label"]))
+            for c in values["cases"]
+        )
+        labels = {int(k): str(v) for k, v in values["labels"].items()}
+        return cls(Path(values["root"]), cases, labels, tuple(values["channel_names"]), tuple(values["modalities"]))
+
+
+def modality_of(channel_name: str) -> str:
+    """Map a channel name (``"CT"``, ``"T2"``, ``"FLAIR"``, ``"rgb"``...) to one of :data:`MODALITIES`."""
+    name = channel_name.strip().upper().replace("-", "").replace("_", "")
+    if name == "CT":
+        return "CT"
+    if name in ("RGB", "RED", "GREEN", "BLUE"):
+        return "rgb"
+    return "MRI" if name in _MR_NAMES else "other"
+
+
+def load_dataset(root: str | Path, images_dir: str | Path | None = None, labels_dir: str | Path | None = None) -> DatasetSpec:
+    """Find the cases of a dataset folder.
+
+    Args:
+        root: The dataset folder.
+        images_dir: Folder of images (relative to ``root`` or absolute); when given, ``dataset.json`` is ignored.
+        labels_dir: Folder of label maps; with ``images_dir`` but without ``labels_dir`` the cases are unlabelled.
+
+    Returns:
+        The dataset's :class:`DatasetSpec`, cases sorted by case id.
+
+    Raises:
+        SegmorphError: Missing or empty folders, a bad ``dataset.json``, unpaired or missing files.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise SegmorphError("no such dataset folder", root)
+    if images_dir is None and (root / "dataset.json").exists():
+        return _load_msd(root)
+    if images_dir is None:
+        found = [(root / i, root / lab) for i, lab in FOLDER_PAIRS if (root / i).is_dir() and (root / lab).is_dir()]
+        if not found:
+            names = ", ".join(f"{i}/{lab}" for i, lab in FOLDER_PAIRS)
+            raise SegmorphError(f"no dataset.json and no image/label folders ({names}); give the folders", root)
+        image_folder, label_folder = found[0]
+    else:
+        image_folder = root / images_dir
+        label_folder = None if labels_dir is None else root / labels_dir
+    cases = _pair_folders(image_folder, label_folder)
+    channels = _channels_of_first_case(cases[0])
+    return DatasetSpec(root, cases, {}, channels, tuple(modality_of(n) for n in channels))
+
+
+def infer_labels(spec: DatasetSpec) -> DatasetSpec:
+    """Read every label file and declare the values found (0 is ``background``, others ``label_<v>``)."""
+    values: set[int] = {0}
+    for case in spec.cases:
+        if case.label is not None:
+            values.update(int(v) for v in torch.unique(read_image(case.label, is_label=True).data))
+    labels = {v: "background" if v == 0 else f"label_{v}" for v in sorted(values)}
+    return replace(spec, labels=labels)
+
+
+def _load_msd(root: Path) -> DatasetSpec:
+    path = root / "dataset.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise SegmorphError(f"invalid JSON (line {err.lineno}, column {err.colno}: {err.msg})", path) from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise SegmorphError(f"cannot read ({err})", path) from None
+    if not isinstance(meta, dict):
+        raise SegmorphError("expected a JSON object at the top level", path)
+    names = meta.get("channel_names", meta.get("modality"))
+    if not isinstance(names, dict) or not names:
+        raise SegmorphError("missing key 'modality' or 'channel_names' (a non-empty object)", path)
+    if not isinstance(meta.get("labels"), dict):
+        raise SegmorphError("missing key 'labels' (an object of label values and names)", path)
+    channels = tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0))
+    labels = _parse_labels(meta["labels"], path)
+    suffix = meta.get("file_ending")
+    if "training" in meta:
+        cases = _cases_from_list(root, meta["training"], len(channels), path)
+    else:
+        cases = _pair_folders(root / "imagesTr", root / "labelsTr", suffix)
+    for case in cases:
+        if len(case.images) != len(channels):
+            raise SegmorphError(f"case {case.case_id} has {len(case.images)} channel files, "
+                                f"dataset.json names {len(channels)} channels", case.images[0])
+    return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels))
+
+
+def _parse_labels(raw: dict, path: Path) -> dict[int, str]:
+    """Accept MSD ``{"0": "background"}`` and nnU-Net v2 ``{"background": 0}``."""
+    labels: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, str) and str(key).isdigit():
+            labels[int(key)] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            labels[value] = str(key)
+        else:
+            raise SegmorphError(f"labels: cannot read entry {key!r}: {value!r} (region labels are not supported)", path)
+    labels.setdefault(0, "background")
+    return dict(sorted(labels.items()))
+
+
+def _cases_from_list(root: Path, entries: Any, num_channels: int, path: Path) -> tuple[CaseFiles, ...]:
+    if not isinstance(entries, list) or not entries:
+        raise SegmorphError("'training' must be a non-empty list of {image, label} entries", path)
+    cases = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+            raise SegmorphError(f"training[{index}]: expected an object with an 'image' path", path)
+        images = _channel_files(root / entry["image"], num_channels)
+        label = entry.get("label")
+        label_path = None if label is None else root / label
+        if label_path is not None and not label_path.is_file():
+            raise SegmorphError(f"label file of case {_case_id(images[0])} is missing", label_path)
+        cases.append(CaseFiles(_case_id(images[0]), images, label_path))
+    return _sorted_unique(cases, path)
+
+
+def _channel_files(image: Path, num_channels: int) -> tuple[Path, ...]:
+    """The image file itself, or its ``_0000``, ``_0001``... siblings (nnU-Net)."""
+    if image.is_file():
+        return (image,)
+    stem, suffix = strip_suffix(image), image_suffix(image)
+    files = tuple(image.parent / f"{stem}_{c:04d}{suffix}" for c in range(num_channels))
+    if not files[0].is_file():
+        raise SegmorphError(f"image file missing (nor {files[0].name} found)", image)
+    for channel, file in enumerate(files):
+        if not file.is_file():
+            raise SegmorphError(f"channel {channel} file of case {stem} is missing", file)
+    return files
+
+
+def _case_id(path: Path) -> str:
+    name = strip_suffix(path)
+    match = _CHANNEL_SUFFIX.match(name)
+    return match.group(1) if match else name
+
+
+def _sorted_unique(cases: Iterable[CaseFiles], where: Path) -> tuple[CaseFiles, ...]:
+    ordered = sorted(cases, key=lambda c: c.case_id)
+    for first, second in itertools.pairwise(ordered):
+        if first.case_id == second.case_id:
+            raise SegmorphError(f"case id {first.case_id} appears twice", where)
+    return tuple(ordered)
+
+
+def _image_files(folder: Path, suffix: str | None) -> list[Path]:
+    if not folder.is_dir():
+        raise SegmorphError("no such folder", folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+    if suffix:
+        files = [p for p in files if p.name.endswith(suffix)]
+    if not files:
+        raise SegmorphError("folder holds no image files", folder)
+    return files
+
+
+def _group_channels(files: list[Path]) -> dict[str, list[Path]]:
+    """Group files into cases; ``_0000``-style suffixes count as channels only if every case has a ``_0000``."""
+    groups: dict[str, dict[int, Path]] = {}
+    matches = [_CHANNEL_SUFFIX.match(strip_suffix(p)) for p in files]
+    if all(matches):
+        for file, match in zip(files, matches):
+            groups.setdefault(match.group(1), {})[int(match.group(2))] = file
+        if all(0 in channels for channels in groups.values()):
+            return {case_id: _complete_channels(case_id, channels, groups) for case_id, channels in groups.items()}
+    return {strip_suffix(p): [p] for p in files}
+
+
+def _complete_channels(case_id: str, channels: dict[int, Path], groups: dict[str, dict[int, Path]]) -> list[Path]:
+    count = max(max(c) + 1 for c in groups.values())
+    first = channels[0]
+    for channel in range(count):
+        if channel not in channels:
+            missing = first.parent / f"{case_id}_{channel:04d}{image_suffix(first)}"
+            raise SegmorphError(f"channel {channel} file of case {case_id} is missing", missing)
+    return [channels[c] for c in range(count)]
+
+
+def _pair_folders(images: Path, labels: Path | None, suffix: str | None = None) -> tuple[CaseFiles, ...]:
+    grouped = _group_channels(_image_files(images, suffix))
+    if labels is None:
+        return _sorted_unique((CaseFiles(k, tuple(v)) for k, v in grouped.items()), images)
+    label_files = {strip_suffix(p): p for p in _image_files(labels, suffix)}
+    unlabelled = sorted(set(grouped) - set(label_files))
+    if unlabelled:
+        names = ", ".join(grouped[k][0].name for k in unlabelled[:5])
+        raise SegmorphError(f"{len(unlabelled)} image(s) have no label file in {labels}: {names}", images)
+    orphans = sorted(set(label_files) - set(grouped))
+    if orphans:
+        names = ", ".join(label_files[k].name for k in orphans[:5])
+        raise SegmorphError(f"{len(orphans)} label file(s) have no image in {images}: {names}", labels)
+    return _sorted_unique((CaseFiles(k, tuple(v), label_files[k]) for k, v in grouped.items()), images)
+
+
+def _channels_of_first_case(case: CaseFiles) -> tuple[str, ...]:
+    """Channel names of a folder dataset: RGB pictures give three, otherwise one per file."""
+    if len(case.images) == 1 and image_suffix(case.images[0]) in PICTURE_SUFFIXES:
+        if read_image(case.images[0]).num_channels == 3:
+            return ("red", "green", "blue")
+        return ("gray",)
+    return tuple(f"channel_{c}" for c in range(len(case.images)))
+
+
+def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
+    """Read one case: channels stacked, label checked against the image and the declared labels.
+
+    Returns:
+        A :class:`Sample` whose image is ``(C, I, J[, K])`` float32 and label ``(1, I, J[, K])`` int64
+        (None when the case has no label file). ``meta`` holds the source paths.
+
+    Raises:
+        SegmorphError: Naming the file whose shape or geometry disagrees, or that holds undeclared labels.
+    """
+    channels = [read_image(path) for path in case.images]
+    first = channels[0]
+    for path, channel in zip(case.images[1:], channels[1:]):
+        problem = _grid_difference(first, channel)
+        if problem:
+            raise SegmorphError(f"channel differs from {case.images[0].name}: {problem}", path)
+    image = Image(torch.cat([c.data for c in channels], dim=0), first.affine)
+    if spec.channel_names and image.num_channels != len(spec.channel_names):
+        raise SegmorphError(f"case has {image.num_channels} channels, the dataset declares "
+                            f"{len(spec.channel_names)}", case.images[0])
+    meta: dict[str, Any] = {"image_paths": [str(p) for p in case.images], "label_path": None}
+    if case.label is None:
+        return Sample(case.case_id, image, None, meta)
+    label = read_image(case.label, is_label=True)
+    problem = _grid_difference(image, label)
+    if problem:
+        raise SegmorphError(f"label differs from image {case.images[0].name}: {problem}", case.label)
+    if spec.labels:
+        undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels))
+        if undeclared:
+            raise SegmorphError(f"label values {undeclared} are not declared (declared: {sorted(spec.labels)})",
+                                case.label)
+    meta["label_path"] = str(case.label)
+    return Sample(case.case_id, image, label, meta)
+
+
+def _grid_difference(reference: Image, other: Image) -> str:
+    """'' when both share spatial shape and geometry (within GEOMETRY_ATOL), else what differs."""
+    if other.spatial_shape != reference.spatial_shape:
+        return f"shape {other.spatial_shape} vs {reference.spatial_shape}"
+    ref, oth = reference.affine, other.affine
+    for name in ("spacing", "origin", "direction"):
+        a, b = getattr(oth, name), getattr(ref, name)
+        if not np.allclose(a, b, atol=GEOMETRY_ATOL, rtol=0):
+            return f"{name} {_fmt(a)} vs {_fmt(b)}"
+    return ""
+
+
+def _fmt(values: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:.5g}" for x in np.ravel(values)) + ")"
+
+
+def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:
+    """K-fold split after a seeded shuffle; the same ids, fold and seed always give the same split.
+
+    Args:
+        case_ids: All case ids (order does not matter; they are sorted first).
+        fold: Which fold to hold out for validation, ``0 <= fold < num_folds``; -1 trains on every case.
+        num_folds: Number of folds.
+        seed: Seed of the shuffle.
+
+    Returns:
+        ``(train_ids, val_ids)``, each sorted.
+    """
+    ids = sorted(case_ids)
+    if len(set(ids)) != len(ids):
+        raise SegmorphError("case ids must be unique")
+    if fold == -1:
+        return ids, []
+    if num_folds < 2 or num_folds > len(ids):
+        raise SegmorphError(f"num_folds must be between 2 and the number of cases ({len(ids)}), got {num_folds}")
+    if not 0 <= fold < num_folds:
+        raise SegmorphError(f"fold must be -1 or in 0..{num_folds - 1}, got {fold}")
+    order = np.random.default_rng(seed).permutation(len(ids))
+    val_index = set(np.array_split(order, num_folds)[fold].tolist())
+    train = [c for i, c in enumerate(ids) if i not in val_index]
+    return train, [c for i, c in enumerate(ids) if i in val_index]
+
+
+def split_from_list(case_ids: Sequence[str], val_ids: Iterable[str]) -> tuple[list[str], list[str]]:
+    """Split with an explicit validation list; every validation id must be a known case."""
+    ids = sorted(set(case_ids))
+    val = set(val_ids)
+    unknown = sorted(val - set(ids))
+    if unknown:
+        raise SegmorphError(f"validation ids not in the dataset: {', '.join(unknown[:10])}")
+    return [c for c in ids if c not in val], sorted(val)

@@ -1,0 +1,191 @@
+"""The whole segmentation job: dataset -> fingerprint -> plan -> preprocess -> fit -> validate."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from segmorph import distributed as dist
+from segmorph.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
+from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_text
+from segmorph.nn import build_network, count_parameters
+from segmorph.plan import Plan, apply_overrides, make_plan
+from segmorph.preprocess import fingerprint, load_preprocessed, preprocess_dataset
+from segmorph.progress import console
+from segmorph.train import FitResult, fit
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``segmorph train`` was asked to do.
+
+    Attributes:
+        dataset: Dataset folder (MSD layout or paired folders).
+        out: Run folder.
+        time_budget_s: Training time limit in seconds (0: only ``max_steps``).
+        max_steps: Step limit (0: only the time budget).
+        device: ``cpu``, ``cuda`` or ``mps``.
+        fold: Validation fold of 5 (-1: train on all cases, no validation).
+        val_cases: Explicit validation case ids (instead of ``fold``).
+        overrides: Dotted plan keys to replace (``{"train.batch_size": 4}``).
+        images_dir, labels_dir: Explicit folders for paired-folder datasets.
+        resume: Continue the run in ``out`` from its last checkpoint.
+        cache_dir: Where preprocessed cases are cached (default ``out/preprocessed``).
+        seed: Seed for the split and training.
+        validate_with_predictor: After training, segment the validation cases with the full
+            predictor (original grid, mirroring) and score them with :mod:`segmorph.metrics`.
+    """
+
+    dataset: Path
+    out: Path
+    time_budget_s: float = 1200.0
+    max_steps: int = 0
+    device: str = "cpu"
+    fold: int = 0
+    val_cases: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+    images_dir: Path | None = None
+    labels_dir: Path | None = None
+    resume: bool = False
+    cache_dir: Path | None = None
+    seed: int = 0
+    validate_with_predictor: bool = True
+    show_progress: bool = True
+
+
+def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
+    """Load the dataset, fingerprint it and make the plan (with overrides applied)."""
+    spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
+    if not spec.labels:
+        spec = infer_labels(spec)
+    facts = fingerprint(spec, progress=request.show_progress)
+    plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps)
+    overrides = dict(request.overrides)
+    overrides.setdefault("train.seed", request.seed)
+    return spec, apply_overrides(plan, overrides)
+
+
+def train_segmentation(request: TrainRequest) -> dict[str, Any]:
+    """Plan, preprocess, train and validate; everything lands in ``request.out``.
+
+    Returns:
+        A summary: plan, split sizes, fit result and (when validated) the metric summary.
+    """
+    out = Path(request.out)
+    if request.resume:
+        spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
+        spec = spec if spec.labels else infer_labels(spec)
+        plan = Plan.load(out / "plan.json")
+    else:
+        spec, plan = plan_dataset(request)
+    train_ids, val_ids = _split(spec, request)
+    if dist.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        plan.save(out / "plan.json")
+        _write_provenance(out, spec, train_ids, val_ids)
+    cases = _load_cases(spec, plan, request, train_ids + val_ids)
+    torch.manual_seed(plan.train.seed)
+    model = build_network(plan.network)
+    if dist.is_main_process():
+        console.print(_summary_line(plan, model, len(train_ids), len(val_ids)), highlight=False)
+    result = fit(
+        model, [cases[c] for c in train_ids], [cases[c] for c in val_ids], plan.train, out, plan.network,
+        plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
+    )  # fmt: skip
+    summary = {"fit": _fit_summary(result), "train_cases": len(train_ids), "val_cases": len(val_ids)}
+    if request.validate_with_predictor and val_ids and dist.is_main_process():
+        summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress)
+    if dist.is_main_process():
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
+    if request.val_cases:
+        return split_from_list(spec.case_ids, request.val_cases)
+    return split_cases(spec.case_ids, request.fold, 5, request.seed)
+
+
+def _load_cases(spec: DatasetSpec, plan: Plan, request: TrainRequest, case_ids: Sequence[str]) -> dict:
+    cache = Path(request.cache_dir) if request.cache_dir else Path(request.out) / "preprocessed"
+    paths = preprocess_dataset(spec, plan.preprocess, cache, case_ids=list(case_ids), progress=request.show_progress)
+    cases = {}
+    for path in paths:
+        sample, _ = load_preprocessed(path)
+        cases[sample.case_id] = (sample.image.data.float(), sample.label.data.long())
+    return cases
+
+
+def _summary_line(plan: Plan, model: torch.nn.Module, n_train: int, n_val: int) -> str:
+    net = plan.network
+    return (
+        f"segmorph: {net['name']} {plan.ndim}D features {net['features']} ({count_parameters(model):,} parameters), "
+        f"patch {list(plan.train.patch_size)} x batch {plan.train.batch_size}, {n_train} train / {n_val} val cases, "
+        f"budget {plan.train.time_budget_s / 60:.1f} min"
+    )
+
+
+def _fit_summary(result: FitResult) -> dict[str, Any]:
+    return {
+        "best_val_dice": result.best_val_dice, "best_epoch": result.best_epoch, "steps": result.steps,
+        "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
+    }  # fmt: skip
+
+
+def _write_provenance(out: Path, spec: DatasetSpec, train_ids: list[str], val_ids: list[str]) -> None:
+    facts = {
+        "command": sys.argv,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "segmorph": _version(),
+        "dataset": str(spec.root),
+        "train_cases": train_ids,
+        "val_cases": val_ids,
+    }
+    atomic_write_text(out / "run.json", json.dumps(facts, indent=2) + "\n")
+
+
+def _version() -> str:
+    from segmorph import __version__
+
+    return __version__
+
+
+def validate_run(
+    run_dir: Path, spec: DatasetSpec, val_ids: Sequence[str], device: str = "cpu", show_progress: bool = True,
+    mirror: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Segment the validation cases with the saved model and score them on their original grids.
+
+    Writes ``validation/<case>.nii.gz`` and ``validation/metrics.csv`` (+ ``.json``) in ``run_dir``.
+    """
+    from segmorph.datasets import load_sample
+    from segmorph.evaluate import evaluate_folders
+    from segmorph.io import write_image
+    from segmorph.predict import PredictOptions, Predictor
+    from segmorph.progress import track
+
+    predictor = Predictor(run_dir, device, PredictOptions(mirror=mirror))
+    pred_dir, ref_dir = run_dir / "validation", run_dir / "validation" / "reference"
+    started = time.perf_counter()
+    for case_id in track(val_ids, "validate", total=len(val_ids), enabled=show_progress):
+        sample = load_sample(spec.case(case_id), spec)
+        if sample.label is None:
+            raise SegmorphError(f"validation case {case_id} has no label")
+        mask, _ = predictor.segment(sample.image)
+        write_image(mask, pred_dir / f"{case_id}.nii.gz")
+        write_image(sample.label, ref_dir / f"{case_id}.nii.gz")
+    seconds = (time.perf_counter() - started) / max(len(val_ids), 1)
+    labels = {k: v for k, v in spec.labels.items() if k > 0}
+    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress)
+    summary = {k: v for k, v in summary.items() if k != "rows"}
+    return {"seconds_per_case": round(seconds, 3), "metrics": summary}

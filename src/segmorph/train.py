@@ -1,0 +1,352 @@
+"""fit(): the training loop with validation, early stopping, a time budget, checkpoints and resume.
+
+Behaviour is changed with a :class:`TrainConfig` and callbacks, never by subclassing. Data are
+in-memory preprocessed cases: image ``(C, *S)`` float32 and label ``(1, *S)`` int64 tensors.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from segmorph import distributed as dist
+from segmorph.checkpoint import load_checkpoint, save_checkpoint
+from segmorph.errors import SegmorphError
+from segmorph.inference import sliding_window_logits
+from segmorph.io import atomic_write_text
+from segmorph.losses import SegmentationLoss
+from segmorph.progress import TrainingProgress
+from segmorph.schedule import learning_rate
+from segmorph.transforms import AugmentConfig, Augmenter, PatchSampler
+
+Case = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; every field can be overridden from a config file or the command line.
+
+    Attributes:
+        patch_size: Training patch in voxels, one value per spatial axis.
+        batch_size: Patches per step (per process under torchrun).
+        optimizer: ``"adamw"`` or ``"sgd"`` (Nesterov momentum).
+        learning_rate: Peak learning rate.
+        weight_decay: Decoupled (AdamW) or L2 (SGD) weight decay.
+        momentum: SGD momentum.
+        schedule: ``"poly"`` or ``"cosine"``, over the progress fraction (see :mod:`segmorph.schedule`).
+        warmup: Fraction of training used to warm the learning rate up.
+        max_steps: Stop after this many steps (0: only the time budget limits).
+        time_budget_s: Stop, and end the schedule, within this many seconds (0: none).
+        steps_per_epoch: Steps between validations and checkpoints.
+        patience_epochs: Early stopping: epochs without a better smoothed validation Dice (0: off).
+        foreground_fraction: Share of patches centred on a foreground voxel.
+        loss_alpha: Weight of cross-entropy in ``alpha * CE + (1 - alpha) * Dice``.
+        augment: Augmentation switch; its details live in :class:`AugmentConfig`.
+        amp: bfloat16 autocast (CPU and CUDA).
+        seed: Seed of every random draw.
+        val_overlap: Sliding-window overlap during validation.
+    """
+
+    patch_size: tuple[int, ...]
+    batch_size: int = 2
+    optimizer: str = "adamw"
+    learning_rate: float = 3e-3
+    weight_decay: float = 3e-5
+    momentum: float = 0.99
+    schedule: str = "poly"
+    warmup: float = 0.02
+    max_steps: int = 0
+    time_budget_s: float = 0.0
+    steps_per_epoch: int = 100
+    patience_epochs: int = 0
+    foreground_fraction: float = 0.33
+    loss_alpha: float = 0.5
+    augment: bool = True
+    amp: bool = True
+    seed: int = 0
+    val_overlap: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.max_steps <= 0 and self.time_budget_s <= 0:
+            raise ValueError("max_steps/time_budget_s: give at least one limit")
+        if self.optimizer not in ("adamw", "sgd"):
+            raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {self.optimizer!r}")
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"train config: unknown keys {sorted(unknown)}")
+        return cls(**values)
+
+
+@dataclass
+class EpochRecord:
+    """One line of the training log."""
+
+    epoch: int
+    step: int
+    elapsed_s: float
+    lr: float
+    train_loss: float
+    val_dice: float
+    val_dice_per_class: list[float] = field(default_factory=list)
+
+
+@dataclass
+class FitResult:
+    best_val_dice: float
+    best_epoch: int
+    steps: int
+    elapsed_s: float
+    history: list[EpochRecord]
+    stopped_because: str
+
+
+Callback = Callable[[EpochRecord], None]
+
+
+def fit(
+    model: nn.Module,
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    config: TrainConfig,
+    run_dir: str | Path,
+    network_config: dict,
+    num_classes: int,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    show_progress: bool = True,
+) -> FitResult:
+    """Train ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
+
+    Writes into ``run_dir``: ``checkpoint_last.pt`` and ``checkpoint_best.pt`` (atomically),
+    ``train_log.csv`` and ``curves.png``. Under torchrun only rank 0 validates and writes.
+
+    Args:
+        model: Network returning logits ``(B, K, *P)`` (a list with deep supervision in training mode).
+        train_cases: ``(image (C, *S), label (1, *S))`` pairs.
+        val_cases: Same, scored whole with a sliding window; may be empty (then the last epoch is "best").
+        config: The training settings.
+        run_dir: Output folder.
+        network_config: Constructor arguments stored in checkpoints.
+        num_classes: Classes including background.
+        device: Where to train.
+        resume: Continue from ``run_dir/checkpoint_last.pt``.
+        callbacks: Called with each epoch's record (on rank 0).
+        show_progress: Draw a progress bar.
+    """
+    if not train_cases:
+        raise SegmorphError("no training cases")
+    loop = _Loop(model, train_cases, val_cases, config, Path(run_dir), network_config, num_classes, device)
+    if resume:
+        loop.restore()
+    return loop.run(callbacks, show_progress)
+
+
+class _Loop:
+    def __init__(self, model, train_cases, val_cases, config, run_dir, network_config, num_classes, device):
+        self.config = config
+        self.device = dist.local_device(torch.device(device))
+        self.distributed = dist.init_from_environment(self.device)
+        self.run_dir = run_dir
+        self.network_config = network_config
+        self.num_classes = num_classes
+        self.model = model.to(self.device)
+        self.train_model = (
+            nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
+        )
+        self.val_cases = val_cases
+        self.sampler = PatchSampler(
+            [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction
+        )
+        ndim = len(config.patch_size)
+        self.augmenter = Augmenter(AugmentConfig() if config.augment else AugmentConfig(enabled=False), ndim)
+        self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
+        self.loss_fn = SegmentationLoss(config.loss_alpha)
+        self.optimizer = _make_optimizer(self.model, config)
+        self.step = 0
+        self.epoch = 0
+        self.elapsed_before = 0.0
+        self.best = -1.0
+        self.best_epoch = -1
+        self.smoothed = None
+        self.history: list[EpochRecord] = []
+
+    # -- state ---------------------------------------------------------------------------------
+    def restore(self) -> None:
+        path = self.run_dir / "checkpoint_last.pt"
+        state, _, extras = load_checkpoint(path, map_location=self.device)
+        self.model.load_state_dict(state)
+        self.optimizer.load_state_dict(extras["optimizer"])
+        counters = json.loads(extras["counters_json"])
+        self.step, self.epoch = counters["step"], counters["epoch"]
+        self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
+        self.smoothed = counters["smoothed"]
+        self.history = [EpochRecord(**r) for r in counters["history"]]
+        self.generator.set_state(extras["generator"])
+
+    def _checkpoint(self, name: str) -> None:
+        counters = {
+            "step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed(), "best": self.best,
+            "best_epoch": self.best_epoch, "smoothed": self.smoothed, "history": [asdict(r) for r in self.history],
+        }  # fmt: skip
+        config = {"network": self.network_config, "train": self.config.to_dict(), "num_classes": self.num_classes}
+        save_checkpoint(
+            self.run_dir / name, self.model.state_dict(), config,
+            optimizer=self.optimizer.state_dict(), counters_json=json.dumps(counters),
+            generator=self.generator.get_state(),
+        )  # fmt: skip
+
+    # -- timing --------------------------------------------------------------------------------
+    def elapsed(self) -> float:
+        return self.elapsed_before + time.perf_counter() - self.started
+
+    def progress(self) -> float:
+        fractions = []
+        if self.config.max_steps > 0:
+            fractions.append(self.step / self.config.max_steps)
+        if self.config.time_budget_s > 0:
+            fractions.append(self.elapsed() / self.config.time_budget_s)
+        return max(fractions)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def run(self, callbacks: Sequence[Callback], show_progress: bool) -> FitResult:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.perf_counter()
+        main = dist.is_main_process()
+        reason = "budget"
+        with TrainingProgress(enabled=show_progress and main) as bar:
+            while True:
+                losses = [self._train_step() for _ in range(self.config.steps_per_epoch) if not self._finished()]
+                self.epoch += 1
+                record = self._end_epoch(losses)
+                bar.update(self.progress(), self.step, record.train_loss, record.val_dice, self._time_left())
+                for callback in callbacks if main else ():
+                    callback(record)
+                if self._finished():
+                    break
+                if self._should_stop_early():
+                    reason = "early stopping"
+                    break
+        if main:
+            self._write_curves()
+        dist.cleanup() if self.distributed else None
+        return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason)
+
+    def _finished(self) -> bool:
+        return dist.any_true(self.progress() >= 1.0, self.device)
+
+    def _time_left(self) -> float:
+        if self.config.time_budget_s > 0:
+            return max(self.config.time_budget_s - self.elapsed(), 0.0)
+        per_step = self.elapsed() / max(self.step, 1)
+        return per_step * max(self.config.max_steps - self.step, 0)
+
+    def _train_step(self) -> float:
+        self.model.train()
+        lr = learning_rate(self.config.learning_rate, self.progress(), self.config.schedule, self.config.warmup)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, labels = self.sampler.sample(self.config.batch_size, self.generator)
+        images, labels = self.augmenter(images.to(self.device), labels.to(self.device), self.generator)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
+            outputs = self.train_model(images)
+        loss = self.loss_fn(outputs, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        self.optimizer.step()
+        self.step += 1
+        return float(loss.detach())
+
+    def _end_epoch(self, losses: list[float]) -> EpochRecord:
+        lr = self.optimizer.param_groups[0]["lr"]
+        per_class = self._validate() if dist.is_main_process() else []
+        val_dice = float(sum(per_class) / len(per_class)) if per_class else float("nan")
+        train_loss = sum(losses) / len(losses) if losses else float("nan")
+        record = EpochRecord(self.epoch, self.step, round(self.elapsed(), 2), lr, train_loss, val_dice, per_class)
+        self.history.append(record)
+        if dist.is_main_process():
+            self._update_best(record)
+            self._checkpoint("checkpoint_last.pt")
+            self._write_log()
+        return record
+
+    def _update_best(self, record: EpochRecord) -> None:
+        score = record.val_dice if self.val_cases else float(record.epoch)
+        self.smoothed = score if self.smoothed is None else 0.8 * self.smoothed + 0.2 * score
+        if score > self.best:
+            self.best, self.best_epoch = score, record.epoch
+            self._checkpoint("checkpoint_best.pt")
+
+    def _should_stop_early(self) -> bool:
+        patience = self.config.patience_epochs
+        stop = bool(patience) and self.best_epoch >= 0 and self.epoch - self.best_epoch > patience
+        return dist.any_true(stop, self.device)
+
+    @torch.inference_mode()
+    def _validate(self) -> list[float]:
+        if not self.val_cases:
+            return []
+        self.model.eval()
+        intersections = torch.zeros(self.num_classes - 1)
+        sums = torch.zeros(self.num_classes - 1)
+        scores = []
+        for image, label in self.val_cases:
+            probabilities = sliding_window_logits(
+                self.model, image, self.config.patch_size, overlap=self.config.val_overlap,
+                batch_size=max(self.config.batch_size, 2), device=self.device, amp=self.config.amp,
+            )  # fmt: skip
+            scores.append(_dice_per_class(probabilities.argmax(0), label[0], self.num_classes))
+        intersections = torch.stack(scores).mean(0)
+        return [round(float(v), 5) for v in intersections]
+
+    # -- outputs -------------------------------------------------------------------------------
+    def _write_log(self) -> None:
+        buffer = _io.StringIO()
+        writer = csv.writer(buffer)
+        names = [f"val_dice_{k}" for k in range(1, self.num_classes)]
+        writer.writerow(["epoch", "step", "elapsed_s", "lr", "train_loss", "val_dice", *names])
+        for r in self.history:
+            writer.writerow([r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_dice, *r.val_dice_per_class])
+        atomic_write_text(self.run_dir / "train_log.csv", buffer.getvalue())
+
+    def _write_curves(self) -> None:
+        from segmorph.plots import plot_training_curves
+
+        plot_training_curves(self.history, self.run_dir / "curves.png")
+
+
+def _dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Dice of classes 1..K-1 between two label maps; a class absent from both scores 1."""
+    prediction, reference = prediction.flatten(), reference.flatten().to(prediction.device)
+    scores = []
+    for k in range(1, num_classes):
+        p, r = prediction == k, reference == k
+        denominator = p.sum() + r.sum()
+        scores.append(torch.tensor(1.0) if denominator == 0 else 2 * (p & r).sum().float().cpu() / denominator.cpu())
+    return torch.stack(scores)
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(
+            model.parameters(), lr=config.learning_rate, momentum=config.momentum, nesterov=True,
+            weight_decay=config.weight_decay,
+        )  # fmt: skip
+    return torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
