@@ -35,8 +35,8 @@ def sphere_case(shape=(24, 20, 12), seed: int = 0, affine: Affine = OBLIQUE) -> 
     spacing = affine.spacing
     distance = np.linalg.norm((grid - centre) * spacing, axis=-1)
     labels = np.zeros(shape, dtype=np.int64)
-    labels[distance < 6.0] = 1
-    labels[distance < 3.0] = 2
+    labels[distance < 7.0] = 1
+    labels[distance < 4.0] = 2
     image = 100 + 60 * (labels > 0) + 40 * (labels == 2) + rng.normal(0, 8, shape)
     return (
         Image(torch.from_numpy(image[None].astype(np.float32)), affine),
@@ -72,7 +72,7 @@ def trained_run(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("trained")
     dataset = write_msd_dataset(root / "dataset")
     request = TrainRequest(
-        dataset=dataset, out=root / "run", time_budget_s=0, max_steps=60, val_cases=("case_000", "case_001"),
+        dataset=dataset, out=root / "run", time_budget_s=0, max_steps=100, val_cases=("case_000", "case_001"),
         overrides=(("train.steps_per_epoch", 20), ("network.features", [8, 16, 32])), show_progress=False,
     )  # fmt: skip
     train_segmentation(request)

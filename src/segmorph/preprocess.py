@@ -264,7 +264,7 @@ def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample,
         affine = affine.shifted(start)
     image = normalize(image, config, (image != 0).any(axis=0) if config.crop_to_nonzero else None)
     target = config.target_spacing
-    if target is not None and not np.allclose(target, affine.spacing, rtol=1e-6, atol=0):
+    if target is not None and not np.allclose(target, affine.spacing, rtol=1e-3, atol=0):
         scale = np.asarray(target) / affine.spacing
         shape = tuple(max(1, round(float(n / f))) for n, f in zip(image.shape[1:], scale))
         image = resample_array(image, scale, shape, config.image_order)

@@ -19,7 +19,7 @@ Everything outside the input reads as 0, for images and labels alike.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -191,13 +191,10 @@ def _linear_grid(linear: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Te
     grid = torch.empty((k, *spatial_shape, n), dtype=linear.dtype, device=linear.device)
     axes = []
     for axis, size in enumerate(spatial_shape):
-        shape = [k] + [1] * n
-        shape[1 + axis] = size
         line = torch.linspace(-1.0 + 1.0 / size, 1.0 - 1.0 / size, size, dtype=linear.dtype, device=linear.device)
-        axes.append(line.view(1, *shape[1:]))
+        axes.append(line.view([1] + [size if d == axis else 1 for d in range(n)]))
     for row in range(n):  # grid channel ``c`` holds index-order row ``n - 1 - c``
-        total = sum(linear[:, row, axis].view(k, *[1] * n) * axes[axis] for axis in range(n))
-        grid[..., n - 1 - row] = total
+        grid[..., n - 1 - row] = sum(linear[:, row, axis].view(k, *[1] * n) * axes[axis] for axis in range(n))
     return grid
 
 
@@ -302,7 +299,11 @@ def _flip(labels: torch.Tensor | None, axis: int) -> torch.Tensor | None:
     return None if labels is None else labels.flip(axis)
 
 
-def _on_rows(images: torch.Tensor, labels: torch.Tensor | None, rows: torch.Tensor, fn):
+_Pair = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+def _on_rows(images: torch.Tensor, labels: torch.Tensor | None, rows: torch.Tensor,
+             fn: Callable[[torch.Tensor, torch.Tensor | None], _Pair]) -> _Pair:
     """Apply ``fn(images, labels)`` to the batch members ``rows`` (sorted, unique); new tensors."""
     if rows.numel() == images.shape[0]:
         return fn(images, labels)
