@@ -16,15 +16,16 @@ import itertools
 import os
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
-from segmorph.inference import sliding_window_logits, tile_starts
+from segmorph.inference import CPU_BATCH_VOXELS, sliding_window_logits, tile_starts
 from segmorph.io import read_image
 from segmorph.nn import UNet, build_network
 
@@ -69,18 +70,26 @@ def segmorph_predictor(model, patch, batch_size, mirror_axes, amp) -> Predictor:
 
 
 def monai_predictor(model, patch, batch_size, mirror_axes, amp) -> Predictor:
-    """MONAI's sliding window, wrapped in a mirroring loop that averages logits, then softmax."""
+    """MONAI's sliding window in a mirroring loop that averages logits, then softmax.
+
+    The image is padded to the tile once, before the loop, exactly as MONAI pads it (centred, extra voxel
+    after), so that all flipped copies share one grid; MONAI padding each flipped copy itself would shift
+    the grid by a voxel on odd padding, which changes the output but not the time.
+    """
     flips = [[a + 2 for a in c] for n in range(len(mirror_axes) + 1) for c in itertools.combinations(mirror_axes, n)]
 
     def predict(image: torch.Tensor) -> torch.Tensor:
+        missing = [max(p - s, 0) for s, p in zip(image.shape[1:], patch)]
+        padded = F.pad(image[None], [n for m in reversed(missing) for n in (m // 2, m - m // 2)])
+        crop = tuple(slice(m // 2, m // 2 + s) for m, s in zip(missing, image.shape[1:]))
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             total = None
             for dims in flips:
-                logits = sliding_window_inference(image[None].flip(dims) if dims else image[None], patch,
-                                                  batch_size, model, overlap=0.5, mode="gaussian")  # fmt: skip
+                logits = sliding_window_inference(padded.flip(dims) if dims else padded, patch, batch_size, model,
+                                                  overlap=0.5, mode="gaussian")  # fmt: skip
                 logits = logits.float().flip(dims) if dims else logits.float()
                 total = logits if total is None else total.add_(logits)
-            return torch.softmax(total / len(flips), dim=1)[0]
+            return torch.softmax(total[(0, slice(None)) + crop] / len(flips), dim=0)
 
     return predict
 
@@ -129,11 +138,14 @@ def print_table(title: str, results: dict[str, dict], voxels: list[int]) -> None
               f"{sum(voxels) / total / 1e6:>9.3f}{base / total:>8.2f}x{r['diff']:>11.2e}")  # fmt: skip
 
 
-def methods_for(model, patch, batch_size, mirror_axes, bf16: bool) -> dict[str, Predictor]:
+def methods_for(model, patch, batch_size, mirror_axes, bf16: bool, monai_batches=()) -> dict[str, Predictor]:
+    """The rows of one table; ``monai_batches`` adds MONAI fp32 rows with other tile batch sizes."""
     methods = {
         "MONAI fp32": monai_predictor(model, patch, batch_size, mirror_axes, False),
         "segmorph fp32": segmorph_predictor(model, patch, batch_size, mirror_axes, False),
     }
+    for other in monai_batches:
+        methods[f"MONAI fp32 sw_batch {other}"] = monai_predictor(model, patch, other, mirror_axes, False)
     if bf16:
         methods["MONAI bf16 autocast"] = monai_predictor(model, patch, batch_size, mirror_axes, True)
         methods["segmorph bf16 autocast"] = segmorph_predictor(model, patch, batch_size, mirror_axes, True)
@@ -145,7 +157,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = build_model(args.run)
     data = args.data if args.data.is_absolute() else REPO / args.data
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, tile batch {args.batch_size}, "
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, tile batch {args.batch_size} (segmorph "
+          f"on CPU: at most {CPU_BATCH_VOXELS} voxels per batch), "
           f"cpus {os.cpu_count()}, load avg {os.getloadavg()[0]:.1f}, model divisor {model.divisor}")  # fmt: skip
 
     files = sorted((data / "imagesTr").glob("*.nii.gz"))[: args.cases]
@@ -162,8 +175,8 @@ def main() -> None:
     volume = torch.randn((1, *args.volume), generator=generator)
     patch = tuple(args.volume_patch)
     tiles = len(list(itertools.product(*tile_starts(args.volume, patch, 0.5))))
-    methods = methods_for(model, patch, args.batch_size, (), not args.no_bf16)
-    compare(methods, [volume[:, :patch[0], :patch[1], :patch[2]]])  # warm-up
+    methods = methods_for(model, patch, args.batch_size, (), not args.no_bf16, monai_batches=(1,))
+    compare(methods, [volume[:, : patch[0], : patch[1], : patch[2]]])  # warm-up
     results = compare(methods, [volume])
     print_table(f"(b) random volume {tuple(args.volume)}, no mirroring, tile {patch} ({tiles} tiles), overlap 0.5; "
                 f"tile grids identical: {same_grid(args.volume, patch)}", results, [volume[0].numel()])  # fmt: skip

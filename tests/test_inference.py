@@ -115,22 +115,26 @@ def test_mirroring_averages_flipped_predictions(axes: tuple[int, ...]) -> None:
     assert (result - unmirrored).abs().max() > 0.1  # the model is not flip-equivariant: mirroring matters
 
 
+class PositionRamp(nn.Module):
+    """Logits (x + i0, -x): the first channel reveals where in the tile each voxel sat (i0 = index on axis 0)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.arange(x.shape[2], dtype=x.dtype).reshape(-1, *(1,) * (x.ndim - 3))
+        return torch.cat([x + ramp, -x], dim=1)
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_image_smaller_than_patch_is_padded_centred(ndim: int) -> None:
     torch.manual_seed(5)
     shape = (1, 5, 12, 7)[: ndim + 1]
     patch = (8, 8, 8)[:ndim]
     image = torch.randn(shape)
-    model = ShiftedConv(ndim)
-    result = sliding_window_logits(model, image, patch, return_probabilities=False)
+    result = sliding_window_logits(PositionRamp(), image, patch, return_probabilities=False)
     assert result.shape == (2, *shape[1:])
-    missing = [max(p - s, 0) for s, p in zip(shape[1:], patch)]
-    pads = [n for m in reversed(missing) for n in (m // 2, m - m // 2)]
-    with torch.no_grad():
-        reference = sliding_window_logits(model, torch.nn.functional.pad(image, pads), patch,
-                                          return_probabilities=False)  # fmt: skip
-    crop = tuple(slice(m // 2, m // 2 + s) for m, s in zip(missing, shape[1:]))
-    torch.testing.assert_close(result, reference[(slice(None),) + crop], atol=1e-6, rtol=0)
+    offset = (8 - 5) // 2  # axis 0 is padded by 3: 1 voxel before, 2 after
+    ramp = torch.arange(offset, offset + 5, dtype=torch.float32).reshape(-1, *(1,) * (ndim - 1))
+    torch.testing.assert_close(result[0], image[0] + ramp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(result[1], -image[0], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
@@ -163,6 +167,8 @@ def test_predict_labels_is_argmax_and_model_mode_restored() -> None:
     probabilities = sliding_window_logits(model, image, (8, 8, 8))
     assert labels.shape == (1, 12, 16, 10) and labels.dtype == torch.int64
     assert torch.equal(labels[0], probabilities.argmax(0))
+    assert not probabilities.is_inference()
+    probabilities.mul_(2)  # callers may modify the result in place (raises on an inference tensor)
 
 
 def test_amp_gives_float32_close_to_full_precision() -> None:
@@ -178,7 +184,7 @@ def test_amp_gives_float32_close_to_full_precision() -> None:
 @pytest.mark.parametrize(
     ("size", "patch", "overlap", "expected"),
     [(160, 64, 0.5, [0, 32, 64, 96]), (30, 16, 0.5, [0, 7, 14]), (64, 64, 0.5, [0]), (10, 16, 0.5, [0]),
-     (17, 16, 0.5, [0, 1]), (100, 20, 0.0, [0, 20, 40, 60, 80])],
+     (17, 16, 0.5, [0, 1]), (100, 20, 0.0, [0, 20, 40, 60, 80]), (50, 16, 0.5, [0, 7, 14, 20, 27, 34])],
 )  # fmt: skip
 def test_tile_starts_known_answers(size: int, patch: int, overlap: float, expected: list[int]) -> None:
     assert tile_starts([size], [patch], overlap) == [expected]
@@ -193,7 +199,7 @@ def test_tiles_cover_every_voxel_with_bounded_steps(size: int, overlap: float) -
     for s in starts:
         covered[s : s + patch] = True
     assert covered.all() and starts[0] == 0 and starts[-1] == max(size - patch, 0)
-    steps = [b - a for a, b in zip(starts, starts[1:])]
+    steps = [b - a for a, b in itertools.pairwise(starts)]
     assert all(0 < step <= patch * (1 - overlap) + 0.5 for step in steps)
 
 

@@ -11,8 +11,8 @@ import copy
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -81,9 +81,11 @@ def check_onnx(path: str | Path, model: nn.Module, example: torch.Tensor) -> flo
         import onnxruntime
     except ImportError:
         raise SegmorphError(f"checking ONNX files needs onnxruntime: {INSTALL_HINT}") from None
+    if not Path(path).is_file():
+        raise SegmorphError("no such file", path)
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own, unexported exception types
+    except Exception as err:  # noqa: BLE001 (onnxruntime's errors derive from Exception only)
         raise SegmorphError(f"onnxruntime cannot load the model ({str(err).splitlines()[0][:200]})", path) from None
     frozen = _inference_copy(model)
     with torch.inference_mode():
@@ -129,6 +131,8 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
 def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated but still the portable format
+        # InstanceNorm's input checks read sizes as Python values; they check, they do not compute
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         try:
             traced = torch.jit.trace(model, example)
         except RuntimeError as err:

@@ -7,7 +7,8 @@ gives a tensor (same dtype and device) out.
 
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from collections.abc import Sequence
+from typing import TypeVar
 
 import cc3d
 import numpy as np
@@ -28,6 +29,7 @@ def keep_largest_component(labels: LabelMap, classes: Sequence[int]) -> LabelMap
         A new label map of the same type, shape and dtype.
 
     Raises:
+        TypeError: ``labels`` is neither a numpy array nor a tensor.
         ValueError: ``labels`` is not a 2D/3D integer map, or ``classes`` holds 0 or non-integers.
     """
     array = _as_label_array(labels)
@@ -53,6 +55,7 @@ def remove_small_components(labels: LabelMap, min_voxels: int) -> LabelMap:
         A new label map of the same type, shape and dtype.
 
     Raises:
+        TypeError: ``labels`` is neither a numpy array nor a tensor.
         ValueError: ``labels`` is not a 2D/3D integer map, or ``min_voxels`` is negative.
     """
     array = _as_label_array(labels)
@@ -66,7 +69,7 @@ def _as_label_array(labels: np.ndarray | torch.Tensor) -> np.ndarray:
     if isinstance(labels, torch.Tensor):
         labels = labels.detach().cpu().numpy()
     if not isinstance(labels, np.ndarray):
-        raise ValueError(f"labels: expected a numpy array or a tensor, got {type(labels).__name__}")
+        raise TypeError(f"labels: expected a numpy array or a tensor, got {type(labels).__name__}")
     if labels.ndim not in (2, 3):
         raise ValueError(f"labels: expected a 2D or 3D map (*S) without channel axis, got shape {labels.shape}")
     if labels.dtype == bool:
