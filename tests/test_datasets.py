@@ -257,6 +257,6 @@ def test_hippocampus_cases_load() -> None:
     for case in spec.cases[:3]:
         sample = load_sample(case, spec)
         assert sample.image.num_channels == 1 and sample.label.spatial_shape == sample.image.spatial_shape
-        assert 24 <= min(sample.image.spatial_shape) and max(sample.image.spatial_shape) <= 59
+        assert min(sample.image.spatial_shape) >= 24 and max(sample.image.spatial_shape) <= 59
         assert set(torch.unique(sample.label.data).tolist()) == {0, 1, 2}
         assert np.allclose(sample.image.spacing, 1.0)

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 
-from segmorph.geometry import Affine
-
 from conftest import OBLIQUE, oblique_direction
+from segmorph.geometry import Affine
 
 
 def test_from_geometry_round_trips_spacing_origin_direction():

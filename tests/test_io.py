@@ -6,12 +6,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
+from conftest import OBLIQUE, sphere_case
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import list_images, read_image, write_image
-
-from conftest import OBLIQUE, sphere_case
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import OBLIQUE, sphere_case
 from segmorph.cli import main
 from segmorph.io import read_image, write_image
 from segmorph.plan import Plan
-
-from conftest import OBLIQUE, sphere_case
 from test_io import _write_dicom_series
 
 
@@ -131,3 +130,49 @@ def test_usage_error_exits_2():
     with pytest.raises(SystemExit) as exit_info:
         main(["predict"])
     assert exit_info.value.code == 2
+
+
+def _corrupt_image(root):
+    (root / "imagesTr" / "case_001.nii.gz").write_bytes(b"\x1f\x8b\x08 truncated")
+
+
+def _mismatched_label(root):
+    _, label = sphere_case((20, 20, 12), seed=1)
+    write_image(label, root / "labelsTr" / "case_001.nii.gz")
+
+
+def _nan_image(root):
+    image, _ = sphere_case(seed=1)
+    image.data[0, 3, 3, 3] = float("nan")
+    (root / "imagesTr" / "case_001.nii.gz").unlink()
+    write_image(image, root / "imagesTr" / "case_001.mha")
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][1]["image"] = "./imagesTr/case_001.mha"
+    (root / "dataset.json").write_text(json.dumps(meta))
+
+
+def _empty_dataset(root):
+    for path in list((root / "imagesTr").iterdir()) + list((root / "labelsTr").iterdir()):
+        path.unlink()
+    (root / "dataset.json").unlink()
+
+
+@pytest.mark.parametrize(
+    "break_dataset, message",
+    [
+        (_corrupt_image, "case_001.nii.gz: cannot read image"),
+        (_mismatched_label, "case_001.nii.gz"),
+        (_nan_image, "case_001.mha: image holds 1 NaN"),
+        (_empty_dataset, "dataset"),
+    ],
+)
+def test_train_bad_input_exits_1_with_one_line_and_no_run(tmp_path, capsys, break_dataset, message):
+    from conftest import write_msd_dataset
+
+    root = write_msd_dataset(tmp_path / "ds", num_cases=3)
+    break_dataset(root)
+    code = main(["train", str(root), "--out", str(tmp_path / "run"), "--max-steps", "2", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()

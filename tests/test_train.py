@@ -4,13 +4,12 @@ import json
 import pytest
 import torch
 
+from conftest import sphere_case
 from segmorph.checkpoint import load_checkpoint, save_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.nn import UNet
 from segmorph.schedule import learning_rate
 from segmorph.train import TrainConfig, fit
-
-from conftest import sphere_case
 
 
 def _cases(count=3):
@@ -23,7 +22,7 @@ def _cases(count=3):
 
 
 def _config(**kwargs):
-    base = dict(patch_size=(16, 16, 8), batch_size=2, max_steps=6, steps_per_epoch=3, seed=3, amp=False)
+    base = {"patch_size": (16, 16, 8), "batch_size": 2, "max_steps": 6, "steps_per_epoch": 3, "seed": 3, "amp": False}
     return TrainConfig(**{**base, **kwargs})
 
 

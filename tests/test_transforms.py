@@ -23,7 +23,7 @@ from segmorph.transforms import (
 INTENSITY_PROBABILITIES = ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_low_resolution", "p_gamma_inverted",
                            "p_gamma")
 ALL_SPATIAL = SpatialConfig(p_rotation=1.0, p_scaling=1.0, p_elastic=1.0)
-ALL_INTENSITY = IntensityConfig(**{name: 1.0 for name in INTENSITY_PROBABILITIES})
+ALL_INTENSITY = IntensityConfig(**dict.fromkeys(INTENSITY_PROBABILITIES, 1.0))
 SPATIAL_ONLY = AugmentConfig(spatial=ALL_SPATIAL, intensity=IntensityConfig(enabled=False))
 
 
@@ -133,13 +133,16 @@ def test_images_and_labels_stay_aligned(ndim: int) -> None:
 
 def only(**changes: object) -> AugmentConfig:
     """Intensity config with every probability 0 except ``changes``; spatial transforms off."""
-    values = {name: 0.0 for name in INTENSITY_PROBABILITIES} | changes
+    values = dict.fromkeys(INTENSITY_PROBABILITIES, 0.0) | changes
     return AugmentConfig(spatial=SpatialConfig(enabled=False), intensity=IntensityConfig(**values))
 
 
 def test_intensity_known_answers() -> None:
     images = torch.randn(3, 2, 12, 12, 12, generator=seeded())
-    run = lambda config: Augmenter(config, 3)(images, None, seeded(4))[0]
+
+    def run(config):
+        return Augmenter(config, 3)(images, None, seeded(4))[0]
+
     assert torch.allclose(run(only(p_brightness=1.0, brightness=(2.0, 2.0))), 2 * images)
     assert torch.allclose(run(only(p_gamma=1.0, gamma=(1.0, 1.0))), images, atol=1e-4)
     assert torch.allclose(run(only(p_gamma_inverted=1.0, gamma=(1.0, 1.0))), images, atol=1e-4)

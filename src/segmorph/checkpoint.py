@@ -44,7 +44,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SegmorphError("checkpoint not found", path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError, ...
+    except Exception as err:  # noqa: BLE001 -- torch raises UnpicklingError, RuntimeError, EOFError, ...
         reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
         raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({reason})", path) from None
     if not isinstance(payload, dict) or "model" not in payload or "config_json" not in payload:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from segmorph.errors import SegmorphError
 
@@ -62,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (MSD layout with dataset.json, or paired folders)")
-    p.add_argument("--images", type=Path, help="image folder of a paired-folder dataset")
-    p.add_argument("--labels", type=Path, help="label folder of a paired-folder dataset")
+    p.add_argument("--images", type=Path, help="image folder of a paired-folder dataset (relative to DATASET)")
+    p.add_argument("--labels", type=Path, help="label folder of a paired-folder dataset (relative to DATASET)")
     p.add_argument("--time-budget", type=parse_duration, default=1200.0, help="training time, e.g. 20m (default)")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
@@ -76,7 +76,8 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
 def _add_train(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--fold", type=int, default=0, help="validation fold of 5 (default 0; -1: no validation)")
+    p.add_argument("--fold", type=int, default=0, help="validation fold (default 0; -1: no validation)")
+    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
     p.add_argument("--val-cases", nargs="+", default=(), help="explicit validation case ids")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")

@@ -38,7 +38,7 @@ def run_train(args: argparse.Namespace) -> int:
     from segmorph.pipeline import train_segmentation
 
     request = _request(
-        args, args.out, fold=args.fold, val_cases=tuple(args.val_cases), resume=args.resume, cache_dir=args.cache,
+        args, args.out, fold=args.fold, num_folds=args.folds, val_cases=tuple(args.val_cases), resume=args.resume, cache_dir=args.cache,
         validate_with_predictor=not args.no_validate, show_progress=not args.quiet,
     )  # fmt: skip
     summary = train_segmentation(request)

@@ -14,8 +14,8 @@ Conventions, written down once for the whole package:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -51,7 +51,7 @@ class Affine:
         spacing: Sequence[float],
         origin: Sequence[float] | None = None,
         direction: np.ndarray | Sequence[float] | None = None,
-    ) -> "Affine":
+    ) -> Affine:
         """Build from spacing (mm), origin (mm) and a direction cosine matrix.
 
         Args:
@@ -76,7 +76,7 @@ class Affine:
         return cls(matrix)
 
     @classmethod
-    def identity(cls, ndim: int = 3) -> "Affine":
+    def identity(cls, ndim: int = 3) -> Affine:
         """The unit-spacing, zero-origin, identity-direction geometry."""
         return cls(np.eye(ndim + 1))
 
@@ -111,15 +111,15 @@ class Affine:
         inverse = np.linalg.inv(self.matrix)
         return points @ inverse[:-1, :-1].T + inverse[:-1, -1]
 
-    def with_spacing(self, spacing: Sequence[float]) -> "Affine":
+    def with_spacing(self, spacing: Sequence[float]) -> Affine:
         """Same origin and direction, another spacing."""
         return Affine.from_geometry(spacing, self.origin, self.direction)
 
-    def shifted(self, index_offset: Sequence[int | float]) -> "Affine":
+    def shifted(self, index_offset: Sequence[int | float]) -> Affine:
         """Geometry of a sub-grid whose index 0 is ``index_offset`` of this grid (crop or pad)."""
         return Affine.from_geometry(self.spacing, self.voxel_to_world(np.asarray(index_offset)), self.direction)
 
-    def allclose(self, other: "Affine", atol: float = 1e-6) -> bool:
+    def allclose(self, other: Affine, atol: float = 1e-6) -> bool:
         """True when both matrices agree within ``atol`` (mm for origin, mm for spacing)."""
         return self.matrix.shape == other.matrix.shape and bool(np.allclose(self.matrix, other.matrix, atol=atol, rtol=0))
 
@@ -132,7 +132,7 @@ class Affine:
         }
 
     @classmethod
-    def from_dict(cls, values: dict) -> "Affine":
+    def from_dict(cls, values: dict) -> Affine:
         """Inverse of :meth:`to_dict`."""
         return cls.from_geometry(values["spacing"], values["origin"], values["direction"])
 

@@ -55,7 +55,7 @@ class Image:
         """Voxel size in mm per spatial axis."""
         return self.affine.spacing
 
-    def with_data(self, data: torch.Tensor, is_label: bool | None = None) -> "Image":
+    def with_data(self, data: torch.Tensor, is_label: bool | None = None) -> Image:
         """A new Image with the same geometry and other voxel values (same spatial shape)."""
         if tuple(data.shape[1:]) != self.spatial_shape:
             raise ValueError(f"data: spatial shape {tuple(data.shape[1:])} differs from {self.spatial_shape}")

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -51,9 +51,7 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
     for path in map(Path, paths):
         if not path.exists():
             raise SegmorphError("no such file or folder", path)
-        if path.is_file():
-            found.append(path)
-        elif is_dicom_folder(path):
+        if path.is_file() or is_dicom_folder(path):
             found.append(path)
         else:
             inside = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))

@@ -6,7 +6,7 @@ All take logits ``(B, K, *S)`` (never softmax before cross-entropy) and integer 
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn

@@ -6,9 +6,10 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -33,7 +34,8 @@ class TrainRequest:
         time_budget_s: Training time limit in seconds (0: only ``max_steps``).
         max_steps: Step limit (0: only the time budget).
         device: ``cpu``, ``cuda`` or ``mps``.
-        fold: Validation fold of 5 (-1: train on all cases, no validation).
+        fold: Validation fold of ``num_folds`` (-1: train on all cases, no validation).
+        num_folds: Number of cross-validation folds.
         val_cases: Explicit validation case ids (instead of ``fold``).
         overrides: Dotted plan keys to replace (``{"train.batch_size": 4}``).
         images_dir, labels_dir: Explicit folders for paired-folder datasets.
@@ -50,6 +52,7 @@ class TrainRequest:
     max_steps: int = 0
     device: str = "cpu"
     fold: int = 0
+    num_folds: int = 5
     val_cases: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
     images_dir: Path | None = None
@@ -79,6 +82,14 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
     Returns:
         A summary: plan, split sizes, fit result and (when validated) the metric summary.
     """
+    dist.init_from_environment(dist.local_device(torch.device(request.device)))
+    try:
+        return _train_segmentation(request)
+    finally:
+        dist.cleanup()
+
+
+def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     out = Path(request.out)
     if request.resume:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
@@ -111,7 +122,7 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
 def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
     if request.val_cases:
         return split_from_list(spec.case_ids, request.val_cases)
-    return split_cases(spec.case_ids, request.fold, 5, request.seed)
+    return split_cases(spec.case_ids, request.fold, request.num_folds, request.seed)
 
 
 def _load_cases(spec: DatasetSpec, plan: Plan, request: TrainRequest, case_ids: Sequence[str]) -> dict:
@@ -137,6 +148,7 @@ def _fit_summary(result: FitResult) -> dict[str, Any]:
     return {
         "best_val_dice": result.best_val_dice, "best_epoch": result.best_epoch, "steps": result.steps,
         "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
+        "world_size": result.world_size,
     }  # fmt: skip
 
 

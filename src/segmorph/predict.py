@@ -5,9 +5,9 @@ Masks are written on each scan's own grid with exactly its geometry.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch

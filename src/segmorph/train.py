@@ -10,9 +10,9 @@ import csv
 import io as _io
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable, Sequence
 
 import torch
 from torch import nn
@@ -85,7 +85,7 @@ class TrainConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -114,6 +114,7 @@ class FitResult:
     elapsed_s: float
     history: list[EpochRecord]
     stopped_because: str
+    world_size: int = 1
 
 
 Callback = Callable[[EpochRecord], None]
@@ -135,7 +136,9 @@ def fit(
     """Train ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
 
     Writes into ``run_dir``: ``checkpoint_last.pt`` and ``checkpoint_best.pt`` (atomically),
-    ``train_log.csv`` and ``curves.png``. Under torchrun only rank 0 validates and writes.
+    ``train_log.csv`` and ``curves.png``. Under torchrun (``WORLD_SIZE`` > 1) the process group is
+    joined here if the caller has not, gradients are averaged by DistributedDataParallel, each process
+    draws its own patches, and only rank 0 validates and writes; the caller ends the group.
 
     Args:
         model: Network returning logits ``(B, K, *P)`` (a list with deep supervision in training mode).
@@ -245,8 +248,7 @@ class _Loop:
                     break
         if main:
             self._write_curves()
-        dist.cleanup() if self.distributed else None
-        return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason)
+        return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason, dist.world_size())
 
     def _finished(self) -> bool:
         return dist.any_true(self.progress() >= 1.0, self.device)
@@ -304,8 +306,6 @@ class _Loop:
         if not self.val_cases:
             return []
         self.model.eval()
-        intersections = torch.zeros(self.num_classes - 1)
-        sums = torch.zeros(self.num_classes - 1)
         scores = []
         for image, label in self.val_cases:
             probabilities = sliding_window_logits(
@@ -313,8 +313,7 @@ class _Loop:
                 batch_size=max(self.config.batch_size, 2), device=self.device, amp=self.config.amp,
             )  # fmt: skip
             scores.append(_dice_per_class(probabilities.argmax(0), label[0], self.num_classes))
-        intersections = torch.stack(scores).mean(0)
-        return [round(float(v), 5) for v in intersections]
+        return [round(float(v), 5) for v in torch.stack(scores).mean(0)]
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_log(self) -> None:
