@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from segmorph.cli import parse_duration
 from segmorph.io import read_image
@@ -39,8 +40,10 @@ def fov_dice(data: Path, predictions: Path, case_ids: list[str]) -> tuple[float,
         reference = read_image(data / "vessel_1st" / f"{case}.png", is_label=True).numpy()[0] > 0
         predicted = read_image(predictions / f"{case}.nii.gz", is_label=True).numpy()[0] > 0
         image = read_image(data / "images" / f"{case}.png")
-        green = image.with_data(-image.data[1:2])  # vessels are dark in the green channel
-        thresholded = otsu(green, channel=0).numpy()[0] > 0
+        green = -image.data[1:2]  # vessels are dark in the green channel: negate so they are bright
+        inside = torch.from_numpy(fov)[None]
+        green = torch.where(inside, green, green[inside].min())  # threshold the field of view only
+        thresholded = otsu(image.with_data(green), channel=0).numpy()[0] > 0
         model.append(dice(predicted & fov, reference & fov))
         baseline.append(dice(thresholded & fov, reference & fov))
     return float(np.mean(model)), float(np.mean(baseline))

@@ -6,9 +6,8 @@ import sys
 
 import torch
 
-from segmorph.checkpoint import load_checkpoint
-
 from conftest import write_msd_dataset
+from segmorph.checkpoint import load_checkpoint
 
 
 def test_torchrun_two_cpu_processes(tmp_path):

@@ -5,11 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from conftest import DATASETS
 from segmorph.baselines import otsu
 from segmorph.cli import main
 from segmorph.io import read_image
-
-from conftest import DATASETS
 
 HIPPOCAMPUS = DATASETS / "msd_hippocampus"
 pytestmark = [

@@ -163,7 +163,7 @@ def _empty_dataset(root):
         (_corrupt_image, "case_001.nii.gz: cannot read image"),
         (_mismatched_label, "case_001.nii.gz"),
         (_nan_image, "case_001.mha: image holds 1 NaN"),
-        (_empty_dataset, "dataset"),
+        (_empty_dataset, "imagesTr: folder holds no image files"),
     ],
 )
 def test_train_bad_input_exits_1_with_one_line_and_no_run(tmp_path, capsys, break_dataset, message):

@@ -153,6 +153,8 @@ def _print_table(summary: dict) -> None:
         table.add_row(f"{label} {stats['name']}", *cells)
     table.add_row("mean", *[f"{summary['mean_over_classes'][m]:.3f}" for m, _ in TABLE_METRICS], style="bold")
     console = Console()
+    if not console.is_terminal:  # logs and pipes: room for every column instead of 80 characters
+        console = Console(width=120)
     console.print(table)
     if summary["unmatched_predictions"]:
         console.print(f"[yellow]warning:[/] predictions without a reference were not evaluated: "
