@@ -25,7 +25,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
-from segmorph.inference import CPU_BATCH_VOXELS, sliding_window_logits, tile_starts
+from segmorph.inference import CPU_BATCH_VOXELS, compile_for_inference, sliding_window_logits, tile_starts
 from segmorph.io import read_image
 from segmorph.nn import UNet, build_network
 
@@ -44,6 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--volume", type=int, nargs=3, default=(160, 192, 160), help="random volume size")
     parser.add_argument("--volume-patch", type=int, nargs=3, default=(64, 64, 64))
     parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 autocast rows")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     parser.add_argument("--run", type=Path, help="a training run folder: use its best checkpoint's network")
     return parser.parse_args()
 
@@ -138,12 +139,21 @@ def print_table(title: str, results: dict[str, dict], voxels: list[int]) -> None
               f"{sum(voxels) / total / 1e6:>9.3f}{base / total:>8.2f}x{r['diff']:>11.2e}")  # fmt: skip
 
 
-def methods_for(model, patch, batch_size, mirror_axes, bf16: bool, monai_batches=()) -> dict[str, Predictor]:
-    """The rows of one table; ``monai_batches`` adds MONAI fp32 rows with other tile batch sizes."""
+def methods_for(
+    model, patch, batch_size, mirror_axes, bf16: bool, monai_batches=(), compiled=None
+) -> dict[str, Predictor]:  # fmt: skip
+    """The rows of one table; ``monai_batches`` adds MONAI fp32 rows with other tile batch sizes.
+
+    ``compiled`` (a function returning a new :func:`compile_for_inference` of the network) adds segmorph's
+    ``--compile`` row and, for a fair view, MONAI running its own compiled copy of the same network.
+    """
     methods = {
         "MONAI fp32": monai_predictor(model, patch, batch_size, mirror_axes, False),
         "segmorph fp32": segmorph_predictor(model, patch, batch_size, mirror_axes, False),
     }
+    if compiled is not None:
+        methods["segmorph fp32 --compile"] = segmorph_predictor(compiled(), patch, batch_size, mirror_axes, False)
+        methods["MONAI fp32, compiled net"] = monai_predictor(compiled(), patch, batch_size, mirror_axes, False)
     for other in monai_batches:
         methods[f"MONAI fp32 sw_batch {other}"] = monai_predictor(model, patch, other, mirror_axes, False)
     if bf16:
@@ -165,8 +175,11 @@ def main() -> None:
     images = [zscore(read_image(f).data) for f in files]
     patch = tuple(args.hippo_patch)
     grids = sum(same_grid(i.shape[1:], patch) for i in images)
-    methods = methods_for(model, patch, args.batch_size, (0, 1, 2), not args.no_bf16)
-    compare(methods, images[:1])  # warm-up: oneDNN primitives, Gaussian maps
+    compiled = None if args.no_compile else lambda: compile_for_inference(model)
+    methods = methods_for(model, patch, args.batch_size, (0, 1, 2), not args.no_bf16, compiled=compiled)
+    started = time.perf_counter()
+    compare(methods, images[:1])  # warm-up: oneDNN primitives, Gaussian maps, compilation
+    print(f"warm-up on one case, all methods, compilation included: {time.perf_counter() - started:.1f} s")
     results = compare(methods, images)
     print_table(f"(a) {len(images)} hippocampus cases, mirroring over 3 axes (8 passes), tile {patch}, overlap 0.5; "
                 f"tile grids identical in {grids}/{len(images)} cases", results, [i[0].numel() for i in images])  # fmt: skip
@@ -175,7 +188,7 @@ def main() -> None:
     volume = torch.randn((1, *args.volume), generator=generator)
     patch = tuple(args.volume_patch)
     tiles = len(list(itertools.product(*tile_starts(args.volume, patch, 0.5))))
-    methods = methods_for(model, patch, args.batch_size, (), not args.no_bf16, monai_batches=(1,))
+    methods = methods_for(model, patch, args.batch_size, (), not args.no_bf16, monai_batches=(1,), compiled=compiled)
     compare(methods, [volume[:, : patch[0], : patch[1], : patch[2]]])  # warm-up
     results = compare(methods, [volume])
     print_table(f"(b) random volume {tuple(args.volume)}, no mirroring, tile {patch} ({tiles} tiles), overlap 0.5; "

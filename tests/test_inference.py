@@ -240,3 +240,33 @@ def test_gaussian_rejects_bad_arguments() -> None:
         gaussian_importance_map((8, -1))
     with pytest.raises(ValueError, match="^sigma_scale:"):
         gaussian_importance_map((8, 8), sigma_scale=0)
+
+
+def test_compiled_network_gives_the_eager_output():
+    from segmorph.inference import compile_for_inference
+
+    torch.manual_seed(0)
+    model = UNet(3, 1, 2, (4, 8)).eval()
+    image = torch.randn(1, 12, 10, 8)
+    eager = sliding_window_logits(model, image, (8, 8, 8), overlap=0.5, batch_size=2)
+    compiled = sliding_window_logits(compile_for_inference(model), image, (8, 8, 8), overlap=0.5, batch_size=2)
+    assert torch.allclose(eager, compiled, atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch):
+    from segmorph.inference import compile_for_inference
+
+    def broken_compile(model, **kwargs):
+        def fail(x):
+            raise RuntimeError("no compiler")
+
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = UNet(3, 1, 2, (4, 8)).eval()
+    network = compile_for_inference(model)
+    x = torch.randn(1, 1, 8, 8, 8)
+    with pytest.warns(UserWarning, match="torch.compile failed"), torch.inference_mode():
+        out = network(x)
+    with torch.inference_mode():
+        assert torch.equal(out, model(x))

@@ -176,3 +176,32 @@ def test_train_bad_input_exits_1_with_one_line_and_no_run(tmp_path, capsys, brea
     assert code == 1
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_predict_writes_overlays_and_probabilities(trained_run, tmp_path):
+    image, _ = sphere_case(seed=7)
+    write_image(image, tmp_path / "scan.nii.gz")
+    out = tmp_path / "out"
+    args = ["predict", str(trained_run), str(tmp_path / "scan.nii.gz"), "--out", str(out), "--quiet"]
+    assert main([*args, "--overlays", "--probabilities", "--largest-component"]) == 0
+    assert (out / "scan_overlay.png").stat().st_size > 1000
+    probabilities = read_image(out / "scan_probabilities.nii.gz")
+    assert probabilities.num_channels == 3
+    assert torch.allclose(probabilities.data.sum(0), torch.ones(image.spatial_shape), atol=1e-4)
+    assert probabilities.affine.allclose(OBLIQUE, atol=1e-6)
+
+
+def test_baseline_cli_segments_with_otsu(tmp_path):
+    image, label = sphere_case(seed=3)
+    write_image(image, tmp_path / "scan.nii.gz")
+    assert main(["baseline", str(tmp_path / "scan.nii.gz"), "--method", "otsu", "--out", str(tmp_path / "m")]) == 0
+    mask = read_image(tmp_path / "m" / "scan.nii.gz", is_label=True)
+    assert mask.affine.allclose(OBLIQUE, atol=1e-6)
+    predicted, reference = mask.numpy()[0] > 0, label.numpy()[0] > 0
+    assert 2 * (predicted & reference).sum() / (predicted.sum() + reference.sum()) > 0.9
+
+
+def test_demo_without_data_says_where_to_get_it(tmp_path, capsys):
+    assert main(["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "medicaldecathlon.com" in err[0] and "Task04" in err[0]

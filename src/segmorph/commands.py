@@ -65,7 +65,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     options = PredictOptions(
         mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
-        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint,
+        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
     )  # fmt: skip
     written = predict_files(
         args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,

@@ -15,7 +15,7 @@ import torch
 from segmorph.checkpoint import load_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample
-from segmorph.inference import sliding_window_logits
+from segmorph.inference import compile_for_inference, sliding_window_logits
 from segmorph.io import list_images, read_image, strip_suffix, write_image
 from segmorph.nn import build_network
 from segmorph.plan import Plan
@@ -35,6 +35,7 @@ class PredictOptions:
         largest_component: Keep only the largest connected component of each class.
         amp: bfloat16 autocast.
         checkpoint: ``"best"`` or ``"last"``.
+        compile: Compile the network with TorchInductor (see :func:`segmorph.inference.compile_for_inference`).
     """
 
     mirror: bool = True
@@ -43,6 +44,7 @@ class PredictOptions:
     largest_component: bool = False
     amp: bool = False
     checkpoint: str = "best"
+    compile: bool = False
 
 
 class Predictor:
@@ -58,6 +60,7 @@ class Predictor:
         self.model = build_network(network_config)
         self.model.load_state_dict(state)
         self.model.to(self.device).eval()
+        self.network = compile_for_inference(self.model) if options.compile else self.model
 
     def probabilities(self, image: Image) -> torch.Tensor:
         """Class probabilities ``(K, *S)`` on the scan's own grid."""
@@ -68,7 +71,7 @@ class Predictor:
         prepared, record = preprocess_sample(Sample("scan", image), self.plan.preprocess)
         mirror_axes = tuple(range(self.plan.ndim)) if self.options.mirror else ()
         scores = sliding_window_logits(
-            self.model, prepared.image.data, self.plan.train.patch_size, overlap=self.options.overlap,
+            self.network, prepared.image.data, self.plan.train.patch_size, overlap=self.options.overlap,
             batch_size=self.options.batch_size, mirror_axes=mirror_axes, device=self.device, amp=self.options.amp,
         )  # fmt: skip
         return undo_preprocessing(scores.cpu(), record)
