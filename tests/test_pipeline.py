@@ -205,3 +205,13 @@ def test_demo_without_data_says_where_to_get_it(tmp_path, capsys):
     assert main(["demo", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "medicaldecathlon.com" in err[0] and "Task04" in err[0]
+
+
+def test_max_steps_alone_means_no_time_budget():
+    from segmorph.cli import build_parser
+    from segmorph.commands import _time_budget
+
+    parse = build_parser().parse_args
+    assert _time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10"])) == 0.0
+    assert _time_budget(parse(["train", "ds", "--out", "r"])) == 1200.0
+    assert _time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10", "--time-budget", "5m"])) == 300.0

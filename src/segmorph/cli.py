@@ -64,8 +64,10 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (MSD layout with dataset.json, or paired folders)")
     p.add_argument("--images", type=Path, help="image folder of a paired-folder dataset (relative to DATASET)")
     p.add_argument("--labels", type=Path, help="label folder of a paired-folder dataset (relative to DATASET)")
-    p.add_argument("--time-budget", type=parse_duration, default=1200.0, help="training time, e.g. 20m (default)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps (0: time budget only)")
+    p.add_argument("--time-budget", type=parse_duration,
+                   help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many steps; alone, it makes training time-independent and repeatable")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--config", type=Path, help="JSON/YAML file overriding plan values")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

@@ -29,9 +29,20 @@ def _request(args: argparse.Namespace, out: Path, **extra):
     from segmorph.pipeline import TrainRequest
 
     return TrainRequest(
-        dataset=args.dataset, out=out, time_budget_s=args.time_budget, max_steps=args.max_steps, device=args.device,
+        dataset=args.dataset, out=out, time_budget_s=_time_budget(args), max_steps=args.max_steps, device=args.device,
         overrides=_overrides(args), images_dir=args.images, labels_dir=args.labels, seed=args.seed, **extra,
     )  # fmt: skip
+
+
+def _time_budget(args: argparse.Namespace) -> float:
+    """--time-budget, else 20 minutes, else none when --max-steps alone limits training.
+
+    The learning-rate schedule follows the larger of the step and time fractions, so only a run limited by
+    steps alone is repeatable bit for bit.
+    """
+    if args.time_budget is not None:
+        return args.time_budget
+    return 0.0 if args.max_steps > 0 else 1200.0
 
 
 def run_train(args: argparse.Namespace) -> int:

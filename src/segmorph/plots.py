@@ -75,7 +75,8 @@ def overlay_slices(
 def _slices_through_labels(labels: np.ndarray, count: int) -> list[int]:
     present = np.flatnonzero(labels.reshape(-1, labels.shape[-1]).any(0))
     pool = present if present.size else np.arange(labels.shape[-1])
-    return sorted({int(v) for v in np.linspace(pool[0], pool[-1], num=min(count, pool.size)).round()})
+    interior = np.linspace(pool[0], pool[-1], num=min(count, pool.size) + 2)[1:-1]  # skip the thin ends
+    return sorted({int(v) for v in interior.round()})
 
 
 def _draw_overlay(axis: plt.Axes, image_slice: np.ndarray, label_slice: np.ndarray, title: str) -> None:

@@ -232,7 +232,7 @@ class _Loop:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.started = time.perf_counter()
         main = dist.is_main_process()
-        reason = "budget"
+        reason = "step or time limit"
         with TrainingProgress(enabled=show_progress and main) as bar:
             while True:
                 losses = [self._train_step() for _ in range(self.config.steps_per_epoch) if not self._finished()]
