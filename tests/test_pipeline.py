@@ -215,3 +215,12 @@ def test_max_steps_alone_means_no_time_budget():
     assert _time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10"])) == 0.0
     assert _time_budget(parse(["train", "ds", "--out", "r"])) == 1200.0
     assert _time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10", "--time-budget", "5m"])) == 300.0
+
+
+def test_predict_wrong_channel_count_names_the_scan(trained_run, tmp_path, capsys):
+    image, _ = sphere_case()
+    write_image(image.with_data(image.data.repeat(2, 1, 1, 1)), tmp_path / "two_channels.nii.gz")
+    code = main(["predict", str(trained_run), str(tmp_path / "two_channels.nii.gz"), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1
+    assert "two_channels.nii.gz: expected 1 channels, got 2" in err[0]

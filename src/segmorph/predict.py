@@ -58,7 +58,11 @@ class Predictor:
         state, config, _ = load_checkpoint(self.run_dir / f"checkpoint_{options.checkpoint}.pt", self.device)
         network_config = {**config["network"], "deep_supervision": False}
         self.model = build_network(network_config)
-        self.model.load_state_dict(state)
+        try:
+            self.model.load_state_dict(state)
+        except RuntimeError:
+            path = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
+            raise SegmorphError("weights do not fit the network described in its config", path) from None
         self.model.to(self.device).eval()
         self.network = compile_for_inference(self.model) if options.compile else self.model
 
@@ -121,7 +125,10 @@ def predict_files(
         if skip_existing and target.exists():
             continue
         image = read_image(scan)
-        mask, probabilities = predictor.segment(image)
+        try:
+            mask, probabilities = predictor.segment(image)
+        except SegmorphError as err:
+            raise SegmorphError(err.problem, err.path or scan) from None
         if save_probabilities:
             write_image(Image(probabilities.float(), image.affine), out_dir / f"{strip_suffix(target)}_probabilities.nii.gz")
         if overlays:

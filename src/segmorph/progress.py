@@ -41,10 +41,13 @@ class TrainingProgress:
 
 
 def track(items: Iterable[T], description: str, total: int | None = None, enabled: bool = True) -> Iterator[T]:
-    """Iterate with a progress bar (a thin wrapper so every long loop looks the same)."""
+    """Iterate with a progress bar (a thin wrapper so every long loop looks the same).
+
+    Drawn on terminals only: in logs and pipes a bar is noise, and an error stays a single line.
+    """
     progress = Progress(
         TextColumn(f"[bold]{description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled,
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not enabled or not console.is_terminal,
     )  # fmt: skip
     with progress:
         yield from progress.track(items, total=total)
