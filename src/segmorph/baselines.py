@@ -12,7 +12,6 @@ import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
-import cc3d
 import numpy as np
 import torch
 from scipy import ndimage
@@ -20,7 +19,8 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
-from segmorph.io import PICTURE_SUFFIXES, image_suffix, read_image, strip_suffix, write_image
+from segmorph.io import mask_file_name, read_image, write_image
+from segmorph.postprocess import keep_largest_component
 
 
 def intensities(image: Image, channel: int | None = None) -> np.ndarray:
@@ -133,14 +133,6 @@ def _morph(mask: np.ndarray, operation: str, structure: np.ndarray) -> np.ndarra
     return result[tuple(slice(p, p + n) for (p, _), n in zip(pad, mask.shape))]
 
 
-def keep_largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest connected component of a boolean mask (full connectivity: 26 in 3D, 8 in 2D)."""
-    if not mask.any():
-        return mask.astype(bool)
-    connectivity = 26 if mask.ndim == 3 else 8
-    return cc3d.largest_k(np.ascontiguousarray(mask, dtype=bool), k=1, connectivity=connectivity) > 0
-
-
 def postprocess(
     labels: Image,
     opening_mm: float = 0.0,
@@ -176,7 +168,7 @@ def postprocess(
         if fill_holes:
             mask = ndimage.binary_fill_holes(mask)
         if largest_component:
-            mask = keep_largest_component(mask)
+            mask = keep_largest_component(mask.astype(np.uint8), [1]) > 0
         out[mask & ((original == value) | (original == 0)) & (out == 0)] = value
     return _as_label_image(out, labels)
 
@@ -199,11 +191,6 @@ def segment(image: Image, method: str, **params) -> Image:
     return postprocess(result, **post) if post else result
 
 
-def output_name(path: Path) -> str:
-    """``<case>.nii.gz``, or ``<case>.png`` for 2D picture inputs (never JPEG: it would blur labels)."""
-    return strip_suffix(path) + (".png" if image_suffix(path) in PICTURE_SUFFIXES else ".nii.gz")
-
-
 def segment_folder(inputs: list[Path], out_dir: Path, method: str, **params) -> list[Path]:
     """Segment each input file (or DICOM folder) and write its mask to ``out_dir``.
 
@@ -220,7 +207,7 @@ def segment_folder(inputs: list[Path], out_dir: Path, method: str, **params) -> 
     Raises:
         SegmorphError: Two inputs share a case id, or an input cannot be read or segmented.
     """
-    names = [output_name(Path(p)) for p in inputs]
+    names = [mask_file_name(Path(p)) for p in inputs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise SegmorphError(f"several inputs would write {', '.join(duplicates)}", out_dir)

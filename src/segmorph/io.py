@@ -39,6 +39,22 @@ def strip_suffix(path: str | Path) -> str:
     return name[: len(name) - len(suffix)] if suffix else name
 
 
+def mask_file_name(source: str | Path, suffix: str | None = None) -> str:
+    """File name of the mask written for a scan: its case id plus ``suffix``.
+
+    The case id is the file name without its image suffix and without nnU-Net's ``_0000`` channel
+    suffix (a DICOM series folder: the folder name). Without ``suffix``: ``.png`` for picture inputs
+    (never JPEG, which would blur labels), else ``.nii.gz``.
+    """
+    source = Path(source)
+    case = strip_suffix(source) if image_suffix(source) else source.name
+    if case.endswith("_0000"):
+        case = case[: -len("_0000")]
+    if suffix is None:
+        suffix = ".png" if image_suffix(source) in PICTURE_SUFFIXES else ".nii.gz"
+    return case + suffix
+
+
 def is_dicom_folder(path: str | Path) -> bool:
     """True when ``path`` is a folder holding at least one DICOM series."""
     path = Path(path)

@@ -16,7 +16,7 @@ from segmorph.checkpoint import load_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample
 from segmorph.inference import compile_for_inference, sliding_window_logits
-from segmorph.io import list_images, read_image, strip_suffix, write_image
+from segmorph.io import list_images, mask_file_name, read_image, strip_suffix, write_image
 from segmorph.nn import build_network
 from segmorph.plan import Plan
 from segmorph.postprocess import keep_largest_component
@@ -90,16 +90,6 @@ class Predictor:
         return mask, probabilities
 
 
-def output_name(source: Path, suffix: str | None) -> str:
-    """Mask file name for a scan: the case id (channel suffix ``_0000`` dropped) plus a suffix."""
-    case = strip_suffix(source) if source.is_file() else source.name
-    if case.endswith("_0000"):
-        case = case[:-5]
-    if suffix is None:
-        suffix = ".png" if source.suffix.lower() in (".png", ".jpg", ".jpeg", ".bmp") else ".nii.gz"
-    return case + suffix
-
-
 def predict_files(
     run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, device: str = "cpu",
     options: PredictOptions = PredictOptions(), skip_existing: bool = False, overlays: bool = False,
@@ -121,7 +111,7 @@ def predict_files(
     out_dir = Path(out_dir)
     written = []
     for scan in track(scans, "predict", total=len(scans), enabled=show_progress):
-        target = out_dir / output_name(scan, suffix)
+        target = out_dir / mask_file_name(scan, suffix)
         if skip_existing and target.exists():
             continue
         image = read_image(scan)
