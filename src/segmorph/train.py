@@ -23,6 +23,7 @@ from segmorph.errors import SegmorphError
 from segmorph.inference import sliding_window_logits
 from segmorph.io import atomic_write_text
 from segmorph.losses import SegmentationLoss
+from segmorph.metrics import dice_score
 from segmorph.progress import TrainingProgress
 from segmorph.schedule import learning_rate
 from segmorph.transforms import AugmentConfig, Augmenter, PatchSampler
@@ -332,14 +333,9 @@ class _Loop:
 
 
 def _dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice of classes 1..K-1 between two label maps; a class absent from both scores 1."""
-    prediction, reference = prediction.flatten(), reference.flatten().to(prediction.device)
-    scores = []
-    for k in range(1, num_classes):
-        p, r = prediction == k, reference == k
-        denominator = p.sum() + r.sum()
-        scores.append(torch.tensor(1.0) if denominator == 0 else 2 * (p & r).sum().float().cpu() / denominator.cpu())
-    return torch.stack(scores)
+    """Dice of classes 1..K-1 between two label maps (the rules of :func:`segmorph.metrics.dice_score`)."""
+    predicted, expected = prediction.cpu().numpy(), reference.cpu().numpy()
+    return torch.tensor([dice_score(predicted == k, expected == k) for k in range(1, num_classes)])
 
 
 def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
