@@ -47,7 +47,7 @@ class TrainConfig:
         max_steps: Stop after this many steps (0: only the time budget limits).
         time_budget_s: Stop, and end the schedule, within this many seconds (0: none).
         steps_per_epoch: Steps between validations and checkpoints.
-        patience_epochs: Early stopping: epochs without a better smoothed validation Dice (0: off).
+        patience_epochs: Early stopping: epochs without a better validation Dice (0: off).
         foreground_fraction: Share of patches centred on a foreground voxel.
         loss_alpha: Weight of cross-entropy in ``alpha * CE + (1 - alpha) * Dice``.
         augment: Augmentation switch; its details live in :class:`AugmentConfig`.
@@ -188,7 +188,6 @@ class _Loop:
         self.elapsed_before = 0.0
         self.best = -1.0
         self.best_epoch = -1
-        self.smoothed = None
         self.history: list[EpochRecord] = []
 
     # -- state ---------------------------------------------------------------------------------
@@ -200,14 +199,13 @@ class _Loop:
         counters = json.loads(extras["counters_json"])
         self.step, self.epoch = counters["step"], counters["epoch"]
         self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
-        self.smoothed = counters["smoothed"]
         self.history = [EpochRecord(**r) for r in counters["history"]]
         self.generator.set_state(extras["generator"])
 
     def _checkpoint(self, name: str) -> None:
         counters = {
             "step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed(), "best": self.best,
-            "best_epoch": self.best_epoch, "smoothed": self.smoothed, "history": [asdict(r) for r in self.history],
+            "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history],
         }  # fmt: skip
         config = {"network": self.network_config, "train": self.config.to_dict(), "num_classes": self.num_classes}
         save_checkpoint(
@@ -292,7 +290,6 @@ class _Loop:
 
     def _update_best(self, record: EpochRecord) -> None:
         score = record.val_dice if self.val_cases else float(record.epoch)
-        self.smoothed = score if self.smoothed is None else 0.8 * self.smoothed + 0.2 * score
         if score > self.best:
             self.best, self.best_epoch = score, record.epoch
             self._checkpoint("checkpoint_best.pt")
