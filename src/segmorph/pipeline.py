@@ -146,7 +146,7 @@ def _summary_line(plan: Plan, model: torch.nn.Module, n_train: int, n_val: int) 
 
 def _fit_summary(result: FitResult) -> dict[str, Any]:
     return {
-        "best_val_dice": result.best_val_dice, "best_epoch": result.best_epoch, "steps": result.steps,
+        "best_val_dice": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
         "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
         "world_size": result.world_size,
     }  # fmt: skip

@@ -26,16 +26,16 @@ def _save(figure: plt.Figure, path: str | Path) -> Path:
     return atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_training_curves(history: Sequence, path: str | Path) -> Path:
-    """Training loss and validation Dice against epoch, one PNG."""
+def plot_training_curves(history: Sequence, path: str | Path, score_name: str = "validation Dice") -> Path:
+    """Training loss and the validation score (in 0..1) against epoch, one PNG."""
     figure, loss_axis = plt.subplots(figsize=(7, 4))
     epochs = [r.epoch for r in history]
     loss_axis.plot(epochs, [r.train_loss for r in history], color="tab:blue", label="train loss")
     loss_axis.set_xlabel("epoch")
     loss_axis.set_ylabel("train loss", color="tab:blue")
     dice_axis = loss_axis.twinx()
-    dice_axis.plot(epochs, [r.val_dice for r in history], color="tab:red", label="validation Dice")
-    dice_axis.set_ylabel("validation Dice", color="tab:red")
+    dice_axis.plot(epochs, [r.val_score for r in history], color="tab:red", label=score_name)
+    dice_axis.set_ylabel(score_name, color="tab:red")
     dice_axis.set_ylim(0, 1)
     figure.suptitle("segmorph training")
     return _save(figure, path)

@@ -31,8 +31,8 @@ class TrainingProgress:
     def __exit__(self, *exc) -> None:
         self._progress.__exit__(*exc)
 
-    def update(self, fraction: float, step: int, loss: float, val_dice: float, seconds_left: float) -> None:
-        info = f"step {step}  loss {loss:.4f}  val Dice {val_dice:.4f}  left {seconds_left / 60:.1f} min"
+    def update(self, fraction: float, step: int, loss: float, val_score: float, seconds_left: float) -> None:
+        info = f"step {step}  loss {loss:.4f}  val {val_score:.4f}  left {seconds_left / 60:.1f} min"
         self._progress.update(self._task, completed=min(fraction, 1.0), info=info)
         if not self.enabled:
             return

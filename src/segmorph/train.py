@@ -1,7 +1,9 @@
-"""fit(): the training loop with validation, early stopping, a time budget, checkpoints and resume.
+"""The training loop with validation, early stopping, a time budget, checkpoints and resume.
 
-Behaviour is changed with a :class:`TrainConfig` and callbacks, never by subclassing. Data are
-in-memory preprocessed cases: image ``(C, *S)`` float32 and label ``(1, *S)`` int64 tensors.
+One loop serves every kind of model: :func:`fit_task` takes a :class:`TrainTask` that draws a batch
+and computes its loss, and scores the model on validation data; :func:`fit` is the segmentation
+entry point (in-memory preprocessed cases: image ``(C, *S)`` float32 and label ``(1, *S)`` int64).
+Behaviour is changed with a :class:`TrainConfig`, the task and callbacks, never by subclassing.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -103,13 +106,13 @@ class EpochRecord:
     elapsed_s: float
     lr: float
     train_loss: float
-    val_dice: float
-    val_dice_per_class: list[float] = field(default_factory=list)
+    val_score: float
+    val_scores: list[float] = field(default_factory=list)
 
 
 @dataclass
 class FitResult:
-    best_val_dice: float
+    best_score: float
     best_epoch: int
     steps: int
     elapsed_s: float
@@ -119,6 +122,64 @@ class FitResult:
 
 
 Callback = Callable[[EpochRecord], None]
+
+
+class TrainTask(Protocol):
+    """What a kind of training supplies to the loop.
+
+    Attributes:
+        score_key: Short name of the validation score in logs (``"dice"``, ``"auc"``); higher is better.
+        score_parts: Names of the per-part scores :meth:`validate` returns (e.g. one per class).
+    """
+
+    score_key: str
+    score_parts: Sequence[str]
+
+    def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
+        """Draw one training batch with ``generator``, run ``model`` and return the scalar loss."""
+        ...
+
+    def validate(self, model: nn.Module, device: torch.device) -> list[float]:
+        """Per-part validation scores (their mean picks the best checkpoint); empty without validation data."""
+        ...
+
+
+class SegmentationTask:
+    """Foreground-oversampled, augmented patches; Dice + cross-entropy; sliding-window validation Dice."""
+
+    score_key = "dice"
+
+    def __init__(self, train_cases: Sequence[Case], val_cases: Sequence[Case], config: TrainConfig, num_classes: int):
+        self.config = config
+        self.num_classes = num_classes
+        self.val_cases = val_cases
+        self.score_parts = [f"dice_{k}" for k in range(1, num_classes)]
+        self.sampler = PatchSampler(
+            [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction
+        )
+        ndim = len(config.patch_size)
+        self.augmenter = Augmenter(AugmentConfig() if config.augment else AugmentConfig(enabled=False), ndim)
+        self.loss_fn = SegmentationLoss(config.loss_alpha)
+
+    def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
+        images, labels = self.sampler.sample(self.config.batch_size, generator)
+        images, labels = self.augmenter(images.to(device), labels.to(device), generator)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            outputs = model(images)
+        return self.loss_fn(outputs, labels)
+
+    @torch.inference_mode()
+    def validate(self, model: nn.Module, device: torch.device) -> list[float]:
+        if not self.val_cases:
+            return []
+        scores = []
+        for image, label in self.val_cases:
+            probabilities = sliding_window_logits(
+                model, image, self.config.patch_size, overlap=self.config.val_overlap,
+                batch_size=max(self.config.batch_size, 2), device=device, amp=self.config.amp,
+            )  # fmt: skip
+            scores.append(_dice_per_class(probabilities.argmax(0), label[0], self.num_classes))
+        return [round(float(v), 5) for v in torch.stack(scores).mean(0)]
 
 
 def fit(
@@ -134,7 +195,7 @@ def fit(
     callbacks: Sequence[Callback] = (),
     show_progress: bool = True,
 ) -> FitResult:
-    """Train ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
+    """Train a segmentation ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
 
     Writes into ``run_dir``: ``checkpoint_last.pt`` and ``checkpoint_best.pt`` (atomically),
     ``train_log.csv`` and ``curves.png``. Under torchrun (``WORLD_SIZE`` > 1) the process group is
@@ -156,32 +217,52 @@ def fit(
     """
     if not train_cases:
         raise SegmorphError("no training cases")
-    loop = _Loop(model, train_cases, val_cases, config, Path(run_dir), network_config, num_classes, device)
+    task = SegmentationTask(train_cases, val_cases, config, num_classes)
+    return fit_task(
+        model, task, config, run_dir, network_config, device, resume, callbacks, show_progress,
+        extra_config={"num_classes": num_classes},
+    )  # fmt: skip
+
+
+def fit_task(
+    model: nn.Module,
+    task: TrainTask,
+    config: TrainConfig,
+    run_dir: str | Path,
+    network_config: dict,
+    device: str | torch.device = "cpu",
+    resume: bool = False,
+    callbacks: Sequence[Callback] = (),
+    show_progress: bool = True,
+    extra_config: dict | None = None,
+) -> FitResult:
+    """Train ``model`` on batches drawn by ``task``, validating every ``config.steps_per_epoch`` steps.
+
+    The loop behind :func:`fit`, for any kind of model (same writes, torchrun support, resume and
+    early stopping). Checkpoints store ``{"network": network_config, "train": config, **extra_config}``
+    as JSON beside the weights; ``config.patch_size`` and the other segmentation fields mean what the
+    task makes of them.
+    """
+    loop = _Loop(model, task, config, Path(run_dir), network_config, extra_config or {}, device)
     if resume:
         loop.restore()
     return loop.run(callbacks, show_progress)
 
 
 class _Loop:
-    def __init__(self, model, train_cases, val_cases, config, run_dir, network_config, num_classes, device):
+    def __init__(self, model, task, config, run_dir, network_config, extra_config, device):
         self.config = config
+        self.task = task
         self.device = dist.local_device(torch.device(device))
         self.distributed = dist.init_from_environment(self.device)
         self.run_dir = run_dir
         self.network_config = network_config
-        self.num_classes = num_classes
+        self.extra_config = extra_config
         self.model = model.to(self.device)
         self.train_model = (
             nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
         )
-        self.val_cases = val_cases
-        self.sampler = PatchSampler(
-            [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction
-        )
-        ndim = len(config.patch_size)
-        self.augmenter = Augmenter(AugmentConfig() if config.augment else AugmentConfig(enabled=False), ndim)
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
-        self.loss_fn = SegmentationLoss(config.loss_alpha)
         self.optimizer = _make_optimizer(self.model, config)
         self.step = 0
         self.epoch = 0
@@ -207,7 +288,7 @@ class _Loop:
             "step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed(), "best": self.best,
             "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history],
         }  # fmt: skip
-        config = {"network": self.network_config, "train": self.config.to_dict(), "num_classes": self.num_classes}
+        config = {"network": self.network_config, "train": self.config.to_dict(), **self.extra_config}
         save_checkpoint(
             self.run_dir / name, self.model.state_dict(), config,
             optimizer=self.optimizer.state_dict(), counters_json=json.dumps(counters),
@@ -237,7 +318,7 @@ class _Loop:
                 losses = [self._train_step() for _ in range(self.config.steps_per_epoch) if not self._finished()]
                 self.epoch += 1
                 record = self._end_epoch(losses)
-                bar.update(self.progress(), self.step, record.train_loss, record.val_dice, self._time_left())
+                bar.update(self.progress(), self.step, record.train_loss, record.val_score, self._time_left())
                 for callback in callbacks if main else ():
                     callback(record)
                 if self._finished():
@@ -263,11 +344,7 @@ class _Loop:
         lr = learning_rate(self.config.learning_rate, self.progress(), self.config.schedule, self.config.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images, labels = self.sampler.sample(self.config.batch_size, self.generator)
-        images, labels = self.augmenter(images.to(self.device), labels.to(self.device), self.generator)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.config.amp):
-            outputs = self.train_model(images)
-        loss = self.loss_fn(outputs, labels)
+        loss = self.task.batch_loss(self.train_model, self.generator, self.device, self.config.amp)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
@@ -277,10 +354,10 @@ class _Loop:
 
     def _end_epoch(self, losses: list[float]) -> EpochRecord:
         lr = self.optimizer.param_groups[0]["lr"]
-        per_class = self._validate() if dist.is_main_process() else []
-        val_dice = float(sum(per_class) / len(per_class)) if per_class else float("nan")
+        parts = self._validate() if dist.is_main_process() else []
+        val_score = float(sum(parts) / len(parts)) if parts else float("nan")
         train_loss = sum(losses) / len(losses) if losses else float("nan")
-        record = EpochRecord(self.epoch, self.step, round(self.elapsed(), 2), lr, train_loss, val_dice, per_class)
+        record = EpochRecord(self.epoch, self.step, round(self.elapsed(), 2), lr, train_loss, val_score, parts)
         self.history.append(record)
         if dist.is_main_process():
             self._update_best(record)
@@ -289,7 +366,7 @@ class _Loop:
         return record
 
     def _update_best(self, record: EpochRecord) -> None:
-        score = record.val_dice if self.val_cases else float(record.epoch)
+        score = record.val_score if record.val_scores else float(record.epoch)
         if score > self.best:
             self.best, self.best_epoch = score, record.epoch
             self._checkpoint("checkpoint_best.pt")
@@ -299,34 +376,24 @@ class _Loop:
         stop = bool(patience) and self.best_epoch >= 0 and self.epoch - self.best_epoch > patience
         return dist.any_true(stop, self.device)
 
-    @torch.inference_mode()
     def _validate(self) -> list[float]:
-        if not self.val_cases:
-            return []
         self.model.eval()
-        scores = []
-        for image, label in self.val_cases:
-            probabilities = sliding_window_logits(
-                self.model, image, self.config.patch_size, overlap=self.config.val_overlap,
-                batch_size=max(self.config.batch_size, 2), device=self.device, amp=self.config.amp,
-            )  # fmt: skip
-            scores.append(_dice_per_class(probabilities.argmax(0), label[0], self.num_classes))
-        return [round(float(v), 5) for v in torch.stack(scores).mean(0)]
+        return [float(v) for v in self.task.validate(self.model, self.device)]
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_log(self) -> None:
         buffer = _io.StringIO()
         writer = csv.writer(buffer)
-        names = [f"val_dice_{k}" for k in range(1, self.num_classes)]
-        writer.writerow(["epoch", "step", "elapsed_s", "lr", "train_loss", "val_dice", *names])
+        names = [f"val_{part}" for part in self.task.score_parts]
+        writer.writerow(["epoch", "step", "elapsed_s", "lr", "train_loss", f"val_{self.task.score_key}", *names])
         for r in self.history:
-            writer.writerow([r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_dice, *r.val_dice_per_class])
+            writer.writerow([r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_score, *r.val_scores])
         atomic_write_text(self.run_dir / "train_log.csv", buffer.getvalue())
 
     def _write_curves(self) -> None:
         from segmorph.plots import plot_training_curves
 
-        plot_training_curves(self.history, self.run_dir / "curves.png")
+        plot_training_curves(self.history, self.run_dir / "curves.png", f"validation {self.task.score_key}")
 
 
 def _dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
