@@ -23,6 +23,12 @@ EXAMPLES = {
     "export": "segmorph export runs/hippo --format onnx --out model.onnx",
     "baseline": "segmorph baseline scans/ --method region_grow --seed-point 20,25,18 --out masks/",
     "demo": "segmorph demo --time-budget 5m",
+    "register": "segmorph register fixed.nii.gz moving.nii.gz --out reg/ --moving-labels moving_labels.nii.gz",
+    "train-registration": "segmorph train-registration ../shared/datasets/msd_hippocampus --out runs/reg --time-budget 20m",
+    "warp": "segmorph warp moving_labels.nii.gz --transform reg/ --out warped_labels.nii.gz --labels",
+    "evaluate-registration": "segmorph evaluate-registration reg/ --fixed-labels fixed_labels.nii.gz",
+    "atlas-segment": "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_labels.nii.gz --out seg.nii.gz",
+    "anonymize": "segmorph anonymize dicom_in/ --out dicom_anon/ --shift-dates -30",
 }
 
 
@@ -57,7 +63,77 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(_parser("export", sub, "Export a trained run's network to ONNX or TorchScript."))
     _add_baseline(_parser("baseline", sub, "Classical segmentation (Otsu, region growing) for comparison."))
     _add_demo(_parser("demo", sub, "Train briefly, predict and evaluate on the hippocampus data."))
+    _add_register(_parser("register", sub, "Align a moving scan to a fixed scan (rigid, affine, deformable, learned)."))
+    _add_train_registration(_parser("train-registration", sub, "Train a learned registration network on a dataset."))
+    _add_warp(_parser("warp", sub, "Resample an image or label map with a saved transform."))
+    _add_evaluate_registration(
+        _parser("evaluate-registration", sub, "Score a registration: Dice, HD95, folding, TRE.")
+    )
+    _add_atlas(_parser("atlas-segment", sub, "Segment a scan by registering labelled atlases and fusing labels."))
+    _add_anonymize(_parser("anonymize", sub, "De-identify DICOM files (PS3.15 Basic Application Confidentiality Profile)."))
     return parser
+
+
+def _add_register(p: argparse.ArgumentParser) -> None:
+    p.add_argument("fixed", type=Path, nargs="?", help="fixed image (its grid is the output grid)")
+    p.add_argument("moving", type=Path, nargs="?", help="moving image")
+    p.add_argument("--pairs", type=Path, help="CSV with columns fixed,moving[,fixed_labels,moving_labels]")
+    p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per pair with --pairs)")
+    p.add_argument("--moving-labels", type=Path, help="label map of the moving image, warped with nearest neighbour")
+    p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: writes metrics.json")
+    p.add_argument("--method", choices=("rigid", "affine", "deformable", "learned"), default="deformable")
+    p.add_argument("--model", type=Path, help="train-registration run folder (for --method learned)")
+    p.add_argument("--refine", type=int, default=0, help="instance-optimisation steps after the network (learned)")
+    p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), default="ncc",
+                   help="classical image similarity: ncc (default, same modality); mi or mind for multi-modal")  # fmt: skip
+    p.add_argument("--overlays", action="store_true", help="write checkerboard, grid and Jacobian pictures")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _add_train_registration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset folder (MSD layout); labels, when present, add a Dice term")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 20m (default 20m)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--learning-rate", type=float, default=1e-3)
+    p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 1; 0: unsupervised)")
+    p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), help="image similarity (default ncc)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_warp(p: argparse.ArgumentParser) -> None:
+    p.add_argument("image", type=Path, help="image or label map in the moving image's space")
+    p.add_argument("--transform", type=Path, required=True,
+                   help="registration folder, ITK .tfm file, or displacement field image (mm)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output image")
+    p.add_argument("--labels", action="store_true", help="label map: nearest-neighbour, integer output")
+    p.add_argument("--reference", type=Path, help="fixed image whose grid to use (default: the transform's grid)")
+    p.add_argument("--interpolation", choices=("linear", "nearest", "cubic"), help="default linear (nearest for labels)")
+
+
+def _add_evaluate_registration(p: argparse.ArgumentParser) -> None:
+    p.add_argument("reg_dir", type=Path, help="folder written by segmorph register")
+    p.add_argument("--fixed-labels", type=Path, help="reference label map on the fixed grid")
+    p.add_argument("--fixed-image", type=Path, help="fixed image (default: the grid of the warped image)")
+    p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
+                   help="corresponding points x,y,z in mm (LPS) for the target registration error")  # fmt: skip
+
+
+def _add_atlas(p: argparse.ArgumentParser) -> None:
+    from segmorph.registration.atlas import add_atlas_arguments
+
+    add_atlas_arguments(p)
+
+
+def _add_anonymize(p: argparse.ArgumentParser) -> None:
+    from segmorph.anonymize import add_anonymize_arguments
+
+    add_anonymize_arguments(p)
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
@@ -157,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     from segmorph import commands
 
-    handler: Callable[[argparse.Namespace], int] = getattr(commands, f"run_{args.verb}")
+    handler: Callable[[argparse.Namespace], int] = getattr(commands, "run_" + args.verb.replace("-", "_"))
     try:
         return handler(args)
     except SegmorphError as err:

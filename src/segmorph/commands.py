@@ -164,3 +164,92 @@ def run_demo(args: argparse.Namespace) -> int:
 
     demo(find_demo_data(args.data), args.out, args.time_budget, args.device)
     return 0
+
+
+# -- registration ----------------------------------------------------------------------------------
+
+
+def run_register(args: argparse.Namespace) -> int:
+    from segmorph.registration import run
+
+    model = run.load_model(args.model, args.device) if args.method == "learned" else None
+    if args.pairs is not None:
+        if args.fixed or args.moving:
+            raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)
+        records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
+                                     args.overlays, progress=not args.quiet)  # fmt: skip
+        dice = [r["metrics"]["mean_dice"] for r in records if "metrics" in r]
+        seconds = np.mean([r["seconds"] for r in records])
+        extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
+        console.print(f"registered {len(records)} pairs, {seconds:.2f} s per pair{extra}; summary {args.out / 'summary.csv'}",
+                      highlight=False)  # fmt: skip
+        return 0
+    if args.fixed is None or args.moving is None:
+        raise SegmorphError("give FIXED and MOVING images, or --pairs CSV")
+    request = run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels, args.method,
+                              args.refine, args.similarity, args.overlays)  # fmt: skip
+    record = run.register_pair(request, model)
+    line = f"registered {args.moving.name} to {args.fixed.name} ({args.method}) in {record['seconds']:.2f} s"
+    if "metrics" in record:
+        metrics = record["metrics"]
+        if "mean_dice" in metrics:
+            line += f", mean Dice {metrics['mean_dice']:.4f}"
+        line += f", folding {metrics['folding_percent']:.3f}%"
+    console.print(f"{line}; folder {args.out}", highlight=False)
+    return 0
+
+
+def run_train_registration(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from segmorph.registration.learned import LearnedConfig
+    from segmorph.registration.training import RegistrationTrainRequest, train_registration
+
+    config = LearnedConfig()
+    if args.dice_weight is not None:
+        config = replace(config, dice_weight=args.dice_weight)
+    if args.similarity:
+        config = replace(config, similarity=args.similarity)
+    request = RegistrationTrainRequest(
+        dataset=args.dataset, out=args.out, time_budget_s=_time_budget(args), max_steps=args.max_steps, config=config,
+        batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
+        resume=args.resume, show_progress=not args.quiet,
+    )  # fmt: skip
+    summary = train_registration(request)
+    console.print(f"best monitor Dice {summary['best_monitor_dice']:.4f} after {summary['steps']} steps; "
+                  f"run folder {args.out}", highlight=False)  # fmt: skip
+    return 0
+
+
+def run_warp(args: argparse.Namespace) -> int:
+    from segmorph.registration.run import warp_file
+
+    warped = warp_file(args.image, args.transform, args.out, args.labels, args.reference, args.interpolation)
+    console.print(f"wrote {args.out} {warped.spatial_shape}", highlight=False)
+    return 0
+
+
+def run_evaluate_registration(args: argparse.Namespace) -> int:
+    from segmorph.registration.run import evaluate_registration
+
+    landmarks = tuple(args.landmarks) if args.landmarks else None
+    metrics = evaluate_registration(args.reg_dir, args.fixed_labels, args.fixed_image, landmarks)
+    for row in metrics.get("labels", []):
+        print(f"{row['name']:>10}  Dice {row['dice']:.4f}  HD95 {row['hd95']:.2f} mm")
+    print(f"folding {metrics['folding_percent']:.4f}%  std log|J| {metrics['log_jacobian_std']:.4f}")
+    if "tre" in metrics:
+        tre = metrics["tre"]
+        print(f"TRE {tre['mean_mm']:.2f} mm (before {tre['before_mean_mm']:.2f} mm, {tre['count']} landmarks)")
+    return 0
+
+
+def run_atlas_segment(args: argparse.Namespace) -> int:
+    from segmorph.registration.atlas import run_atlas_command
+
+    return run_atlas_command(args)
+
+
+def run_anonymize(args: argparse.Namespace) -> int:
+    from segmorph.anonymize import run_anonymize as anonymize
+
+    return anonymize(args)

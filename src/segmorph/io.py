@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -200,19 +200,25 @@ def write_image(image: Image, path: str | Path) -> Path:
     suffix = image_suffix(path)
     if not suffix:
         raise SegmorphError(f"unknown image format (use one of {', '.join(IMAGE_SUFFIXES)})", path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     itk = to_sitk(image)
     if suffix in PICTURE_SUFFIXES:
         itk = sitk.Cast(itk, sitk.sitkUInt8) if itk.GetNumberOfComponentsPerPixel() == 1 else itk
+    compress = suffix in (".nii.gz", ".nrrd", ".mha")
+    return _write_with_sitk(path, suffix, lambda name: sitk.WriteImage(itk, name, useCompression=compress), "image")
+
+
+def _write_with_sitk(path: Path, suffix: str, write: Callable[[str], None], what: str) -> Path:
+    """Let SimpleITK write a temporary file beside ``path`` (it picks the format by suffix), fsync, rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sitk.WriteImage(itk, tmp_name, useCompression=suffix in (".nii.gz", ".nrrd", ".mha"))
+        write(tmp_name)
         _fsync(tmp_name)
         os.replace(tmp_name, path)
     except (RuntimeError, OSError) as err:
         Path(tmp_name).unlink(missing_ok=True)
-        raise SegmorphError(f"cannot write image ({_first_line(err)})", path) from None
+        raise SegmorphError(f"cannot write {what} ({_first_line(err)})", path) from None
     return path
 
 
@@ -241,3 +247,43 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Write text (UTF-8) atomically."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_affine_transform(matrix: np.ndarray, path: str | Path) -> Path:
+    """Write a world (LPS mm) affine ``(n+1, n+1)`` as an ITK transform file (.tfm/.txt), atomically.
+
+    ITK's convention, which segmorph shares: the transform maps points of the fixed image's world to
+    points of the moving image's world (``p -> M p + t``, centre 0).
+    """
+    path = Path(path)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n = matrix.shape[0] - 1
+    transform = sitk.AffineTransform(n)
+    transform.SetMatrix([float(v) for v in matrix[:n, :n].ravel()])
+    transform.SetTranslation([float(v) for v in matrix[:n, n]])
+    return _write_with_sitk(path, path.suffix or ".tfm", lambda name: sitk.WriteTransform(transform, name), "transform")
+
+
+def read_affine_transform(path: str | Path) -> np.ndarray:
+    """Read an ITK linear transform file (affine, rigid, Euler, ...) as a world affine ``(n+1, n+1)``.
+
+    The matrix is recovered by mapping the origin and the unit vectors, so any linear ITK transform
+    type works; deformable ones are refused.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise SegmorphError("no such file", path)
+    try:
+        transform = sitk.ReadTransform(str(path))
+        n = transform.GetDimension()
+        origin = np.array(transform.TransformPoint([0.0] * n))
+        columns = [np.array(transform.TransformPoint(list(np.eye(n)[d]))) - origin for d in range(n)]
+    except RuntimeError as err:
+        raise SegmorphError(f"cannot read transform ({_first_line(err)})", path) from None
+    matrix = np.eye(n + 1)
+    matrix[:n, :n] = np.stack(columns, axis=1)
+    matrix[:n, n] = origin
+    probe = np.array(transform.TransformPoint([7.0, -3.0, 5.0][:n]))
+    if not np.allclose(probe, matrix[:n, :n] @ np.array([7.0, -3.0, 5.0][:n]) + origin, atol=1e-4):
+        raise SegmorphError("transform is not linear (expected an affine, rigid or Euler transform)", path)
+    return matrix

@@ -25,6 +25,8 @@ class UNet(nn.Module):
         features: Channels per resolution level, e.g. ``(16, 32, 64, 128)``.
         residual: Residual double-conv blocks instead of plain ones.
         deep_supervision: Extra heads on the coarser decoder stages (training only).
+        output_level: Stop decoding at this level: the output has ``1 / 2**output_level`` of the
+            input's size per axis (0: full resolution). Registration networks predict coarse fields.
     """
 
     def __init__(
@@ -35,6 +37,7 @@ class UNet(nn.Module):
         features: Sequence[int] = (16, 32, 64, 128),
         residual: bool = False,
         deep_supervision: bool = False,
+        output_level: int = 0,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -43,8 +46,11 @@ class UNet(nn.Module):
             raise ValueError(f"features: need at least 2 levels, got {list(features)}")
         self.config = {
             "ndim": ndim, "in_channels": in_channels, "num_classes": num_classes, "features": list(features),
-            "residual": residual, "deep_supervision": deep_supervision,
+            "residual": residual, "deep_supervision": deep_supervision, "output_level": output_level,
         }  # fmt: skip
+        if not 0 <= output_level < len(features) - 1:
+            raise ValueError(f"output_level: expected 0..{len(features) - 2}, got {output_level}")
+        self.output_level = output_level
         self.deep_supervision = deep_supervision
         self.encoder = nn.ModuleList(
             DoubleConv(ndim, in_channels if i == 0 else features[i - 1], f, 1 if i == 0 else 2, residual)
@@ -66,11 +72,11 @@ class UNet(nn.Module):
             skips.append(x)
         outputs = []
         x = skips.pop()
-        for level in reversed(range(len(self.decoder))):
+        for level in reversed(range(self.output_level, len(self.decoder))):
             x = self.decoder[level](torch.cat([self.upsample[level](x), skips[level]], dim=1))
             if self.training and self.deep_supervision and level > 0 and level <= 2:
                 outputs.append(self.heads[level](x))
-        logits = self.heads[0](x)
+        logits = self.heads[self.output_level](x)
         if self.training and self.deep_supervision:
             return [logits] + outputs[::-1]
         return logits

@@ -1,0 +1,298 @@
+"""Learned registration: a VoxelMorph-style network predicting a stationary velocity field.
+
+The network (a U-Net on the moving and fixed images stacked as two channels) outputs a velocity
+field at half resolution, in voxels of that coarse grid; it is integrated by scaling and squaring
+and upsampled to a displacement. Training is unsupervised (image similarity + diffusion smoothness)
+with an optional Dice term on warped one-hot labels (training only). Inference is one forward pass
+after a built-in pre-alignment, optionally refined by a few instance-optimisation steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segmorph.checkpoint import load_checkpoint
+from segmorph.errors import SegmorphError
+from segmorph.image import Image
+from segmorph.metrics import dice_score
+from segmorph.nn import UNet
+from segmorph.registration import spatial
+from segmorph.registration.classical import (
+    ClassicalConfig,
+    Level,
+    initial_matrix,
+    optimise_velocity,
+    register_classical,
+    velocity_transform,
+)
+from segmorph.registration.pairs import normalise_intensity
+from segmorph.registration.regularize import diffusion
+from segmorph.registration.similarity import get_similarity
+from segmorph.registration.transform import Transform
+
+PREALIGNMENTS = ("affine", "com", "none")
+# A quick affine for pre-alignment: the two coarse pyramid levels only.
+PREALIGN_CONFIG = ClassicalConfig(
+    shrink=(4, 2), rigid_iterations=(30, 0), affine_iterations=(30, 10), deformable_iterations=(0, 0)
+)
+
+
+@dataclass(frozen=True)
+class LearnedConfig:
+    """Network and loss settings of learned registration (stored in the checkpoint).
+
+    Attributes:
+        features: U-Net channels per level.
+        train_shape: Grid the training pairs are padded or cropped to (centred), voxels.
+        similarity: Image term (``"ncc"``, ``"mse"``, ``"mi"``, ``"mind"``).
+        ncc_window: Local NCC window, voxels.
+        smoothness: Weight of the diffusion regulariser on the velocity (coarse voxels).
+        dice_weight: Weight of ``1 - Dice`` between warped moving and fixed labels (0: unsupervised).
+        integration_steps: Scaling-and-squaring steps.
+        prealign: ``"affine"`` (quick classical affine), ``"com"`` (centres of mass) or ``"none"``.
+        flip: Random flips of both images as augmentation.
+    """
+
+    features: tuple[int, ...] = (16, 32, 32, 64)
+    train_shape: tuple[int, ...] = (48, 64, 48)
+    similarity: str = "ncc"
+    ncc_window: int = 9
+    smoothness: float = 1.0
+    dice_weight: float = 1.0
+    integration_steps: int = 7
+    prealign: str = "affine"
+    flip: bool = True
+
+    def __post_init__(self) -> None:
+        get_similarity(self.similarity)
+        if self.prealign not in PREALIGNMENTS:
+            raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {self.prealign!r}")
+        object.__setattr__(self, "features", tuple(int(f) for f in self.features))
+        object.__setattr__(self, "train_shape", tuple(int(s) for s in self.train_shape))
+
+    @classmethod
+    def from_dict(cls, values: dict) -> LearnedConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"registration config: unknown keys {sorted(unknown)}")
+        return cls(**values)
+
+
+def build_registration_network(ndim: int, config: LearnedConfig) -> UNet:
+    """U-Net with two input channels (moving, fixed) and ``ndim`` outputs at half resolution.
+
+    The output layer starts near zero (the identity transform), as in VoxelMorph.
+    """
+    network = UNet(ndim, 2, ndim, config.features, output_level=1)
+    head = network.heads[1]
+    nn.init.normal_(head.weight, std=1e-5)
+    nn.init.zeros_(head.bias)
+    return network
+
+
+def displacement_from_velocity(velocity: torch.Tensor, shape: Sequence[int], steps: int) -> torch.Tensor:
+    """Integrate a coarse velocity ``(B, n, *C)`` (coarse voxels) and upsample to ``(B, n, *shape)`` voxels."""
+    return spatial.resize_field(spatial.integrate(velocity, steps), shape)
+
+
+def _pad_to_multiple(data: torch.Tensor, divisor: int) -> tuple[torch.Tensor, list[int]]:
+    """Zero-pad ``(B, C, *S)`` at the far end of each axis to multiples of ``divisor``."""
+    extra = [(-s) % divisor for s in data.shape[2:]]
+    pads: list[int] = []
+    for e in reversed(extra):
+        pads += [0, e]
+    return F.pad(data, pads), extra
+
+
+def predict_velocity(network: UNet, fixed: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
+    """Velocity on the fixed grid ``(1, n, *S)`` in fixed voxels, for normalised ``(1, 1, *S)`` inputs.
+
+    Inputs of any size are zero-padded to the network's divisor; the coarse output is resized to the
+    padded full grid (vectors rescaled) and cropped back.
+    """
+    shape = fixed.shape[2:]
+    stacked, _ = _pad_to_multiple(torch.cat([moved, fixed], dim=1), network.divisor)
+    coarse = network(stacked)
+    full = spatial.resize_field(coarse, stacked.shape[2:])
+    return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PairData:
+    """Training cases on one grid: normalised images ``(N, 1, *S)`` and one-hot labels ``(N, K, *S)``."""
+
+    images: torch.Tensor
+    onehot: torch.Tensor | None
+
+    @classmethod
+    def from_cases(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None, num_classes: int):
+        stacked = torch.stack([normalise_intensity(i.float()) for i in images])
+        onehot = None
+        if labels is not None:
+            onehot = torch.stack([F.one_hot(lab[0].long(), num_classes).movedim(-1, 0).float() for lab in labels])
+        return cls(stacked, onehot)
+
+
+class RegistrationTask:
+    """Random pairs, similarity + smoothness (+ Dice) loss; validation Dice of warped labels."""
+
+    score_key = "dice"
+
+    def __init__(self, train: PairData, val: PairData, val_pairs: Sequence[tuple[int, int]], config: LearnedConfig,
+                 batch_size: int):  # fmt: skip
+        self.train, self.val, self.val_pairs = train, val, list(val_pairs)
+        self.config = config
+        self.batch_size = batch_size
+        num_classes = train.onehot.shape[1] if train.onehot is not None else 0
+        self.score_parts = [f"dice_{k}" for k in range(1, num_classes)] if num_classes else ["ncc"]
+        similarity = get_similarity(config.similarity)
+        self.similarity = (lambda f, w: similarity(f, w, window=config.ncc_window)) if config.similarity == "ncc" else similarity
+
+    def _draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        count = self.train.images.shape[0]
+        fixed = torch.randint(count, (self.batch_size,), generator=generator)
+        moving = (fixed + torch.randint(1, count, (self.batch_size,), generator=generator)) % count
+        return fixed, moving
+
+    def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
+        fixed_index, moving_index = self._draw(generator)
+        images = torch.cat([self.train.images[moving_index], self.train.images[fixed_index]], dim=1)
+        labels = None
+        if self.train.onehot is not None and self.config.dice_weight > 0:
+            labels = torch.cat([self.train.onehot[moving_index], self.train.onehot[fixed_index]], dim=1)
+        images, labels = self._flip(images, labels, generator)
+        images = images.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            velocity = model(images)
+        velocity = velocity.float()
+        displacement = displacement_from_velocity(velocity, images.shape[2:], self.config.integration_steps)
+        moved = spatial.warp(images[:, :1], displacement)
+        loss = self.similarity(images[:, 1:], moved) + self.config.smoothness * diffusion(velocity)
+        if labels is not None:
+            labels = labels.to(device)
+            half = labels.shape[1] // 2
+            warped = spatial.warp(labels[:, :half], displacement)
+            loss = loss + self.config.dice_weight * (1 - soft_dice(warped, labels[:, half:]))
+        return loss
+
+    def _flip(self, images, labels, generator):
+        if not self.config.flip:
+            return images, labels
+        axes = [a + 2 for a in range(images.ndim - 2) if torch.rand((), generator=generator) < 0.5]
+        if not axes:
+            return images, labels
+        return images.flip(axes), None if labels is None else labels.flip(axes)
+
+    @torch.inference_mode()
+    def validate(self, model: nn.Module, device: torch.device) -> list[float]:
+        if not self.val_pairs:
+            return []
+        scores = []
+        for fixed_index, moving_index in self.val_pairs:
+            fixed, moving = self.val.images[fixed_index : fixed_index + 1], self.val.images[moving_index : moving_index + 1]
+            velocity = predict_velocity(model, fixed.to(device), moving.to(device)).float()
+            displacement = spatial.integrate(velocity, self.config.integration_steps)
+            if self.val.onehot is None:
+                moved = spatial.warp(moving.to(device), displacement)
+                scores.append([-float(self.similarity(fixed.to(device), moved))])
+                continue
+            warped = spatial.warp(self.val.onehot[moving_index : moving_index + 1].to(device), displacement)
+            predicted = warped.argmax(1)[0].cpu().numpy()
+            reference = self.val.onehot[fixed_index].argmax(0).numpy()
+            scores.append([dice_score(predicted == k, reference == k) for k in range(1, warped.shape[1])])
+        return [round(float(v), 5) for v in np.mean(scores, axis=0)]
+
+
+def soft_dice(warped: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Mean soft Dice over foreground channels (1..K-1) of one-hot ``(B, K, *S)`` maps."""
+    axes = tuple(range(2, warped.ndim))
+    intersection = (warped[:, 1:] * reference[:, 1:]).sum(axes)
+    total = warped[:, 1:].sum(axes) + reference[:, 1:].sum(axes)
+    return ((2 * intersection + 1e-5) / (total + 1e-5)).mean()
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+
+class LearnedRegistration:
+    """A trained registration network, loaded once and applied to many pairs."""
+
+    def __init__(self, network: UNet, config: LearnedConfig, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.network = network.to(self.device).eval()
+        self.config = config
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> LearnedRegistration:
+        """Load ``checkpoint_best.pt`` (weights only, JSON config) from a ``train-registration`` run."""
+        run_dir = Path(run_dir)
+        path = run_dir / "checkpoint_best.pt"
+        if not path.exists():
+            raise SegmorphError("no checkpoint_best.pt (expected a segmorph train-registration run)", run_dir)
+        state, stored, _ = load_checkpoint(path)
+        if stored.get("kind") != "registration":
+            raise SegmorphError("checkpoint is not a registration model", path)
+        config = LearnedConfig.from_dict(stored["registration"])
+        network = build_registration_network(int(stored["network"]["ndim"]), config)
+        try:
+            network.load_state_dict(state)
+        except RuntimeError as err:
+            raise SegmorphError(f"weights do not fit the stored network ({str(err).splitlines()[0]})", path) from None
+        return cls(network, config, device)
+
+    def prealign(self, fixed: Image, moving: Image) -> np.ndarray:
+        """World matrix fixed → moving from the configured pre-alignment."""
+        if self.config.prealign == "affine":
+            return register_classical(fixed, moving, "affine", PREALIGN_CONFIG, device=self.device).matrix()
+        return initial_matrix(fixed, moving, "com" if self.config.prealign == "com" else "none")
+
+    @torch.inference_mode()
+    def _velocity(self, fixed: Image, moved: Image) -> torch.Tensor:
+        fixed_data = normalise_intensity(fixed.data[:1].float())[None].to(self.device)
+        moved_data = normalise_intensity(moved.data[:1].float())[None].to(self.device)
+        return predict_velocity(self.network, fixed_data, moved_data).float()
+
+    def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None) -> Transform:
+        """Fixed → moving transform ``[exp(v), prealignment]``; ``refine`` Adam steps polish ``v``.
+
+        Args:
+            fixed: Reference image; its grid carries the field.
+            moving: Image to align.
+            refine: Instance-optimisation steps after the forward pass (0: none).
+            matrix: A pre-alignment to use instead of the configured one.
+        """
+        if fixed.ndim != self.network.config["ndim"]:
+            raise SegmorphError(f"the model registers {self.network.config['ndim']}D images, got {fixed.ndim}D")
+        matrix = self.prealign(fixed, moving) if matrix is None else matrix
+        moved = Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
+        velocity = self._velocity(fixed, moved)
+        if refine > 0:
+            velocity = self._refine(fixed, moving, matrix, velocity, refine)
+        return velocity_transform(velocity, fixed.affine, matrix, self.config.integration_steps)
+
+    def _refine(self, fixed: Image, moving: Image, matrix: np.ndarray, velocity: torch.Tensor, steps: int):
+        config = replace(
+            ClassicalConfig(), similarity=self.config.similarity, ncc_window=self.config.ncc_window, shrink=(1,),
+            rigid_iterations=(0,), affine_iterations=(0,), deformable_iterations=(steps,), velocity_shrink=2,
+            smoothness=self.config.smoothness, integration_steps=self.config.integration_steps, deformable_lr=0.1,
+        )  # fmt: skip
+        fixed_data = normalise_intensity(fixed.data[:1].float())[None].to(self.device)
+        moving_data = normalise_intensity(moving.data[:1].float())[None].to(self.device)
+        level = Level(fixed_data, moving_data, fixed.affine, moving.affine)
+        return optimise_velocity([level], config, matrix, velocity=velocity)
+
+
+def registration_checkpoint_config(config: LearnedConfig, labels: dict[int, str]) -> dict:
+    """The JSON config stored beside the weights (``kind``, loss settings, label names)."""
+    return {"kind": "registration", "registration": asdict(config), "labels": {str(k): v for k, v in labels.items()}}

@@ -1,0 +1,305 @@
+"""Registration runs on files: register a pair or a CSV of pairs, warp with a saved transform, score.
+
+A registration folder (``reg/``) holds ``warped.nii.gz``, ``warped_labels.nii.gz`` (when moving
+labels are given), the transform (``transform.json``, ``affine.tfm``, and for deformable results
+``displacement.nii.gz`` and ``velocity.nii.gz``), ``registration.json`` (what was done, how long),
+``metrics.json`` when fixed labels are given, and PNG pictures when asked.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmorph.errors import SegmorphError
+from segmorph.image import Image
+from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
+from segmorph.metrics import case_metrics
+from segmorph.registration.classical import ClassicalConfig, register_classical
+from segmorph.registration.regularize import folding_fraction, jacobian_determinant, log_jacobian_std
+from segmorph.registration.transform import Transform, load_transform, save_transform
+
+METHODS = ("rigid", "affine", "deformable", "learned")
+WARPED_IMAGE = "warped.nii.gz"
+WARPED_LABELS = "warped_labels.nii.gz"
+
+
+@dataclass
+class PairRequest:
+    """One pair to register and what to do with it."""
+
+    fixed: Path
+    moving: Path
+    out: Path
+    moving_labels: Path | None = None
+    fixed_labels: Path | None = None
+    method: str = "deformable"
+    refine: int = 0
+    similarity: str = "ncc"
+    pictures: bool = False
+
+
+def check_pair(fixed: Image, moving: Image, fixed_path: Path, moving_path: Path) -> None:
+    """Refuse pairs that cannot be registered: 2D with 3D, or fields of view that do not overlap."""
+    if fixed.ndim != moving.ndim:
+        raise SegmorphError(f"is {moving.ndim}D but the fixed image {fixed_path.name} is {fixed.ndim}D", moving_path)
+    low_f, high_f = world_box(fixed)
+    low_m, high_m = world_box(moving)
+    if (np.minimum(high_f, high_m) < np.maximum(low_f, low_m)).any():
+        raise SegmorphError(
+            f"field of view does not overlap the fixed image {fixed_path.name}'s "
+            f"(fixed spans {_box(low_f, high_f)} mm, moving {_box(low_m, high_m)} mm)", moving_path,
+        )  # fmt: skip
+
+
+def world_box(image: Image) -> tuple[np.ndarray, np.ndarray]:
+    """World bounding box (mm) of the voxel centres of an image's grid."""
+    shape = np.array(image.spatial_shape) - 1
+    corners = np.array(np.meshgrid(*[[0, s] for s in shape], indexing="ij")).reshape(image.ndim, -1).T
+    points = image.affine.voxel_to_world(corners)
+    return points.min(0), points.max(0)
+
+
+def _box(low: np.ndarray, high: np.ndarray) -> str:
+    return " x ".join(f"[{a:.1f}, {b:.1f}]" for a, b in zip(low, high))
+
+
+def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
+    """Read a label map that must lie on ``image``'s grid (same shape and geometry)."""
+    labels = read_image(path, is_label=True)
+    if labels.spatial_shape != image.spatial_shape or not labels.affine.allclose(image.affine, atol=1e-4):
+        raise SegmorphError(
+            f"label grid {labels.spatial_shape} {labels.affine!r} differs from its image {image_path.name}'s "
+            f"{image.spatial_shape} {image.affine!r}", path,
+        )  # fmt: skip
+    return labels
+
+
+def register_images(fixed: Image, moving: Image, method: str, model=None, refine: int = 0,
+                    similarity: str = "ncc") -> Transform:  # fmt: skip
+    """Dispatch to classical or learned registration; returns the fixed → moving transform."""
+    if method not in METHODS:
+        raise SegmorphError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if method == "learned":
+        if model is None:
+            raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
+        return model.register(fixed, moving, refine=refine)
+    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity))
+
+
+def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
+    """Register one pair and write its folder; returns the registration record (with metrics)."""
+    fixed, moving = read_image(request.fixed), read_image(request.moving)
+    check_pair(fixed, moving, request.fixed, request.moving)
+    moving_labels = read_labels_like(request.moving_labels, moving, request.moving) if request.moving_labels else None
+    fixed_labels = read_labels_like(request.fixed_labels, fixed, request.fixed) if request.fixed_labels else None
+    started = time.perf_counter()
+    transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity)
+    seconds = time.perf_counter() - started
+    out = Path(request.out)
+    save_transform(transform, out, fixed.affine, fixed.spatial_shape)
+    warped = transform.warp(moving, fixed.affine, fixed.spatial_shape)
+    write_image(warped, out / WARPED_IMAGE)
+    warped_labels = None
+    if moving_labels is not None:
+        warped_labels = transform.warp(moving_labels, fixed.affine, fixed.spatial_shape)
+        write_image(warped_labels, out / WARPED_LABELS)
+    record: dict[str, Any] = {
+        "fixed": str(request.fixed), "moving": str(request.moving), "method": request.method,
+        "refine": request.refine, "similarity": request.similarity, "seconds": round(seconds, 3),
+    }  # fmt: skip
+    if fixed_labels is not None:
+        record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels)
+        atomic_write_text(out / "metrics.json", json.dumps(record["metrics"], indent=2) + "\n")
+    if request.pictures:
+        from segmorph.registration.pictures import save_registration_pictures
+
+        save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels)
+    atomic_write_text(out / "registration.json", json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def registration_metrics(transform: Transform, fixed: Image, fixed_labels: Image | None = None,
+                         warped_labels: Image | None = None, landmarks: tuple[Path, Path] | None = None) -> dict:  # fmt: skip
+    """Dice/HD95 per label, folding %, std of log det(J), and TRE when landmark files are given."""
+    metrics: dict[str, Any] = {}
+    if fixed_labels is not None and warped_labels is not None:
+        metrics["labels"] = label_overlap(warped_labels, fixed_labels)
+        values = [row["dice"] for row in metrics["labels"]]
+        metrics["mean_dice"] = float(np.mean(values)) if values else float("nan")
+    metrics.update(deformation_quality(transform, fixed))
+    if landmarks is not None:
+        metrics["tre"] = target_registration_error(transform, *landmarks)
+    return metrics
+
+
+def label_overlap(warped_labels: Image, fixed_labels: Image) -> list[dict]:
+    """One row per foreground label present in either map: Dice, HD95, ASSD, ... (see metrics.py)."""
+    pred, ref = warped_labels.numpy()[0], fixed_labels.numpy()[0]
+    labels = {int(v): f"label_{int(v)}" for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0}
+    return case_metrics(pred, ref, fixed_labels.spacing, labels)
+
+
+def deformation_quality(transform: Transform, fixed: Image) -> dict[str, float]:
+    """Folding (% of fixed voxels with det(J) <= 0) and the std of log det(J) of the whole transform."""
+    displacement = transform.displacement_on(fixed.affine, fixed.spatial_shape)
+    jacobian = jacobian_determinant(displacement[None].double(), fixed.affine.matrix[:-1, :-1])
+    return {
+        "folding_percent": 100.0 * folding_fraction(jacobian),
+        "log_jacobian_std": log_jacobian_std(jacobian),
+        "jacobian_min": float(jacobian.min()),
+    }
+
+
+def read_landmarks(path: Path) -> np.ndarray:
+    """Points in mm from a CSV with columns x,y,z (LPS world; a header row is optional), ``(N, n)``."""
+    try:
+        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
+    except OSError as err:
+        raise SegmorphError(f"cannot read landmarks ({err.strerror})", path) from None
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]
+    try:
+        points = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
+    except ValueError:
+        raise SegmorphError("landmarks must be rows of numbers x,y,z in mm", path) from None
+    if points.ndim != 2 or points.shape[0] == 0 or points.shape[1] not in (2, 3):
+        raise SegmorphError(f"expected rows of 2 or 3 coordinates, got shape {points.shape}", path)
+    return points
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def target_registration_error(transform: Transform, fixed_points: Path, moving_points: Path) -> dict[str, float]:
+    """Distances (mm) between mapped fixed landmarks ``T(p_fixed)`` and their moving counterparts."""
+    fixed, moving = read_landmarks(fixed_points), read_landmarks(moving_points)
+    if fixed.shape != moving.shape:
+        raise SegmorphError(f"has {len(moving)} landmarks, {fixed_points.name} has {len(fixed)}", moving_points)
+    before = np.linalg.norm(fixed - moving, axis=1)
+    after = np.linalg.norm(transform.map_points(fixed).numpy() - moving, axis=1)
+    return {"mean_mm": float(after.mean()), "max_mm": float(after.max()), "before_mean_mm": float(before.mean()),
+            "count": int(len(after))}  # fmt: skip
+
+
+def evaluate_registration(reg_dir: Path, fixed_labels: Path | None = None, fixed_image: Path | None = None,
+                          landmarks: tuple[Path, Path] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Score a registration folder: labels against ``fixed_labels``, folding, TRE; writes metrics.json."""
+    reg_dir = Path(reg_dir)
+    transform = load_transform(reg_dir)
+    grid_source = fixed_image or fixed_labels or reg_dir / WARPED_IMAGE
+    grid = read_image(grid_source, is_label=grid_source == fixed_labels)
+    reference = read_labels_like(fixed_labels, grid, grid_source) if fixed_labels else None
+    warped_labels = None
+    if reference is not None:
+        if not (reg_dir / WARPED_LABELS).exists():
+            raise SegmorphError(f"no {WARPED_LABELS} (register with --moving-labels to score labels)", reg_dir)
+        warped_labels = read_labels_like(reg_dir / WARPED_LABELS, grid, grid_source)
+    metrics = registration_metrics(transform, grid, reference, warped_labels, landmarks)
+    atomic_write_text(reg_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def warp_file(source: Path, transform_path: Path, out: Path, labels: bool, reference: Path | None = None,
+              interpolation: str | None = None) -> Image:  # fmt: skip
+    """Resample an image or label map with a saved transform onto the fixed grid and write it.
+
+    The fixed grid is ``reference`` when given, else the grid stored with the transform
+    (``transform.json``'s ``fixed_grid``, or the grid of a displacement field file).
+    """
+    transform = load_transform(transform_path)
+    affine, shape = _fixed_grid(transform_path, reference)
+    moving = read_image(source, is_label=labels)
+    if moving.ndim != affine.ndim:
+        raise SegmorphError(f"is {moving.ndim}D but the transform's grid is {affine.ndim}D", source)
+    warped = transform.warp(moving, affine, shape, interpolation)
+    write_image(warped, out)
+    return warped
+
+
+def _fixed_grid(transform_path: Path, reference: Path | None):
+    from segmorph.geometry import Affine
+
+    if reference is not None:
+        image = read_image(reference, check_finite=False)
+        return image.affine, image.spatial_shape
+    record = transform_path / "transform.json" if transform_path.is_dir() else None
+    if record is not None and record.exists():
+        grid = json.loads(record.read_text())["fixed_grid"]
+        return Affine.from_dict(grid), tuple(grid["shape"])
+    if transform_path.is_file() and transform_path.suffix.lower() not in (".tfm", ".txt", ".mat"):
+        field = read_image(transform_path)
+        return field.affine, field.spatial_shape
+    raise SegmorphError("an affine transform file carries no grid; give --reference FIXED_IMAGE", transform_path)
+
+
+# -- many pairs ------------------------------------------------------------------------------------
+
+
+def read_pairs_csv(path: Path) -> list[dict[str, Path | None]]:
+    """Rows of ``fixed,moving[,fixed_labels,moving_labels]`` (header row required); paths relative to the CSV."""
+    try:
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+    except OSError as err:
+        raise SegmorphError(f"cannot read pairs ({err.strerror})", path) from None
+    if not rows or not {"fixed", "moving"} <= set(rows[0]):
+        raise SegmorphError("expected a header with columns fixed,moving[,fixed_labels,moving_labels]", path)
+    pairs = []
+    for number, row in enumerate(rows, start=2):
+        entry = {}
+        for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
+            value = (row.get(key) or "").strip()
+            entry[key] = (path.parent / value) if value else None
+        if entry["fixed"] is None or entry["moving"] is None:
+            raise SegmorphError(f"line {number}: fixed and moving are required", path)
+        pairs.append(entry)
+    return pairs
+
+
+def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: int = 0, similarity: str = "ncc",
+                   pictures: bool = False, progress: bool = True) -> list[dict]:  # fmt: skip
+    """Register every pair of a CSV (the model loaded once); one folder per pair plus ``summary.csv``."""
+    from segmorph.progress import track
+
+    pairs = read_pairs_csv(pairs_csv)
+    records = []
+    for index, pair in enumerate(track(pairs, "register", len(pairs), enabled=progress)):
+        folder = out / f"pair_{index:03d}_{strip_suffix(pair['fixed'].name)}_{strip_suffix(pair['moving'].name)}"
+        request = PairRequest(pair["fixed"], pair["moving"], folder, pair["moving_labels"], pair["fixed_labels"],
+                              method, refine, similarity, pictures)  # fmt: skip
+        records.append({"folder": folder.name, **register_pair(request, model)})
+    atomic_write_text(out / "summary.csv", _summary_csv(records))
+    return records
+
+
+def _summary_csv(records: list[dict]) -> str:
+    buffer = _io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["pair", "fixed", "moving", "method", "seconds", "mean_dice", "folding_percent"])
+    for r in records:
+        metrics = r.get("metrics", {})
+        writer.writerow([r["folder"], r["fixed"], r["moving"], r["method"], r["seconds"],
+                         metrics.get("mean_dice", ""), metrics.get("folding_percent", "")])  # fmt: skip
+    return buffer.getvalue()
+
+
+def load_model(model_dir: Path | None, device: str = "cpu"):
+    """The learned model of a run folder, or None."""
+    if model_dir is None:
+        return None
+    from segmorph.registration.learned import LearnedRegistration
+
+    return LearnedRegistration.load(model_dir, device)
+

@@ -1,0 +1,235 @@
+"""Transforms in world space (mm, LPS): affine matrices and dense fields, chained, inverted, saved.
+
+A :class:`Transform` maps points of the fixed image's world to points of the moving image's world
+(see :mod:`segmorph.registration`). It is a chain of steps applied to a point in order:
+
+* a matrix step ``p -> M p`` (homogeneous ``(n+1, n+1)``, world to world);
+* a field step ``p -> p + u(p)``, ``u`` a displacement field ``(n, *S)`` in mm on its own grid, read
+  with linear interpolation (border values outside the grid). A field integrated from a stationary
+  velocity keeps the velocity, so that its inverse is exact up to integration error.
+
+Registration results are ``[field on the fixed grid, affine]``: ``T(x) = A (x + u(x))``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segmorph.errors import SegmorphError
+from segmorph.geometry import Affine
+from segmorph.image import Image
+from segmorph.io import atomic_write_text, read_affine_transform, read_image, write_affine_transform, write_image
+from segmorph.registration import spatial
+
+TRANSFORM_JSON = "transform.json"
+AFFINE_FILE = "affine.tfm"
+DISPLACEMENT_FILE = "displacement.nii.gz"
+VELOCITY_FILE = "velocity.nii.gz"
+
+
+def world_to_voxel_vectors(vectors: torch.Tensor, affine: Affine) -> torch.Tensor:
+    """World vectors (mm) ``(B, n, *S)`` → the same vectors in voxel units of ``affine``'s grid."""
+    inverse = torch.tensor(np.linalg.inv(affine.matrix[:-1, :-1]), dtype=vectors.dtype, device=vectors.device)
+    return torch.einsum("ij,bj...->bi...", inverse, vectors)
+
+
+def voxel_to_world_vectors(vectors: torch.Tensor, affine: Affine) -> torch.Tensor:
+    """Voxel-unit vectors ``(B, n, *S)`` on ``affine``'s grid → world vectors in mm."""
+    linear = torch.tensor(affine.matrix[:-1, :-1], dtype=vectors.dtype, device=vectors.device)
+    return torch.einsum("ij,bj...->bi...", linear, vectors)
+
+
+def world_grid(affine: Affine, shape: Sequence[int], dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """World position (mm) of every voxel centre, ``(n, *shape)``."""
+    index = spatial.identity_grid(shape, dtype)
+    matrix = torch.tensor(affine.matrix, dtype=dtype)[None]
+    return spatial.apply_matrix(matrix, index)[0]
+
+
+def integrate_velocity(velocity: torch.Tensor, affine: Affine, steps: int = 7) -> torch.Tensor:
+    """Displacement (mm) ``(n, *S)`` of the diffeomorphism ``exp(v)`` for a velocity ``(n, *S)`` in mm."""
+    voxels = world_to_voxel_vectors(velocity[None].double(), affine)
+    return voxel_to_world_vectors(spatial.integrate(voxels, steps), affine)[0].float()
+
+
+@dataclass
+class FieldStep:
+    """``p -> p + u(p)`` with ``u`` ``(n, *S)`` in mm on the grid ``affine``; ``velocity`` when ``u = exp(v)``."""
+
+    affine: Affine
+    displacement: torch.Tensor
+    velocity: torch.Tensor | None = None
+
+    @classmethod
+    def from_velocity(cls, velocity: torch.Tensor, affine: Affine, steps: int = 7) -> FieldStep:
+        return cls(affine, integrate_velocity(velocity, affine, steps), velocity)
+
+    def map_points(self, points: torch.Tensor) -> torch.Tensor:
+        """Map world points ``(n, *P)`` (float64)."""
+        inverse = torch.as_tensor(np.linalg.inv(self.affine.matrix), dtype=points.dtype)[None]
+        coords = spatial.apply_matrix(inverse, points[None])
+        field = self.displacement[None].to(points.dtype)
+        return points + spatial.sample(field, coords, "linear", "border")[0]
+
+    def inverse(self) -> FieldStep:
+        if self.velocity is not None:
+            return FieldStep.from_velocity(-self.velocity, self.affine)
+        return FieldStep(self.affine, _invert_by_iteration(self.displacement, self.affine))
+
+
+def _invert_by_iteration(displacement: torch.Tensor, affine: Affine, iterations: int = 30) -> torch.Tensor:
+    """Inverse displacement ``w`` with ``w(y) = -u(y + w(y))`` by fixed-point iteration (mm)."""
+    u = world_to_voxel_vectors(displacement[None].double(), affine)
+    w = -u
+    for _ in range(iterations):
+        w = -spatial.warp(u, w)
+    return voxel_to_world_vectors(w, affine)[0].float()
+
+
+Step = np.ndarray | FieldStep
+
+
+@dataclass
+class Transform:
+    """A chain of world-space steps, fixed world → moving world (see the module docstring)."""
+
+    steps: list[Step]
+
+    @classmethod
+    def identity(cls) -> Transform:
+        return cls([])
+
+    @classmethod
+    def from_matrix(cls, matrix: np.ndarray) -> Transform:
+        return cls([np.asarray(matrix, dtype=np.float64)])
+
+    @property
+    def ndim(self) -> int | None:
+        for step in self.steps:
+            return step.shape[0] - 1 if isinstance(step, np.ndarray) else step.affine.ndim
+        return None
+
+    def then(self, other: Transform) -> Transform:
+        """Points through ``self``, then through ``other``."""
+        return Transform(self.steps + other.steps)
+
+    def inverse(self) -> Transform:
+        """Moving world → fixed world: steps reversed, each inverted."""
+        return Transform([np.linalg.inv(s) if isinstance(s, np.ndarray) else s.inverse() for s in self.steps[::-1]])
+
+    def is_affine(self) -> bool:
+        return all(isinstance(s, np.ndarray) for s in self.steps)
+
+    def matrix(self) -> np.ndarray:
+        """The product of the matrix steps (the whole transform when :meth:`is_affine`)."""
+        n = self.ndim or 3
+        total = np.eye(n + 1)
+        for step in self.steps:
+            if isinstance(step, np.ndarray):
+                total = step @ total
+        return total
+
+    def map_points(self, points: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Map world points given as ``(N, n)`` or as a field ``(n, *S)``; float64 out, same layout."""
+        points = torch.as_tensor(points, dtype=torch.float64)
+        as_rows = points.ndim == 2  # a field has at least two spatial axes after its component axis
+        field = points.T.reshape(points.shape[1], -1, *[1] * (points.shape[1] - 1)) if as_rows else points
+        for step in self.steps:
+            if isinstance(step, np.ndarray):
+                field = spatial.apply_matrix(torch.as_tensor(step)[None], field[None])[0]
+            else:
+                field = step.map_points(field)
+        return field.reshape(field.shape[0], -1).T.contiguous() if as_rows else field
+
+    def displacement_on(self, affine: Affine, shape: Sequence[int]) -> torch.Tensor:
+        """``T(x) - x`` in mm for every voxel ``x`` of a grid, ``(n, *shape)`` float32."""
+        grid = world_grid(affine, shape)
+        return (self.map_points(grid) - grid).float()
+
+    def warp(
+        self, moving: Image, reference: Affine, shape: Sequence[int], interpolation: str | None = None
+    ) -> Image:
+        """Resample ``moving`` onto the reference grid: ``moving(T(x))``; labels use nearest neighbour."""
+        if moving.ndim != reference.ndim:
+            raise ValueError(f"moving is {moving.ndim}D, the reference grid {reference.ndim}D")
+        mapped = self.map_points(world_grid(reference, shape))
+        inverse = torch.as_tensor(np.linalg.inv(moving.affine.matrix))[None]
+        coords = spatial.apply_matrix(inverse, mapped[None])
+        mode = interpolation or ("nearest" if moving.is_label else "linear")
+        data = moving.data.double() if moving.is_label else moving.data.float()
+        warped = spatial.sample(data[None], coords, mode, "zeros")[0]
+        if moving.is_label:
+            warped = warped.round().long()
+        return Image(warped, reference, moving.is_label)
+
+
+def save_transform(transform: Transform, folder: str | Path, fixed: Affine, shape: Sequence[int]) -> list[Path]:
+    """Write ``transform.json`` plus files other tools read.
+
+    ``affine.tfm``: the product of the matrix steps (ITK/SimpleITK/ANTs read it). When the chain has
+    a field: ``displacement.nii.gz``, the whole transform as one displacement field on the fixed grid
+    (world vectors in mm, LPS, as ITK's DisplacementFieldTransform reads them), and, for velocity
+    fields, ``velocity.nii.gz``. ``transform.json`` records the chain so it can be inverted exactly.
+    """
+    folder = Path(folder)
+    written, entries = [], []
+    for index, step in enumerate(transform.steps):
+        if isinstance(step, np.ndarray):
+            entries.append({"type": "matrix", "matrix": step.tolist()})
+            continue
+        name = f"field_{index}.nii.gz"
+        written.append(write_image(Image(step.displacement, step.affine), folder / name))
+        entry = {"type": "field", "displacement": name}
+        if step.velocity is not None:
+            velocity_name = VELOCITY_FILE if index == 0 else f"velocity_{index}.nii.gz"
+            written.append(write_image(Image(step.velocity, step.affine), folder / velocity_name))
+            entry["velocity"] = velocity_name
+        entries.append(entry)
+    written.append(write_affine_transform(transform.matrix(), folder / AFFINE_FILE))
+    if not transform.is_affine():
+        written.append(write_image(Image(transform.displacement_on(fixed, shape), fixed), folder / DISPLACEMENT_FILE))
+    record = {"convention": "fixed world -> moving world, LPS mm, steps applied in order", "steps": entries,
+              "fixed_grid": {**fixed.to_dict(), "shape": list(shape)}}  # fmt: skip
+    written.append(atomic_write_text(folder / TRANSFORM_JSON, json.dumps(record, indent=1) + "\n"))
+    return written
+
+
+def load_transform(path: str | Path) -> Transform:
+    """Read a transform: a folder written by :func:`save_transform`, an ITK .tfm/.txt file, or a
+    displacement field image (vectors in mm, LPS, fixed → moving, as ANTs and ITK write them)."""
+    path = Path(path)
+    if path.is_dir():
+        return _load_folder(path)
+    if not path.exists():
+        raise SegmorphError("no such transform file or folder", path)
+    if path.suffix.lower() in (".tfm", ".txt", ".mat"):
+        return Transform.from_matrix(read_affine_transform(path))
+    field = read_image(path)
+    if field.num_channels != field.ndim:
+        raise SegmorphError(f"a displacement field needs {field.ndim} components, found {field.num_channels}", path)
+    return Transform([FieldStep(field.affine, field.data.float())])
+
+
+def _load_folder(folder: Path) -> Transform:
+    record_path = folder / TRANSFORM_JSON
+    if not record_path.exists():
+        raise SegmorphError(f"no {TRANSFORM_JSON} here (expected a folder written by segmorph register)", folder)
+    try:
+        record = json.loads(record_path.read_text())
+        steps: list[Step] = []
+        for entry in record["steps"]:
+            if entry["type"] == "matrix":
+                steps.append(np.array(entry["matrix"], dtype=np.float64))
+                continue
+            field = read_image(folder / entry["displacement"])
+            velocity = read_image(folder / entry["velocity"]).data.float() if "velocity" in entry else None
+            steps.append(FieldStep(field.affine, field.data.float(), velocity))
+    except (KeyError, TypeError, ValueError) as err:
+        raise SegmorphError(f"malformed transform record ({err})", record_path) from None
+    return Transform(steps)
