@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_atlas(_parser("atlas-segment", sub, "Segment a scan by registering labelled atlases and fusing labels."))
     _add_anonymize(_parser("anonymize", sub, "De-identify DICOM files (PS3.15 Basic Application Confidentiality Profile)."))
+    from segmorph.classify.cli import add_classify_arguments
+
+    add_classify_arguments(sub)
     return parser
 
 
@@ -100,6 +103,9 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=1e-3)
     p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 1; 0: unsupervised)")
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), help="image similarity (default ncc)")
+    p.add_argument("--segmentation-model", type=Path,
+                   help="segmorph segmentation run whose label probabilities the network also sees (copied into "
+                        "the run; train it on the same split first)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -213,7 +213,7 @@ def run_train_registration(args: argparse.Namespace) -> int:
     request = RegistrationTrainRequest(
         dataset=args.dataset, out=args.out, time_budget_s=_time_budget(args), max_steps=args.max_steps, config=config,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, device=args.device,
-        resume=args.resume, show_progress=not args.quiet,
+        resume=args.resume, show_progress=not args.quiet, segmentation_run=args.segmentation_model,
     )  # fmt: skip
     summary = train_registration(request)
     console.print(f"best monitor Dice {summary['best_monitor_dice']:.4f} after {summary['steps']} steps; "
@@ -253,3 +253,9 @@ def run_anonymize(args: argparse.Namespace) -> int:
     from segmorph.anonymize import run_anonymize as anonymize
 
     return anonymize(args)
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    from segmorph.classify.cli import run_classify as classify
+
+    return classify(args)

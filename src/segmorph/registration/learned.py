@@ -56,8 +56,14 @@ class LearnedConfig:
         smoothness: Weight of the diffusion regulariser on the velocity (coarse voxels).
         dice_weight: Weight of ``1 - Dice`` between warped moving and fixed labels (0: unsupervised).
         integration_steps: Scaling-and-squaring steps.
-        prealign: ``"affine"`` (quick classical affine), ``"com"`` (centres of mass) or ``"none"``.
+        prealign: What runs before the network at inference: ``"affine"`` (a quick classical affine),
+            ``"com"`` (centres of mass) or ``"none"`` (the default: training pairs are used as they
+            come, so scans already roughly aligned, like centred crops, need nothing).
         flip: Random flips of both images as augmentation.
+        prior_classes: Classes (with background) of the segmentation prior whose foreground
+            probabilities the network also sees (0: images only). See :mod:`segmorph.registration.prior`.
+        input_shrink: 2: the network works on 2x2x2-averaged inputs (8x cheaper; it predicts a
+            half-resolution velocity either way); 1: full-resolution inputs.
     """
 
     features: tuple[int, ...] = (16, 32, 32, 64)
@@ -67,11 +73,15 @@ class LearnedConfig:
     smoothness: float = 1.0
     dice_weight: float = 1.0
     integration_steps: int = 7
-    prealign: str = "affine"
+    prealign: str = "none"
     flip: bool = True
+    prior_classes: int = 0
+    input_shrink: int = 2
 
     def __post_init__(self) -> None:
         get_similarity(self.similarity)
+        if self.input_shrink not in (1, 2):
+            raise ValueError(f"input_shrink: expected 1 or 2, got {self.input_shrink}")
         if self.prealign not in PREALIGNMENTS:
             raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {self.prealign!r}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
@@ -91,8 +101,10 @@ def build_registration_network(ndim: int, config: LearnedConfig) -> UNet:
 
     The output layer starts near zero (the identity transform), as in VoxelMorph.
     """
-    network = UNet(ndim, 2, ndim, config.features, output_level=1)
-    head = network.heads[1]
+    in_channels = 2 + 2 * max(config.prior_classes - 1, 0)
+    output_level = 1 if config.input_shrink == 1 else 0
+    network = UNet(ndim, in_channels, ndim, config.features, output_level=output_level)
+    head = network.heads[output_level]
     nn.init.normal_(head.weight, std=1e-5)
     nn.init.zeros_(head.bias)
     return network
@@ -112,15 +124,35 @@ def _pad_to_multiple(data: torch.Tensor, divisor: int) -> tuple[torch.Tensor, li
     return F.pad(data, pads), extra
 
 
-def predict_velocity(network: UNet, fixed: torch.Tensor, moved: torch.Tensor) -> torch.Tensor:
-    """Velocity on the fixed grid ``(1, n, *S)`` in fixed voxels, for normalised ``(1, 1, *S)`` inputs.
+def network_input(fixed: torch.Tensor, moved: torch.Tensor, fixed_prior=None, moved_prior=None) -> torch.Tensor:
+    """Channels in the network's order: moving, fixed, then moving and fixed foreground probabilities."""
+    parts = [moved, fixed] + ([moved_prior, fixed_prior] if fixed_prior is not None else [])
+    return torch.cat(parts, dim=1)
+
+
+def coarse_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int, amp: bool) -> torch.Tensor:
+    """The network's velocity at half resolution ``(B, n, *C)``, in voxels of that coarse grid.
+
+    ``inputs`` ``(B, C, *S)`` must have sizes divisible by ``network.divisor * input_shrink``. With
+    ``input_shrink = 2`` the network sees 2x2x2-averaged inputs and predicts at its own resolution;
+    with 1 it sees full-resolution inputs and stops decoding one level early.
+    """
+    if input_shrink == 2:
+        pool = F.avg_pool3d if inputs.ndim == 5 else F.avg_pool2d
+        inputs = pool(inputs, 2)
+    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
+        return network(inputs).float()
+
+
+def predict_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int = 2, amp: bool = False) -> torch.Tensor:
+    """Velocity on the fixed grid ``(B, n, *S)`` in fixed voxels from :func:`network_input` ``(B, C, *S)``.
 
     Inputs of any size are zero-padded to the network's divisor; the coarse output is resized to the
     padded full grid (vectors rescaled) and cropped back.
     """
-    shape = fixed.shape[2:]
-    stacked, _ = _pad_to_multiple(torch.cat([moved, fixed], dim=1), network.divisor)
-    coarse = network(stacked)
+    shape = inputs.shape[2:]
+    stacked, _ = _pad_to_multiple(inputs, network.divisor * input_shrink)
+    coarse = coarse_velocity(network, stacked, input_shrink, amp)
     full = spatial.resize_field(coarse, stacked.shape[2:])
     return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
 
@@ -130,18 +162,31 @@ def predict_velocity(network: UNet, fixed: torch.Tensor, moved: torch.Tensor) ->
 
 @dataclass
 class PairData:
-    """Training cases on one grid: normalised images ``(N, 1, *S)`` and one-hot labels ``(N, K, *S)``."""
+    """Training cases on one grid: normalised images ``(N, 1, *S)``, one-hot labels ``(N, K, *S)`` and
+    the prior's foreground probabilities ``(N, K' - 1, *S)``."""
 
     images: torch.Tensor
     onehot: torch.Tensor | None
+    prior: torch.Tensor | None = None
 
     @classmethod
-    def from_cases(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None, num_classes: int):
+    def from_cases(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None, num_classes: int,
+                   prior=None):  # fmt: skip
         stacked = torch.stack([normalise_intensity(i.float()) for i in images])
         onehot = None
         if labels is not None:
             onehot = torch.stack([F.one_hot(lab[0].long(), num_classes).movedim(-1, 0).float() for lab in labels])
-        return cls(stacked, onehot)
+        probabilities = None
+        if prior is not None:
+            raw = torch.stack([i.float() for i in images])
+            probabilities = torch.cat([prior.probabilities(raw[i : i + 8])[:, 1:] for i in range(0, len(raw), 8)])
+        return cls(stacked, onehot, probabilities)
+
+    def inputs(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        """Network input of pairs given as index tensors."""
+        if self.prior is None:
+            return network_input(self.images[fixed], self.images[moving])
+        return network_input(self.images[fixed], self.images[moving], self.prior[fixed], self.prior[moving])
 
 
 class RegistrationTask:
@@ -167,18 +212,16 @@ class RegistrationTask:
 
     def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
         fixed_index, moving_index = self._draw(generator)
-        images = torch.cat([self.train.images[moving_index], self.train.images[fixed_index]], dim=1)
+        images = self.train.inputs(fixed_index, moving_index)
         labels = None
         if self.train.onehot is not None and self.config.dice_weight > 0:
             labels = torch.cat([self.train.onehot[moving_index], self.train.onehot[fixed_index]], dim=1)
         images, labels = self._flip(images, labels, generator)
         images = images.to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            velocity = model(images)
-        velocity = velocity.float()
+        velocity = coarse_velocity(model, images, self.config.input_shrink, amp)
         displacement = displacement_from_velocity(velocity, images.shape[2:], self.config.integration_steps)
         moved = spatial.warp(images[:, :1], displacement)
-        loss = self.similarity(images[:, 1:], moved) + self.config.smoothness * diffusion(velocity)
+        loss = self.similarity(images[:, 1:2], moved) + self.config.smoothness * diffusion(velocity)
         if labels is not None:
             labels = labels.to(device)
             half = labels.shape[1] // 2
@@ -200,8 +243,10 @@ class RegistrationTask:
             return []
         scores = []
         for fixed_index, moving_index in self.val_pairs:
-            fixed, moving = self.val.images[fixed_index : fixed_index + 1], self.val.images[moving_index : moving_index + 1]
-            velocity = predict_velocity(model, fixed.to(device), moving.to(device)).float()
+            moving = self.val.images[moving_index : moving_index + 1]
+            inputs = self.val.inputs(torch.tensor([fixed_index]), torch.tensor([moving_index]))
+            velocity = predict_velocity(model, inputs.to(device), self.config.input_shrink)
+            fixed = inputs[:, 1:2]
             displacement = spatial.integrate(velocity, self.config.integration_steps)
             if self.val.onehot is None:
                 moved = spatial.warp(moving.to(device), displacement)
@@ -228,10 +273,13 @@ def soft_dice(warped: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
 class LearnedRegistration:
     """A trained registration network, loaded once and applied to many pairs."""
 
-    def __init__(self, network: UNet, config: LearnedConfig, device: str | torch.device = "cpu") -> None:
+    def __init__(self, network: UNet, config: LearnedConfig, device: str | torch.device = "cpu", prior=None) -> None:
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
         self.config = config
+        self.prior = prior
+        if config.prior_classes and prior is None:
+            raise ValueError("prior: this model needs its segmentation prior")
 
     @classmethod
     def load(cls, run_dir: str | Path, device: str | torch.device = "cpu") -> LearnedRegistration:
@@ -249,33 +297,50 @@ class LearnedRegistration:
             network.load_state_dict(state)
         except RuntimeError as err:
             raise SegmorphError(f"weights do not fit the stored network ({str(err).splitlines()[0]})", path) from None
-        return cls(network, config, device)
+        prior = None
+        if config.prior_classes:
+            from segmorph.registration.prior import PRIOR_FOLDER, SegmentationPrior
 
-    def prealign(self, fixed: Image, moving: Image) -> np.ndarray:
-        """World matrix fixed → moving from the configured pre-alignment."""
-        if self.config.prealign == "affine":
+            prior = SegmentationPrior(run_dir / PRIOR_FOLDER, device)
+        return cls(network, config, device, prior)
+
+    def prealign(self, fixed: Image, moving: Image, kind: str | None = None) -> np.ndarray:
+        """World matrix fixed → moving from the pre-alignment ``kind`` (default: the model's)."""
+        kind = kind or self.config.prealign
+        if kind not in PREALIGNMENTS:
+            raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {kind!r}")
+        if kind == "affine":
             return register_classical(fixed, moving, "affine", PREALIGN_CONFIG, device=self.device).matrix()
-        return initial_matrix(fixed, moving, "com" if self.config.prealign == "com" else "none")
+        return initial_matrix(fixed, moving, kind)
 
     @torch.inference_mode()
     def _velocity(self, fixed: Image, moved: Image) -> torch.Tensor:
-        fixed_data = normalise_intensity(fixed.data[:1].float())[None].to(self.device)
-        moved_data = normalise_intensity(moved.data[:1].float())[None].to(self.device)
-        return predict_velocity(self.network, fixed_data, moved_data).float()
+        fixed_data = normalise_intensity(fixed.data[:1].float())[None]
+        moved_data = normalise_intensity(moved.data[:1].float())[None]
+        priors: list[torch.Tensor | None] = [None, None]
+        if self.prior is not None:
+            probabilities = self.prior.probabilities(torch.stack([fixed.data[:1].float(), moved.data[:1].float()]))
+            priors = [probabilities[:1, 1:], probabilities[1:, 1:]]
+        inputs = network_input(fixed_data, moved_data, *priors).to(self.device)
+        return predict_velocity(self.network, inputs, self.config.input_shrink, amp=self.device.type == "cpu")
 
-    def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None) -> Transform:
+    def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None,
+                 prealign: str | None = None) -> Transform:  # fmt: skip
         """Fixed → moving transform ``[exp(v), prealignment]``; ``refine`` Adam steps polish ``v``.
 
         Args:
             fixed: Reference image; its grid carries the field.
             moving: Image to align.
             refine: Instance-optimisation steps after the forward pass (0: none).
-            matrix: A pre-alignment to use instead of the configured one.
+            matrix: A pre-alignment to use instead of computing one.
+            prealign: ``"affine"``, ``"com"`` or ``"none"`` instead of the model's setting.
         """
         if fixed.ndim != self.network.config["ndim"]:
             raise SegmorphError(f"the model registers {self.network.config['ndim']}D images, got {fixed.ndim}D")
-        matrix = self.prealign(fixed, moving) if matrix is None else matrix
-        moved = Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
+        matrix = self.prealign(fixed, moving, prealign) if matrix is None else matrix
+        same_grid = np.allclose(matrix, np.eye(fixed.ndim + 1)) and moving.affine.allclose(fixed.affine)
+        same_grid = same_grid and moving.spatial_shape == fixed.spatial_shape
+        moved = moving if same_grid else Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
         velocity = self._velocity(fixed, moved)
         if refine > 0:
             velocity = self._refine(fixed, moving, matrix, velocity, refine)

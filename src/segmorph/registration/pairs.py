@@ -78,6 +78,6 @@ def normalise_intensity(data: torch.Tensor, reference: torch.Tensor | None = Non
     """Scale intensities to about 0..1 by the 1st and 99th percentiles (of ``reference`` when given),
     clipped to -0.5..1.5."""
     flat = (data if reference is None else reference).flatten()
-    sample = flat[:: max(1, flat.numel() // 200_000)]
+    sample = flat[:: max(1, flat.numel() // 50_000)]  # percentiles of a strided sample: fast, stable
     low, high = torch.quantile(sample.float(), torch.tensor([0.01, 0.99]))
     return ((data - low) / (high - low).clamp_min(1e-6)).clamp(-0.5, 1.5)

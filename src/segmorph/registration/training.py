@@ -11,7 +11,7 @@ import json
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +54,7 @@ class RegistrationTrainRequest:
     device: str = "cpu"
     resume: bool = False
     show_progress: bool = True
+    segmentation_run: Path | None = None
 
 
 def split_registration_cases(case_ids: list[str], fold: int, num_folds: int, seed: int) -> dict[str, list[str]]:
@@ -71,12 +72,18 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     spec = spec if spec.labels else infer_labels(spec)
     split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed)
     config = request.config
+    prior = None
+    if request.segmentation_run is not None:
+        from segmorph.registration.prior import SegmentationPrior
+
+        prior = SegmentationPrior(request.segmentation_run, request.device)
+        config = replace(config, prior_classes=prior.num_classes)
     train_cases = load_registration_cases(spec, split["train"], config.train_shape)
     monitor_cases = load_registration_cases(spec, split["monitor"], config.train_shape)
     num_classes = max(spec.labels) + 1 if spec.labels else 0
     labelled = num_classes > 0 and all(c.label is not None for c in train_cases + monitor_cases)
-    train = _pair_data(train_cases, labelled, num_classes)
-    monitor = _pair_data(monitor_cases, labelled, num_classes)
+    train = _pair_data(train_cases, labelled, num_classes, prior)
+    monitor = _pair_data(monitor_cases, labelled, num_classes, prior)
     monitor_pairs = draw_pairs(min(MONITOR_PAIRS, len(monitor_cases) * (len(monitor_cases) - 1)),
                                len(monitor_cases), request.seed)  # fmt: skip
     task = RegistrationTask(train, monitor, monitor_pairs, config, request.batch_size)
@@ -90,10 +97,13 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     _write_provenance(out, request, split)
+    if prior is not None:
+        prior.copy_to(out)
     console.print(
         f"segmorph: registration U-Net {list(config.features)} ({count_parameters(network):,} parameters), "
         f"{len(split['train'])} training cases, {len(monitor_pairs)} monitor pairs, grid {list(config.train_shape)}, "
-        f"{'similarity + Dice' if labelled and config.dice_weight > 0 else 'similarity only'}",
+        f"{'similarity + Dice' if labelled and config.dice_weight > 0 else 'similarity only'}"
+        f"{', segmentation prior ' + str(request.segmentation_run) if prior is not None else ''}",
         highlight=False,
     )  # fmt: skip
     network_config = dict(network.config, name="unet")
@@ -109,9 +119,9 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     return summary
 
 
-def _pair_data(cases, labelled: bool, num_classes: int) -> PairData:
+def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
     labels = [c.label.data for c in cases] if labelled else None
-    return PairData.from_cases([c.image.data[:1] for c in cases], labels, num_classes)
+    return PairData.from_cases([c.image.data[:1] for c in cases], labels, num_classes, prior)
 
 
 def _write_provenance(out: Path, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
@@ -124,6 +134,7 @@ def _write_provenance(out: Path, request: RegistrationTrainRequest, split: dict[
         "numpy": np.__version__,
         "dataset": str(Path(request.dataset).resolve()),
         "seed": request.seed,
+        "segmentation_prior": str(request.segmentation_run) if request.segmentation_run else None,
         "fold": request.fold,
         "num_folds": request.num_folds,
         "split": split,

@@ -1,0 +1,156 @@
+"""``segmorph classify train|predict``: argument parsing and the thin verb handlers.
+
+Wiring (in :mod:`segmorph.cli`): ``add_classify_arguments(sub)`` with the top-level sub-parsers (or with an
+already made ``classify`` parser), and ``run_classify(args)`` as the handler; bad input raises
+:class:`segmorph.errors.SegmorphError`, which the top level turns into one line and exit code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from segmorph.errors import SegmorphError
+from segmorph.progress import console
+
+EXAMPLES = {
+    "train": (
+        "segmorph classify train ../shared/datasets/busi_ultrasound --labels labels.csv --target lesion "
+        "--group dup_group --out runs/busi --time-budget 15m\n"
+        "  segmorph classify train images_by_class/ --out runs/cls --model simplecnn --size 96 --max-steps 500"
+    ),
+    "predict": "segmorph classify predict runs/busi scans/ --out predictions.csv --cam cams/",
+}
+DEFAULT_TIME_BUDGET_S = 900.0
+
+
+def _duration(text: str) -> float:
+    from segmorph.cli import parse_duration  # imported late: segmorph.cli imports this module
+
+    return parse_duration(text)
+
+
+def _size(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 128, 160,128)") from None
+    if not values or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: every side must be at least 8 voxels")
+    return values
+
+
+def _sub_parser(sub: argparse._SubParsersAction, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+
+
+def add_classify_arguments(target: argparse.ArgumentParser | argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the ``classify`` verb with its ``train`` and ``predict`` sub-verbs.
+
+    Args:
+        target: The top-level sub-parsers (a ``classify`` parser is made in it) or the ``classify`` parser itself.
+
+    Returns:
+        The ``classify`` parser.
+    """
+    if isinstance(target, argparse._SubParsersAction):
+        text = "Train an image classifier (normal vs lesion, ...) or classify images, with Grad-CAM maps."
+        examples = f"{EXAMPLES['train'].splitlines()[0]}\n  {EXAMPLES['predict']}"
+        target = _sub_parser(target, "classify", text, examples)
+    sub = target.add_subparsers(dest="classify_verb", required=True, metavar="{train,predict}")
+    _add_train(_sub_parser(sub, "train", "Train a classifier; writes a run folder with metrics, ROC and confusion "
+                           "plots and the decision threshold.", EXAMPLES["train"]))  # fmt: skip
+    _add_predict(_sub_parser(sub, "predict", "Classify images with a trained run; optional Grad-CAM overlays.",
+                             EXAMPLES["predict"]))  # fmt: skip
+    return target
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset folder (with a labels CSV, or one sub-folder per class)")
+    p.add_argument("--labels", type=Path, help="labels CSV (inside DATASET, or a path); omit for class folders")
+    p.add_argument("--target", default="label", help="CSV column holding the class (default: label)")
+    p.add_argument("--group", help="CSV column of groups kept on one side of the split (patient, duplicates)")
+    p.add_argument("--file-column", default="file", help="CSV column holding image paths (default: file)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--time-budget", type=_duration,
+                   help="training time, e.g. 15m (default 15m; none when only --max-steps is given)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--model", choices=("resnet", "simplecnn"), default="resnet",
+                   help="resnet (ResNet-18 layout, default) or simplecnn")  # fmt: skip
+    p.add_argument("--width", type=int, default=32, help="channels of the first stage (default 32)")
+    p.add_argument("--size", type=_size, metavar="N[,N...]",
+                   help="input size in voxels, one value or one per axis (default: from the data, at most 128)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine; default 2e-3)")
+    p.add_argument("--val-fraction", type=float, default=0.2, help="hold-out share, whole groups (default 0.2)")
+    p.add_argument("--fold", type=int, help="use fold K of a grouped k-fold split instead of the hold-out split")
+    p.add_argument("--folds", type=int, default=5, help="folds of the k-fold split (default 5)")
+    p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without a better AUC")
+    p.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="trained classification run folder")
+    p.add_argument("images", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
+    p.add_argument("--out", type=Path, required=True, help="CSV of probabilities and predicted classes")
+    p.add_argument("--cam", type=Path, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def train_request(args: argparse.Namespace):
+    """The :class:`~segmorph.classify.pipeline.ClassifyRequest` of parsed ``classify train`` arguments."""
+    from segmorph.classify.pipeline import ClassifyRequest
+
+    if args.time_budget is not None:
+        budget = args.time_budget
+    else:
+        budget = 0.0 if args.max_steps > 0 else DEFAULT_TIME_BUDGET_S
+    return ClassifyRequest(
+        dataset=args.dataset, out=args.out, labels=args.labels, target=args.target, group=args.group,
+        file_column=args.file_column, model=args.model, width=args.width, size=args.size, batch_size=args.batch_size,
+        learning_rate=args.lr, time_budget_s=budget, max_steps=args.max_steps, patience_epochs=args.patience,
+        val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
+        amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
+    )  # fmt: skip
+
+
+def run_classify(args: argparse.Namespace) -> int:
+    """Run ``classify train`` or ``classify predict``; 0 on success (SegmorphError on bad input)."""
+    verb = getattr(args, "classify_verb", None)
+    if verb == "train":
+        return _run_train(args)
+    if verb == "predict":
+        return _run_predict(args)
+    raise SegmorphError("classify needs a sub-command: train or predict (see segmorph classify --help)")
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from segmorph.classify.pipeline import train_classifier
+
+    summary = train_classifier(train_request(args))
+    fit, val = summary["fit"], summary["validation"]
+    threshold = f" at threshold {summary['threshold']:.3f}" if summary["threshold"] is not None else ""
+    console.print(
+        f"trained {fit['steps']} steps in {fit['elapsed_s'] / 60:.1f} min ({fit['stopped_because']}); validation "
+        f"AUC {val['auc']}, balanced accuracy {val['balanced_accuracy']}{threshold}; run folder {args.out}",
+        highlight=False,
+    )
+    return 0
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    from segmorph.classify.pipeline import predict_classifier
+
+    rows = predict_classifier(args.run, args.images, args.out, args.cam, args.device, show_progress=not args.quiet)
+    extra = f" and {len(rows)} Grad-CAM overlays to {args.cam}" if args.cam else ""
+    console.print(f"classified {len(rows)} images: wrote {args.out}{extra}", highlight=False)
+    return 0

@@ -1,0 +1,115 @@
+"""Anatomical prior for learned registration: label probabilities from a segmorph segmentation run.
+
+A registration network that also sees where the structures are learns to align them far faster
+than one that must discover them from intensities. The prior runs the segmentation run's network
+once over a whole volume (no sliding window, no mirroring: registration grids are small), after
+the run's own intensity normalisation restricted to non-zero voxels, so zero padding around a
+cropped scan does not shift the statistics.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segmorph.checkpoint import load_checkpoint
+from segmorph.errors import SegmorphError
+from segmorph.nn import build_network
+from segmorph.plan import Plan
+from segmorph.preprocess import normalize
+
+PRIOR_FOLDER = "segmentation_prior"
+
+
+class SegmentationPrior:
+    """Class probabilities ``(B, K, *S)`` of raw-intensity volumes ``(B, 1, *S)`` on their own grid."""
+
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu") -> None:
+        self.run_dir = Path(run_dir)
+        plan_path = self.run_dir / "plan.json"
+        if not plan_path.exists():
+            raise SegmorphError("no plan.json (expected a segmorph segmentation run folder)", self.run_dir)
+        self.plan = Plan.load(plan_path)
+        if len(self.plan.channel_names) != 1:
+            raise SegmorphError("the segmentation prior must take one image channel", plan_path)
+        self.device = torch.device(device)
+        state, config, _ = load_checkpoint(self.run_dir / "checkpoint_best.pt", self.device)
+        self.network = build_network({**config["network"], "deep_supervision": False})
+        self.network.load_state_dict(state)
+        self.network.to(self.device).eval()
+        self.divisor = 2 ** (len(config["network"]["features"]) - 1)
+
+    @property
+    def num_classes(self) -> int:
+        return self.plan.num_classes
+
+    def normalise(self, volume: torch.Tensor) -> torch.Tensor:
+        """The run's normalisation of one ``(1, *S)`` volume, statistics over its non-zero voxels."""
+        array = volume.detach().cpu().numpy()
+        mask = array[0] != 0
+        return torch.from_numpy(normalize(array, self.plan.preprocess, mask if mask.any() else None))
+
+    @torch.inference_mode()
+    def probabilities(self, volumes: torch.Tensor, margin: int = 1) -> torch.Tensor:
+        """Softmax probabilities ``(B, K, *S)`` for volumes ``(B, 1, *S)``.
+
+        Only the box holding every volume's non-zero voxels (plus ``margin``) goes through the
+        network; outside it the probabilities say background.
+        """
+        batch = torch.stack([self.normalise(v) for v in volumes])
+        box = _content_box(volumes, margin)
+        out = torch.zeros(batch.shape[0], self.num_classes, *batch.shape[2:])
+        out[:, 0] = 1.0
+        out[(slice(None), slice(None), *box)] = self._network_probabilities(batch[(slice(None), slice(None), *box)])
+        return out
+
+    def _network_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(self.device)
+        shape = batch.shape[2:]
+        pads: list[int] = []
+        for size in reversed(shape):
+            pads += [0, (-size) % self.divisor]
+        padded = torch.nn.functional.pad(batch, pads)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+            logits = self.network(padded)
+        probabilities = torch.softmax(logits.float(), dim=1)
+        return probabilities[(slice(None), slice(None), *[slice(0, s) for s in shape])].cpu()
+
+    def copy_to(self, folder: Path) -> Path:
+        """Copy the run's plan and best checkpoint into ``folder/segmentation_prior`` (self-contained runs)."""
+        target = folder / PRIOR_FOLDER
+        target.mkdir(parents=True, exist_ok=True)
+        for name in ("plan.json", "checkpoint_best.pt"):
+            shutil.copyfile(self.run_dir / name, target / name)
+        (target / "source.json").write_text(json.dumps({"copied_from": str(self.run_dir.resolve())}) + "\n")
+        return target
+
+
+def _content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
+    """Index box of the non-zero voxels of all volumes ``(B, C, *S)``, widened by ``margin``."""
+    nonzero = (volumes != 0).flatten(0, 1).any(0)
+    if not nonzero.any():
+        return tuple(slice(0, s) for s in nonzero.shape)
+    box = []
+    for axis, size in enumerate(nonzero.shape):
+        other = tuple(a for a in range(nonzero.ndim) if a != axis)
+        where = torch.nonzero(nonzero.any(dim=other)).flatten()
+        box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, size)))
+    return tuple(box)
+
+
+def foreground_channels(probabilities: torch.Tensor) -> torch.Tensor:
+    """Drop the background channel: ``(B, K, *S)`` → ``(B, K - 1, *S)``."""
+    return probabilities[:, 1:]
+
+
+def dice_of(probabilities: torch.Tensor, labels: np.ndarray) -> float:
+    """Mean Dice of the argmax of ``(K, *S)`` probabilities against a label map (a quick check)."""
+    from segmorph.metrics import dice_score
+
+    predicted = probabilities.argmax(0).cpu().numpy()
+    return float(np.mean([dice_score(predicted == k, labels == k) for k in range(1, probabilities.shape[0])]))
