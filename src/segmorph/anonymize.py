@@ -277,6 +277,8 @@ def anonymize_folder(
 
     Files without the DICOM Part 10 ``DICM`` prefix and DICOMDIR indexes are skipped with a note (rebuild a
     DICOMDIR from the output). All files share one UID salt, so references between them stay consistent.
+    Every file is read and checked before the first is written (each is read twice), so a corrupt file
+    leaves ``out_dir`` as it was.
 
     Raises:
         SegmorphError: ``source_dir`` is missing or holds no DICOM file; ``out_dir`` is ``source_dir`` or inside
@@ -286,16 +288,18 @@ def anonymize_folder(
     files = _list_files(source_dir, out_dir)
     context = _Context.from_options(options or AnonymizeOptions())
     report = AnonymizeReport()
-    for path in files:
+    instances = []
+    for path in files:  # read and check every file before writing any: a corrupt one leaves no partial output
         relative = path.relative_to(source_dir)
         if not _has_dicm_prefix(path):
             report.skipped.append(f"{relative}: skipped, not a DICOM Part 10 file (no DICM prefix)")
-            continue
-        ds = _read(path)
-        if _is_dicomdir(ds):
+        elif _is_dicomdir(_read(path)):
             report.skipped.append(f"{relative}: skipped, a DICOMDIR index (rebuild it from the anonymized files)")
-            continue
-        warnings = _anonymize(ds, path, out_dir / relative, context)
+        else:
+            instances.append(path)
+    for path in instances:
+        relative = path.relative_to(source_dir)
+        warnings = _anonymize(_read(path), path, out_dir / relative, context)
         report.written.append(out_dir / relative)
         report.warnings.extend(f"{relative}: {message}" for message in warnings)
     if not report.written:

@@ -84,9 +84,16 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per pair with --pairs)")
     p.add_argument("--moving-labels", type=Path, help="label map of the moving image, warped with nearest neighbour")
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: writes metrics.json")
-    p.add_argument("--method", choices=("rigid", "affine", "deformable", "learned"), default="deformable")
+    p.add_argument("--method", choices=("rigid", "affine", "deformable", "learned", "structures"), default="deformable",
+                   help="structures: align by segmentations only (needs --fixed/--moving-structures)")  # fmt: skip
+    p.add_argument("--fixed-structures", type=Path,
+                   help="segmentation of the fixed image (e.g. from segmorph predict) to align by label centroids and "
+                        "overlap; with another method it is the initialisation")  # fmt: skip
+    p.add_argument("--moving-structures", type=Path, help="segmentation of the moving image (same labels)")
     p.add_argument("--model", type=Path, help="train-registration run folder (for --method learned)")
     p.add_argument("--refine", type=int, default=0, help="instance-optimisation steps after the network (learned)")
+    p.add_argument("--prealign", choices=("affine", "com", "none"),
+                   help="learned: alignment before the network (default: the model's, 'none' for centred crops)")  # fmt: skip
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), default="ncc",
                    help="classical image similarity: ncc (default, same modality); mi or mind for multi-modal")  # fmt: skip
     p.add_argument("--overlays", action="store_true", help="write checkerboard, grid and Jacobian pictures")
@@ -226,6 +233,14 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _printable(text: str) -> str:
+    """``text`` with the undecodable bytes of file names (Linux names need not be UTF-8) shown as ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -243,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except SegmorphError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {_printable(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)

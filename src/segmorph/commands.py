@@ -177,7 +177,7 @@ def run_register(args: argparse.Namespace) -> int:
         if args.fixed or args.moving:
             raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)
         records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
-                                     args.overlays, progress=not args.quiet)  # fmt: skip
+                                     args.overlays, progress=not args.quiet, prealign=args.prealign)  # fmt: skip
         dice = [r["metrics"]["mean_dice"] for r in records if "metrics" in r]
         seconds = np.mean([r["seconds"] for r in records])
         extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
@@ -187,7 +187,8 @@ def run_register(args: argparse.Namespace) -> int:
     if args.fixed is None or args.moving is None:
         raise SegmorphError("give FIXED and MOVING images, or --pairs CSV")
     request = run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels, args.method,
-                              args.refine, args.similarity, args.overlays)  # fmt: skip
+                              args.refine, args.similarity, args.overlays, args.prealign, args.fixed_structures,
+                              args.moving_structures)  # fmt: skip
     record = run.register_pair(request, model)
     line = f"registered {args.moving.name} to {args.fixed.name} ({args.method}) in {record['seconds']:.2f} s"
     if "metrics" in record:

@@ -210,26 +210,29 @@ def _cases_from_list(root: Path, entries: Any, num_channels: int, path: Path) ->
     for index, entry in enumerate(entries):
         if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
             raise SegmorphError(f"training[{index}]: expected an object with an 'image' path", path)
-        images = _channel_files(root / entry["image"], num_channels)
         label = entry.get("label")
+        if label is not None and not isinstance(label, str):
+            raise SegmorphError(f"training[{index}]: 'label' must be a path, got {label!r}", path)
+        images = _channel_files(root / entry["image"], num_channels, f"training[{index}] of {path.name}")
         label_path = None if label is None else root / label
         if label_path is not None and not label_path.is_file():
-            raise SegmorphError(f"label file of case {_case_id(images[0])} is missing", label_path)
+            raise SegmorphError(f"label file of case {_case_id(images[0])} is missing "
+                                f"(listed in training[{index}] of {path.name})", label_path)  # fmt: skip
         cases.append(CaseFiles(_case_id(images[0]), images, label_path))
     return _sorted_unique(cases, path)
 
 
-def _channel_files(image: Path, num_channels: int) -> tuple[Path, ...]:
-    """The image file itself, or its ``_0000``, ``_0001``... siblings (nnU-Net)."""
+def _channel_files(image: Path, num_channels: int, listed: str) -> tuple[Path, ...]:
+    """The image file itself, or its ``_0000``, ``_0001``... siblings (nnU-Net); ``listed`` says where it is named."""
     if image.is_file():
         return (image,)
     stem, suffix = strip_suffix(image), image_suffix(image)
     files = tuple(image.parent / f"{stem}_{c:04d}{suffix}" for c in range(num_channels))
     if not files[0].is_file():
-        raise SegmorphError(f"image file missing (nor {files[0].name} found)", image)
+        raise SegmorphError(f"image file missing (nor {files[0].name} found; listed in {listed})", image)
     for channel, file in enumerate(files):
         if not file.is_file():
-            raise SegmorphError(f"channel {channel} file of case {stem} is missing", file)
+            raise SegmorphError(f"channel {channel} file of case {stem} is missing (listed in {listed})", file)
     return files
 
 

@@ -3,7 +3,8 @@
 Pure functions, 2D and 3D. The volume is cut into overlapping tiles (nnU-Net's evenly spread steps,
 first and last tiles flush with the borders), tiles and their mirrored copies run through the network
 in batches, and their logits are blended with a Gaussian weight map into one preallocated float32
-buffer ``(K, *S)``. Peak memory is that buffer, one weight-sum map ``(*S)`` and one batch of tiles.
+buffer ``(K, *S)``. Peak memory is that buffer and one batch of tiles: the weight sum and the softmax
+are computed afterwards slab by slab.
 
 Test-time mirroring averages *logits* over all flip combinations (nnU-Net v2's convention); softmax is
 taken once, at the end. Spatial axes are numbered ``0..ndim-1`` (the channel axis is not counted).
@@ -139,7 +140,6 @@ def sliding_window_logits(
     if device.type == "cpu":
         batch_size = max(1, min(batch_size, CPU_BATCH_VOXELS // math.prod(patch)))
     scores: torch.Tensor | None = None
-    weight_sum = torch.zeros(padded.shape[1:], dtype=torch.float32, device=device)
     with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
         for chunk in _chunks(jobs, batch_size):
             logits = model(_gather_tiles(padded, chunk, patch, device))
@@ -149,13 +149,8 @@ def sliding_window_logits(
             for tile_logits, (corner, dims) in zip(logits, chunk):
                 window = (slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, patch))
                 scores[window].addcmul_(tile_logits.flip(dims) if dims else tile_logits, weights)
-    for corner in corners:
-        weight_sum[tuple(slice(c, c + p) for c, p in zip(corner, patch))] += weights
-    scores = scores[(slice(None),) + crop]
-    scores.div_(weight_sum[crop].mul_(len(flips)))
-    if return_probabilities:
-        _softmax_(scores)
-    return scores.contiguous()
+    _normalise_(scores, corners, patch, weights, len(flips), return_probabilities)
+    return scores[(slice(None),) + crop].contiguous()
 
 
 def compile_for_inference(model: nn.Module) -> nn.Module:
@@ -254,6 +249,31 @@ def _gather_tiles(image: torch.Tensor, chunk: list, patch: tuple[int, ...], devi
         source = image[(slice(None),) + tuple(slice(c, c + p) for c, p in zip(corner, patch))]
         tile.copy_(source.flip(dims) if dims else source)
     return batch
+
+
+def _normalise_(
+    scores: torch.Tensor, corners: list, patch: tuple[int, ...], weights: torch.Tensor, copies: int, softmax: bool,
+    slab_voxels: int = 1 << 22,
+) -> None:  # fmt: skip
+    """Divide summed weighted logits ``(K, *S)`` by their summed weights (times ``copies``), then softmax.
+
+    One slab of the first spatial axis at a time, so the weight sum and the softmax temporaries never
+    exist for the whole volume; per voxel the sums run in the same order as over the whole volume.
+    """
+    size, rest = scores.shape[1], scores.shape[2:]
+    step = max(1, slab_voxels // max(1, math.prod(rest)))
+    for start in range(0, size, step):
+        stop = min(start + step, size)
+        weight_sum = torch.zeros((stop - start, *rest), dtype=scores.dtype, device=scores.device)
+        for corner in corners:
+            low, high = max(corner[0], start), min(corner[0] + patch[0], stop)
+            if low < high:
+                others = tuple(slice(c, c + p) for c, p in zip(corner[1:], patch[1:]))
+                weight_sum[(slice(low - start, high - start), *others)] += weights[low - corner[0] : high - corner[0]]
+        block = scores[:, start:stop]
+        block.div_(weight_sum.mul_(copies))
+        if softmax:
+            _softmax_(block)
 
 
 def _softmax_(scores: torch.Tensor) -> None:

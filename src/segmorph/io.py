@@ -8,9 +8,14 @@ the transposition happens here and nowhere else.
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
+import shutil
+import struct
 import tempfile
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +29,13 @@ from segmorph.image import Image
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 MAX_VOXELS = 2**31  # refuse absurd declared sizes before allocating
+DEFLATE_MAX_RATIO = 1032  # deflate inflates n bytes to at most ~1032 n: a bound on what a .nii.gz can hold
+NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes of float32 and float64 voxels
+SLICE_GAP_TOLERANCE = 0.01  # relative; DICOM slice gaps differing more than this from the median are refused
+
+# ITK prints warnings (missing slices, no DICOM series found) straight to the process's stderr, outside
+# the one-line error contract; the conditions that matter are checked here and reported as SegmorphError.
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
 
 
 def image_suffix(path: str | Path) -> str:
@@ -55,10 +67,20 @@ def mask_file_name(source: str | Path, suffix: str | None = None) -> str:
     return case + suffix
 
 
+def _sitk_name(path: str | Path) -> str:
+    """``path`` as SimpleITK takes it; SimpleITK aborts the process on names that are not valid UTF-8."""
+    name = str(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise SegmorphError("path is not valid UTF-8 (SimpleITK cannot open it); rename it", path) from None
+    return name
+
+
 def is_dicom_folder(path: str | Path) -> bool:
     """True when ``path`` is a folder holding at least one DICOM series."""
     path = Path(path)
-    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)))
+    return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(_sitk_name(path)))
 
 
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
@@ -70,7 +92,8 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
         if path.is_file() or is_dicom_folder(path):
             found.append(path)
         else:
-            inside = sorted(p for p in path.iterdir() if p.is_file() and image_suffix(p))
+            # names starting with '.' are hidden files, among them a killed writer's temporary files
+            inside = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
             subseries = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_folder(p))
             if not inside and not subseries:
                 raise SegmorphError("folder holds no images or DICOM series", path)
@@ -78,19 +101,22 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
     return found
 
 
-def _read_sitk(path: Path) -> sitk.Image:
+def _read_sitk(path: Path, check_finite: bool = False) -> sitk.Image:
     if path.is_dir():
-        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path))
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(_sitk_name(path))
         if not series:
             raise SegmorphError("folder holds no DICOM series", path)
         if len(series) > 1:
             raise SegmorphError(f"folder holds {len(series)} DICOM series; give one series per folder", path)
         files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])
+        _check_series(files, path)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames(files)
         return reader.Execute()
+    if image_suffix(path) in (".nii", ".nii.gz"):
+        _check_nifti(path, check_finite)
     reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
+    reader.SetFileName(_sitk_name(path))
     reader.ReadImageInformation()
     size = reader.GetSize()
     if any(s <= 0 for s in size):
@@ -98,6 +124,151 @@ def _read_sitk(path: Path) -> sitk.Image:
     if int(np.prod(size, dtype=np.float64)) * max(1, reader.GetNumberOfComponents()) > MAX_VOXELS:
         raise SegmorphError(f"declared size {size} is too large to load", path)
     return reader.Execute()
+
+
+def _check_nifti(path: Path, check_finite: bool = False) -> None:
+    """Refuse a NIfTI-1 file whose header declares no voxels, absurdly many, or more than the file holds.
+
+    Runs on the 348-byte header before SimpleITK allocates anything: ITK reads a zero dimension as 1 and
+    fills a truncated .nii.gz with zeros without complaint. A .nii.gz is inflated once more only when its
+    gzip trailer does not already say it holds exactly the declared bytes (a multi-member or damaged file).
+    With ``check_finite``, float voxels are scanned here too, since ITK's NIfTI reader silently turns NaN
+    and infinite values into 0.
+    """
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+    except (OSError, EOFError) as err:
+        raise SegmorphError(f"cannot read image ({err})", path) from None
+    endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+    if endian is None:
+        return  # not NIfTI-1 (NIfTI-2 or garbage): SimpleITK decides
+    if header[344:348] != b"n+1\0":  # ITK would read it as Analyze 7.5 and drop the orientation
+        raise SegmorphError(f"wrong magic bytes {bytes(header[344:348])!r} in the NIfTI header (expected n+1)", path)
+    dim = struct.unpack(endian + "8h", header[40:56])
+    rank = dim[0]
+    if not 1 <= rank <= 7:
+        raise SegmorphError(f"invalid number of dimensions {rank} in header", path)
+    if any(d <= 0 for d in dim[1 : rank + 1]):
+        raise SegmorphError(f"zero-size dimension in header, dim {list(dim[1 : rank + 1])}", path)
+    voxels = int(np.prod(dim[1 : rank + 1], dtype=np.float64))
+    if voxels > MAX_VOXELS:
+        raise SegmorphError(f"declared size {list(dim[1 : rank + 1])} is too large to load", path)
+    bitpix = struct.unpack(endian + "h", header[72:74])[0]
+    offset = struct.unpack(endian + "f", header[108:112])[0]
+    if not 0 <= offset < 2**31:  # also NaN
+        raise SegmorphError(f"invalid vox_offset {offset} in header", path)
+    vox_offset = int(offset)
+    data_bytes = (voxels * max(bitpix, 0) + 7) // 8
+    _check_nifti_payload(path, vox_offset + data_bytes, data_bytes)
+    datatype = struct.unpack(endian + "h", header[70:72])[0]
+    if check_finite and datatype in NIFTI_FLOAT_TYPES:
+        bad = _count_non_finite(path, np.dtype(endian + NIFTI_FLOAT_TYPES[datatype]), vox_offset, data_bytes)
+        if bad:
+            raise SegmorphError(f"image holds {bad} NaN or infinite voxels", path)
+
+
+def _count_non_finite(path: Path, dtype: np.dtype, offset: int, data_bytes: int) -> int:
+    """NaN and infinite values among the voxels of a NIfTI file, read in bounded chunks."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    bad, left = 0, data_bytes
+    with opener(path, "rb") as handle:
+        handle.seek(offset)
+        while left > 0:
+            chunk = handle.read(min(left, 1 << 24))  # a multiple of the item size, as data_bytes is
+            if not chunk:
+                break
+            bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(chunk, dtype))))
+            left -= len(chunk)
+    return bad
+
+
+def _check_nifti_payload(path: Path, needed: int, data_bytes: int) -> None:
+    """Refuse a NIfTI file shorter than ``needed`` bytes (header, extensions and voxel data)."""
+    size = path.stat().st_size
+    if not path.name.lower().endswith(".gz"):
+        if size < needed:
+            raise SegmorphError(f"file is truncated: {size:,} bytes, the header declares {needed:,}", path)
+        return
+    if needed > size * DEFLATE_MAX_RATIO:
+        raise SegmorphError(f"header declares {data_bytes:,} bytes of voxel data, more than a "
+                            f"{size:,}-byte .nii.gz can hold", path)  # fmt: skip
+    with open(path, "rb") as handle:
+        handle.seek(-4, os.SEEK_END)
+        if struct.unpack("<I", handle.read(4))[0] == needed % 2**32:
+            return
+    inflated = _inflated_size(path, needed)
+    if inflated is None:
+        raise SegmorphError(f"file is truncated: the gzip stream ends before the {needed:,} bytes the header "
+                            "declares", path)  # fmt: skip
+    if inflated < needed:
+        raise SegmorphError(f"file is truncated: {inflated:,} bytes after decompression, "
+                            f"the header declares {needed:,}", path)  # fmt: skip
+
+
+def _inflated_size(path: Path, limit: int) -> int | None:
+    """Bytes a gzip file inflates to, counting up to ``limit`` (nothing is kept); None when the stream
+    breaks off before its end."""
+    total = 0
+    try:
+        with gzip.open(path, "rb") as handle:
+            while total < limit:
+                chunk = handle.read(1 << 20)
+                if not chunk:
+                    break
+                total += len(chunk)
+    except EOFError:
+        return None
+    except (OSError, zlib.error) as err:
+        raise SegmorphError(f"cannot read image (corrupt gzip stream: {err})", path) from None
+    return total
+
+
+def _check_series(files: Sequence[str], folder: Path) -> None:
+    """Refuse a DICOM series mixing modalities, or whose slices are unevenly spaced (a missing slice).
+
+    ITK only warns about uneven spacing and then gives the volume one average spacing, which puts
+    every slice after a gap at the wrong place.
+    """
+    slices = [_slice_facts(name) for name in files]
+    modalities = sorted({modality for modality, _ in slices} - {""})
+    if len(modalities) > 1:
+        raise SegmorphError(f"series mixes modalities {', '.join(modalities)}", folder)
+    positions = [position for _, position in slices if position is not None]
+    if len(positions) == len(files) and len(files) > 2:
+        _check_slice_gaps(sorted(positions), folder)
+
+
+def _slice_facts(name: str) -> tuple[str, float | None]:
+    """A DICOM slice's modality and position along its normal (mm; None without position tags)."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(name)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise SegmorphError(f"cannot read DICOM slice ({_first_line(err)})", name) from None
+    tags = {key: reader.GetMetaData(key).strip() for key in ("0008|0060", "0020|0037", "0020|0032")
+            if reader.HasMetaDataKey(key)}  # fmt: skip
+    try:
+        row_col = np.array([float(v) for v in tags.get("0020|0037", "").split("\\")]).reshape(2, 3)
+        position = np.array([float(v) for v in tags.get("0020|0032", "").split("\\")])
+        return tags.get("0008|0060", ""), float(np.cross(row_col[0], row_col[1]) @ position)
+    except ValueError:
+        return tags.get("0008|0060", ""), None  # no usable position: ITK's ordering stands
+
+
+def _check_slice_gaps(positions: list[float], folder: Path) -> None:
+    gaps = np.diff(positions)
+    typical = float(np.median(gaps))
+    worst = int(np.argmax(np.abs(gaps - typical)))
+    if typical > 0 and abs(gaps[worst] - typical) <= SLICE_GAP_TOLERANCE * typical:
+        return
+    where = f"gap of {gaps[worst]:.4g} mm after slice {worst + 1} of {len(positions)}, others {typical:.4g} mm"
+    ratio = gaps[worst] / typical if typical > 0 else 0.0
+    if ratio > 1.5 and abs(ratio - round(ratio)) <= SLICE_GAP_TOLERANCE:
+        raise SegmorphError(f"missing slice(s) in the DICOM series: {where}", folder)
+    raise SegmorphError(f"uneven slice spacing in the DICOM series: {where}", folder)
 
 
 def read_image(path: str | Path, is_label: bool = False, check_finite: bool = True) -> Image:
@@ -118,8 +289,10 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
     path = Path(path)
     if not path.exists():
         raise SegmorphError("no such file or folder", path)
+    if not os.access(path, os.R_OK):
+        raise SegmorphError("permission denied: cannot read", path)
     try:
-        itk = _read_sitk(path)
+        itk = _read_sitk(path, check_finite)
     except SegmorphError:
         raise
     except RuntimeError as err:
@@ -129,24 +302,28 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
 
 def _first_line(err: Exception) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    useful = [ln for ln in lines if "Description:" in ln] or lines or ["unknown error"]
-    return useful[0].replace("Description:", "").strip()[:200]
+    errors = [ln.split("ERROR:", 1)[1] for ln in lines if "ERROR:" in ln]
+    useful = [ln for ln in lines if "Description:" in ln] or errors or lines or ["unknown error"]
+    text = useful[0].replace("Description:", "").strip()
+    if text.startswith("Unable to determine ImageIO reader"):
+        return "unknown format or corrupt file: no reader recognises it"
+    return text[:200]
 
 
 def _from_sitk(itk: sitk.Image, path: Path, is_label: bool, check_finite: bool) -> Image:
     ndim = itk.GetDimension()
     if ndim not in (2, 3):
         raise SegmorphError(f"expected a 2D or 3D image, got {ndim}D", path)
-    array = sitk.GetArrayFromImage(itk)  # (K, J, I[, C])
+    array = sitk.GetArrayViewFromImage(itk)  # (K, J, I[, C]); a view, valid while ``itk`` lives
     if itk.GetNumberOfComponentsPerPixel() == 1:
         array = array[..., None]
     array = np.moveaxis(array, -1, 0)  # (C, K, J, I)
-    array = np.ascontiguousarray(array.transpose(0, *range(ndim, 0, -1)))  # (C, I, J, K)
+    array = np.array(array.transpose(0, *range(ndim, 0, -1)), order="C")  # (C, I, J, K): the one copy
     affine = Affine.from_geometry(itk.GetSpacing(), itk.GetOrigin(), itk.GetDirection())
     if is_label:
         return Image(torch.from_numpy(_as_labels(array, path)), affine, is_label=True)
     data = torch.from_numpy(array.astype(np.float32, copy=False))
-    if check_finite and not torch.isfinite(data).all():
+    if check_finite and not np.isfinite(array).all():  # torch.isfinite would allocate two volume-sized temporaries
         bad = int((~torch.isfinite(data)).sum())
         raise SegmorphError(f"image holds {bad} NaN or infinite voxels", path)
     return Image(data, affine)
@@ -204,6 +381,7 @@ def write_image(image: Image, path: str | Path) -> Path:
     if suffix in PICTURE_SUFFIXES:
         itk = sitk.Cast(itk, sitk.sitkUInt8) if itk.GetNumberOfComponentsPerPixel() == 1 else itk
     compress = suffix in (".nii.gz", ".nrrd", ".mha")
+    _sitk_name(path)
     return _write_with_sitk(path, suffix, lambda name: sitk.WriteImage(itk, name, useCompression=compress), "image")
 
 
@@ -214,17 +392,55 @@ def _write_with_sitk(path: Path, suffix: str, write: Callable[[str], None], what
     os.close(fd)
     try:
         write(tmp_name)
+        _check_written(Path(tmp_name), suffix)
         _fsync(tmp_name)
         os.replace(tmp_name, path)
     except (RuntimeError, OSError) as err:
+        problem = _write_problem(err, path.parent)  # before the unlink frees the space
         Path(tmp_name).unlink(missing_ok=True)
-        raise SegmorphError(f"cannot write {what} ({_first_line(err)})", path) from None
+        raise SegmorphError(f"cannot write {what} ({problem})", path) from None
     return path
 
 
 def _fsync(name: str) -> None:
     with open(name, "rb+") as handle:
         os.fsync(handle.fileno())
+
+
+def _check_written(path: Path, suffix: str) -> None:
+    """Refuse a NIfTI file shorter than its header declares.
+
+    ITK's NIfTI writer reports a short write (a full disk) on stderr only and returns normally, leaving a
+    truncated file that would otherwise be renamed into place.
+    """
+    if suffix not in (".nii", ".nii.gz"):
+        return
+    opener = gzip.open if suffix == ".nii.gz" else open
+    try:
+        with opener(path, "rb") as handle:
+            complete = len(handle.read(348)) == 348
+        if complete:
+            _check_nifti(path)
+    except (OSError, EOFError, SegmorphError):
+        complete = False
+    if not complete:
+        raise OSError(errno.EIO, "the file is incomplete after writing")
+
+
+def _write_problem(err: Exception, folder: Path) -> str:
+    """Words for a failed write. ITK's exceptions rarely say why, so a full disk is also recognised by
+    the space left (less than 1 MiB: the failed write used the rest)."""
+    if isinstance(err, OSError) and err.errno == errno.EDQUOT:
+        return "disk quota exceeded"
+    try:
+        full = shutil.disk_usage(folder).free < 1 << 20
+    except OSError:
+        full = False
+    if (isinstance(err, OSError) and err.errno == errno.ENOSPC) or full:
+        return "no space left on device"
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return _first_line(err)
 
 
 def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
@@ -239,8 +455,9 @@ def atomic_write_bytes(path: str | Path, payload: bytes) -> Path:
             os.fsync(handle.fileno())
         os.replace(tmp_name, path)
     except OSError as err:
+        problem = _write_problem(err, path.parent)  # before the unlink frees the space
         Path(tmp_name).unlink(missing_ok=True)
-        raise SegmorphError(f"cannot write file ({err.strerror or err})", path) from None
+        raise SegmorphError(f"cannot write file ({problem})", path) from None
     return path
 
 
@@ -261,6 +478,7 @@ def write_affine_transform(matrix: np.ndarray, path: str | Path) -> Path:
     transform = sitk.AffineTransform(n)
     transform.SetMatrix([float(v) for v in matrix[:n, :n].ravel()])
     transform.SetTranslation([float(v) for v in matrix[:n, n]])
+    _sitk_name(path)
     return _write_with_sitk(path, path.suffix or ".tfm", lambda name: sitk.WriteTransform(transform, name), "transform")
 
 
@@ -274,7 +492,7 @@ def read_affine_transform(path: str | Path) -> np.ndarray:
     if not path.exists():
         raise SegmorphError("no such file", path)
     try:
-        transform = sitk.ReadTransform(str(path))
+        transform = sitk.ReadTransform(_sitk_name(path))
         n = transform.GetDimension()
         origin = np.array(transform.TransformPoint([0.0] * n))
         columns = [np.array(transform.TransformPoint(list(np.eye(n)[d]))) - origin for d in range(n)]

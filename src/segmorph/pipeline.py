@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -21,6 +19,7 @@ from segmorph.nn import build_network, count_parameters
 from segmorph.plan import Plan, apply_overrides, make_plan
 from segmorph.preprocess import fingerprint, load_preprocessed, preprocess_dataset
 from segmorph.progress import console
+from segmorph.provenance import data_changed, write_run_record
 from segmorph.train import FitResult, fit
 
 
@@ -70,10 +69,21 @@ def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
     if not spec.labels:
         spec = infer_labels(spec)
     facts = fingerprint(spec, progress=request.show_progress)
+    _require_foreground(spec, facts)
     plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps)
     overrides = dict(request.overrides)
     overrides.setdefault("train.seed", request.seed)
     return spec, apply_overrides(plan, overrides)
+
+
+def _require_foreground(spec: DatasetSpec, facts: dict[str, Any]) -> None:
+    """Refuse a labelled dataset whose label maps are all background: there is nothing to learn.
+
+    One empty label map among others is fine (a scan without the structure); all of them is a mistake.
+    """
+    labelled = any(case.label is not None for case in spec.cases)
+    if labelled and not any(int(k) > 0 and v > 0 for k, v in facts["class_fractions"].items()):
+        raise SegmorphError("every label map is empty (background only); training needs foreground", spec.root)
 
 
 def train_segmentation(request: TrainRequest) -> dict[str, Any]:
@@ -101,7 +111,7 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         plan.save(out / "plan.json")
-        _write_provenance(out, spec, train_ids, val_ids)
+        _write_provenance(out, spec, request, plan, train_ids, val_ids)
     cases = _load_cases(spec, plan, request, train_ids + val_ids)
     torch.manual_seed(plan.train.seed)
     model = build_network(plan.network)
@@ -152,24 +162,18 @@ def _fit_summary(result: FitResult) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _write_provenance(out: Path, spec: DatasetSpec, train_ids: list[str], val_ids: list[str]) -> None:
+def _write_provenance(
+    out: Path, spec: DatasetSpec, request: TrainRequest, plan: Plan, train_ids: list[str], val_ids: list[str]
+) -> None:
+    """``run.json``: command, versions, seeds, data fingerprint and split (see :mod:`segmorph.provenance`)."""
     facts = {
-        "command": sys.argv,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "segmorph": _version(),
-        "dataset": str(spec.root),
-        "train_cases": train_ids,
-        "val_cases": val_ids,
-    }
-    atomic_write_text(out / "run.json", json.dumps(facts, indent=2) + "\n")
-
-
-def _version() -> str:
-    from segmorph import __version__
-
-    return __version__
+        "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
+        "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
+        "train_cases": train_ids, "val_cases": val_ids,
+    }  # fmt: skip
+    record = write_run_record(out, facts, spec, resume=request.resume)
+    if data_changed(record):
+        console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
 
 
 def validate_run(

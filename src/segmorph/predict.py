@@ -78,16 +78,31 @@ class Predictor:
             self.network, prepared.image.data, self.plan.train.patch_size, overlap=self.options.overlap,
             batch_size=self.options.batch_size, mirror_axes=mirror_axes, device=self.device, amp=self.options.amp,
         )  # fmt: skip
+        del prepared  # the preprocessed copy of the scan: not needed to map the scores back
         return undo_preprocessing(scores.cpu(), record)
 
     def segment(self, image: Image) -> tuple[Image, torch.Tensor]:
-        """Label map ``(1, *S)`` with exactly ``image``'s geometry, and the probabilities ``(K, *S)``."""
+        """Label map ``(1, *S)`` (uint8; int32 beyond 256 classes) with exactly ``image``'s geometry, and the
+        probabilities ``(K, *S)``."""
         probabilities = self.probabilities(image)
-        labels = probabilities.argmax(0).numpy()
+        labels = most_likely_class(probabilities)
         if self.options.largest_component:
             labels = keep_largest_component(labels, [k for k in self.plan.labels if k > 0])
-        mask = Image(torch.from_numpy(np.asarray(labels, dtype=np.int64)[None]), image.affine, is_label=True)
+        mask = Image(torch.from_numpy(labels[None]), image.affine, is_label=True)
         return mask, probabilities
+
+
+def most_likely_class(probabilities: torch.Tensor, slab_voxels: int = 1 << 22) -> np.ndarray:
+    """Argmax over classes of ``(K, *S)`` as a uint8 map ``(*S)`` (int32 beyond 256 classes).
+
+    Slab by slab of the first spatial axis: an int64 argmax of the whole volume would take twice the
+    memory of one float32 class map.
+    """
+    labels = torch.empty(probabilities.shape[1:], dtype=torch.uint8 if probabilities.shape[0] <= 256 else torch.int32)
+    step = max(1, slab_voxels // max(1, labels[0].numel()))
+    for start in range(0, labels.shape[0], step):
+        labels[start : start + step] = probabilities[:, start : start + step].argmax(0)
+    return labels.numpy()
 
 
 def predict_files(

@@ -282,6 +282,8 @@ class _Loop:
         self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
         self.history = [EpochRecord(**r) for r in counters["history"]]
         self.generator.set_state(extras["generator"])
+        if dist.is_main_process():
+            remove_stale_checkpoint_files(self.run_dir)
 
     def _checkpoint(self, name: str) -> None:
         counters = {
@@ -314,7 +316,8 @@ class _Loop:
         main = dist.is_main_process()
         reason = "step or time limit"
         with TrainingProgress(enabled=show_progress and main) as bar:
-            while True:
+            # Resuming a run that had already finished (killed while validating) adds no empty epoch.
+            while not self._finished():
                 losses = [self._train_step() for _ in range(self.config.steps_per_epoch) if not self._finished()]
                 self.epoch += 1
                 record = self._end_epoch(losses)
@@ -394,6 +397,19 @@ class _Loop:
         from segmorph.plots import plot_training_curves
 
         plot_training_curves(self.history, self.run_dir / "curves.png", f"validation {self.task.score_key}")
+
+
+def remove_stale_checkpoint_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files that killed writers left beside the checkpoints (``.checkpoint_*.pt.*``).
+
+    A process killed while saving cannot clean up after itself; its half-written temporary file is never
+    renamed into place (see :func:`segmorph.io.atomic_write_bytes`), but each one holds up to a whole
+    checkpoint. Called when a run resumes, when no other process writes into the run folder.
+    """
+    stale = sorted(run_dir.glob(".checkpoint_*.pt.*"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def _dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -266,13 +266,15 @@ def optimise_linear(levels: Sequence[Level], config: ClassicalConfig, start: np.
 # -- deformable stage ----------------------------------------------------------------------------
 
 
-def optimise_velocity(levels: Sequence[Level], config: ClassicalConfig, matrix: np.ndarray, velocity=None):
+def optimise_velocity(levels: Sequence[Level], config: ClassicalConfig, matrix: np.ndarray, velocity=None,
+                      similarity=None):  # fmt: skip
     """Velocity field (voxels of the finest fixed level, ``(1, n, *S)``) after the linear ``matrix``.
 
-    ``velocity`` (same units and grid) starts the optimisation, e.g. from a network's prediction.
+    ``velocity`` (same units and grid) starts the optimisation, e.g. from a network's prediction;
+    ``similarity(fixed, warped)`` replaces the configured one (e.g. for multi-channel levels).
     """
     world = torch.tensor(matrix)
-    similarity = _similarity(config)
+    similarity = similarity or _similarity(config)
     fine_shape = levels[-1].fixed.shape[2:]
     current = velocity
     for level, iterations in zip(levels, config.deformable_iterations):

@@ -352,10 +352,23 @@ class LearnedRegistration:
             rigid_iterations=(0,), affine_iterations=(0,), deformable_iterations=(steps,), velocity_shrink=2,
             smoothness=self.config.smoothness, integration_steps=self.config.integration_steps, deformable_lr=0.1,
         )  # fmt: skip
-        fixed_data = normalise_intensity(fixed.data[:1].float())[None].to(self.device)
-        moving_data = normalise_intensity(moving.data[:1].float())[None].to(self.device)
-        level = Level(fixed_data, moving_data, fixed.affine, moving.affine)
-        return optimise_velocity([level], config, matrix, velocity=velocity)
+        fixed_data = normalise_intensity(fixed.data[:1].float())[None]
+        moving_data = normalise_intensity(moving.data[:1].float())[None]
+        if self.prior is None:
+            level = Level(fixed_data.to(self.device), moving_data.to(self.device), fixed.affine, moving.affine)
+            return optimise_velocity([level], config, matrix, velocity=velocity)
+        # With a prior, the polish also matches the structures: image NCC plus MSE of the label probabilities.
+        fixed_prior = self.prior.probabilities(fixed.data[:1].float()[None])[:, 1:]
+        moving_prior = self.prior.probabilities(moving.data[:1].float()[None])[:, 1:]
+        level = Level(torch.cat([fixed_data, fixed_prior], 1).to(self.device),
+                      torch.cat([moving_data, moving_prior], 1).to(self.device), fixed.affine, moving.affine)  # fmt: skip
+        image_term = get_similarity("ncc")
+
+        def similarity(f: torch.Tensor, w: torch.Tensor, mask=None) -> torch.Tensor:
+            structures = ((f[:, 1:] - w[:, 1:]) ** 2).mean() * f.shape[1]
+            return image_term(f[:, :1], w[:, :1], window=self.config.ncc_window) + structures
+
+        return optimise_velocity([level], config, matrix, velocity=velocity, similarity=similarity)
 
 
 def registration_checkpoint_config(config: LearnedConfig, labels: dict[int, str]) -> dict:

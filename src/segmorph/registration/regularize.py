@@ -118,7 +118,8 @@ def jacobian_determinant(displacement: torch.Tensor, linear: np.ndarray | torch.
     ndim = displacement.ndim - 2
     if displacement.shape[1] != ndim:
         raise ValueError(f"displacement: expected {ndim} components, got shape {tuple(displacement.shape)}")
-    linear = torch.as_tensor(linear, dtype=torch.float64)
+    # a copy: an Affine's matrix is read-only, which torch.as_tensor would warn about on stderr
+    linear = linear.double() if torch.is_tensor(linear) else torch.tensor(np.array(linear, dtype=np.float64))
     if tuple(linear.shape) != (ndim, ndim):
         raise ValueError(f"linear: expected shape ({ndim}, {ndim}), got {tuple(linear.shape)}")
     inverse = torch.linalg.inv(linear).to(dtype=displacement.dtype, device=displacement.device)

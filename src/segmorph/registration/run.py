@@ -26,7 +26,7 @@ from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.regularize import folding_fraction, jacobian_determinant, log_jacobian_std
 from segmorph.registration.transform import Transform, load_transform, save_transform
 
-METHODS = ("rigid", "affine", "deformable", "learned")
+METHODS = ("rigid", "affine", "deformable", "learned", "structures")
 WARPED_IMAGE = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
 
@@ -44,6 +44,9 @@ class PairRequest:
     refine: int = 0
     similarity: str = "ncc"
     pictures: bool = False
+    prealign: str | None = None
+    fixed_structures: Path | None = None
+    moving_structures: Path | None = None
 
 
 def check_pair(fixed: Image, moving: Image, fixed_path: Path, moving_path: Path) -> None:
@@ -83,15 +86,30 @@ def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
 
 
 def register_images(fixed: Image, moving: Image, method: str, model=None, refine: int = 0,
-                    similarity: str = "ncc") -> Transform:  # fmt: skip
-    """Dispatch to classical or learned registration; returns the fixed → moving transform."""
+                    similarity: str = "ncc", prealign: str | None = None,
+                    structures: tuple[Image, Image] | None = None) -> Transform:  # fmt: skip
+    """Dispatch to classical, learned or structure-based registration; returns the fixed → moving transform.
+
+    ``structures`` (fixed and moving segmentations, e.g. from ``segmorph predict``) align the pair
+    by label centroids and overlap: on their own with ``method="structures"``, else as the start.
+    """
     if method not in METHODS:
         raise SegmorphError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    start = None
+    if structures is not None:
+        from segmorph.registration.structure import align_structures
+
+        aligned = align_structures(*structures, method="affine")
+        if method == "structures":
+            return aligned
+        start = aligned.matrix()
+    elif method == "structures":
+        raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
     if method == "learned":
         if model is None:
             raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
-        return model.register(fixed, moving, refine=refine)
-    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity))
+        return model.register(fixed, moving, refine=refine, matrix=start, prealign=prealign)
+    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity), start=start)
 
 
 def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
@@ -100,8 +118,10 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     check_pair(fixed, moving, request.fixed, request.moving)
     moving_labels = read_labels_like(request.moving_labels, moving, request.moving) if request.moving_labels else None
     fixed_labels = read_labels_like(request.fixed_labels, fixed, request.fixed) if request.fixed_labels else None
+    structures = _read_structures(request, fixed, moving)
     started = time.perf_counter()
-    transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity)
+    transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity,
+                                request.prealign, structures)  # fmt: skip
     seconds = time.perf_counter() - started
     out = Path(request.out)
     save_transform(transform, out, fixed.affine, fixed.spatial_shape)
@@ -124,6 +144,15 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
         save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels)
     atomic_write_text(out / "registration.json", json.dumps(record, indent=2) + "\n")
     return record
+
+
+def _read_structures(request: PairRequest, fixed: Image, moving: Image) -> tuple[Image, Image] | None:
+    if (request.fixed_structures is None) != (request.moving_structures is None):
+        raise SegmorphError("give both --fixed-structures and --moving-structures, or neither")
+    if request.fixed_structures is None:
+        return None
+    return (read_labels_like(request.fixed_structures, fixed, request.fixed),
+            read_labels_like(request.moving_structures, moving, request.moving))  # fmt: skip
 
 
 def registration_metrics(transform: Transform, fixed: Image, fixed_labels: Image | None = None,
@@ -221,6 +250,8 @@ def warp_file(source: Path, transform_path: Path, out: Path, labels: bool, refer
     """
     transform = load_transform(transform_path)
     affine, shape = _fixed_grid(transform_path, reference)
+    if transform.ndim not in (None, affine.ndim):
+        raise SegmorphError(f"transform is {transform.ndim}D but its fixed grid is {affine.ndim}D", transform_path)
     moving = read_image(source, is_label=labels)
     if moving.ndim != affine.ndim:
         raise SegmorphError(f"is {moving.ndim}D but the transform's grid is {affine.ndim}D", source)
@@ -237,8 +268,11 @@ def _fixed_grid(transform_path: Path, reference: Path | None):
         return image.affine, image.spatial_shape
     record = transform_path / "transform.json" if transform_path.is_dir() else None
     if record is not None and record.exists():
-        grid = json.loads(record.read_text())["fixed_grid"]
-        return Affine.from_dict(grid), tuple(grid["shape"])
+        try:
+            grid = json.loads(record.read_text())["fixed_grid"]
+            return Affine.from_dict(grid), tuple(int(s) for s in grid["shape"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise SegmorphError(f"malformed transform record: no valid fixed_grid ({err})", record) from None
     if transform_path.is_file() and transform_path.suffix.lower() not in (".tfm", ".txt", ".mat"):
         field = read_image(transform_path)
         return field.affine, field.spatial_shape
@@ -269,7 +303,7 @@ def read_pairs_csv(path: Path) -> list[dict[str, Path | None]]:
 
 
 def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: int = 0, similarity: str = "ncc",
-                   pictures: bool = False, progress: bool = True) -> list[dict]:  # fmt: skip
+                   pictures: bool = False, progress: bool = True, prealign: str | None = None) -> list[dict]:  # fmt: skip
     """Register every pair of a CSV (the model loaded once); one folder per pair plus ``summary.csv``."""
     from segmorph.progress import track
 
@@ -278,7 +312,7 @@ def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: 
     for index, pair in enumerate(track(pairs, "register", len(pairs), enabled=progress)):
         folder = out / f"pair_{index:03d}_{strip_suffix(pair['fixed'].name)}_{strip_suffix(pair['moving'].name)}"
         request = PairRequest(pair["fixed"], pair["moving"], folder, pair["moving_labels"], pair["fixed_labels"],
-                              method, refine, similarity, pictures)  # fmt: skip
+                              method, refine, similarity, pictures, prealign)  # fmt: skip
         records.append({"folder": folder.name, **register_pair(request, model)})
     atomic_write_text(out / "summary.csv", _summary_csv(records))
     return records

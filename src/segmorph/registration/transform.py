@@ -230,13 +230,25 @@ def _load_folder(folder: Path) -> Transform:
     try:
         record = json.loads(record_path.read_text())
         steps: list[Step] = []
-        for entry in record["steps"]:
+        for index, entry in enumerate(record["steps"]):
             if entry["type"] == "matrix":
-                steps.append(np.array(entry["matrix"], dtype=np.float64))
+                steps.append(_matrix_step(entry["matrix"], index, record_path))
                 continue
+            if entry["type"] != "field":
+                raise SegmorphError(f"steps[{index}]: unknown step type {entry['type']!r} (matrix or field)",
+                                    record_path)  # fmt: skip
             field = read_image(folder / entry["displacement"])
             velocity = read_image(folder / entry["velocity"]).data.float() if "velocity" in entry else None
             steps.append(FieldStep(field.affine, field.data.float(), velocity))
     except (KeyError, TypeError, ValueError) as err:
         raise SegmorphError(f"malformed transform record ({err})", record_path) from None
     return Transform(steps)
+
+
+def _matrix_step(values: object, index: int, record_path: Path) -> np.ndarray:
+    """A matrix step of a transform record: a finite homogeneous 3x3 (2D) or 4x4 (3D) matrix."""
+    matrix = np.array(values, dtype=np.float64)
+    if matrix.shape not in ((3, 3), (4, 4)) or not np.isfinite(matrix).all():
+        raise SegmorphError(f"steps[{index}]: expected a finite 3x3 or 4x4 matrix, got shape {matrix.shape}",
+                            record_path)  # fmt: skip
+    return matrix
