@@ -13,7 +13,7 @@ import io as _io
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -22,6 +22,7 @@ from torch import nn
 
 from segmorph import distributed as dist
 from segmorph.checkpoint import load_checkpoint, save_checkpoint
+from segmorph.configs import refuse_unknown_keys
 from segmorph.errors import SegmorphError
 from segmorph.inference import sliding_window_logits
 from segmorph.io import atomic_write_text
@@ -90,10 +91,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"train config: unknown keys {sorted(unknown)}")
+        refuse_unknown_keys(cls, values, "train config")
         return cls(**values)
 
 

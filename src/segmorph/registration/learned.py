@@ -10,7 +10,7 @@ after a built-in pre-alignment, optionally refined by a few instance-optimisatio
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segmorph.checkpoint import load_checkpoint
+from segmorph.configs import refuse_unknown_keys
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.metrics import dice_score
@@ -89,10 +90,7 @@ class LearnedConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> LearnedConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"registration config: unknown keys {sorted(unknown)}")
+        refuse_unknown_keys(cls, values, "registration config")
         return cls(**values)
 
 

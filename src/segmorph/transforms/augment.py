@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from segmorph.configs import refuse_unknown_keys
 from segmorph.transforms.intensity import IntensityConfig, IntensityParams, apply_intensity, draw_intensity_params
 from segmorph.transforms.spatial import SpatialConfig, SpatialParams, apply_spatial, draw_spatial_params
 
@@ -28,9 +29,7 @@ class AugmentConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> AugmentConfig:
         """Build from nested JSON/YAML values, e.g. ``{"spatial": {"p_elastic": 0.1}}``; lists become tuples."""
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"config: unknown keys {sorted(unknown)}")
+        refuse_unknown_keys(cls, values, "config")
         return cls(
             enabled=bool(values.get("enabled", True)),
             spatial=_section(SpatialConfig, values.get("spatial", {}), "spatial"),
@@ -39,9 +38,7 @@ class AugmentConfig:
 
 
 def _section(kind: type, values: dict[str, Any], name: str) -> Any:
-    unknown = set(values) - {f.name for f in fields(kind)}
-    if unknown:
-        raise ValueError(f"{name}: unknown keys {sorted(unknown)}")
+    refuse_unknown_keys(kind, values, name)
     return kind(**{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()})
 
 
