@@ -34,6 +34,7 @@ from segmorph.registration.classical import (
     velocity_transform,
 )
 from segmorph.registration.pairs import normalise_intensity
+from segmorph.registration.prior import content_box
 from segmorph.registration.regularize import diffusion
 from segmorph.registration.similarity import get_similarity
 from segmorph.registration.transform import Transform
@@ -319,8 +320,13 @@ class LearnedRegistration:
         if self.prior is not None:
             probabilities = self.prior.probabilities(torch.stack([fixed.data[:1].float(), moved.data[:1].float()]))
             priors = [probabilities[:1, 1:], probabilities[1:, 1:]]
-        inputs = network_input(fixed_data, moved_data, *priors).to(self.device)
-        return predict_velocity(self.network, inputs, self.config.input_shrink, amp=self.device.type == "cpu")
+        inputs = network_input(fixed_data, moved_data, *priors)
+        box = content_box(torch.stack([fixed.data[:1], moved.data[:1]]), CONTENT_MARGIN)
+        velocity = predict_velocity(self.network, inputs[(slice(None), slice(None), *box)].to(self.device),
+                                    self.config.input_shrink, amp=self.device.type == "cpu")  # fmt: skip
+        full = torch.zeros(1, fixed.ndim, *fixed.spatial_shape)
+        full[(slice(None), slice(None), *box)] = velocity.cpu() * _taper([b.stop - b.start for b in box], CONTENT_MARGIN)
+        return full
 
     def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None,
                  prealign: str | None = None) -> Transform:  # fmt: skip
@@ -367,6 +373,23 @@ class LearnedRegistration:
             return image_term(f[:, :1], w[:, :1], window=self.config.ncc_window) + structures
 
         return optimise_velocity([level], config, matrix, velocity=velocity, similarity=similarity)
+
+
+CONTENT_MARGIN = 8  # voxels around the non-zero content that the network sees; the field fades to 0 over them
+
+
+def _taper(shape: Sequence[int], margin: int) -> torch.Tensor:
+    """Weights ``(*shape)``: 1 inside, a half cosine down to 0 over ``margin`` voxels at every face."""
+    weights = torch.ones(shape)
+    for axis, size in enumerate(shape):
+        ramp = torch.ones(size)
+        width = min(margin, size // 2)
+        edge = 0.5 - 0.5 * torch.cos(torch.pi * torch.arange(width) / max(width, 1))
+        ramp[:width], ramp[size - width :] = edge, edge.flip(0)
+        view = [1] * len(shape)
+        view[axis] = size
+        weights = weights * ramp.view(view)
+    return weights
 
 
 def registration_checkpoint_config(config: LearnedConfig, labels: dict[int, str]) -> dict:

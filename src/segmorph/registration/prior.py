@@ -61,7 +61,7 @@ class SegmentationPrior:
         network; outside it the probabilities say background.
         """
         batch = torch.stack([self.normalise(v) for v in volumes])
-        box = _content_box(volumes, margin)
+        box = content_box(volumes, margin)
         out = torch.zeros(batch.shape[0], self.num_classes, *batch.shape[2:])
         out[:, 0] = 1.0
         out[(slice(None), slice(None), *box)] = self._network_probabilities(batch[(slice(None), slice(None), *box)])
@@ -89,7 +89,7 @@ class SegmentationPrior:
         return target
 
 
-def _content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
+def content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
     """Index box of the non-zero voxels of all volumes ``(B, C, *S)``, widened by ``margin``."""
     nonzero = (volumes != 0).flatten(0, 1).any(0)
     if not nonzero.any():
