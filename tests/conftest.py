@@ -77,3 +77,12 @@ def trained_run(tmp_path_factory) -> Path:
     )  # fmt: skip
     train_segmentation(request)
     return root / "run"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread: the same training run (and result) on every machine, and faster on a busy 2-core CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -224,15 +224,6 @@ def test_task_batch_loss_and_validation_auc():
 
 
 # -- the job -----------------------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: steadier timing on a busy 2-core CPU (spinning OpenMP threads stall there)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
     data = tmp_path / "data"
     data.mkdir()

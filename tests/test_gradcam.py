@@ -51,15 +51,6 @@ def _train(model: nn.Module, loss_fn, images, targets, steps: int, lr: float, ba
     return model.eval()
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the same training run (and result) on every machine, and faster on a busy 2-core CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_classifier_cam_peaks_in_the_region_that_decides_the_class(one_thread):
     torch.manual_seed(0)
     images, labels = _blob_images(128, seed=0)

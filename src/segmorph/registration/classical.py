@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -348,8 +348,3 @@ def velocity_transform(velocity_voxels: torch.Tensor, fixed: Affine, matrix: np.
     """``[exp(v) on the fixed grid, matrix]`` from a velocity in fixed-grid voxels ``(1, n, *S)``."""
     velocity_mm = voxel_to_world_vectors(velocity_voxels.double().cpu(), fixed)[0].float()
     return Transform([FieldStep.from_velocity(velocity_mm, fixed, steps), np.asarray(matrix)])
-
-
-def quick_config(**changes) -> ClassicalConfig:
-    """Defaults with some fields changed (a convenience for callers and tests)."""
-    return replace(ClassicalConfig(), **changes)

@@ -11,7 +11,6 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,9 +68,6 @@ def draw_pairs(count: int, num_cases: int, seed: int) -> list[tuple[int, int]]:
     return rng.sample(every, count)
 
 
-def stack_labels(cases: Sequence[RegistrationCase]) -> np.ndarray:
-    """Label maps of the cases as one ``(N, *S)`` int array (all cases must be labelled)."""
-    return np.stack([c.label.numpy()[0] for c in cases])
 
 
 def normalise_intensity(data: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:

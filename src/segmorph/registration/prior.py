@@ -13,7 +13,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segmorph.checkpoint import load_checkpoint
@@ -100,16 +99,3 @@ def content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
         where = torch.nonzero(nonzero.any(dim=other)).flatten()
         box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, size)))
     return tuple(box)
-
-
-def foreground_channels(probabilities: torch.Tensor) -> torch.Tensor:
-    """Drop the background channel: ``(B, K, *S)`` → ``(B, K - 1, *S)``."""
-    return probabilities[:, 1:]
-
-
-def dice_of(probabilities: torch.Tensor, labels: np.ndarray) -> float:
-    """Mean Dice of the argmax of ``(K, *S)`` probabilities against a label map (a quick check)."""
-    from segmorph.metrics import dice_score
-
-    predicted = probabilities.argmax(0).cpu().numpy()
-    return float(np.mean([dice_score(predicted == k, labels == k) for k in range(1, probabilities.shape[0])]))
