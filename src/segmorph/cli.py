@@ -29,6 +29,7 @@ EXAMPLES = {
     "evaluate-registration": "segmorph evaluate-registration reg/ --fixed-labels fixed_labels.nii.gz",
     "atlas-segment": "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_labels.nii.gz --out seg.nii.gz",
     "anonymize": "segmorph anonymize dicom_in/ --out dicom_anon/ --shift-dates -30",
+    "report": "segmorph report runs/hippo --out hippo_report.html --cases 12",
 }
 
 
@@ -74,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     from segmorph.classify.cli import add_classify_arguments
 
     add_classify_arguments(sub)
+    _add_report(_parser("report", sub, "Write one self-contained HTML page about a run folder (segmentation, "
+                        "registration or classification): metrics, curves, worst cases with a slice slider."))
     return parser
+
+
+def _add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", type=Path,
+                   help="folder from segmorph train, register, train-registration or classify train")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="HTML file to write")
+    p.add_argument("--cases", type=int, default=12, help="worst cases, pairs or images to draw (default 12)")
 
 
 def _add_register(p: argparse.ArgumentParser) -> None:

@@ -260,3 +260,12 @@ def run_classify(args: argparse.Namespace) -> int:
     from segmorph.classify.cli import run_classify as classify
 
     return classify(args)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    """``segmorph report``: build the page and print where it is."""
+    from segmorph.report import build_report
+
+    path = build_report(args.run_dir, args.out, args.cases)
+    print(f"report written to {path}")
+    return 0

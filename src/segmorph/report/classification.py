@@ -1,0 +1,136 @@
+"""Report of a classification run (``segmorph classify train``): metrics, ROC, confusion, worst images.
+
+The worst validation images are the most confidently wrong ones: misclassified rows of
+``val_predictions.csv`` sorted by the probability given to their true class, lowest first. Their
+paths are relative to the dataset folder named in ``run.json``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from segmorph.errors import SegmorphError
+from segmorph.io import read_image
+from segmorph.report.common import curves, embedded_png, number, read_csv, read_json, run_facts
+from segmorph.report.html import Markup, Section, facts_table, fmt, image, join, json_details, note, table, tag
+from segmorph.report.slices import thumbnail
+
+METRICS = (("auc", "ROC AUC"), ("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
+           ("precision", "precision"), ("recall", "recall (sensitivity)"), ("specificity", "specificity"),
+           ("f1", "F1"), ("n", "images"))  # fmt: skip
+
+
+def is_classification_run(folder: Path) -> bool:
+    """A ``segmorph classify train`` run folder."""
+    if (folder / "classifier.pt").is_file() or (folder / "val_predictions.csv").is_file():
+        return True
+    record = read_json(folder / "run.json")
+    return isinstance(record, dict) and "class_names" in record and not (folder / "plan.json").exists()
+
+
+def classification_report(run_dir: Path, cases: int) -> tuple[str, list[Section]]:
+    """Title and sections of a classification run's report, with the ``cases`` worst validation images."""
+    summary = read_json(run_dir / "summary.json") or {}
+    record = read_json(run_dir / "run.json") or {}
+    named = (("roc.png", "ROC curve (validation)"), ("confusion.png", "confusion matrix (validation)"))
+    pictures = [embedded_png(run_dir / name, caption) for name, caption in named]
+    sections = [
+        Section("overview", "Overview", _overview(run_dir, summary, record), narrow=True),
+        Section("metrics", "Validation metrics", _metrics(summary), narrow=True),
+        Section("plots", "ROC and confusion", join([p for p in pictures if p is not None]) if any(pictures)
+         else note("no roc.png or confusion.png in the run folder")),
+        Section("curves", "Training curves", curves(run_dir, "validation AUC")),
+        Section("worst", "Most confidently wrong validation images", _worst(run_dir, record, cases)),
+        Section("run", "Run record", _run_block(record)),
+    ]  # fmt: skip
+    return "Classification run", sections
+
+
+def _overview(run_dir: Path, summary: dict, record: dict) -> Markup:
+    fit = summary.get("fit") or {}
+    network = summary.get("network") or record.get("network") or {}
+    facts = {
+        "run folder": str(run_dir.resolve()), "dataset": record.get("dataset"),
+        "classes": summary.get("class_names") or record.get("class_names"), "class counts": record.get("class_counts"),
+        "network": f"{network.get('name')} {network.get('ndim')}D" if network else None,
+        "input": summary.get("input") or record.get("input"), "decision threshold": summary.get("threshold"),
+        "best validation AUC": fit.get("best_val_auc"), "best epoch": fit.get("best_epoch"), "steps": fit.get("steps"),
+        "training time": f"{fit['elapsed_s'] / 60:.1f} min" if isinstance(fit.get("elapsed_s"), (int, float)) else None,
+        "stopped because": fit.get("stopped_because"), "train images": summary.get("train_images"),
+        "validation images": summary.get("val_images"),
+    }  # fmt: skip
+    return facts_table(facts)
+
+
+def _metrics(summary: dict) -> Markup:
+    at_threshold = summary.get("validation") or {}
+    at_argmax = summary.get("validation_at_argmax") or {}
+    if not at_threshold and not at_argmax:
+        return note("summary.json holds no validation metrics")
+    threshold = at_threshold.get("threshold")
+    first = f"at threshold {threshold:.4f}" if isinstance(threshold, (int, float)) else "at the run's threshold"
+    rows = [[name, at_threshold.get(key), at_argmax.get(key)] for key, name in METRICS]
+    parts = [table(["metric", first, "at argmax"], rows)]
+    names = summary.get("class_names") or []
+    matrix = at_threshold.get("confusion_matrix")
+    if isinstance(matrix, list) and matrix:
+        labels = [str(n) for n in names] if len(names) == len(matrix) else [str(i) for i in range(len(matrix))]
+        header = ["true \\ predicted", *labels]
+        parts.append(table(header, [[labels[i], *row] for i, row in enumerate(matrix)]))
+    parts.append(note("the threshold is chosen on these validation images, so these numbers are slightly optimistic"))
+    return join(parts)
+
+
+def worst_predictions(rows: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Misclassified rows, lowest probability of the true class first, with ``p_true`` added."""
+    wrong = []
+    for row in rows:
+        if row.get("true") == row.get("predicted"):
+            continue
+        wrong.append({**row, "p_true": number(row.get(f"p_{row.get('true')}"))})
+    return sorted(wrong, key=lambda r: (math.isnan(r["p_true"]), r["p_true"]))
+
+
+def _worst(run_dir: Path, record: dict, count: int) -> Markup:
+    rows = read_csv(run_dir / "val_predictions.csv")
+    if rows is None:
+        return note("no val_predictions.csv in the run folder")
+    wrong = worst_predictions(rows)
+    if not wrong:
+        return note(f"all {len(rows)} validation images are classified correctly")
+    root = Path(str(record.get("dataset") or run_dir))
+    cards = [_card(rank, row, root) for rank, row in enumerate(wrong[:count], start=1)]
+    return join([
+        note(f"{len(wrong)} of {len(rows)} validation images are misclassified; the {len(cards)} given the "
+             "lowest probability of their true class are shown, most confidently wrong first."),
+        tag("div", join(cards), class_="cards"),
+    ])  # fmt: skip
+
+
+def _card(rank: int, row: dict[str, Any], root: Path) -> Markup:
+    verdict = f"true {row.get('true')}, predicted {row.get('predicted')}, p(true) {fmt(row['p_true'])}"
+    caption = join([tag("b", f"#{rank} "), str(row.get("file")), Markup("<br>"), verdict])
+    return tag("figure", join([_thumbnail(root, str(row.get("file", ""))), tag("figcaption", caption)]))
+
+
+def _thumbnail(root: Path, name: str) -> Markup:
+    path = Path(name) if Path(name).is_absolute() else root / name
+    try:
+        uri, width, height = thumbnail(read_image(path).numpy())
+    except (SegmorphError, ValueError, OSError):
+        return tag("div", "(image not readable)", class_="note")
+    return image(uri, name, width, height, class_="thumb")
+
+
+def _run_block(record: dict) -> Markup:
+    if not record:
+        return note("run.json is missing or unreadable")
+    keys = ("command", "time", "segmorph", "python", "torch", "numpy", "seed")
+    facts = run_facts(record, keys)
+    split = record.get("split")
+    if isinstance(split, dict):
+        train, val = len(split.get("train") or []), len(split.get("val") or [])
+        facts["split"] = f"{split.get('kind')}: {train} train / {val} val"
+    return join([facts_table(facts), json_details("run.json", record)])
