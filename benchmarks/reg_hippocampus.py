@@ -70,7 +70,7 @@ def ants_method(kind: str) -> Method:
         f = image(fixed.image.numpy()[0])
         result = ants.registration(f, image(moving.image.numpy()[0]), type_of_transform=kind)
         warped = ants.apply_transforms(f, image(moving.label.numpy()[0]), result["fwdtransforms"],
-                                       interpolator="nearestNeighbor").numpy()  # fmt: skip
+                                       interpolator="genericLabel").numpy()  # fmt: skip
 
         def folding() -> float:
             if kind != "SyN":

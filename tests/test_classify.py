@@ -24,7 +24,7 @@ from segmorph.classify.metrics import (
 from segmorph.classify.models import ResNet, SimpleCNN, build_classifier
 from segmorph.classify.pipeline import ClassifyRequest, predict_classifier, train_classifier
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
-from segmorph.classify.task import ClassificationTask, class_weights
+from segmorph.classify.task import ClassificationTask, class_weights, mixup_weight, predict_probabilities
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -221,6 +221,31 @@ def test_task_batch_loss_and_validation_auc():
     assert loss.ndim == 0 and torch.isfinite(loss)
     scores = task.validate(SimpleCNN(2, 1, 2, (4, 8)), torch.device("cpu"))
     assert task.score_key == "auc" and len(scores) == 1 and 0.0 <= scores[0] <= 1.0
+
+
+def test_mixup_blends_images_and_losses_reproducibly():
+    images, labels = torch.randn(8, 1, 16, 16), torch.tensor([0, 1] * 4)
+    model = SimpleCNN(2, 1, 2, (4, 8))
+    task = ClassificationTask(images, labels, images, labels, ["0", "1"], batch_size=4, mixup=0.4, label_smoothing=0.1)
+    losses = []
+    for _ in range(2):
+        torch.manual_seed(0)  # the model's dropout draws from the global generator
+        losses.append(task.batch_loss(model, torch.Generator().manual_seed(5), torch.device("cpu"), False))
+    assert torch.equal(losses[0], losses[1]) and torch.isfinite(losses[0])
+    weights = [mixup_weight(0.4, torch.Generator().manual_seed(s)) for s in range(200)]
+    assert all(0.0 <= w <= 1.0 for w in weights) and abs(float(np.mean(weights)) - 0.5) < 0.07  # Beta(a, a): mean 1/2
+    assert mixup_weight(0.4, torch.Generator().manual_seed(3)) == mixup_weight(0.4, torch.Generator().manual_seed(3))
+
+
+def test_mirrored_probabilities_average_the_image_and_its_mirror():
+    torch.manual_seed(1)
+    model = SimpleCNN(2, 1, 2, (4, 8)).eval()
+    images = torch.randn(3, 1, 16, 12)
+    plain = predict_probabilities(model, images)
+    mirrored = predict_probabilities(model, images.flip(2))
+    both = predict_probabilities(model, images, mirror=True)
+    assert torch.allclose(both, (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(plain, mirrored, atol=1e-4)  # the test model is not mirror-symmetric
 
 
 # -- the job -----------------------------------------------------------------------------------------------

@@ -106,6 +106,37 @@ def test_warp_samples_the_moving_image_at_mapped_world_points(interpolation):
     assert warped.affine.allclose(OBLIQUE)
 
 
+def test_label_interpolation_moves_boundaries_by_fractions_of_a_voxel():
+    labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0]).view(1, 1, 8, 1).expand(1, 1, 8, 2).clone()
+
+    def at(*positions: float) -> list[int]:
+        coords = torch.tensor(positions, dtype=torch.float64).view(1, 1, -1, 1)
+        coords = torch.cat([coords, torch.zeros_like(coords)], dim=1)
+        return spatial.sample_labels(labels, coords)[0, 0, :, 0].tolist()
+
+    assert at(*range(8)) == [0, 0, 1, 1, 1, 2, 2, 0]  # grid points: exact
+    assert at(1.4, 1.6, 4.4, 4.6, 6.6, -0.6, 7.5, 9.0) == [0, 1, 1, 2, 0, 0, 0, 0]  # nearest weight wins; 0 outside
+    nearest = spatial.sample_labels(labels.float(), torch.tensor([[[[1.6]], [[0.0]]]]), "nearest")
+    assert nearest.dtype == torch.int64 and nearest.item() == 1
+    with pytest.raises(ValueError, match="for labels"):
+        spatial.sample_labels(labels, torch.zeros(1, 2, 1, 1), "cubic")
+
+
+def test_label_warp_of_a_shifted_sphere_beats_nearest_neighbour():
+    """Half-voxel shifts: label-wise interpolation keeps a sphere's volume, nearest neighbour rounds it."""
+    grid = Affine.from_geometry((1.0, 1.0, 1.0))
+    indices = np.indices((24, 24, 24)).astype(np.float64)
+    labels = Image(torch.from_numpy((np.sqrt(((indices - 11.5) ** 2).sum(0)) < 6.3).astype(np.int64))[None], grid,
+                   is_label=True)  # fmt: skip
+    expected = np.sqrt(((indices - 12.0) ** 2).sum(0)) < 6.3  # warped(x) = labels(x - 0.5 voxel)
+    shift = Transform.from_matrix(np.array([[1, 0, 0, -0.5], [0, 1, 0, -0.5], [0, 0, 1, -0.5], [0, 0, 0, 1.0]]))
+    smooth = shift.warp(labels, grid, (24, 24, 24)).numpy()[0]
+    nearest = shift.warp(labels, grid, (24, 24, 24), "nearest").numpy()[0]
+    assert smooth.dtype == np.int64
+    assert dice_score(smooth == 1, expected) > dice_score(nearest == 1, expected)
+    assert dice_score(smooth == 1, expected) > 0.97
+
+
 def test_cubic_interpolation_reproduces_a_quadratic_exactly_inside():
     grid = spatial.identity_grid((10, 10), torch.float64)
     image = (grid[:, :1] ** 2 + 0.5 * grid[:, 1:]).double()

@@ -108,3 +108,43 @@ def test_checkpoint_round_trip(tmp_path):
     assert config == json.loads(json.dumps({"network": model.config}))
     assert int(extras["step"]) == 3
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+
+
+def test_weight_average_is_validated_saved_as_best_and_resumed(tmp_path):
+    config = _config(ema_decay=0.9, max_steps=6)
+    fit(_model(), _cases(), _cases(1), config, tmp_path / "full", {}, 3, show_progress=False)
+    last, _, extras = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    best, _, _ = load_checkpoint(tmp_path / "full" / "checkpoint_best.pt")
+    average = extras["ema"]
+    assert set(average) == set(last)
+    assert any(not torch.equal(average[k], last[k]) for k in last if last[k].dtype.is_floating_point)
+    rows = list(csv.DictReader((tmp_path / "full" / "train_log.csv").open()))
+    best_epoch = max(range(len(rows)), key=lambda i: float(rows[i]["val_dice"]))
+    if best_epoch == len(rows) - 1:  # the last epoch was best: its checkpoint holds the average, not the weights
+        assert all(torch.equal(best[k], average[k]) for k in best)
+
+    def crash_after_first_epoch(record):
+        raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(_model(), _cases(), [], config, tmp_path / "part", {}, 3, callbacks=[crash_after_first_epoch],
+            show_progress=False)  # fmt: skip
+    fit(_model(), _cases(), [], config, tmp_path / "part", {}, 3, resume=True, show_progress=False)
+    full = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")[2]["ema"]
+    part = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")[2]["ema"]
+    assert all(torch.allclose(full[k].float(), part[k].float(), atol=1e-6) for k in full)
+
+
+def test_weight_average_known_answer():
+    from segmorph.train import _frozen_copy, _update_average
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.constant_(model.weight, 0.0)
+    average = _frozen_copy(model)
+    torch.nn.init.constant_(model.weight, 1.0)
+    for _ in range(2):
+        _update_average(average, model, 0.5)
+    assert average.weight.item() == pytest.approx(0.75)  # 0 -> 0.5 -> 0.75
+    assert not average.weight.requires_grad
+    with pytest.raises(ValueError, match="ema_decay"):
+        _config(ema_decay=1.0)

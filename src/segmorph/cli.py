@@ -30,6 +30,7 @@ EXAMPLES = {
     "atlas-segment": "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_labels.nii.gz --out seg.nii.gz",
     "anonymize": "segmorph anonymize dicom_in/ --out dicom_anon/ --shift-dates -30",
     "report": "segmorph report runs/hippo --out hippo_report.html --cases 12",
+    "explain": "segmorph explain runs/hippo scans/case_004.nii.gz --out explain/ --classes 1 2 --tta 8",
 }
 
 
@@ -77,7 +78,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_arguments(sub)
     _add_report(_parser("report", sub, "Write one self-contained HTML page about a run folder (segmentation, "
                         "registration or classification): metrics, curves, worst cases with a slice slider."))
+    _add_explain(_parser("explain", sub, "Grad-CAM per class and a test-time-augmentation uncertainty map for each "
+                         "scan, on the scan's own grid."))
     return parser
+
+
+def _add_explain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="trained segmentation run folder (segmorph train)")
+    p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder: one sub-folder per scan")
+    p.add_argument("--classes", nargs="+", default=(), metavar="CLASS",
+                   help="classes to explain, label values or names (default: every foreground class)")  # fmt: skip
+    p.add_argument("--tta", type=int, default=8, help="test-time-augmentation variants (default 8, at least 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the intensity jitter (default 0)")
+    p.add_argument("--no-cam", action="store_true", help="uncertainty and prediction only, no Grad-CAM")
+    p.add_argument("--layer", choices=("decoder", "bottleneck"), default="decoder",
+                   help="layer Grad-CAM explains: the coarsest decoder block (default) or the bottleneck")  # fmt: skip
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _add_report(p: argparse.ArgumentParser) -> None:
@@ -134,9 +153,11 @@ def _add_warp(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform", type=Path, required=True,
                    help="registration folder, ITK .tfm file, or displacement field image (mm)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output image")
-    p.add_argument("--labels", action="store_true", help="label map: nearest-neighbour, integer output")
+    p.add_argument("--labels", action="store_true",
+                   help="label map: label-wise linear interpolation (largest weight wins), integer output")  # fmt: skip
     p.add_argument("--reference", type=Path, help="fixed image whose grid to use (default: the transform's grid)")
-    p.add_argument("--interpolation", choices=("linear", "nearest", "cubic"), help="default linear (nearest for labels)")
+    p.add_argument("--interpolation", choices=("linear", "nearest", "cubic", "label"),
+                   help="images: linear (default), nearest or cubic; labels: label (default) or nearest")  # fmt: skip
 
 
 def _add_evaluate_registration(p: argparse.ArgumentParser) -> None:

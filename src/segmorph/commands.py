@@ -269,3 +269,13 @@ def run_report(args: argparse.Namespace) -> int:
     path = build_report(args.run_dir, args.out, args.cases)
     print(f"report written to {path}")
     return 0
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    """``segmorph explain``: Grad-CAM and TTA uncertainty maps per scan."""
+    from segmorph.explain import ExplainOptions, explain_files
+
+    options = ExplainOptions(tuple(args.classes), args.tta, args.seed, not args.no_cam, args.layer, args.checkpoint)
+    written = explain_files(args.run, args.scans, args.out, options, args.device, show_progress=not args.quiet)
+    console.print(f"explained {len(written)} scan(s) in {args.out}", highlight=False)
+    return 0

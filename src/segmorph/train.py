@@ -8,6 +8,7 @@ Behaviour is changed with a :class:`TrainConfig`, the task and callbacks, never 
 
 from __future__ import annotations
 
+import copy
 import csv
 import io as _io
 import json
@@ -58,6 +59,9 @@ class TrainConfig:
         amp: bfloat16 autocast (CPU and CUDA).
         seed: Seed of every random draw.
         val_overlap: Sliding-window overlap during validation.
+        ema_decay: Exponential moving average of the weights (0: off). When on, validation,
+            ``checkpoint_best.pt`` and so the trained model use the averaged weights; the decay ramps up
+            as ``min(ema_decay, (1 + step) / (10 + step))`` so the first steps are not tied to the start.
     """
 
     patch_size: tuple[int, ...]
@@ -78,8 +82,11 @@ class TrainConfig:
     amp: bool = True
     seed: int = 0
     val_overlap: float = 0.25
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay: expected 0 <= value < 1, got {self.ema_decay}")
         if self.max_steps <= 0 and self.time_budget_s <= 0:
             raise ValueError("max_steps/time_budget_s: give at least one limit")
         if self.optimizer not in ("adamw", "sgd"):
@@ -262,6 +269,7 @@ class _Loop:
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
         self.optimizer = _make_optimizer(self.model, config)
+        self.ema = _frozen_copy(self.model) if config.ema_decay > 0 else None
         self.step = 0
         self.epoch = 0
         self.elapsed_before = 0.0
@@ -274,6 +282,8 @@ class _Loop:
         path = self.run_dir / "checkpoint_last.pt"
         state, _, extras = load_checkpoint(path, map_location=self.device)
         self.model.load_state_dict(state)
+        if self.ema is not None:
+            self.ema.load_state_dict(extras.get("ema", state))
         self.optimizer.load_state_dict(extras["optimizer"])
         counters = json.loads(extras["counters_json"])
         self.step, self.epoch = counters["step"], counters["epoch"]
@@ -289,10 +299,14 @@ class _Loop:
             "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history],
         }  # fmt: skip
         config = {"network": self.network_config, "train": self.config.to_dict(), **self.extra_config}
+        # The best checkpoint holds the weights that were validated (the average when EMA is on); the last
+        # one holds the trained weights, with the average beside them for resuming.
+        best = name == "checkpoint_best.pt" and self.ema is not None
+        extras = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         save_checkpoint(
-            self.run_dir / name, self.model.state_dict(), config,
+            self.run_dir / name, (self.ema if best else self.model).state_dict(), config,
             optimizer=self.optimizer.state_dict(), counters_json=json.dumps(counters),
-            generator=self.generator.get_state(),
+            generator=self.generator.get_state(), **extras,
         )  # fmt: skip
 
     # -- timing --------------------------------------------------------------------------------
@@ -351,6 +365,8 @@ class _Loop:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
         self.optimizer.step()
         self.step += 1
+        if self.ema is not None:
+            _update_average(self.ema, self.model, min(self.config.ema_decay, (1 + self.step) / (10 + self.step)))
         return float(loss.detach())
 
     def _end_epoch(self, losses: list[float]) -> EpochRecord:
@@ -378,8 +394,9 @@ class _Loop:
         return dist.any_true(stop, self.device)
 
     def _validate(self) -> list[float]:
-        self.model.eval()
-        return [float(v) for v in self.task.validate(self.model, self.device)]
+        model = self.ema if self.ema is not None else self.model
+        model.eval()
+        return [float(v) for v in self.task.validate(model, self.device)]
 
     # -- outputs -------------------------------------------------------------------------------
     def _write_log(self) -> None:
@@ -395,6 +412,24 @@ class _Loop:
         from segmorph.plots import plot_training_curves
 
         plot_training_curves(self.history, self.run_dir / "curves.png", f"validation {self.task.score_key}")
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` for the weight average: same weights, no gradients, eval mode."""
+    average = copy.deepcopy(model).eval()
+    for parameter in average.parameters():
+        parameter.requires_grad_(False)
+    return average
+
+
+@torch.no_grad()
+def _update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
+    """``average = decay * average + (1 - decay) * model`` for float tensors; others (counters) are copied."""
+    for kept, current in zip(average.state_dict().values(), model.state_dict().values()):
+        if kept.dtype.is_floating_point:
+            kept.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
+        else:
+            kept.copy_(current)
 
 
 def remove_stale_checkpoint_files(run_dir: Path) -> list[Path]:

@@ -80,7 +80,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
     p.add_argument("--model", choices=("resnet", "simplecnn"), default="resnet",
                    help="resnet (ResNet-18 layout, default) or simplecnn")  # fmt: skip
-    p.add_argument("--width", type=int, default=32, help="channels of the first stage (default 32)")
+    p.add_argument("--width", type=int, default=16, help="channels of the first stage (default 16)")
     p.add_argument("--size", type=_size, metavar="N[,N...]",
                    help="input size in voxels, one value or one per axis (default: from the data, at most 128)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
@@ -89,6 +89,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fold", type=int, help="use fold K of a grouped k-fold split instead of the hold-out split")
     p.add_argument("--folds", type=int, default=5, help="folds of the k-fold split (default 5)")
     p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without a better AUC")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
+    p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter, 0 turns it off (default 0.2)")
+    p.add_argument("--ema", type=float, default=0.998,
+                   help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
+    p.add_argument("--no-mirror", action="store_true",
+                   help="score the image alone (default: average with its left-right mirror)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     p.add_argument("--seed", type=int, default=0)
@@ -120,6 +127,8 @@ def train_request(args: argparse.Namespace):
         learning_rate=args.lr, time_budget_s=budget, max_steps=args.max_steps, patience_epochs=args.patience,
         val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
+        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
+        mirror=not args.no_mirror,
     )  # fmt: skip
 
 

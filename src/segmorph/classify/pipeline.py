@@ -84,6 +84,10 @@ class ClassifyRequest:
         device: ``cpu``, ``cuda`` or ``mps``.
         amp: bfloat16 autocast in training.
         augment: Training augmentation (see :func:`segmorph.classify.task.classification_augment_config`).
+        label_smoothing: Cross-entropy label smoothing.
+        mixup: Beta parameter of mixup (0: off).
+        ema_decay: Average of the weights used for validation and the saved model (0: off).
+        mirror: Probabilities averaged over the image and its left-right mirror (validation and predict).
         resume: Continue the run in ``out`` from its last checkpoint (same data and settings).
         show_progress: Progress bars and a summary line.
     """
@@ -95,11 +99,11 @@ class ClassifyRequest:
     group: str | None = None
     file_column: str = "file"
     model: str = "resnet"
-    width: int = 32
+    width: int = 16
     size: tuple[int, ...] | None = None
     batch_size: int = 32
     learning_rate: float = 2e-3
-    weight_decay: float = 1e-4
+    weight_decay: float = 0.05
     time_budget_s: float = 900.0
     max_steps: int = 0
     steps_per_epoch: int = 25
@@ -111,6 +115,10 @@ class ClassifyRequest:
     device: str = "cpu"
     amp: bool = True
     augment: bool = True
+    label_smoothing: float = 0.1
+    mixup: float = 0.2
+    ema_decay: float = 0.998
+    mirror: bool = True
     resume: bool = False
     show_progress: bool = True
 
@@ -163,7 +171,8 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
     augment = classification_augment_config(spec.ndim, request.augment)
     task = ClassificationTask(images[train_index], labels[train_index], images[val_index], labels[val_index],
-                              dataset.class_names, request.batch_size, augment)  # fmt: skip
+                              dataset.class_names, request.batch_size, augment, request.label_smoothing,
+                              request.mixup, request.mirror)  # fmt: skip
     torch.manual_seed(request.seed)
     model = build_classifier(net)
     if request.show_progress:
@@ -195,6 +204,7 @@ def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
         weight_decay=request.weight_decay, schedule="cosine", warmup=0.05, max_steps=request.max_steps,
         time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
         patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
+        ema_decay=request.ema_decay,
     )  # fmt: skip
 
 
@@ -202,7 +212,8 @@ def _classifier_facts(
     dataset: ClassificationDataset, request: ClassifyRequest, spec: InputSpec, threshold: float | None
 ) -> dict[str, Any]:
     return {"class_names": list(dataset.class_names), "target": request.target, "input": spec.to_dict(),
-            "threshold": threshold, "positive_class": dataset.class_names[1] if len(dataset.class_names) == 2 else None}  # fmt: skip
+            "threshold": threshold, "positive_class": dataset.class_names[1] if len(dataset.class_names) == 2 else None,
+            "mirror": request.mirror}  # fmt: skip
 
 
 def _finish(
@@ -336,7 +347,7 @@ def predict_classifier(
     for path in track(paths, "classify", total=len(paths), enabled=show_progress):
         image = read_image(path)
         prepared, placement = prepare_image(image, spec, path)
-        probabilities = predict_probabilities(model, prepared[None], device)[0].numpy()
+        probabilities = predict_probabilities(model, prepared[None], device, mirror=facts.get("mirror", False))[0].numpy()
         predicted = int(predict_classes(probabilities[None], threshold)[0])
         row = {"file": str(path), "predicted": names[predicted], **_probability_columns(probabilities, names)}
         if cam_dir is not None:

@@ -5,6 +5,12 @@ class contributes equally to the loss on average), not with weighted sampling: e
 often, so the rare class is not memorised from repeats, and the loss weights are one line in the checkpoint.
 Batches are drawn uniformly with replacement from the run's generator, so a resumed run draws what an
 uninterrupted one would.
+
+Small datasets (a few hundred images) are memorised within minutes, so the defaults regularise: strong
+spatial and intensity augmentation, label smoothing, mixup (Zhang et al. 2018: pairs of images blended
+with a Beta(a, a) weight, their losses blended alike) and, in the loop, an average of the weights
+(``TrainConfig.ema_decay``). Probabilities average the image and its left-right mirror (``mirror``),
+the same mirroring the augmentation draws.
 """
 
 from __future__ import annotations
@@ -25,16 +31,20 @@ PREDICT_BATCH = 32
 
 
 def classification_augment_config(ndim: int, enabled: bool = True) -> AugmentConfig:
-    """Augmentation for classifiers: mild rotation and scaling, left-right mirroring, nnU-Net's intensity set.
+    """Augmentation for classifiers: rotation, scaling, coarse elastic deformation, left-right mirroring and
+    nnU-Net's intensity set, each drawn more often than for segmentation (small datasets overfit).
 
     Mirroring is along axis I only (the image's x axis; left-right in 3D scans): up-down flips would turn
-    ultrasound depth or anatomy upside down, which no real image shows. No elastic deformation.
+    ultrasound depth or anatomy upside down, which no real image shows.
     """
     if not enabled:
         return AugmentConfig(enabled=False)
-    spatial = SpatialConfig(p_rotation=0.3, rotation_deg=(-15.0, 15.0), p_scaling=0.3, scaling=(0.85, 1.2),
-                            p_elastic=0.0, p_flip=0.5, flip_axes=(0,))  # fmt: skip
-    return AugmentConfig(spatial=spatial, intensity=IntensityConfig())
+    spatial = SpatialConfig(p_rotation=0.6, rotation_deg=(-25.0, 25.0), p_scaling=0.6, scaling=(0.75, 1.35),
+                            p_elastic=0.3, elastic_magnitude=(0.0, 3.0), elastic_spacing=16, p_flip=0.5,
+                            flip_axes=(0,))  # fmt: skip
+    intensity = IntensityConfig(p_noise=0.3, p_blur=0.3, p_brightness=0.5, p_contrast=0.5, p_gamma=0.5,
+                                p_low_resolution=0.3)  # fmt: skip
+    return AugmentConfig(spatial=spatial, intensity=intensity)
 
 
 def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
@@ -47,9 +57,12 @@ def class_weights(labels: Sequence[int], num_classes: int) -> torch.Tensor:
 @torch.inference_mode()
 def predict_probabilities(
     model: nn.Module, images: torch.Tensor, device: torch.device | str = "cpu", amp: bool = False,
-    batch_size: int = PREDICT_BATCH,
+    batch_size: int = PREDICT_BATCH, mirror: bool = False,
 ) -> torch.Tensor:  # fmt: skip
-    """Softmax probabilities ``(N, K)`` float32 on the CPU for inputs ``(N, C, *S)``, in eval mode."""
+    """Softmax probabilities ``(N, K)`` float32 on the CPU for inputs ``(N, C, *S)``, in eval mode.
+
+    ``mirror``: average with the probabilities of the images mirrored along spatial axis I (tensor dim 2).
+    """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -57,12 +70,19 @@ def predict_probabilities(
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size].to(device)
+            views = (batch, batch.flip(2)) if mirror else (batch,)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(batch)
-            outputs.append(torch.softmax(logits.float(), dim=1).cpu())
+                probabilities = [torch.softmax(model(view).float(), dim=1) for view in views]
+            outputs.append(torch.stack(probabilities).mean(0).cpu())
     finally:
         model.train(was_training)
     return torch.cat(outputs)
+
+
+def mixup_weight(alpha: float, generator: torch.Generator) -> float:
+    """A Beta(alpha, alpha) draw, seeded from ``generator`` (torch has no seeded Beta sampler)."""
+    seed = int(torch.randint(2**62, (1,), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
 
 
 class ClassificationTask:
@@ -76,6 +96,9 @@ class ClassificationTask:
         class_names: Class index -> name (K of them).
         batch_size: Images per step.
         augment: Augmentation settings; None gives :func:`classification_augment_config`.
+        label_smoothing: Cross-entropy label smoothing (0: none).
+        mixup: Beta parameter of mixup (0: off).
+        mirror: Validation probabilities also from the mirrored images (see :func:`predict_probabilities`).
     """
 
     score_key = "auc"
@@ -83,6 +106,7 @@ class ClassificationTask:
     def __init__(
         self, train_images: torch.Tensor, train_labels: torch.Tensor, val_images: torch.Tensor,
         val_labels: torch.Tensor, class_names: Sequence[str], batch_size: int, augment: AugmentConfig | None = None,
+        label_smoothing: float = 0.0, mixup: float = 0.0, mirror: bool = False,
     ) -> None:  # fmt: skip
         if train_images.shape[0] == 0 or train_images.shape[0] != train_labels.shape[0]:
             raise ValueError(f"train_labels: expected {train_images.shape[0]} labels for as many images (> 0)")
@@ -90,6 +114,7 @@ class ClassificationTask:
         self.val_images, self.val_labels = val_images, val_labels.long()
         self.class_names = list(class_names)
         self.batch_size = batch_size
+        self.label_smoothing, self.mixup, self.mirror = label_smoothing, mixup, mirror
         ndim = train_images.ndim - 2
         self.augmenter = Augmenter(augment or classification_augment_config(ndim), ndim)
         self.weights = class_weights(self.train_labels.tolist(), len(self.class_names))
@@ -97,16 +122,25 @@ class ClassificationTask:
         self.score_parts = [f"auc_{name}" for name in (self.class_names[1:] if binary else self.class_names)]
 
     def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
-        """Class-weighted cross-entropy of one augmented batch (logits in float32 for the loss)."""
+        """Class-weighted cross-entropy of one augmented (and mixed) batch; logits in float32 for the loss."""
         rows = torch.randint(self.train_images.shape[0], (self.batch_size,), generator=generator)
         images, _ = self.augmenter(self.train_images[rows].to(device), None, generator)
+        targets = [self.train_labels[rows].to(device)]
+        share = [1.0]
+        if self.mixup > 0:
+            weight = mixup_weight(self.mixup, generator)
+            partner = torch.randperm(images.shape[0], generator=generator).to(device)
+            images = weight * images + (1.0 - weight) * images[partner]
+            targets, share = [targets[0], targets[0][partner]], [weight, 1.0 - weight]
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(images)
-        return F.cross_entropy(logits.float(), self.train_labels[rows].to(device), weight=self.weights.to(device))
+            logits = model(images).float()
+        weights = self.weights.to(device)
+        return sum(s * F.cross_entropy(logits, t, weight=weights, label_smoothing=self.label_smoothing)
+                   for s, t in zip(share, targets))  # fmt: skip
 
     def validation_probabilities(self, model: nn.Module, device: torch.device, amp: bool = False) -> torch.Tensor:
         """``(M, K)`` probabilities of the validation images."""
-        return predict_probabilities(model, self.val_images, device, amp)
+        return predict_probabilities(model, self.val_images, device, amp, mirror=self.mirror)
 
     def validate(self, model: nn.Module, device: torch.device) -> list[float]:
         """``[auc]`` for two classes, else the one-vs-rest AUC of each class (their mean is the macro AUC).

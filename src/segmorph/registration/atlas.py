@@ -5,7 +5,7 @@ the scan (fixed), classically or with a learned model; its labels are resampled 
 through the resulting fixed → moving transform (see :mod:`segmorph.registration`), and the
 propagated label maps are fused voxel by voxel:
 
-* ``"majority"``: each atlas votes for the label it warped there (nearest-neighbour labels);
+* ``"majority"``: each atlas votes for the label it warped there (label-wise linear interpolation);
 * ``"weighted"``: locally weighted voting (Artaechevarria et al. 2009; Sabuncu et al. 2010): each
   atlas's one-hot labels, warped with linear interpolation, are weighted at every voxel by how
   well the warped atlas image matches the scan in a small window around it.

@@ -72,8 +72,14 @@ def draw_pairs(count: int, num_cases: int, seed: int) -> list[tuple[int, int]]:
 
 def normalise_intensity(data: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Scale intensities to about 0..1 by the 1st and 99th percentiles (of ``reference`` when given),
-    clipped to -0.5..1.5."""
+    clipped to -0.5..1.5.
+
+    The percentiles are those of the non-zero voxels (of all voxels when every one is zero), so zero
+    padding around a cropped scan, as on a common registration grid, does not change the scaling.
+    """
     flat = (data if reference is None else reference).flatten()
+    nonzero = flat[flat != 0]
+    flat = nonzero if nonzero.numel() else flat
     sample = flat[:: max(1, flat.numel() // 50_000)]  # percentiles of a strided sample: fast, stable
     low, high = torch.quantile(sample.float(), torch.tensor([0.01, 0.99]))
     return ((data - low) / (high - low).clamp_min(1e-6)).clamp(-0.5, 1.5)

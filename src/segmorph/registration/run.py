@@ -24,6 +24,7 @@ from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
 from segmorph.metrics import case_metrics
 from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.regularize import folding_fraction, jacobian_determinant, log_jacobian_std
+from segmorph.registration.spatial import INTERPOLATIONS, LABEL_INTERPOLATIONS
 from segmorph.registration.transform import Transform, load_transform, save_transform
 
 METHODS = ("rigid", "affine", "deformable", "learned", "structures")
@@ -253,6 +254,10 @@ def warp_file(source: Path, transform_path: Path, out: Path, labels: bool, refer
     if transform.ndim not in (None, affine.ndim):
         raise SegmorphError(f"transform is {transform.ndim}D but its fixed grid is {affine.ndim}D", transform_path)
     moving = read_image(source, is_label=labels)
+    allowed = LABEL_INTERPOLATIONS if labels else INTERPOLATIONS
+    if interpolation is not None and interpolation not in allowed:
+        raise SegmorphError(f"--interpolation {interpolation} is not for {'label maps' if labels else 'images'} "
+                            f"(use one of {', '.join(allowed)})", source)  # fmt: skip
     if moving.ndim != affine.ndim:
         raise SegmorphError(f"is {moving.ndim}D but the transform's grid is {affine.ndim}D", source)
     warped = transform.warp(moving, affine, shape, interpolation)

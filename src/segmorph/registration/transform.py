@@ -162,17 +162,21 @@ class Transform:
     def warp(
         self, moving: Image, reference: Affine, shape: Sequence[int], interpolation: str | None = None
     ) -> Image:
-        """Resample ``moving`` onto the reference grid: ``moving(T(x))``; labels use nearest neighbour."""
+        """Resample ``moving`` onto the reference grid: ``moving(T(x))``.
+
+        ``interpolation``: for images ``"linear"`` (default), ``"nearest"`` or ``"cubic"``; for label maps
+        ``"label"`` (default: each label's indicator interpolated linearly, largest weight wins; see
+        :func:`segmorph.registration.spatial.sample_labels`) or ``"nearest"``.
+        """
         if moving.ndim != reference.ndim:
             raise ValueError(f"moving is {moving.ndim}D, the reference grid {reference.ndim}D")
         mapped = self.map_points(world_grid(reference, shape))
         inverse = torch.as_tensor(np.linalg.inv(moving.affine.matrix))[None]
         coords = spatial.apply_matrix(inverse, mapped[None])
-        mode = interpolation or ("nearest" if moving.is_label else "linear")
-        data = moving.data.double() if moving.is_label else moving.data.float()
-        warped = spatial.sample(data[None], coords, mode, "zeros")[0]
         if moving.is_label:
-            warped = warped.round().long()
+            warped = spatial.sample_labels(moving.data[None], coords, interpolation or "label")[0]
+        else:
+            warped = spatial.sample(moving.data.float()[None], coords, interpolation or "linear", "zeros")[0]
         return Image(warped, reference, moving.is_label)
 
 
