@@ -85,7 +85,7 @@ def test_outputs_keep_the_scan_geometry(run: Path, tmp_path: Path, capsys, one_t
         assert cam.min() >= 0 and cam.max() <= 1 and cam.max() > 0
     uncertainty = read_image(case / "uncertainty.nii.gz").numpy()
     assert uncertainty.min() >= 0 and uncertainty.max() <= 0.25
-    facts = json.loads((case / "explain.json").read_text())
+    facts = json.loads((case / "explain.json").read_text(encoding="utf-8"))
     assert facts["classes"] == {"1": "outer", "2": "core"} and len(facts["tta"]) == 3
     for name in ("outer", "core"):
         cam = read_image(case / f"gradcam_{name}.nii.gz").numpy()[0]
@@ -112,7 +112,7 @@ def test_a_scan_larger_than_the_patch_is_explained_in_a_window(run: Path, tmp_pa
     scan = _scan(tmp_path / "big.nii.gz", shape=(48, 40, 16), affine=OBLIQUE)  # the plan's grid: no resampling
     options = ExplainOptions(classes=("core",), tta=2)
     case = explain_files(run, [scan], tmp_path / "out", options, show_progress=False)[0]
-    window = json.loads((case / "explain.json").read_text())["cam_window"]
+    window = json.loads((case / "explain.json").read_text(encoding="utf-8"))["cam_window"]
     assert window["size"] == [24, 20, 12]
     cam = read_image(case / "gradcam_core.nii.gz").numpy()[0]
     inside = np.zeros(cam.shape, dtype=bool)

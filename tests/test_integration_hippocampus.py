@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from chromium import check_report_in_chromium
 from conftest import DATASETS
 from segmorph.baselines import otsu
 from segmorph.cli import main
@@ -53,3 +54,9 @@ def test_short_training_beats_the_otsu_baseline_and_keeps_geometry(tmp_path):
         scan = read_image(HIPPOCAMPUS / "imagesTr" / f"{case}.nii.gz")
         assert mask.spatial_shape == scan.spatial_shape
         assert mask.affine.allclose(scan.affine, atol=1e-6)
+
+    # The run's HTML report opens in Chromium: images decode, a slice slider moves, no console errors.
+    report = tmp_path / "report.html"
+    assert main(["report", str(run), "--out", str(report)]) == 0
+    seen = check_report_in_chromium(report, tmp_path / "report.png")
+    assert seen["sliders"] == len(val)

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import base64
 import csv
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from chromium import check_report_in_chromium
 from conftest import sphere_case, write_msd_dataset
 from segmorph.cli import main
 from segmorph.errors import SegmorphError
@@ -72,7 +67,7 @@ def test_cases_must_be_positive(seg_run: Path, tmp_path: Path) -> None:
 def test_segmentation_page_is_self_contained(seg_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "sub" / "report.html"
     assert main(["report", str(seg_run), "--out", str(out), "--cases", "1"]) == 0
-    page = out.read_text()
+    page = out.read_text(encoding="utf-8")
     assert detect_kind(seg_run) == "segmentation"
     assert not EXTERNAL.search(page), EXTERNAL.search(page)
     assert "http://" not in page and "https://" not in page
@@ -114,7 +109,7 @@ def _synthetic_seg_run(root: Path, ndim: int = 3) -> Path:
 
 def test_worst_case_listed_first_with_computed_metrics(tmp_path: Path) -> None:
     run = _synthetic_seg_run(tmp_path / "run")
-    page = build_report(run, tmp_path / "r.html", cases=3).read_text()
+    page = build_report(run, tmp_path / "r.html", cases=3).read_text(encoding="utf-8")
     order = [page.index(f">#{rank} {case}:") for rank, case in enumerate(("awful", "bad", "middling"), start=1)]
     assert order == sorted(order)
     assert ">#4 " not in page  # only the three worst are drawn
@@ -125,7 +120,7 @@ def test_worst_case_listed_first_with_computed_metrics(tmp_path: Path) -> None:
 
 def test_two_dimensional_cases_have_no_slider(tmp_path: Path) -> None:
     run = _synthetic_seg_run(tmp_path / "run", ndim=2)
-    page = build_report(run, tmp_path / "r.html").read_text()
+    page = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert 'type="range"' not in page
     assert page.count('class="viewer"') == 4
 
@@ -152,7 +147,7 @@ def reg_pair(tmp_path_factory) -> Path:
 
 def test_registration_pair_page_draws_missing_pictures(reg_pair: Path, tmp_path: Path) -> None:
     assert detect_kind(reg_pair) == "registration"
-    page = build_report(reg_pair, tmp_path / "r.html").read_text()
+    page = build_report(reg_pair, tmp_path / "r.html").read_text(encoding="utf-8")
     assert not EXTERNAL.search(page)
     assert "drawn by the report" in page  # views, grid and Jacobian pictures made from the images
     for text in ("Dice", "HD95", "folding %", "SD of log det J", "checkerboard", 'type="range"'):
@@ -164,11 +159,11 @@ def test_registration_pairs_page_lists_worst_pair_first(reg_pair: Path, tmp_path
     folder = tmp_path / "pairs"
     for name, dice in (("pair_000_a_b", 0.9), ("pair_001_c_d", 0.4), ("pair_002_e_f", 0.7)):
         shutil.copytree(reg_pair, folder / name)
-        metrics = json.loads((folder / name / "metrics.json").read_text())
+        metrics = json.loads((folder / name / "metrics.json").read_text(encoding="utf-8"))
         (folder / name / "metrics.json").write_text(json.dumps({**metrics, "mean_dice": dice}))
     (folder / "summary.csv").write_text("pair,fixed,moving,method,seconds,mean_dice,folding_percent\n")
     assert detect_kind(folder) == "registration pairs"
-    page = build_report(folder, tmp_path / "r.html", cases=2).read_text()
+    page = build_report(folder, tmp_path / "r.html", cases=2).read_text(encoding="utf-8")
     assert page.index(">#1 pair_001_c_d<") < page.index(">#2 pair_002_e_f<")
     assert ">#3 " not in page and "pair_000_a_b" in page
 
@@ -182,7 +177,7 @@ def test_registration_training_page(tmp_path: Path) -> None:
     (run / "train_log.csv").write_text("epoch,step,elapsed_s,lr,train_loss,val_dice\n1,100,1,0.001,0.5,0.7\n"
                                        "2,200,2,0.0005,0.4,0.81\n")  # fmt: skip
     assert detect_kind(run) == "registration training"
-    page = build_report(run, tmp_path / "r.html").read_text()
+    page = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "0.81" in page and "best monitor Dice" in page and "3 / 2 / 1" in page
     assert len(_image_sources(page)) == 1  # the curves
 
@@ -207,154 +202,14 @@ def test_classification_page_shows_the_most_confidently_wrong_first(tmp_path: Pa
     (run / "summary.json").write_text(json.dumps(summary))
     (run / "run.json").write_text(json.dumps({"dataset": str(dataset), "class_names": ["0", "1"]}))
     assert detect_kind(run) == "classification"
-    page = build_report(run, tmp_path / "r.html").read_text()
+    page = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert page.index("#1 </b>c.png") < page.index("#2 </b>b.png")
     assert "a.png" not in page and "d.png" not in page
     assert len(_image_sources(page)) == 2 and not EXTERNAL.search(page)
 
 
-# -- the page in Chromium --------------------------------------------------------------------------
-
-
-def _chromium() -> str:
-    """Chromium's path and the websocket client, or skip (fail when SEGMORPH_REQUIRE_CHROMIUM=1)."""
-    required = os.environ.get("SEGMORPH_REQUIRE_CHROMIUM") == "1"
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    try:
-        import websocket  # noqa: F401
-    except ImportError:
-        browser = None
-    if browser is None:
-        if required:
-            pytest.fail("SEGMORPH_REQUIRE_CHROMIUM=1 but chromium or websocket-client is not installed")
-        pytest.skip("chromium or websocket-client is not installed")
-    return browser
-
-
-class DevTools:
-    """A minimal Chrome DevTools Protocol client over one page's websocket; keeps every event it sees."""
-
-    def __init__(self, url: str) -> None:
-        import websocket
-
-        self.socket = websocket.create_connection(url, timeout=60, suppress_origin=True)
-        self.events: list[dict] = []
-        self.last_id = 0
-
-    def call(self, method: str, **params) -> dict:
-        self.last_id += 1
-        self.socket.send(json.dumps({"id": self.last_id, "method": method, "params": params}))
-        while True:
-            message = json.loads(self.socket.recv())
-            if message.get("id") == self.last_id:
-                assert "error" not in message, f"{method}: {message['error']}"
-                return message.get("result", {})
-            self.events.append(message)
-
-    def wait_for(self, event: str, timeout: float = 60.0) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for message in self.events:
-                if message.get("method") == event:
-                    return message
-            self.events.append(json.loads(self.socket.recv()))
-        raise AssertionError(f"no {event} within {timeout} s")
-
-    def evaluate(self, expression: str):
-        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
-        assert "exceptionDetails" not in result, result["exceptionDetails"]
-        return result["result"].get("value")
-
-    def errors(self) -> list[dict]:
-        """Exceptions, console.error calls and error log entries seen so far."""
-        bad = []
-        for message in self.events:
-            method, params = message.get("method"), message.get("params", {})
-            if method == "Runtime.exceptionThrown" or (
-                method == "Runtime.consoleAPICalled" and params.get("type") == "error"
-            ) or (method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error"):
-                bad.append(message)
-        return bad
-
-
-def _start_browser(browser: str, profile: Path) -> tuple[subprocess.Popen, int]:
-    process = subprocess.Popen(
-        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-default-apps", "--disable-sync", "--no-first-run",
-         "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    port_file = profile / "DevToolsActivePort"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        lines = port_file.read_text().splitlines() if port_file.exists() else []
-        if lines and lines[0].strip().isdigit():
-            return process, int(lines[0])
-        assert process.poll() is None, f"chromium exited with {process.returncode}"
-        time.sleep(0.1)
-    raise AssertionError("chromium wrote no DevToolsActivePort within 60 s")
-
-
-def _stop_browser(process: subprocess.Popen) -> None:
-    """Stop the browser we started and its helper processes (its own process group)."""
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
-
-
-def _page_socket(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=30) as response:
-        targets = json.loads(response.read())
-    return next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
-
-
-IMAGES_OK = """Promise.all(Array.from(document.images).map(i => i.decode().then(() => true, () => false)))
-  .then(decoded => Array.from(document.images).map((i, n) => [decoded[n] && i.complete && i.naturalWidth > 0,
-                                                              i.alt]))"""
-MOVE_SLIDER = """(() => {
-  const viewer = document.querySelector('.viewer[data-slices]');
-  const slider = viewer.querySelector('input[type=range]');
-  const picture = viewer.querySelector('img[data-series]');
-  const number = viewer.querySelector('.slice-number');
-  const before = [picture.src, number.textContent];
-  slider.value = String(slider.value === '0' ? slider.max : 0);
-  slider.dispatchEvent(new Event('input', {bubbles: true}));
-  return {before: before, after: [picture.src, number.textContent], sliders: document.querySelectorAll(
-    'input[type=range]').length};
-})()"""
-
-
 def test_report_in_chromium(seg_run: Path, tmp_path: Path) -> None:
-    browser = _chromium()
     out = tmp_path / "report.html"
     assert main(["report", str(seg_run), "--out", str(out)]) == 0
-    process, port = _start_browser(browser, tmp_path / "profile")
-    try:
-        tools = DevTools(_page_socket(port))
-        for domain in ("Runtime", "Log", "Page"):
-            tools.call(f"{domain}.enable")
-        tools.call("Emulation.setDeviceMetricsOverride", width=1400, height=1800, deviceScaleFactor=1, mobile=False)
-        tools.call("Page.navigate", url=out.resolve().as_uri())
-        tools.wait_for("Page.loadEventFired")
-        images = tools.evaluate(IMAGES_OK)
-        assert len(images) >= 5 and all(ok for ok, _ in images), images
-        moved = tools.evaluate(MOVE_SLIDER)
-        assert moved["sliders"] == 2  # both validation cases drawn
-        assert moved["after"][0] != moved["before"][0], "the slider did not change the slice picture"
-        assert moved["after"][1] != moved["before"][1], "the slider did not change the slice number"
-        assert all(ok for ok, _ in tools.evaluate(IMAGES_OK))
-        shot = base64.b64decode(tools.call("Page.captureScreenshot", format="png")["data"])
-        (tmp_path / "report.png").write_bytes(shot)
-        assert shot.startswith(b"\x89PNG")
-        target = os.environ.get("SEGMORPH_REPORT_SCREENSHOT")
-        if target:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(tmp_path / "report.png", target)
-        assert tools.errors() == []
-    finally:
-        _stop_browser(process)
-
+    seen = check_report_in_chromium(out, tmp_path / "report.png")
+    assert seen["sliders"] == 2  # both validation cases drawn

@@ -77,13 +77,15 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor, interpolation: str
     dtype = torch.float64 if coords.dtype == torch.float64 else torch.float32
     if interpolation == "nearest":
         return sample(labels.to(dtype), coords, "nearest", "zeros").round().long()
-    best_weight = torch.zeros((labels.shape[0], labels.shape[1], *coords.shape[2:]), dtype=dtype, device=labels.device)
-    best_label = torch.zeros(best_weight.shape, dtype=torch.int64, device=labels.device)
-    for value in torch.unique(labels).tolist():
-        weight = sample((labels == value).to(dtype), coords, "linear", "zeros")
+    # Label 0 is not sampled: its weight is 1 minus the others' (points outside the grid count as 0).
+    values = [int(v) for v in torch.unique(labels).tolist() if v != 0]
+    weights = [sample((labels == value).to(dtype), coords, "linear", "zeros") for value in values]
+    best_weight = 1.0 - sum(weights) if weights else torch.ones(1, dtype=dtype, device=labels.device)
+    best_label = torch.zeros(labels.shape[:2] + coords.shape[2:], dtype=torch.int64, device=labels.device)
+    for value, weight in zip(values, weights):
         better = weight > best_weight
         best_weight = torch.where(better, weight, best_weight)
-        best_label = torch.where(better, torch.as_tensor(int(value), device=labels.device), best_label)
+        best_label.masked_fill_(better, value)
     return best_label
 
 
