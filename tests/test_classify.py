@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from segmorph.checkpoint import load_checkpoint
 from segmorph.classify.cli import add_classify_arguments, run_classify
 from segmorph.classify.data import InputSpec, load_class_folders, load_labels_csv, prepare_image, to_original_grid
 from segmorph.classify.metrics import (
@@ -28,7 +29,7 @@ from segmorph.classify.task import ClassificationTask, class_weights, mixup_weig
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
-from segmorph.io import write_image
+from segmorph.io import read_image, write_image
 
 
 # -- splits ------------------------------------------------------------------------------------------------
@@ -295,3 +296,33 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
         run_classify(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--model", "vgg"])
+
+
+def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
+    data = tmp_path / "data"
+    data.mkdir()
+    pictures = _write_pictures(data)
+    _write_csv(data / "labels.csv", pictures)
+    request = ClassifyRequest(
+        dataset=data, out=tmp_path / "run", labels=Path("labels.csv"), target="lesion", group="patient",
+        model="simplecnn", width=4, batch_size=8, max_steps=8, time_budget_s=0, steps_per_epoch=2, val_fraction=0.25,
+        amp=False, show_progress=False, ensemble=2,
+    )  # fmt: skip
+    summary = train_classifier(request)
+    run = tmp_path / "run"
+    assert [m["steps"] for m in summary["fit"]["members"]] == [4, 4] and summary["fit"]["steps"] == 8
+    assert summary["network"]["name"] == "ensemble" and len(summary["network"]["members"]) == 2
+    members = []
+    for k in range(2):
+        state, config, _ = load_checkpoint(run / f"member_{k}" / "checkpoint_best.pt")
+        member = build_classifier(config["network"])
+        member.load_state_dict(state)
+        members.append(member.eval())
+    assert not torch.equal(members[0].fc.weight, members[1].fc.weight)  # different seeds
+    image = sorted((data / "lesion").glob("*.png"))[0]
+    row = predict_classifier(run, [image], show_progress=False)[0]
+    prepared, _ = prepare_image(read_image(image), InputSpec.from_dict(summary["input"]))
+    expected = np.mean([predict_probabilities(m, prepared[None], mirror=True)[0].numpy() for m in members], axis=0)
+    assert row["p_1"] == pytest.approx(float(expected[1]), abs=1e-5)
+    with pytest.raises(SegmorphError, match="ensemble"):
+        train_classifier(ClassifyRequest(dataset=data, out=tmp_path / "bad", ensemble=0, max_steps=1))

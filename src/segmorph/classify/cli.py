@@ -96,6 +96,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
     p.add_argument("--no-mirror", action="store_true",
                    help="score the image alone (default: average with its left-right mirror)")  # fmt: skip
+    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+                   help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
+                        "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast)")
     p.add_argument("--seed", type=int, default=0)
@@ -128,7 +131,7 @@ def train_request(args: argparse.Namespace):
         val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
-        mirror=not args.no_mirror,
+        mirror=not args.no_mirror, ensemble=args.ensemble,
     )  # fmt: skip
 
 

@@ -164,7 +164,34 @@ class ResNet(_Classifier):
         return self.head(self.stages(self.stem(x)))
 
 
-CLASSIFIERS = {"simplecnn": SimpleCNN, "resnet": ResNet}
+class Ensemble(nn.Module):
+    """Classifiers trained apart (different seeds) whose softmax probabilities are averaged.
+
+    ``forward`` returns ``log(mean_m softmax(member_m(x)))`` ``(B, K)``: log-probabilities, so a softmax of the
+    output is the members' mean probability and the ensemble fits wherever logits are expected. Grad-CAM
+    explains it through the first member's last stage (the gradient of the ensemble's score there).
+
+    Args:
+        members: Each member's stored ``.config`` (see :func:`build_classifier`).
+    """
+
+    def __init__(self, members: list[dict[str, Any]]) -> None:
+        super().__init__()
+        if not members:
+            raise ValueError("members: an ensemble needs at least one classifier")
+        self.config = {"name": "ensemble", "members": [dict(m) for m in members]}
+        self.members = nn.ModuleList(build_classifier(m) for m in members)
+
+    @property
+    def cam_layer(self) -> nn.Module:
+        return self.members[0].cam_layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        probabilities = torch.stack([torch.softmax(member(x).float(), dim=1) for member in self.members]).mean(0)
+        return probabilities.clamp_min(1e-12).log()
+
+
+CLASSIFIERS = {"simplecnn": SimpleCNN, "resnet": ResNet, "ensemble": Ensemble}
 
 
 def build_classifier(config: dict[str, Any]) -> nn.Module:

@@ -3,7 +3,9 @@
 A run folder holds:
 
 * ``run.json``: provenance (command, versions, seed, dataset, the split file by file, input spec, settings).
-* ``checkpoint_best.pt`` / ``checkpoint_last.pt``, ``train_log.csv``, ``curves.png``: from the training loop.
+* ``checkpoint_best.pt`` / ``checkpoint_last.pt``, ``train_log.csv``, ``curves.png``: from the training loop
+  (with ``ensemble`` N > 1: in ``member_0/`` ... ``member_<N-1>/``, one per member, each trained with seed
+  ``seed + k`` for ``1/N`` of the budget; the members' probabilities are averaged).
 * ``classifier.pt``: the best weights with everything needed to use them in its JSON config: network, class
   names, target column, input spec (size, channels, normalisation) and the decision threshold.
 * ``summary.json``: validation metrics at the chosen threshold (and at argmax), training facts.
@@ -22,7 +24,7 @@ import platform
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +45,7 @@ from segmorph.classify.data import (
 )
 from segmorph.classify.gradcam import grad_cam, save_cam_overlay
 from segmorph.classify.metrics import choose_threshold, classification_report, predict_classes
-from segmorph.classify.models import build_classifier
+from segmorph.classify.models import Ensemble, build_classifier
 from segmorph.classify.plots import plot_confusion, plot_roc
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split
 from segmorph.classify.task import ClassificationTask, classification_augment_config, predict_probabilities
@@ -88,6 +90,7 @@ class ClassifyRequest:
         mixup: Beta parameter of mixup (0: off).
         ema_decay: Average of the weights used for validation and the saved model (0: off).
         mirror: Probabilities averaged over the image and its left-right mirror (validation and predict).
+        ensemble: Members trained one after another, each for its share of the budget (1: one network).
         resume: Continue the run in ``out`` from its last checkpoint (same data and settings).
         show_progress: Progress bars and a summary line.
     """
@@ -119,6 +122,7 @@ class ClassifyRequest:
     mixup: float = 0.2
     ema_decay: float = 0.998
     mirror: bool = True
+    ensemble: int = 1
     resume: bool = False
     show_progress: bool = True
 
@@ -161,6 +165,8 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
         SegmorphError: Bad input (missing files or columns, too few groups per class, ...).
     """
     out = Path(request.out)
+    if request.ensemble < 1:
+        raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
     dataset = load_classification_dataset(request)
     train_index, val_index = split_dataset(dataset, request)
     spec, net = _input_and_network(request, dataset, out)
@@ -173,19 +179,47 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
     task = ClassificationTask(images[train_index], labels[train_index], images[val_index], labels[val_index],
                               dataset.class_names, request.batch_size, augment, request.label_smoothing,
                               request.mixup, request.mirror)  # fmt: skip
-    torch.manual_seed(request.seed)
-    model = build_classifier(net)
     if request.show_progress:
-        console.print(_summary_line(request, spec, model, dataset, train_index, val_index), highlight=False)
+        console.print(_summary_line(request, spec, build_classifier(net), dataset, train_index, val_index),
+                      highlight=False)  # fmt: skip
     facts = _classifier_facts(dataset, request, spec, threshold=None)
-    result = fit_task(model, task, train_config, out, net, request.device, request.resume,
+    if request.ensemble <= 1:
+        model, result = _fit_member(request, task, net, train_config, out, facts)
+        return _finish(out, model, task, dataset, val_index, facts, net, train_config, [result], request.device)
+    members, results = [], []
+    for k in range(request.ensemble):
+        member_config = replace(
+            train_config, seed=train_config.seed + k, time_budget_s=train_config.time_budget_s / request.ensemble,
+            max_steps=-(-train_config.max_steps // request.ensemble),
+        )  # fmt: skip
+        model, result = _fit_member(request, task, net, member_config, out / f"member_{k}", facts)
+        members.append(model)
+        results.append(result)
+    ensemble = Ensemble([net] * len(members))
+    for slot, model in zip(ensemble.members, members):
+        slot.load_state_dict(model.state_dict())
+    return _finish(out, ensemble, task, dataset, val_index, facts, ensemble.config, train_config, results,
+                   request.device)  # fmt: skip
+
+
+def _fit_member(
+    request: ClassifyRequest, task: ClassificationTask, net: dict, train_config: TrainConfig, folder: Path, facts: dict
+) -> tuple[torch.nn.Module, FitResult]:
+    """Train one network into ``folder`` (resuming it when asked and started) and load its best weights."""
+    torch.manual_seed(train_config.seed)
+    model = build_classifier(net)
+    resume = request.resume and (folder / "checkpoint_last.pt").is_file()
+    result = fit_task(model, task, train_config, folder, net, request.device, resume,
                       show_progress=request.show_progress, extra_config={"classifier": facts})  # fmt: skip
-    return _finish(out, model, task, dataset, val_index, facts, net, train_config, result, request.device)
+    state, _, _ = load_checkpoint(folder / "checkpoint_best.pt", map_location=request.device)
+    model.load_state_dict(state)
+    return model, result
 
 
 def _input_and_network(request: ClassifyRequest, dataset: ClassificationDataset, out: Path) -> tuple[InputSpec, dict]:
     if request.resume:
-        _, config, _ = load_checkpoint(out / "checkpoint_last.pt")
+        last = out / "checkpoint_last.pt"
+        _, config, _ = load_checkpoint(last if last.is_file() else out / "member_0" / "checkpoint_last.pt")
         return InputSpec.from_dict(config["classifier"]["input"]), config["network"]
     size, channels = choose_input_size(dataset.paths)
     if request.size:
@@ -218,10 +252,9 @@ def _classifier_facts(
 
 def _finish(
     out: Path, model: torch.nn.Module, task: ClassificationTask, dataset: ClassificationDataset, val_index: list[int],
-    facts: dict, net: dict, train_config: TrainConfig, result: FitResult, device: str,
+    facts: dict, net: dict, train_config: TrainConfig, results: list[FitResult], device: str,
 ) -> dict[str, Any]:  # fmt: skip
-    state, _, _ = load_checkpoint(out / "checkpoint_best.pt", map_location=device)
-    model.load_state_dict(state)
+    """Score the trained ``model`` (best weights loaded) on validation, choose the threshold, write the run."""
     probabilities = task.validation_probabilities(model, torch.device(device)).numpy()
     labels = task.val_labels.numpy()
     threshold = choose_threshold(probabilities[:, 1], labels) if probabilities.shape[1] == 2 else None
@@ -236,13 +269,21 @@ def _finish(
                    f"validation, threshold {threshold:.3f}" if threshold is not None else "validation (argmax)")  # fmt: skip
     summary = {
         "validation": report, "validation_at_argmax": classification_report(probabilities, labels, None),
-        "fit": {"best_val_auc": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
-                "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because},
+        "fit": _fit_facts(results, report),
         "class_names": list(names), "threshold": threshold, "input": facts["input"], "network": net,
         "train_images": len(dataset.items) - len(val_index), "val_images": len(val_index),
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
+    facts = [{"best_val_auc": r.best_score, "best_epoch": r.best_epoch, "steps": r.steps,
+              "elapsed_s": round(r.elapsed_s, 1), "stopped_because": r.stopped_because} for r in results]  # fmt: skip
+    if len(facts) == 1:
+        return facts[0]
+    return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts),
+            "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1), "members": facts}  # fmt: skip
 
 
 def _write_val_predictions(
