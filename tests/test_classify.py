@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segmorph.checkpoint import load_checkpoint
-from segmorph.classify.cli import add_classify_arguments, run_classify
+from segmorph.classify.cli import add_classify_arguments, run_classify, train_summary_line
 from segmorph.classify.data import InputSpec, load_class_folders, load_labels_csv, prepare_image, to_original_grid
 from segmorph.classify.metrics import (
     balanced_accuracy,
@@ -312,6 +312,8 @@ def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
     run = tmp_path / "run"
     assert [m["steps"] for m in summary["fit"]["members"]] == [4, 4] and summary["fit"]["steps"] == 8
     assert summary["network"]["name"] == "ensemble" and len(summary["network"]["members"]) == 2
+    line = train_summary_line(summary, run)
+    assert line.startswith("trained 8 steps") and "2 members: step or time limit" in line
     members = []
     for k in range(2):
         state, config, _ = load_checkpoint(run / f"member_{k}" / "checkpoint_best.pt")

@@ -149,14 +149,18 @@ def _run_train(args: argparse.Namespace) -> int:
     from segmorph.classify.pipeline import train_classifier
 
     summary = train_classifier(train_request(args))
+    console.print(train_summary_line(summary, args.out), highlight=False)
+    return 0
+
+
+def train_summary_line(summary: dict, out: str | Path) -> str:
+    """The line ``classify train`` ends with: steps, time, why it stopped, validation AUC and balanced accuracy."""
     fit, val = summary["fit"], summary["validation"]
     threshold = f" at threshold {summary['threshold']:.3f}" if summary["threshold"] is not None else ""
-    console.print(
+    return (
         f"trained {fit['steps']} steps in {fit['elapsed_s'] / 60:.1f} min ({fit['stopped_because']}); validation "
-        f"AUC {val['auc']}, balanced accuracy {val['balanced_accuracy']}{threshold}; run folder {args.out}",
-        highlight=False,
+        f"AUC {val['auc']}, balanced accuracy {val['balanced_accuracy']}{threshold}; run folder {out}"
     )
-    return 0
 
 
 def _run_predict(args: argparse.Namespace) -> int:

@@ -282,8 +282,10 @@ def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
               "elapsed_s": round(r.elapsed_s, 1), "stopped_because": r.stopped_because} for r in results]  # fmt: skip
     if len(facts) == 1:
         return facts[0]
+    reasons = sorted({f["stopped_because"] for f in facts})
     return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts),
-            "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1), "members": facts}  # fmt: skip
+            "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1),
+            "stopped_because": f"{len(facts)} members: " + "; ".join(reasons), "members": facts}  # fmt: skip
 
 
 def _write_val_predictions(
