@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from segmorph.checkpoint import load_checkpoint
-from segmorph.classify.cli import add_classify_arguments, run_classify, train_summary_line
+from segmorph.classify.cli import add_classify_arguments, run_classify, train_request, train_summary_line
 from segmorph.classify.data import InputSpec, load_class_folders, load_labels_csv, prepare_image, to_original_grid
 from segmorph.classify.metrics import (
     balanced_accuracy,
@@ -23,7 +24,7 @@ from segmorph.classify.metrics import (
     roc_curve,
 )
 from segmorph.classify.models import ResNet, SimpleCNN, build_classifier
-from segmorph.classify.pipeline import ClassifyRequest, predict_classifier, train_classifier
+from segmorph.classify.pipeline import ClassifyRequest, network_config, predict_classifier, train_classifier
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
 from segmorph.classify.task import ClassificationTask, class_weights, mixup_weight, predict_probabilities
 from segmorph.errors import SegmorphError
@@ -296,6 +297,11 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
         run_classify(args)
     with pytest.raises(SystemExit):
         parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--model", "vgg"])
+    request = train_request(args)
+    assert network_config(request, 2, 1, 2)["dropout"] == 0.0  # ResNet's default
+    assert network_config(replace(request, model="simplecnn"), 2, 1, 2)["dropout"] == 0.2
+    args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--dropout", "0.3"])
+    assert network_config(train_request(args), 2, 1, 2)["dropout"] == 0.3
 
 
 def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):

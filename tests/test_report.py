@@ -206,6 +206,14 @@ def test_classification_page_shows_the_most_confidently_wrong_first(tmp_path: Pa
     assert page.index("#1 </b>c.png") < page.index("#2 </b>b.png")
     assert "a.png" not in page and "d.png" not in page
     assert len(_image_sources(page)) == 2 and not EXTERNAL.search(page)
+    for k, epochs in ((0, 2), (1, 3)):  # an ensemble run: one training log per member
+        (run / f"member_{k}").mkdir()
+        log = "epoch,step,elapsed_s,lr,train_loss,val_auc\n" + "".join(
+            f"{e},{10 * e},{e},0.001,0.5,0.{6 + e}\n" for e in range(1, epochs + 1))
+        (run / f"member_{k}" / "train_log.csv").write_text(log)
+    page = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
+    assert "train_log.csv: 2 epochs" in page and "train_log.csv: 3 epochs" in page
+    assert len(_image_sources(page)) == 4
 
 
 def test_report_in_chromium(seg_run: Path, tmp_path: Path) -> None:

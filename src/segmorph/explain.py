@@ -52,7 +52,7 @@ from segmorph.classify.gradcam import default_segmentation_layer, save_cam_overl
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, Sample
-from segmorph.inference import _pad_to_patch, sliding_window_logits
+from segmorph.inference import pad_to_patch, sliding_window_logits
 from segmorph.io import atomic_write_text, list_images, mask_file_name, read_image, write_image
 from segmorph.plan import Plan
 from segmorph.predict import PredictOptions, Predictor, most_likely_class
@@ -205,7 +205,7 @@ def class_cams(
     """Grad-CAM ``(M, *S)`` of ``layer`` for each of ``classes`` on the grid of the prepared ``image``
     ``(C, *S)``: computed in the window ``start``/``size`` (zero-padded to ``network_shape``), zeros outside."""
     window = tuple(slice(a, a + n) for a, n in zip(start, size))
-    padded, crop = _pad_to_patch(image[(slice(None), *window)], tuple(network_shape))
+    padded, crop = pad_to_patch(image[(slice(None), *window)], tuple(network_shape))
     cams = torch.zeros((len(classes), *image.shape[1:]))
     for row, target in enumerate(classes):
         cams[(row, *window)] = segmentation_grad_cam(model, padded[None], target, layer)[0][crop]

@@ -132,7 +132,7 @@ def sliding_window_logits(
     """
     device = torch.device(device)
     patch = _check_arguments(model, image, patch_size, overlap, batch_size, mirror_axes, device)
-    padded, crop = _pad_to_patch(image, patch)
+    padded, crop = pad_to_patch(image, patch)
     flips = [dims for n in range(len(mirror_axes) + 1) for dims in itertools.combinations(mirror_axes, n)]
     corners = list(itertools.product(*tile_starts(padded.shape[1:], patch, overlap)))
     jobs = [(corner, tuple(a + 1 for a in dims)) for corner in corners for dims in flips]  # dims of (C|K, *P)
@@ -226,7 +226,7 @@ def _positive_ints(values: Sequence[int], name: str) -> tuple[int, ...]:
     return result
 
 
-def _pad_to_patch(image: torch.Tensor, patch: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
+def pad_to_patch(image: torch.Tensor, patch: tuple[int, ...]) -> tuple[torch.Tensor, tuple[slice, ...]]:
     """Zero-pad (centred, extra voxel after) axes shorter than the tile; the slices undo it."""
     missing = [max(p - s, 0) for s, p in zip(image.shape[1:], patch)]
     crop = tuple(slice(m // 2, m // 2 + s) for m, s in zip(missing, image.shape[1:]))

@@ -90,6 +90,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--folds", type=int, default=5, help="folds of the k-fold split (default 5)")
     p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without a better AUC")
     p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)")
     p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
     p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter, 0 turns it off (default 0.2)")
     p.add_argument("--ema", type=float, default=0.998,
@@ -131,7 +133,7 @@ def train_request(args: argparse.Namespace):
         val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
-        mirror=not args.no_mirror, ensemble=args.ensemble,
+        mirror=not args.no_mirror, ensemble=args.ensemble, dropout=args.dropout,
     )  # fmt: skip
 
 

@@ -71,6 +71,7 @@ class ClassifyRequest:
         file_column: CSV column holding the image path (relative to ``dataset``).
         model: ``"resnet"`` or ``"simplecnn"``.
         width: ResNet first-stage channels / SimpleCNN first-level channels (doubling per level).
+        dropout: Dropout before the linear layer; None: the model's default (ResNet 0, SimpleCNN 0.2).
         size: Input size in voxels per spatial axis (one value: all axes); None: chosen from the data.
         batch_size: Images per step.
         learning_rate: Peak AdamW learning rate (cosine schedule with warm-up).
@@ -103,6 +104,7 @@ class ClassifyRequest:
     file_column: str = "file"
     model: str = "resnet"
     width: int = 16
+    dropout: float | None = None
     size: tuple[int, ...] | None = None
     batch_size: int = 32
     learning_rate: float = 2e-3
@@ -147,11 +149,12 @@ def network_config(request: ClassifyRequest, ndim: int, channels: int, num_class
     """Constructor arguments of the requested classifier."""
     if request.model == "resnet":
         return {"name": "resnet", "ndim": ndim, "in_channels": channels, "num_classes": num_classes,
-                "width": request.width, "blocks": [2, 2, 2, 2], "stem_stride": 2, "dropout": 0.0}  # fmt: skip
+                "width": request.width, "blocks": [2, 2, 2, 2], "stem_stride": 2,
+                "dropout": 0.0 if request.dropout is None else request.dropout}  # fmt: skip
     if request.model == "simplecnn":
         features = [request.width * 2**level for level in range(4)]
         return {"name": "simplecnn", "ndim": ndim, "in_channels": channels, "num_classes": num_classes,
-                "features": features, "dropout": 0.2}  # fmt: skip
+                "features": features, "dropout": 0.2 if request.dropout is None else request.dropout}  # fmt: skip
     raise SegmorphError(f"unknown model {request.model!r} (expected resnet or simplecnn)")
 
 

@@ -41,11 +41,19 @@ def classification_report(run_dir: Path, cases: int) -> tuple[str, list[Section]
         Section("metrics", "Validation metrics", _metrics(summary), narrow=True),
         Section("plots", "ROC and confusion", join([p for p in pictures if p is not None]) if any(pictures)
          else note("no roc.png or confusion.png in the run folder")),
-        Section("curves", "Training curves", curves(run_dir, "validation AUC")),
+        Section("curves", "Training curves", _curves(run_dir)),
         Section("worst", "Most confidently wrong validation images", _worst(run_dir, record, cases)),
         Section("run", "Run record", _run_block(record)),
     ]  # fmt: skip
     return "Classification run", sections
+
+
+def _curves(run_dir: Path) -> Markup:
+    """The run's training curves; for an ensemble (``--ensemble N``), each member's from ``member_<k>/``."""
+    members = sorted(run_dir.glob("member_*/train_log.csv"), key=lambda p: int(p.parent.name.split("_")[-1]))
+    if (run_dir / "train_log.csv").is_file() or not members:
+        return curves(run_dir, "validation AUC")
+    return join([curves(log.parent, f"{log.parent.name}: validation AUC") for log in members])
 
 
 def _overview(run_dir: Path, summary: dict, record: dict) -> Markup:
