@@ -106,6 +106,20 @@ def test_warp_samples_the_moving_image_at_mapped_world_points(interpolation):
     assert warped.affine.allclose(OBLIQUE)
 
 
+def test_a_field_on_the_reference_grid_is_read_not_interpolated():
+    """map_grid's shortcut (displacements read on the field's own grid) equals interpolating them there."""
+    generator = torch.Generator().manual_seed(0)
+    velocity = 2.0 * torch.randn(3, *SHAPE, generator=generator, dtype=torch.float32)
+    step = FieldStep.from_velocity(velocity, OBLIQUE)
+    transform = Transform([step, _rigid(10.0, [1.0, -2.0, 0.5], np.zeros(3))])
+    grid, mapped = transform.map_grid(OBLIQUE, SHAPE)
+    assert torch.allclose(grid, world_grid(OBLIQUE, SHAPE))
+    assert torch.allclose(mapped, transform.map_points(grid), atol=1e-4)
+    other = Affine.from_geometry((1.0, 1.0, 1.0))  # another grid: the general path
+    grid, mapped = transform.map_grid(other, SHAPE)
+    assert torch.allclose(mapped, transform.map_points(world_grid(other, SHAPE)))
+
+
 def test_label_interpolation_moves_boundaries_by_fractions_of_a_voxel():
     labels = torch.tensor([0, 0, 1, 1, 1, 2, 2, 0]).view(1, 1, 8, 1).expand(1, 1, 8, 2).clone()
 
@@ -116,6 +130,11 @@ def test_label_interpolation_moves_boundaries_by_fractions_of_a_voxel():
 
     assert at(*range(8)) == [0, 0, 1, 1, 1, 2, 2, 0]  # grid points: exact
     assert at(1.4, 1.6, 4.4, 4.6, 6.6, -0.6, 7.5, 9.0) == [0, 1, 1, 2, 0, 0, 0, 0]  # nearest weight wins; 0 outside
+    channels = torch.cat([labels, labels.flip(2)], dim=1)  # two label channels, interpolated together
+    coords = torch.stack(torch.meshgrid(torch.arange(8.0) + 0.4, torch.zeros(2), indexing="ij"))[None].double()
+    both = spatial.sample_labels(channels, coords)
+    assert torch.equal(both[:, :1], spatial.sample_labels(labels, coords))
+    assert torch.equal(both[:, 1:], spatial.sample_labels(labels.flip(2), coords))
     nearest = spatial.sample_labels(labels.float(), torch.tensor([[[[1.6]], [[0.0]]]]), "nearest")
     assert nearest.dtype == torch.int64 and nearest.item() == 1
     with pytest.raises(ValueError, match="for labels"):

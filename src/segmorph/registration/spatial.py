@@ -79,7 +79,11 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor, interpolation: str
         return sample(labels.to(dtype), coords, "nearest", "zeros").round().long()
     # Label 0 is not sampled: its weight is 1 minus the others' (points outside the grid count as 0).
     values = [int(v) for v in torch.unique(labels).tolist() if v != 0]
-    weights = [sample((labels == value).to(dtype), coords, "linear", "zeros") for value in values]
+    channels = labels.shape[1]
+    # One interpolation for every label's indicator: labels stacked along the channel axis share the grid.
+    indicators = torch.cat([(labels == value) for value in values], dim=1).to(dtype) if values else None
+    stacked = sample(indicators, coords, "linear", "zeros") if values else None
+    weights = [stacked[:, k * channels : (k + 1) * channels] for k in range(len(values))]
     best_weight = 1.0 - sum(weights) if weights else torch.ones(1, dtype=dtype, device=labels.device)
     best_label = torch.zeros(labels.shape[:2] + coords.shape[2:], dtype=torch.int64, device=labels.device)
     for value, weight in zip(values, weights):

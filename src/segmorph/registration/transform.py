@@ -149,15 +149,29 @@ class Transform:
         field = points.T.reshape(points.shape[1], -1, *[1] * (points.shape[1] - 1)) if as_rows else points
         for step in self.steps:
             if isinstance(step, np.ndarray):
-                field = spatial.apply_matrix(torch.as_tensor(step)[None], field[None])[0]
+                if not np.array_equal(step, np.eye(len(step))):  # the identity (no pre-alignment) costs nothing
+                    field = spatial.apply_matrix(torch.as_tensor(step)[None], field[None])[0]
             else:
                 field = step.map_points(field)
         return field.reshape(field.shape[0], -1).T.contiguous() if as_rows else field
 
+    def map_grid(self, affine: Affine, shape: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """World positions ``x`` of a grid's voxels and their images ``T(x)``, both ``(n, *shape)`` float64.
+
+        When the first step is a field on this very grid, its displacements are read, not interpolated.
+        """
+        grid = world_grid(affine, shape)
+        first = self.steps[0] if self.steps else None
+        if not isinstance(first, FieldStep) or tuple(first.displacement.shape[1:]) != tuple(shape):
+            return grid, self.map_points(grid)
+        if not first.affine.allclose(affine):
+            return grid, self.map_points(grid)
+        return grid, Transform(self.steps[1:]).map_points(grid + first.displacement.to(grid.dtype))
+
     def displacement_on(self, affine: Affine, shape: Sequence[int]) -> torch.Tensor:
         """``T(x) - x`` in mm for every voxel ``x`` of a grid, ``(n, *shape)`` float32."""
-        grid = world_grid(affine, shape)
-        return (self.map_points(grid) - grid).float()
+        grid, mapped = self.map_grid(affine, shape)
+        return (mapped - grid).float()
 
     def warp(
         self, moving: Image, reference: Affine, shape: Sequence[int], interpolation: str | None = None
@@ -170,7 +184,7 @@ class Transform:
         """
         if moving.ndim != reference.ndim:
             raise ValueError(f"moving is {moving.ndim}D, the reference grid {reference.ndim}D")
-        mapped = self.map_points(world_grid(reference, shape))
+        _, mapped = self.map_grid(reference, shape)
         inverse = torch.as_tensor(np.linalg.inv(moving.affine.matrix))[None]
         coords = spatial.apply_matrix(inverse, mapped[None])
         if moving.is_label:
