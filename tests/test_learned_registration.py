@@ -10,10 +10,12 @@ import torch
 from conftest import OBLIQUE, sphere_case, write_msd_dataset
 from segmorph.cli import main
 from segmorph.io import read_image, write_image
+from segmorph.registration import learned
 from segmorph.registration.learned import (
     LearnedConfig,
     LearnedRegistration,
     build_registration_network,
+    network_window,
     predict_velocity,
 )
 from segmorph.registration.training import RegistrationTrainRequest, train_registration
@@ -26,6 +28,35 @@ def test_untrained_network_starts_at_the_identity():
     velocity = predict_velocity(network.eval(), torch.rand(1, 2, 21, 19, 13))  # any size: padded inside
     assert velocity.shape == (1, 3, 21, 19, 13)
     assert velocity.abs().max() < 1e-2  # voxels
+
+
+def test_the_network_sees_its_training_grid_centred_on_the_content():
+    content = (slice(10, 30), slice(0, 70), slice(5, 9))
+    assert network_window(content, (48, 64, 48)) == [(-4, 44), (0, 70), (-17, 31)]  # grid size, or content's
+    in_image, in_window = learned._overlap([(-4, 44), (0, 70), (-17, 31)], (40, 70, 12))
+    assert in_image == (slice(0, 40), slice(0, 70), slice(0, 12))
+    assert in_window == (slice(4, 44), slice(0, 70), slice(17, 29))
+    weights = learned._taper(content, [(-4, 44), (0, 70), (-17, 31)], 8)
+    assert weights[14:34, :, 22:26].min() == 1.0  # the content is never damped, up to a face it touches
+    assert weights[0].max() == 0.0 and weights[:, :, 0].max() == 0.0  # faces away from the content: 0
+    assert weights[7, 5, 24] < 1.0 and weights[8:14, 5, 24].min() == 1.0  # the ramp spans at most 8 voxels
+
+
+def test_the_field_reaches_the_edges_of_a_scan_filled_with_content(monkeypatch):
+    """An unpadded scan (non-zero to its faces): the predicted field is used as is, up to the faces."""
+    model = LearnedRegistration(build_registration_network(3, TINY).eval(), TINY)
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    fixed.data[:] += 1.0  # non-zero everywhere
+    seen = []
+
+    def constant(network, inputs, input_shrink=2, amp=False):
+        seen.append(tuple(inputs.shape[2:]))
+        return torch.ones(1, 3, *inputs.shape[2:])
+
+    monkeypatch.setattr(learned, "predict_velocity", constant)
+    velocity = model._velocity(fixed, fixed)
+    assert seen == [(24, 24, 16)]  # the training grid, centred on the scan
+    assert torch.equal(velocity, torch.ones(1, 3, 24, 20, 12))
 
 
 def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_path, trained_run):

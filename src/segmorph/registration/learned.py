@@ -321,11 +321,16 @@ class LearnedRegistration:
             probabilities = self.prior.probabilities(torch.stack([fixed.data[:1].float(), moved.data[:1].float()]))
             priors = [probabilities[:1, 1:], probabilities[1:, 1:]]
         inputs = network_input(fixed_data, moved_data, *priors)
-        box = content_box(torch.stack([fixed.data[:1], moved.data[:1]]), CONTENT_MARGIN)
-        velocity = predict_velocity(self.network, inputs[(slice(None), slice(None), *box)].to(self.device),
-                                    self.config.input_shrink, amp=self.device.type == "cpu")  # fmt: skip
+        content = content_box(torch.stack([fixed.data[:1], moved.data[:1]]), 0)
+        window = network_window(content, self.config.train_shape)
+        in_image, in_window = _overlap(window, fixed.spatial_shape)
+        framed = torch.zeros(*inputs.shape[:2], *[stop - start for start, stop in window])
+        framed[(slice(None), slice(None), *in_window)] = inputs[(slice(None), slice(None), *in_image)]
+        velocity = predict_velocity(self.network, framed.to(self.device), self.config.input_shrink,
+                                    amp=self.device.type == "cpu").cpu()  # fmt: skip
+        velocity = velocity * _taper(content, window, TAPER_VOXELS)
         full = torch.zeros(1, fixed.ndim, *fixed.spatial_shape)
-        full[(slice(None), slice(None), *box)] = velocity.cpu() * _taper([b.stop - b.start for b in box], CONTENT_MARGIN)
+        full[(slice(None), slice(None), *in_image)] = velocity[(slice(None), slice(None), *in_window)]
         return full
 
     def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None,
@@ -375,19 +380,52 @@ class LearnedRegistration:
         return optimise_velocity([level], config, matrix, velocity=velocity, similarity=similarity)
 
 
-CONTENT_MARGIN = 8  # voxels around the non-zero content that the network sees; the field fades to 0 over them
+TAPER_VOXELS = 8  # the field fades to 0 over at most this many voxels between the content and the window's faces
 
 
-def _taper(shape: Sequence[int], margin: int) -> torch.Tensor:
-    """Weights ``(*shape)``: 1 inside, a half cosine down to 0 over ``margin`` voxels at every face."""
-    weights = torch.ones(shape)
-    for axis, size in enumerate(shape):
-        ramp = torch.ones(size)
-        width = min(margin, size // 2)
-        edge = 0.5 - 0.5 * torch.cos(torch.pi * torch.arange(width) / max(width, 1))
-        ramp[:width], ramp[size - width :] = edge, edge.flip(0)
-        view = [1] * len(shape)
-        view[axis] = size
+def network_window(content: Sequence[slice], train_shape: Sequence[int]) -> list[tuple[int, int]]:
+    """Index window ``(start, stop)`` per axis that the network sees at inference, framed as in training.
+
+    Training pairs are the cases centred on the ``train_shape`` grid, so the network sees its
+    training grid's size (or the content's, where that is larger) centred on the non-zero content
+    of the pair; the window may reach outside the image, which is zero there. Framed otherwise (a
+    tight box, or a much larger zero-padded canvas) the network's output changes: instance
+    normalisation and zero-padded convolutions see a different amount of background.
+    """
+    window = []
+    for box, size in zip(content, train_shape):
+        extent = max(size, box.stop - box.start)
+        start = (box.start + box.stop) // 2 - extent // 2
+        window.append((start, start + extent))
+    return window
+
+
+def _overlap(window: Sequence[tuple[int, int]], shape: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """The part of ``window`` inside an image of ``shape``: as image indices, and as window indices."""
+    in_image = tuple(slice(max(start, 0), min(stop, size)) for (start, stop), size in zip(window, shape))
+    in_window = tuple(slice(s.start - start, s.stop - start) for s, (start, _) in zip(in_image, window))
+    return in_image, in_window
+
+
+def _taper(content: Sequence[slice], window: Sequence[tuple[int, int]], voxels: int) -> torch.Tensor:
+    """Weights over the window: 1 on the content, a half cosine down to 0 towards each face.
+
+    The ramp spans the background between the content and the face (at most ``voxels``); where the
+    content reaches the face, the weight stays 1 up to it.
+    """
+    weights = torch.ones([stop - start for start, stop in window])
+    for axis, (box, (start, stop)) in enumerate(zip(content, window)):
+        ramp = torch.ones(stop - start)
+        before, after = min(voxels, box.start - start), min(voxels, stop - box.stop)
+        for width, at_start in ((before, True), (after, False)):
+            if width > 0:
+                edge = 0.5 - 0.5 * torch.cos(torch.pi * torch.arange(width) / width)
+                if at_start:
+                    ramp[:width] = edge
+                else:
+                    ramp[len(ramp) - width :] = edge.flip(0)
+        view = [1] * len(window)
+        view[axis] = stop - start
         weights = weights * ramp.view(view)
     return weights
 
