@@ -275,6 +275,10 @@ def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
     val_rows = list(csv.DictReader((run / "val_predictions.csv").open()))
     assert len(val_rows) == summary["val_images"] == len(provenance["split"]["val"])
     assert not {r["group"] for r in val_rows} & train_groups
+    assert provenance["data_fingerprint"]["files"] == len(pictures) + 1  # every image and the labels CSV
+    train_classifier(replace(request, max_steps=12, resume=True))
+    resumed = json.loads((run / "run.json").read_text())
+    assert resumed["split"] == provenance["split"] and len(resumed["resumes"]) == 1
 
     images = sorted((data / "lesion").glob("*.png"))[:2]
     rows = predict_classifier(run, images, tmp_path / "pred.csv", cam_dir=tmp_path / "cams", show_progress=False)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 from conftest import OBLIQUE, sphere_case, write_msd_dataset
@@ -70,6 +72,10 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     assert {"checkpoint_best.pt", "checkpoint_last.pt", "run.json", "summary.json", "segmentation_prior"} <= names
     split = json.loads((out / "run.json").read_text())["split"]
     assert not set(split["train"]) & set(split["held_out"]) and not set(split["train"]) & set(split["monitor"])
+    assert summary["monitor_score"] == "Dice" and 0.0 <= summary["best_monitor_score"] <= 1.0
+    train_registration(replace(request, max_steps=6, resume=True))
+    record = json.loads((out / "run.json").read_text())  # the first run's record kept, the resume appended
+    assert record["split"] == split and len(record["resumes"]) == 1 and record["data_fingerprint"]["files"] > 0
 
     model = LearnedRegistration.load(out)
     assert model.prior is not None and model.config.prior_classes == 3
@@ -95,3 +101,12 @@ def test_loading_a_segmentation_run_as_a_registration_model_is_refused(trained_r
     code = main(["register", "a.nii.gz", "b.nii.gz", "--out", "x", "--method", "learned", "--model", str(trained_run)])
     assert code == 1
     assert "not a registration model" in capsys.readouterr().err
+
+
+def test_a_registration_checkpoint_without_its_facts_is_one_clear_error(tmp_path):
+    from segmorph.checkpoint import save_checkpoint
+    from segmorph.errors import SegmorphError
+
+    save_checkpoint(tmp_path / "checkpoint_best.pt", {}, {"kind": "registration"})
+    with pytest.raises(SegmorphError, match="does not fit this segmorph"):
+        LearnedRegistration.load(tmp_path)

@@ -313,7 +313,24 @@ def test_bad_registration_input_gives_one_clear_line(tmp_path, capsys):
                            "--moving-labels", str(tmp_path / "small_labels.nii.gz")], "small_labels.nii.gz", "grid")  # fmt: skip
     _expect_error(capsys, ["register", str(paths["fixed"]), str(paths["moving"]), "--out", out, "--method", "learned"],
                   "--model")  # fmt: skip
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"fixed,moving\n{paths['fixed']},{paths['moving']}\n")
+    _expect_error(capsys, ["register", "--pairs", str(pairs), "--out", out, "--moving-labels", str(paths["moving_labels"])],
+                  "pairs.csv", "--moving-labels", "CSV columns")  # fmt: skip
+    _expect_error(capsys, ["baseline", str(paths["fixed"]), "--method", "region_grow", "--seed-point", "a,b",
+                           "--out", out], "--seed-point 'a,b'", "I,J[,K]")  # fmt: skip
     assert not (tmp_path / "reg").exists()
+
+
+def test_a_pyramid_ending_coarser_than_the_fixed_grid_gives_a_field_on_the_fixed_grid():
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    moving, _ = sphere_case((24, 20, 12), seed=2)
+    config = ClassicalConfig(similarity="mse", init="none", shrink=(2,), rigid_iterations=(0,), affine_iterations=(0,),
+                             deformable_iterations=(3,))  # fmt: skip
+    transform = register_classical(fixed, moving, "deformable", config)
+    field = transform.steps[0]
+    assert isinstance(field, FieldStep) and tuple(field.displacement.shape) == (3, 24, 20, 12)
+    assert transform.warp(moving, fixed.affine, fixed.spatial_shape).spatial_shape == fixed.spatial_shape
 
 
 def test_structures_align_label_maps_by_centroids_and_overlap():

@@ -173,7 +173,7 @@ def test_registration_training_page(tmp_path: Path) -> None:
     run.mkdir()
     split = {"train": ["a", "b", "c"], "monitor": ["d", "e"], "held_out": ["f"]}
     (run / "run.json").write_text(json.dumps({"kind": "registration", "dataset": "/data", "split": split}))
-    (run / "summary.json").write_text(json.dumps({"best_monitor_dice": 0.81, "best_epoch": 2, "steps": 200}))
+    (run / "summary.json").write_text(json.dumps({"monitor_score": "Dice", "best_monitor_score": 0.81, "best_epoch": 2, "steps": 200}))
     (run / "train_log.csv").write_text("epoch,step,elapsed_s,lr,train_loss,val_dice\n1,100,1,0.001,0.5,0.7\n"
                                        "2,200,2,0.0005,0.4,0.81\n")  # fmt: skip
     assert detect_kind(run) == "registration training"

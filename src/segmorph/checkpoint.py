@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io as _io
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,3 +53,15 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SegmorphError("not a segmorph checkpoint (no model weights and config)", path)
     extras = {k: v for k, v in payload.items() if k not in ("model", "config_json")}
     return payload["model"], json.loads(payload["config_json"]), extras
+
+
+@contextlib.contextmanager
+def model_from_checkpoint(path: str | Path) -> Iterator[None]:
+    """Rebuilding a network from a checkpoint's facts and weights: a checkpoint whose facts or weights do not
+    fit this version of segmorph (missing keys, unknown settings, other tensor shapes) becomes one
+    :class:`SegmorphError` naming the file, not a traceback."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SegmorphError(f"checkpoint does not fit this segmorph's models ({detail})", path) from None

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         _parser("evaluate-registration", sub, "Score a registration: Dice, HD95, folding, TRE.")
     )
     _add_atlas(_parser("atlas-segment", sub, "Segment a scan by registering labelled atlases and fusing labels."))
-    _add_anonymize(_parser("anonymize", sub, "De-identify DICOM files (PS3.15 Basic Application Confidentiality Profile)."))
+    _add_anonymize(_parser("anonymize", sub, "De-identify DICOM files (PS3.15 Basic Application Level Confidentiality Profile)."))
     from segmorph.classify.cli import add_classify_arguments
 
     add_classify_arguments(sub)
@@ -111,7 +111,7 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("moving", type=Path, nargs="?", help="moving image")
     p.add_argument("--pairs", type=Path, help="CSV with columns fixed,moving[,fixed_labels,moving_labels]")
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per pair with --pairs)")
-    p.add_argument("--moving-labels", type=Path, help="label map of the moving image, warped with nearest neighbour")
+    p.add_argument("--moving-labels", type=Path, help="label map of the moving image, warped label-wise (each label interpolated, largest weight wins)")
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: writes metrics.json")
     p.add_argument("--method", choices=("rigid", "affine", "deformable", "learned", "structures"), default="deformable",
                    help="structures: align by segmentations only (needs --fixed/--moving-structures)")  # fmt: skip
@@ -163,7 +163,7 @@ def _add_warp(p: argparse.ArgumentParser) -> None:
 def _add_evaluate_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("reg_dir", type=Path, help="folder written by segmorph register")
     p.add_argument("--fixed-labels", type=Path, help="reference label map on the fixed grid")
-    p.add_argument("--fixed-image", type=Path, help="fixed image (default: the grid of the warped image)")
+    p.add_argument("--fixed-image", type=Path, help="fixed image whose grid is scored (default: the --fixed-labels grid, else the warped image's)")
     p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
                    help="corresponding points x,y,z in mm (LPS) for the target registration error")  # fmt: skip
 
@@ -226,9 +226,10 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--continue", dest="skip_existing", action="store_true", help="skip cases already written")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--format", dest="suffix", help="output suffix, e.g. .nii.gz (default), .nrrd, .mha")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--amp", action="store_true",
+                   help="half-precision autocast where the device runs it fast (CUDA; CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--compile", action="store_true",
-                   help="compile the network (about 7 s once; 1.36x faster per case on a 2-core CPU)")  # fmt: skip
+                   help="compile the network (about 7 s once; about 1.1x faster per case on a 2-core CPU)")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
 
 

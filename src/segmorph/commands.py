@@ -134,7 +134,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     else:
         if not args.seeds:
             raise SegmorphError("region_grow needs at least one --seed-point")
-        params["seeds"] = [tuple(int(v) for v in s.split(",")) for s in args.seeds]
+        params["seeds"] = [_seed_point(s) for s in args.seeds]
         if args.tolerance is not None:
             params["tolerance"] = args.tolerance
     if args.fill_holes:
@@ -144,6 +144,16 @@ def run_baseline(args: argparse.Namespace) -> int:
     written = segment_folder(list_images(args.scans), args.out, args.method, **params)
     console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
     return 0
+
+
+def _seed_point(text: str) -> tuple[int, ...]:
+    try:
+        point = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SegmorphError(f"--seed-point {text!r}: expected voxel indices I,J[,K]") from None
+    if len(point) not in (2, 3):
+        raise SegmorphError(f"--seed-point {text!r}: expected 2 or 3 voxel indices")
+    return point
 
 
 def find_demo_data(given: Path | None) -> Path:
@@ -176,8 +186,15 @@ def run_register(args: argparse.Namespace) -> int:
     if args.pairs is not None:
         if args.fixed or args.moving:
             raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)
+        per_pair = [flag for flag, value in (("--fixed-labels", args.fixed_labels), ("--moving-labels", args.moving_labels),
+                    ("--fixed-structures", args.fixed_structures), ("--moving-structures", args.moving_structures))
+                    if value is not None]  # fmt: skip
+        if per_pair:
+            raise SegmorphError(f"{', '.join(per_pair)}: with --pairs, give labels as CSV columns "
+                                "(fixed_labels, moving_labels)", args.pairs)  # fmt: skip
         records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
-                                     args.overlays, progress=not args.quiet, prealign=args.prealign)  # fmt: skip
+                                     args.overlays, progress=not args.quiet, prealign=args.prealign,
+                                     device=args.device)  # fmt: skip
         dice = [r["metrics"]["mean_dice"] for r in records if "metrics" in r]
         seconds = np.mean([r["seconds"] for r in records])
         extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
@@ -188,7 +205,7 @@ def run_register(args: argparse.Namespace) -> int:
         raise SegmorphError("give FIXED and MOVING images, or --pairs CSV")
     request = run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels, args.method,
                               args.refine, args.similarity, args.overlays, args.prealign, args.fixed_structures,
-                              args.moving_structures)  # fmt: skip
+                              args.moving_structures, args.device)  # fmt: skip
     record = run.register_pair(request, model)
     line = f"registered {args.moving.name} to {args.fixed.name} ({args.method}) in {record['seconds']:.2f} s"
     if "metrics" in record:
@@ -217,7 +234,7 @@ def run_train_registration(args: argparse.Namespace) -> int:
         resume=args.resume, show_progress=not args.quiet, segmentation_run=args.segmentation_model,
     )  # fmt: skip
     summary = train_registration(request)
-    console.print(f"best monitor Dice {summary['best_monitor_dice']:.4f} after {summary['steps']} steps; "
+    console.print(f"best monitor {summary['monitor_score']} {summary['best_monitor_score']:.4f} after {summary['steps']} steps; "
                   f"run folder {args.out}", highlight=False)  # fmt: skip
     return 0
 

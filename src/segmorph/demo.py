@@ -14,6 +14,7 @@ from segmorph.progress import console
 
 def run_demo(data: Path, out: Path, time_budget_s: float = 300.0, device: str = "cpu", overlays: int = 4) -> dict:
     """Run the demo and return the training summary (see :func:`segmorph.pipeline.train_segmentation`)."""
+    from segmorph.datasets import load_dataset
     from segmorph.pipeline import TrainRequest, train_segmentation
     from segmorph.predict import PredictOptions, predict_files
 
@@ -21,7 +22,8 @@ def run_demo(data: Path, out: Path, time_budget_s: float = 300.0, device: str = 
     request = TrainRequest(dataset=data, out=out, time_budget_s=time_budget_s, device=device, fold=0)
     summary = train_segmentation(request)
     run = json.loads((out / "run.json").read_text())
-    scans = [data / "imagesTr" / f"{case}.nii.gz" for case in run["val_cases"][:overlays]]
+    spec = load_dataset(data)  # the dataset's own file names (MSD or nnU-Net v2 layout)
+    scans = [spec.case(case).images[0] for case in run["val_cases"][:overlays]]
     predict_files(out, scans, out / "overlays", device, PredictOptions(), overlays=True, show_progress=False)
     metrics = summary["validation"]["metrics"]
     console.print(

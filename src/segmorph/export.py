@@ -53,13 +53,18 @@ def export_model(model: nn.Module, example_shape: Sequence[int], fmt: str, out: 
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0), device=_device_of(frozen))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-        staged = Path(tmp) / out.name
-        if fmt == "onnx":
-            _write_onnx(frozen, example, staged)
-        else:
-            _write_torchscript(frozen, example, staged)
-        os.replace(staged, out)
+    try:
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+            staged = Path(tmp) / out.name
+            if fmt == "onnx":
+                _write_onnx(frozen, example, staged)
+            else:
+                _write_torchscript(frozen, example, staged)
+            with open(staged, "rb") as handle:  # on disk before it takes the final name
+                os.fsync(handle.fileno())
+            os.replace(staged, out)
+    except OSError as err:
+        raise SegmorphError(f"cannot write the exported model ({err.strerror or err})", out) from None
     return out
 
 
@@ -136,5 +141,5 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> N
         try:
             traced = torch.jit.trace(model, example)
         except RuntimeError as err:
-            raise SegmorphError(f"TorchScript tracing failed ({str(err).splitlines()[0][:200]})") from None
+            raise SegmorphError(f"TorchScript tracing failed ({str(err).splitlines()[0][:200]})", path.name) from None
         torch.jit.save(traced, str(path))

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segmorph.precision import autocast
+
 MIN_IMPORTANCE = 1e-3  # floor of the Gaussian map: tile borders still count a little, no division by ~0
 # On CPU a forward pass is fastest per voxel at about this many voxels per batch: fewer and PyTorch picks
 # its slower native convolution for batch 1 on small deep feature maps; more and activations leave the
@@ -120,8 +122,9 @@ def sliding_window_logits(
         mirror_axes: Spatial axes to flip for test-time augmentation; logits are averaged over all
             ``2 ** len(mirror_axes)`` flip combinations.
         device: Where the network runs and the score buffer lives.
-        amp: Autocast to bfloat16 on CPU, float16 on CUDA: faster where the hardware has fast half
-            precision (2-3x on a CPU with AVX512-BF16), probabilities differ by about 1e-2.
+        amp: Autocast to bfloat16 on CPU, float16 on CUDA, where the hardware runs half precision
+            fast (see :mod:`segmorph.precision`; 2-3x on a CPU with AVX512-BF16), ignored elsewhere;
+            probabilities differ by about 1e-2.
         return_probabilities: Softmax over classes; otherwise the Gaussian-weighted mean logits.
 
     Returns:
@@ -140,7 +143,7 @@ def sliding_window_logits(
     if device.type == "cpu":
         batch_size = max(1, min(batch_size, CPU_BATCH_VOXELS // math.prod(patch)))
     scores: torch.Tensor | None = None
-    with _eval_mode(model), torch.inference_mode(), _autocast(device, amp):
+    with _eval_mode(model), torch.inference_mode(), autocast(device, amp, torch.float16 if device.type == "cuda" else torch.bfloat16):
         for chunk in _chunks(jobs, batch_size):
             logits = model(_gather_tiles(padded, chunk, patch, device))
             if scores is None:
@@ -290,10 +293,3 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
-
-
-def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
-    if not enabled:
-        return contextlib.nullcontext()
-    dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-    return torch.autocast(device_type=device.type, dtype=dtype)

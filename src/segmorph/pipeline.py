@@ -19,7 +19,7 @@ from segmorph.nn import build_network, count_parameters
 from segmorph.plan import Plan, apply_overrides, make_plan
 from segmorph.preprocess import fingerprint, load_preprocessed, preprocess_dataset
 from segmorph.progress import console
-from segmorph.provenance import data_changed, write_run_record
+from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.train import FitResult, fit
 
 
@@ -171,7 +171,7 @@ def _write_provenance(
         "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
         "train_cases": train_ids, "val_cases": val_ids,
     }  # fmt: skip
-    record = write_run_record(out, facts, spec, resume=request.resume)
+    record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
 
@@ -196,7 +196,7 @@ def validate_run(
     for case_id in track(val_ids, "validate", total=len(val_ids), enabled=show_progress):
         sample = load_sample(spec.case(case_id), spec)
         if sample.label is None:
-            raise SegmorphError(f"validation case {case_id} has no label")
+            raise SegmorphError(f"validation case {case_id} has no label", spec.case(case_id).images[0])
         mask, _ = predictor.segment(sample.image)
         write_image(mask, pred_dir / f"{case_id}.nii.gz")
         write_image(sample.label, ref_dir / f"{case_id}.nii.gz")

@@ -33,7 +33,7 @@ class PredictOptions:
         overlap: Sliding-window overlap in [0, 1).
         batch_size: Tiles per forward pass.
         largest_component: Keep only the largest connected component of each class.
-        amp: bfloat16 autocast.
+        amp: bfloat16 autocast where the device runs it fast (:mod:`segmorph.precision`).
         checkpoint: ``"best"`` or ``"last"``.
         compile: Compile the network with TorchInductor (see :func:`segmorph.inference.compile_for_inference`).
     """

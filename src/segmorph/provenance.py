@@ -15,6 +15,7 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import torch
 from segmorph.datasets import DatasetSpec
 from segmorph.io import atomic_write_text
 
-FINGERPRINT_METHOD = "sha256 over sorted 'relative path|size|sha256(contents)' of dataset.json and every case file"
+FINGERPRINT_METHOD = "sha256 over sorted 'relative path|size|sha256(contents)' of every data file"
 RUN_FILE = "run.json"
 
 
@@ -43,11 +44,17 @@ def dataset_files(spec: DatasetSpec) -> list[Path]:
 
 def data_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
     """The dataset's fingerprint (see the module docstring): ``sha256``, ``method``, ``files``, ``bytes``."""
+    return files_fingerprint(dataset_files(spec), spec.root)
+
+
+def files_fingerprint(paths: Sequence[Path], root: Path) -> dict[str, Any]:
+    """Fingerprint of any list of files (folders: every file below), by their paths relative to ``root``."""
     entries, total = [], 0
-    for path in dataset_files(spec):
+    files = [f for p in map(Path, paths) for f in (sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])]
+    for path in files:
         size = path.stat().st_size
         total += size
-        entries.append(f"{_relative(path, spec.root)}|{size}|{_file_sha256(path)}")
+        entries.append(f"{_relative(path, root)}|{size}|{_file_sha256(path)}")
     digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
     return {"sha256": digest, "method": FINGERPRINT_METHOD, "files": len(entries), "bytes": total}
 
@@ -77,8 +84,9 @@ def versions() -> dict[str, str]:
     }  # fmt: skip
 
 
-def write_run_record(out: Path, facts: dict[str, Any], spec: DatasetSpec, resume: bool = False) -> dict[str, Any]:
-    """Write ``out/run.json``: ``facts`` plus the command line, the time, :func:`versions` and the fingerprint.
+def write_run_record(out: Path, facts: dict[str, Any], fingerprint: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+    """Write ``out/run.json``: ``facts`` plus the command line, the time, :func:`versions` and the data
+    ``fingerprint`` (:func:`data_fingerprint` or :func:`files_fingerprint`).
 
     On ``resume`` the record of the first run is kept and this invocation is appended to its ``resumes``
     list (command, time, versions, fingerprint), so the command that started the run is never lost.
@@ -87,7 +95,7 @@ def write_run_record(out: Path, facts: dict[str, Any], spec: DatasetSpec, resume
         The record written.
     """
     now = {"command": list(sys.argv), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **versions(),
-           "data_fingerprint": data_fingerprint(spec)}  # fmt: skip
+           "data_fingerprint": fingerprint}  # fmt: skip
     previous = _read_record(out / RUN_FILE) if resume else None
     if previous is None:
         record = {**now, **facts}

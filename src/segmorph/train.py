@@ -29,6 +29,7 @@ from segmorph.inference import sliding_window_logits
 from segmorph.io import atomic_write_text
 from segmorph.losses import SegmentationLoss
 from segmorph.metrics import dice_score
+from segmorph.precision import autocast
 from segmorph.progress import TrainingProgress
 from segmorph.schedule import learning_rate
 from segmorph.transforms import AugmentConfig, Augmenter, PatchSampler
@@ -56,7 +57,7 @@ class TrainConfig:
         foreground_fraction: Share of patches centred on a foreground voxel.
         loss_alpha: Weight of cross-entropy in ``alpha * CE + (1 - alpha) * Dice``.
         augment: Augmentation switch; its details live in :class:`AugmentConfig`.
-        amp: bfloat16 autocast (CPU and CUDA).
+        amp: bfloat16 autocast where the device runs it fast (:mod:`segmorph.precision`), else float32.
         seed: Seed of every random draw.
         val_overlap: Sliding-window overlap during validation.
         ema_decay: Exponential moving average of the weights (0: off). When on, validation,
@@ -169,7 +170,7 @@ class SegmentationTask:
     def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
         images, labels = self.sampler.sample(self.config.batch_size, generator)
         images, labels = self.augmenter(images.to(device), labels.to(device), generator)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             outputs = model(images)
         return self.loss_fn(outputs, labels)
 

@@ -82,7 +82,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="resnet (ResNet-18 layout, default) or simplecnn")  # fmt: skip
     p.add_argument("--width", type=int, default=16, help="channels of the first stage (default 16)")
     p.add_argument("--size", type=_size, metavar="N[,N...]",
-                   help="input size in voxels, one value or one per axis (default: from the data, at most 128)")  # fmt: skip
+                   help="input size in voxels, one value or one per axis (default: from the data, at most 128 in 2D, 64 in 3D)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine; default 2e-3)")
     p.add_argument("--val-fraction", type=float, default=0.2, help="hold-out share, whole groups (default 0.2)")
@@ -102,7 +102,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast)")
+    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast where the device runs it fast)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -305,21 +305,22 @@ def choose_input_size(
         SegmorphError: Images of mixed dimensionality or channel counts.
     """
     picks = sorted({int(i) for i in np.linspace(0, len(paths) - 1, num=min(survey, len(paths)))})
-    shapes, extents, channels, dims = [], [], set(), set()
+    shapes, extents, kinds = [], [], {}
     for index in picks:
         image = read_image(paths[index])
         shapes.append(image.spatial_shape)
         extents.append(np.asarray(image.spatial_shape) * image.spacing)
-        channels.add(int(as_grey(image).shape[0]))
-        dims.add(image.ndim)
-    if len(dims) > 1 or len(channels) > 1:
-        raise SegmorphError(f"images differ in dimensionality {sorted(dims)} or channels {sorted(channels)}")
-    ndim = dims.pop()
+        kinds.setdefault((image.ndim, int(as_grey(image).shape[0])), paths[index])
+    if len(kinds) > 1:
+        (first_kind, first), (kind, odd) = list(kinds.items())[:2]
+        raise SegmorphError(f"is {kind[0]}D with {kind[1]} channel(s) but {Path(first).name} is {first_kind[0]}D "
+                            f"with {first_kind[1]}: images must not mix", odd)  # fmt: skip
+    ndim, channels = next(iter(kinds))
     longest = min(float(np.median([max(s) for s in shapes])), max_side or DEFAULT_MAX_SIDE[ndim])
     extent = np.median(np.stack(extents), axis=0)
     sides = extent / extent.max() * longest
     size = tuple(int(max(SIZE_MULTIPLE, SIZE_MULTIPLE * round(s / SIZE_MULTIPLE))) for s in sides)
-    return size, channels.pop()
+    return size, channels
 
 
 def load_inputs(paths: Sequence[str | Path], spec: InputSpec, show_progress: bool = True) -> torch.Tensor:

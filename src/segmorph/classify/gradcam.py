@@ -187,7 +187,7 @@ def tta_variance(
         patch_size: Sliding-window tile; None: the whole image, rounded up to ``model.divisor``.
         device: Where the network runs; None: the model's device.
         overlap: Tile overlap (with a ``patch_size`` smaller than the image).
-        amp: bfloat16 autocast.
+        amp: bfloat16 autocast where the device runs it fast (:mod:`segmorph.precision`).
 
     Returns:
         ``(*S)`` float32 variances in ``[0, 0.25]`` on the CPU, the input's grid.

@@ -20,9 +20,6 @@ from __future__ import annotations
 import csv
 import io as _io
 import json
-import platform
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -31,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmorph.checkpoint import load_checkpoint, save_checkpoint
+from segmorph.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segmorph.classify.data import (
     ClassificationDataset,
     InputSpec,
@@ -53,6 +50,7 @@ from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
 from segmorph.nn import count_parameters
 from segmorph.progress import console, track
+from segmorph.provenance import data_changed, files_fingerprint, write_run_record
 from segmorph.train import FitResult, TrainConfig, fit_task
 
 MODEL_FILE = "classifier.pt"
@@ -85,7 +83,7 @@ class ClassifyRequest:
         num_folds: Folds of the grouped k-fold split.
         seed: Seed of the split, initial weights, batches and augmentation.
         device: ``cpu``, ``cuda`` or ``mps``.
-        amp: bfloat16 autocast in training.
+        amp: bfloat16 autocast in training where the device runs it fast (:mod:`segmorph.precision`).
         augment: Training augmentation (see :func:`segmorph.classify.task.classification_augment_config`).
         label_smoothing: Cross-entropy label smoothing.
         mixup: Beta parameter of mixup (0: off).
@@ -337,14 +335,12 @@ def _write_provenance(
     out: Path, request: ClassifyRequest, dataset: ClassificationDataset, train_index: list[int], val_index: list[int],
     spec: InputSpec, net: dict, train_config: TrainConfig,
 ) -> None:  # fmt: skip
-    from segmorph import __version__
+    """``run.json`` (see :mod:`segmorph.provenance`): the fingerprint covers the labels CSV and every image."""
 
     def files(indices: list[int]) -> list[str]:
         return [_relative(dataset.items[i].path, dataset.root) for i in indices]
 
     facts = {
-        "command": sys.argv, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "python": platform.python_version(),
-        "torch": torch.__version__, "numpy": np.__version__, "segmorph": __version__,
         "request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
         "seed": request.seed, "dataset": str(dataset.root), "class_names": list(dataset.class_names),
         "class_counts": dataset.class_counts(), "input": spec.to_dict(), "network": net,
@@ -352,7 +348,12 @@ def _write_provenance(
         "split": {"kind": "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}",
                   "train": files(train_index), "val": files(val_index)},
     }  # fmt: skip
-    atomic_write_text(out / "run.json", json.dumps(facts, indent=2) + "\n")
+    data_files = dataset.paths
+    if request.labels is not None:
+        data_files = [resolve_labels_file(request.dataset, request.labels), *data_files]
+    record = write_run_record(out, facts, files_fingerprint(data_files, dataset.root), resume=request.resume)
+    if data_changed(record):
+        console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
 
 
 def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -363,8 +364,9 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     state, config, _ = load_checkpoint(path, map_location=device)
     if "classifier" not in config:
         raise SegmorphError("not a classifier checkpoint", path)
-    model = build_classifier(config["network"])
-    model.load_state_dict(state)
+    with model_from_checkpoint(path):
+        model = build_classifier(config["network"])
+        model.load_state_dict(state)
     return model.to(device).eval(), config["classifier"]
 
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segmorph.classify.metrics import macro_auc, one_vs_rest_auc
+from segmorph.precision import autocast
 from segmorph.transforms import AugmentConfig, Augmenter
 from segmorph.transforms.intensity import IntensityConfig
 from segmorph.transforms.spatial import SpatialConfig
@@ -71,7 +72,7 @@ def predict_probabilities(
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size].to(device)
             views = (batch, batch.flip(2)) if mirror else (batch,)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with autocast(device, amp):
                 probabilities = [torch.softmax(model(view).float(), dim=1) for view in views]
             outputs.append(torch.stack(probabilities).mean(0).cpu())
     finally:
@@ -132,7 +133,7 @@ class ClassificationTask:
             partner = torch.randperm(images.shape[0], generator=generator).to(device)
             images = weight * images + (1.0 - weight) * images[partner]
             targets, share = [targets[0], targets[0][partner]], [weight, 1.0 - weight]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast(device, amp):
             logits = model(images).float()
         weights = self.weights.to(device)
         return sum(s * F.cross_entropy(logits, t, weight=weights, label_smoothing=self.label_smoothing)

@@ -3,8 +3,9 @@
 Initialisation by centres of mass (or none), then multi-resolution rigid → affine on an image
 pyramid, then a diffeomorphic deformable stage: a stationary velocity field on the fixed grid,
 integrated by scaling and squaring, optimised with Adam against image similarity plus diffusion
-regularisation. Each stage starts from the previous one and samples the moving image once per
-evaluation from its own grid (no repeated interpolation).
+regularisation. Each stage starts from the previous one. The linear stages sample the moving image
+from its own grid at every evaluation; the deformable stage resamples it once per level through the
+affine result, then warps that (two interpolations, the first one fixed while the field is fitted).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class ClassicalConfig:
         affine_iterations: Adam steps per level of the affine stage.
         deformable_iterations: Adam steps per level of the deformable stage.
         linear_lr: Adam step of the linear parameters (rotation in radians, translation in 10 mm units).
-        deformable_lr: Adam step of the velocity field (voxels of each level).
+        deformable_lr: Adam step of the velocity field (voxels of its grid, ``velocity_shrink`` times coarser
+            than each level).
         smoothness: Weight of the diffusion regulariser on the velocity field.
         integration_steps: Scaling-and-squaring steps.
         ncc_window: Local NCC window in voxels.
@@ -340,7 +342,8 @@ def register_classical(
     matrix = optimise_linear(levels, config, matrix, affine=True)
     if method == "affine":
         return Transform.from_matrix(matrix)
-    velocity = optimise_velocity(levels, config, matrix)
+    # The finest pyramid level may be coarser than the fixed grid (shrink not ending in 1): carry the field over.
+    velocity = spatial.resize_field(optimise_velocity(levels, config, matrix), fixed.spatial_shape)
     return velocity_transform(velocity, fixed.affine, matrix, config.integration_steps)
 
 

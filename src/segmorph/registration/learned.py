@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmorph.checkpoint import load_checkpoint
+from segmorph.checkpoint import load_checkpoint, model_from_checkpoint
 from segmorph.configs import refuse_unknown_keys
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.metrics import dice_score
 from segmorph.nn import UNet
+from segmorph.precision import autocast
 from segmorph.registration import spatial
 from segmorph.registration.classical import (
     ClassicalConfig,
@@ -139,7 +140,7 @@ def coarse_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int, amp:
     if input_shrink == 2:
         pool = F.avg_pool3d if inputs.ndim == 5 else F.avg_pool2d
         inputs = pool(inputs, 2)
-    with torch.autocast(inputs.device.type, dtype=torch.bfloat16, enabled=amp):
+    with autocast(inputs.device, amp):
         return network(inputs).float()
 
 
@@ -290,12 +291,10 @@ class LearnedRegistration:
         state, stored, _ = load_checkpoint(path)
         if stored.get("kind") != "registration":
             raise SegmorphError("checkpoint is not a registration model", path)
-        config = LearnedConfig.from_dict(stored["registration"])
-        network = build_registration_network(int(stored["network"]["ndim"]), config)
-        try:
+        with model_from_checkpoint(path):
+            config = LearnedConfig.from_dict(stored["registration"])
+            network = build_registration_network(int(stored["network"]["ndim"]), config)
             network.load_state_dict(state)
-        except RuntimeError as err:
-            raise SegmorphError(f"weights do not fit the stored network ({str(err).splitlines()[0]})", path) from None
         prior = None
         if config.prior_classes:
             from segmorph.registration.prior import PRIOR_FOLDER, SegmentationPrior
@@ -327,7 +326,7 @@ class LearnedRegistration:
         framed = torch.zeros(*inputs.shape[:2], *[stop - start for start, stop in window])
         framed[(slice(None), slice(None), *in_window)] = inputs[(slice(None), slice(None), *in_image)]
         velocity = predict_velocity(self.network, framed.to(self.device), self.config.input_shrink,
-                                    amp=self.device.type == "cpu").cpu()  # fmt: skip
+                                    amp=True).cpu()  # fmt: skip
         velocity = velocity * _taper(content, window, TAPER_VOXELS)
         full = torch.zeros(1, fixed.ndim, *fixed.spatial_shape)
         full[(slice(None), slice(None), *in_image)] = velocity[(slice(None), slice(None), *in_window)]
@@ -352,7 +351,7 @@ class LearnedRegistration:
         moved = moving if same_grid else Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
         velocity = self._velocity(fixed, moved)
         if refine > 0:
-            velocity = self._refine(fixed, moving, matrix, velocity, refine)
+            velocity = self._refine(fixed, moving, matrix, velocity, refine).cpu()
         return velocity_transform(velocity, fixed.affine, matrix, self.config.integration_steps)
 
     def _refine(self, fixed: Image, moving: Image, matrix: np.ndarray, velocity: torch.Tensor, steps: int):
@@ -363,6 +362,7 @@ class LearnedRegistration:
         )  # fmt: skip
         fixed_data = normalise_intensity(fixed.data[:1].float())[None]
         moving_data = normalise_intensity(moving.data[:1].float())[None]
+        velocity = velocity.to(self.device)
         if self.prior is None:
             level = Level(fixed_data.to(self.device), moving_data.to(self.device), fixed.affine, moving.affine)
             return optimise_velocity([level], config, matrix, velocity=velocity)

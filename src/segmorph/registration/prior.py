@@ -10,15 +10,16 @@ cropped scan does not shift the statistics.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
 
-from segmorph.checkpoint import load_checkpoint
+from segmorph.checkpoint import load_checkpoint, model_from_checkpoint
 from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network
 from segmorph.plan import Plan
+from segmorph.precision import autocast
 from segmorph.preprocess import normalize
 
 PRIOR_FOLDER = "segmentation_prior"
@@ -36,9 +37,11 @@ class SegmentationPrior:
         if len(self.plan.channel_names) != 1:
             raise SegmorphError("the segmentation prior must take one image channel", plan_path)
         self.device = torch.device(device)
-        state, config, _ = load_checkpoint(self.run_dir / "checkpoint_best.pt", self.device)
-        self.network = build_network({**config["network"], "deep_supervision": False})
-        self.network.load_state_dict(state)
+        checkpoint = self.run_dir / "checkpoint_best.pt"
+        state, config, _ = load_checkpoint(checkpoint, self.device)
+        with model_from_checkpoint(checkpoint):
+            self.network = build_network({**config["network"], "deep_supervision": False})
+            self.network.load_state_dict(state)
         self.network.to(self.device).eval()
         self.divisor = 2 ** (len(config["network"]["features"]) - 1)
 
@@ -73,7 +76,7 @@ class SegmentationPrior:
         for size in reversed(shape):
             pads += [0, (-size) % self.divisor]
         padded = torch.nn.functional.pad(batch, pads)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16):
+        with autocast(self.device):
             logits = self.network(padded)
         probabilities = torch.softmax(logits.float(), dim=1)
         return probabilities[(slice(None), slice(None), *[slice(0, s) for s in shape])].cpu()
@@ -83,8 +86,8 @@ class SegmentationPrior:
         target = folder / PRIOR_FOLDER
         target.mkdir(parents=True, exist_ok=True)
         for name in ("plan.json", "checkpoint_best.pt"):
-            shutil.copyfile(self.run_dir / name, target / name)
-        (target / "source.json").write_text(json.dumps({"copied_from": str(self.run_dir.resolve())}) + "\n")
+            atomic_write_bytes(target / name, (self.run_dir / name).read_bytes())
+        atomic_write_text(target / "source.json", json.dumps({"copied_from": str(self.run_dir.resolve())}) + "\n")
         return target
 
 

@@ -48,6 +48,7 @@ class PairRequest:
     prealign: str | None = None
     fixed_structures: Path | None = None
     moving_structures: Path | None = None
+    device: str = "cpu"
 
 
 def check_pair(fixed: Image, moving: Image, fixed_path: Path, moving_path: Path) -> None:
@@ -88,11 +89,12 @@ def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
 
 def register_images(fixed: Image, moving: Image, method: str, model=None, refine: int = 0,
                     similarity: str = "ncc", prealign: str | None = None,
-                    structures: tuple[Image, Image] | None = None) -> Transform:  # fmt: skip
+                    structures: tuple[Image, Image] | None = None, device: str = "cpu") -> Transform:  # fmt: skip
     """Dispatch to classical, learned or structure-based registration; returns the fixed → moving transform.
 
     ``structures`` (fixed and moving segmentations, e.g. from ``segmorph predict``) align the pair
     by label centroids and overlap: on their own with ``method="structures"``, else as the start.
+    ``device`` runs classical optimisation (a learned ``model`` keeps the device it was loaded on).
     """
     if method not in METHODS:
         raise SegmorphError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
@@ -110,7 +112,7 @@ def register_images(fixed: Image, moving: Image, method: str, model=None, refine
         if model is None:
             raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
         return model.register(fixed, moving, refine=refine, matrix=start, prealign=prealign)
-    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity), start=start)
+    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity), start=start, device=device)
 
 
 def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
@@ -121,8 +123,13 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     fixed_labels = read_labels_like(request.fixed_labels, fixed, request.fixed) if request.fixed_labels else None
     structures = _read_structures(request, fixed, moving)
     started = time.perf_counter()
-    transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity,
-                                request.prealign, structures)  # fmt: skip
+    try:
+        transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity,
+                                    request.prealign, structures, request.device)  # fmt: skip
+    except SegmorphError as err:
+        if err.path is not None:
+            raise
+        raise SegmorphError(err.problem, request.moving) from None  # name the pair's moving file
     seconds = time.perf_counter() - started
     out = Path(request.out)
     save_transform(transform, out, fixed.affine, fixed.spatial_shape)
@@ -142,7 +149,7 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     if request.pictures:
         from segmorph.registration.pictures import save_registration_pictures
 
-        save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels)
+        save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels, moving_labels)
     atomic_write_text(out / "registration.json", json.dumps(record, indent=2) + "\n")
     return record
 
@@ -308,7 +315,8 @@ def read_pairs_csv(path: Path) -> list[dict[str, Path | None]]:
 
 
 def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: int = 0, similarity: str = "ncc",
-                   pictures: bool = False, progress: bool = True, prealign: str | None = None) -> list[dict]:  # fmt: skip
+                   pictures: bool = False, progress: bool = True, prealign: str | None = None,
+                   device: str = "cpu") -> list[dict]:  # fmt: skip
     """Register every pair of a CSV (the model loaded once); one folder per pair plus ``summary.csv``."""
     from segmorph.progress import track
 
@@ -317,7 +325,7 @@ def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: 
     for index, pair in enumerate(track(pairs, "register", len(pairs), enabled=progress)):
         folder = out / f"pair_{index:03d}_{strip_suffix(pair['fixed'].name)}_{strip_suffix(pair['moving'].name)}"
         request = PairRequest(pair["fixed"], pair["moving"], folder, pair["moving_labels"], pair["fixed_labels"],
-                              method, refine, similarity, pictures, prealign)  # fmt: skip
+                              method, refine, similarity, pictures, prealign, device=device)  # fmt: skip
         records.append({"folder": folder.name, **register_pair(request, model)})
     atomic_write_text(out / "summary.csv", _summary_csv(records))
     return records

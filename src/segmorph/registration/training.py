@@ -8,14 +8,10 @@ checkpoint, and the remaining *held-out* cases, which training never sees (bench
 from __future__ import annotations
 
 import json
-import platform
-import sys
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from segmorph.datasets import infer_labels, load_dataset, split_cases
@@ -23,6 +19,7 @@ from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.nn import count_parameters
 from segmorph.progress import console
+from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.registration.learned import (
     LearnedConfig,
     PairData,
@@ -57,11 +54,15 @@ class RegistrationTrainRequest:
     segmentation_run: Path | None = None
 
 
-def split_registration_cases(case_ids: list[str], fold: int, num_folds: int, seed: int) -> dict[str, list[str]]:
-    """``train``, ``monitor`` and ``held_out`` case lists (disjoint)."""
+MONITOR_DICE = "Dice"  # the monitor score of labelled datasets; unlabelled ones are scored by -similarity loss
+
+
+def split_registration_cases(case_ids: list[str], fold: int, num_folds: int, seed: int,
+                             dataset: Path | None = None) -> dict[str, list[str]]:  # fmt: skip
+    """``train``, ``monitor`` and ``held_out`` case lists (disjoint); ``dataset`` names the folder in errors."""
     train, rest = split_cases(case_ids, fold, num_folds, seed)
     if len(rest) < 2 or len(train) < 2:
-        raise SegmorphError(f"need at least 4 cases to train registration, found {len(case_ids)}")
+        raise SegmorphError(f"need at least 4 cases to train registration, found {len(case_ids)}", dataset)
     monitor = rest[: min(MONITOR_CASES, max(2, len(rest) // 3))]
     return {"train": train, "monitor": monitor, "held_out": [c for c in rest if c not in monitor]}
 
@@ -70,7 +71,8 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     """Train a learned registration model; writes checkpoints, logs, run.json and summary.json."""
     spec = load_dataset(request.dataset)
     spec = spec if spec.labels else infer_labels(spec)
-    split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed)
+    split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed,
+                                     request.dataset)  # fmt: skip
     config = request.config
     prior = None
     if request.segmentation_run is not None:
@@ -96,7 +98,7 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     )  # fmt: skip
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
-    _write_provenance(out, request, split)
+    _write_provenance(out, spec, request, split)
     if prior is not None:
         prior.copy_to(out)
     console.print(
@@ -111,7 +113,8 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     result = fit_task(network, task, train_config, out, network_config, request.device, request.resume,
                       show_progress=request.show_progress, extra_config=extra)  # fmt: skip
     summary = {
-        "best_monitor_dice": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
+        "monitor_score": MONITOR_DICE if labelled else f"-{config.similarity} loss",
+        "best_monitor_score": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
         "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
         "split": {k: len(v) for k, v in split.items()},
     }  # fmt: skip
@@ -124,19 +127,13 @@ def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
     return PairData.from_cases([c.image.data[:1] for c in cases], labels, num_classes, prior)
 
 
-def _write_provenance(out: Path, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
+def _write_provenance(out: Path, spec, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
+    """``run.json`` (see :mod:`segmorph.provenance`); a resumed run appends to the first run's record."""
     facts = {
-        "kind": "registration",
-        "command": sys.argv,
-        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "dataset": str(Path(request.dataset).resolve()),
-        "seed": request.seed,
+        "kind": "registration", "dataset": str(Path(request.dataset).resolve()), "seed": request.seed,
         "segmentation_prior": str(request.segmentation_run) if request.segmentation_run else None,
-        "fold": request.fold,
-        "num_folds": request.num_folds,
-        "split": split,
-    }
-    atomic_write_text(out / "run.json", json.dumps(facts, indent=2) + "\n")
+        "fold": request.fold, "num_folds": request.num_folds, "split": split,
+    }  # fmt: skip
+    record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
+    if data_changed(record):
+        console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)

@@ -248,7 +248,8 @@ def training_report(run_dir: Path, cases: int) -> tuple[str, list[Section]]:
     split = record.get("split") if isinstance(record.get("split"), dict) else {}
     overview = {
         "run folder": str(run_dir.resolve()), "dataset": record.get("dataset"),
-        "best monitor Dice": summary.get("best_monitor_dice"), "best epoch": summary.get("best_epoch"),
+        f"best monitor {summary.get('monitor_score', 'Dice')}": summary.get("best_monitor_score", summary.get("best_monitor_dice")),
+        "best epoch": summary.get("best_epoch"),
         "steps": summary.get("steps"),
         "training time": f"{summary['elapsed_s'] / 60:.1f} min" if isinstance(summary.get("elapsed_s"), (int, float))
         else None,
