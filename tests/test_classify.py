@@ -267,6 +267,7 @@ def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
                 "roc.png", "confusion.png", "val_predictions.csv"}  # fmt: skip
     assert expected <= {p.name for p in run.iterdir()}
     assert summary["fit"]["steps"] == 8 and summary["class_names"] == ["0", "1"]
+    assert summary["fit"]["precision"] == "float32"  # amp=False
     assert 0.0 <= summary["threshold"] <= 1.0 and 0.0 <= summary["validation"]["auc"] <= 1.0
     provenance = json.loads((run / "run.json").read_text())
     group_of = {name: group for name, _, group in pictures}

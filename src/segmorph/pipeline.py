@@ -158,7 +158,7 @@ def _fit_summary(result: FitResult) -> dict[str, Any]:
     return {
         "best_val_dice": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
         "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
-        "world_size": result.world_size,
+        "world_size": result.world_size, "precision": result.precision,
     }  # fmt: skip
 
 

@@ -23,8 +23,9 @@ from segmorph.io import atomic_write_text
 from segmorph.preprocess import PreprocessConfig
 from segmorph.train import TrainConfig
 
-# Patch voxel budgets: what one step can afford. CPU figures were measured on a 2-core machine
-# (a 16-base 3D U-Net on 40x56x40 with bf16 autocast takes about 0.1 s per patch).
+# Patch voxel budgets: what one step can afford. CPU figures were measured on a 2-core machine with
+# AVX512-BF16 (a 16-base 3D U-Net on 40x56x40 with bf16 autocast takes about 0.1 s per patch; on a 2-core
+# AVX2-only CPU, in float32, about 0.6 s).
 PATCH_VOXELS = {("cpu", 3): 48 * 64 * 48, ("cpu", 2): 256 * 256, ("gpu", 3): 128**3, ("gpu", 2): 512 * 512}
 BATCH_SIZE = {("cpu", 3): 2, ("cpu", 2): 4, ("gpu", 3): 2, ("gpu", 2): 12}
 MIN_FEATURE_MAP = 4  # coarsest resolution keeps at least this many voxels per axis

@@ -29,6 +29,11 @@ def half_precision_is_fast(device: torch.device | str) -> bool:
     return device.type == "cpu" and _cpu_has_fast_bfloat16()
 
 
+def precision_name(device: torch.device | str, enabled: bool = True) -> str:
+    """What :func:`autocast` trains in on ``device``: ``"bfloat16 autocast"`` or ``"float32"`` (run summaries)."""
+    return "bfloat16 autocast" if enabled and half_precision_is_fast(device) else "float32"
+
+
 def autocast(device: torch.device | str, enabled: bool = True,
              dtype: torch.dtype = torch.bfloat16) -> contextlib.AbstractContextManager:  # fmt: skip
     """``torch.autocast`` to ``dtype`` when ``enabled`` and :func:`half_precision_is_fast`, else a no-op."""

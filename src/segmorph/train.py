@@ -29,7 +29,7 @@ from segmorph.inference import sliding_window_logits
 from segmorph.io import atomic_write_text
 from segmorph.losses import SegmentationLoss
 from segmorph.metrics import dice_score
-from segmorph.precision import autocast
+from segmorph.precision import autocast, precision_name
 from segmorph.progress import TrainingProgress
 from segmorph.schedule import learning_rate
 from segmorph.transforms import AugmentConfig, Augmenter, PatchSampler
@@ -125,6 +125,7 @@ class FitResult:
     history: list[EpochRecord]
     stopped_because: str
     world_size: int = 1
+    precision: str = "float32"
 
 
 Callback = Callable[[EpochRecord], None]
@@ -344,7 +345,8 @@ class _Loop:
                     break
         if main:
             self._write_curves()
-        return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason, dist.world_size())
+        return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason, dist.world_size(),
+                         precision_name(self.device, self.config.amp))  # fmt: skip
 
     def _finished(self) -> bool:
         return dist.any_true(self.progress() >= 1.0, self.device)

@@ -280,11 +280,12 @@ def _finish(
 
 def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
     facts = [{"best_val_auc": r.best_score, "best_epoch": r.best_epoch, "steps": r.steps,
-              "elapsed_s": round(r.elapsed_s, 1), "stopped_because": r.stopped_because} for r in results]  # fmt: skip
+              "elapsed_s": round(r.elapsed_s, 1), "stopped_because": r.stopped_because, "precision": r.precision}
+             for r in results]  # fmt: skip
     if len(facts) == 1:
         return facts[0]
     reasons = sorted({f["stopped_because"] for f in facts})
-    return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts),
+    return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts), "precision": facts[0]["precision"],
             "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1),
             "stopped_because": f"{len(facts)} members: " + "; ".join(reasons), "members": facts}  # fmt: skip
 

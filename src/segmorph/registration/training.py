@@ -115,7 +115,7 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     summary = {
         "monitor_score": MONITOR_DICE if labelled else f"-{config.similarity} loss",
         "best_monitor_score": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
-        "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
+        "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because, "precision": result.precision,
         "split": {k: len(v) for k, v in split.items()},
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -66,7 +66,8 @@ def _overview(run_dir: Path, summary: dict, record: dict) -> Markup:
         "input": summary.get("input") or record.get("input"), "decision threshold": summary.get("threshold"),
         "best validation AUC": fit.get("best_val_auc"), "best epoch": fit.get("best_epoch"), "steps": fit.get("steps"),
         "training time": f"{fit['elapsed_s'] / 60:.1f} min" if isinstance(fit.get("elapsed_s"), (int, float)) else None,
-        "stopped because": fit.get("stopped_because"), "train images": summary.get("train_images"),
+        "stopped because": fit.get("stopped_because"), "precision": fit.get("precision"),
+        "train images": summary.get("train_images"),
         "validation images": summary.get("val_images"),
     }  # fmt: skip
     return facts_table(facts)

@@ -253,7 +253,7 @@ def training_report(run_dir: Path, cases: int) -> tuple[str, list[Section]]:
         "steps": summary.get("steps"),
         "training time": f"{summary['elapsed_s'] / 60:.1f} min" if isinstance(summary.get("elapsed_s"), (int, float))
         else None,
-        "stopped because": summary.get("stopped_because"),
+        "stopped because": summary.get("stopped_because"), "precision": summary.get("precision"),
         "cases (train / monitor / held out)": " / ".join(str(len(split.get(k) or [])) for k in
                                                          ("train", "monitor", "held_out")),
         "segmentation prior": record.get("segmentation_prior"),

@@ -82,7 +82,8 @@ def _overview(run_dir: Path, plan: dict, summary: dict, record: dict) -> Markup:
         "network": _network_text(plan.get("network") or {}), "best validation Dice": fit.get("best_val_dice"),
         "best epoch": fit.get("best_epoch"), "steps": fit.get("steps"),
         "training time": f"{fit['elapsed_s'] / 60:.1f} min" if isinstance(fit.get("elapsed_s"), (int, float)) else None,
-        "stopped because": fit.get("stopped_because"), "train cases": summary.get("train_cases"),
+        "stopped because": fit.get("stopped_because"), "precision": fit.get("precision"),
+        "train cases": summary.get("train_cases"),
         "validation cases": summary.get("val_cases"),
         "prediction time per case (s)": validation.get("seconds_per_case"),
     }  # fmt: skip
@@ -108,7 +109,7 @@ def _plan_section(plan: dict) -> Markup:
         "optimizer": train.get("optimizer"), "learning rate": train.get("learning_rate"),
         "schedule": train.get("schedule"), "max steps": train.get("max_steps"),
         "time budget (s)": train.get("time_budget_s"), "augmentation": train.get("augment"),
-        "mixed precision": train.get("amp"), "seed": train.get("seed"),
+        "mixed precision (where fast)": train.get("amp"), "seed": train.get("seed"),
     }  # fmt: skip
     return join([facts_table(facts), json_details("plan.json (all values)", plan)])
 
