@@ -316,7 +316,7 @@ def test_bad_registration_input_gives_one_clear_line(tmp_path, capsys):
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"fixed,moving\n{paths['fixed']},{paths['moving']}\n")
     _expect_error(capsys, ["register", "--pairs", str(pairs), "--out", out, "--moving-labels", str(paths["moving_labels"])],
-                  "pairs.csv", "--moving-labels", "CSV columns")  # fmt: skip
+                  "pairs.csv", "--moving-labels", "moving_labels columns")  # fmt: skip
     _expect_error(capsys, ["baseline", str(paths["fixed"]), "--method", "region_grow", "--seed-point", "a,b",
                            "--out", out], "--seed-point 'a,b'", "I,J[,K]")  # fmt: skip
     assert not (tmp_path / "reg").exists()

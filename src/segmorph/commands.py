@@ -190,8 +190,8 @@ def run_register(args: argparse.Namespace) -> int:
                     ("--fixed-structures", args.fixed_structures), ("--moving-structures", args.moving_structures))
                     if value is not None]  # fmt: skip
         if per_pair:
-            raise SegmorphError(f"{', '.join(per_pair)}: with --pairs, give labels as CSV columns "
-                                "(fixed_labels, moving_labels)", args.pairs)  # fmt: skip
+            raise SegmorphError(f"{', '.join(per_pair)}: not with --pairs (label maps go in the CSV's fixed_labels "
+                                "and moving_labels columns; structures are for single pairs)", args.pairs)  # fmt: skip
         records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
                                      args.overlays, progress=not args.quiet, prealign=args.prealign,
                                      device=args.device)  # fmt: skip

@@ -34,12 +34,8 @@ def dataset_files(spec: DatasetSpec) -> list[Path]:
     """Every file the dataset's cases are read from (DICOM folders expanded), plus ``dataset.json``."""
     paths = [spec.root / "dataset.json"] if (spec.root / "dataset.json").is_file() else []
     for case in spec.cases:
-        for path in (*case.images, case.label):
-            if path is None:
-                continue
-            path = Path(path)
-            paths.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
-    return paths
+        paths.extend(Path(p) for p in (*case.images, case.label) if p is not None)
+    return _expand_folders(paths)
 
 
 def data_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
@@ -50,13 +46,20 @@ def data_fingerprint(spec: DatasetSpec) -> dict[str, Any]:
 def files_fingerprint(paths: Sequence[Path], root: Path) -> dict[str, Any]:
     """Fingerprint of any list of files (folders: every file below), by their paths relative to ``root``."""
     entries, total = [], 0
-    files = [f for p in map(Path, paths) for f in (sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p])]
-    for path in files:
+    for path in _expand_folders(paths):
         size = path.stat().st_size
         total += size
         entries.append(f"{_relative(path, root)}|{size}|{_file_sha256(path)}")
     digest = hashlib.sha256("\n".join(sorted(entries)).encode("utf-8")).hexdigest()
     return {"sha256": digest, "method": FINGERPRINT_METHOD, "files": len(entries), "bytes": total}
+
+
+def _expand_folders(paths: Sequence[Path]) -> list[Path]:
+    """The files themselves, and every file below each folder (a DICOM series)."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files.extend(sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path])
+    return files
 
 
 def _relative(path: Path, root: Path) -> str:

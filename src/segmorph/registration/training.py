@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from segmorph.datasets import infer_labels, load_dataset, split_cases
+from segmorph.datasets import DatasetSpec, infer_labels, load_dataset, split_cases
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.nn import count_parameters
@@ -127,7 +127,7 @@ def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
     return PairData.from_cases([c.image.data[:1] for c in cases], labels, num_classes, prior)
 
 
-def _write_provenance(out: Path, spec, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
+def _write_provenance(out: Path, spec: DatasetSpec, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
     """``run.json`` (see :mod:`segmorph.provenance`); a resumed run appends to the first run's record."""
     facts = {
         "kind": "registration", "dataset": str(Path(request.dataset).resolve()), "seed": request.seed,
