@@ -224,3 +224,20 @@ def test_predict_wrong_channel_count_names_the_scan(trained_run, tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert "two_channels.nii.gz: expected 1 channels, got 2" in err[0]
+
+
+def test_predict_refuses_weights_that_do_not_fit_the_stored_network(trained_run, tmp_path, capsys):
+    import shutil
+
+    from segmorph.checkpoint import load_checkpoint, save_checkpoint
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    state, config, _ = load_checkpoint(run / "checkpoint_best.pt")
+    config["network"]["features"] = [4, 8, 16]  # the weights are of an 8-16-32 network
+    save_checkpoint(run / "checkpoint_best.pt", state, config)
+    scan = tmp_path / "scan.nii.gz"
+    write_image(sphere_case((24, 20, 12), seed=1)[0], scan)
+    assert main(["predict", str(run), str(scan), "--out", str(tmp_path / "out"), "--quiet"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "checkpoint_best.pt" in err[0] and "does not fit" in err[0], err

@@ -8,8 +8,7 @@ supervision off). ONNX uses PyTorch's TorchScript-based exporter, which needs no
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
+import io
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
@@ -52,19 +52,12 @@ def export_model(model: nn.Module, example_shape: Sequence[int], fmt: str, out: 
     frozen = _inference_copy(model)
     example = torch.randn(shape, generator=torch.Generator().manual_seed(0), device=_device_of(frozen))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
-            staged = Path(tmp) / out.name
-            if fmt == "onnx":
-                _write_onnx(frozen, example, staged)
-            else:
-                _write_torchscript(frozen, example, staged)
-            with open(staged, "rb") as handle:  # on disk before it takes the final name
-                os.fsync(handle.fileno())
-            os.replace(staged, out)
-    except OSError as err:
-        raise SegmorphError(f"cannot write the exported model ({err.strerror or err})", out) from None
+    buffer = io.BytesIO()  # both exporters write to memory; the file is then written atomically, as checkpoints are
+    if fmt == "onnx":
+        _write_onnx(frozen, example, buffer, out)
+    else:
+        _write_torchscript(frozen, example, buffer, out)
+    atomic_write_bytes(out, buffer.getvalue())
     return out
 
 
@@ -116,7 +109,7 @@ def _device_of(model: nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_onnx(model: nn.Module, example: torch.Tensor, buffer: io.BytesIO, path: Path) -> None:
     axes = {0: "batch", **{i: f"size{i - 2}" for i in range(2, example.ndim)}}
     try:
         with warnings.catch_warnings():
@@ -124,16 +117,16 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
             # (which is what instance normalisation does in eval mode too)
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
+                model, (example,), buffer, dynamo=False, opset_version=ONNX_OPSET, input_names=["image"],
                 output_names=["logits"], dynamic_axes={"image": axes, "logits": axes},
             )  # fmt: skip
     except ImportError as err:
         raise SegmorphError(f"ONNX export needs {err.name or 'onnx'}: {INSTALL_HINT}") from None
     except (RuntimeError, torch.onnx.errors.OnnxExporterError) as err:
-        raise SegmorphError(f"ONNX export failed ({str(err).splitlines()[0][:200]})", path.name) from None
+        raise SegmorphError(f"ONNX export failed ({str(err).splitlines()[0][:200]})", path) from None
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _write_torchscript(model: nn.Module, example: torch.Tensor, buffer: io.BytesIO, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated but still the portable format
         # InstanceNorm's input checks read sizes as Python values; they check, they do not compute
@@ -141,5 +134,5 @@ def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> N
         try:
             traced = torch.jit.trace(model, example)
         except RuntimeError as err:
-            raise SegmorphError(f"TorchScript tracing failed ({str(err).splitlines()[0][:200]})", path.name) from None
-        torch.jit.save(traced, str(path))
+            raise SegmorphError(f"TorchScript tracing failed ({str(err).splitlines()[0][:200]})", path) from None
+        torch.jit.save(traced, buffer)

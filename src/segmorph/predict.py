@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmorph.checkpoint import load_checkpoint
+from segmorph.checkpoint import load_checkpoint, model_from_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample
 from segmorph.inference import compile_for_inference, sliding_window_logits
@@ -55,14 +55,11 @@ class Predictor:
         self.plan = Plan.load(self.run_dir / "plan.json")
         self.device = torch.device(device)
         self.options = options
-        state, config, _ = load_checkpoint(self.run_dir / f"checkpoint_{options.checkpoint}.pt", self.device)
-        network_config = {**config["network"], "deep_supervision": False}
-        self.model = build_network(network_config)
-        try:
+        checkpoint = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
+        state, config, _ = load_checkpoint(checkpoint, self.device)
+        with model_from_checkpoint(checkpoint):
+            self.model = build_network({**config["network"], "deep_supervision": False})
             self.model.load_state_dict(state)
-        except RuntimeError:
-            path = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
-            raise SegmorphError("weights do not fit the network described in its config", path) from None
         self.model.to(self.device).eval()
         self.network = compile_for_inference(self.model) if options.compile else self.model
 
