@@ -6,9 +6,44 @@ import torch
 from torch import nn
 
 
+def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether a float32 CPU convolution should call oneDNN directly.
+
+    PyTorch's dispatcher sends a batch of one with few channels x rows (``N*C*D*H <= 20480``, which
+    is most registration and sliding-window inputs) to its reference ``slow_conv3d`` kernel: a
+    16-channel 3x3x3 convolution on a 24x32x24 grid took 22 ms there against 2.6 ms in oneDNN on a
+    2-core CPU. Autocast and other dtypes keep the dispatcher's choice.
+    """
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and not x.is_mkldnn
+        and torch.backends.mkldnn.is_available()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class _OneDNNConv:
+    """Mix-in for ``nn.ConvNd`` with zero 'same'/explicit padding: float32 CPU convolutions run in oneDNN."""
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if use_onednn(x, weight) and self.padding_mode == "zeros" and isinstance(self.padding, tuple):
+            return torch.mkldnn_convolution(x, weight, bias, self.padding, self.stride, self.dilation, self.groups)
+        return super()._conv_forward(x, weight, bias)  # type: ignore[misc]
+
+
+class Conv2d(_OneDNNConv, nn.Conv2d):
+    """``nn.Conv2d`` whose float32 CPU path always uses oneDNN (same parameters and state dict)."""
+
+
+class Conv3d(_OneDNNConv, nn.Conv3d):
+    """``nn.Conv3d`` whose float32 CPU path always uses oneDNN (same parameters and state dict)."""
+
+
 def conv_layer(ndim: int, in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1) -> nn.Module:
     """A 2D or 3D convolution with 'same' padding and no bias (a norm follows)."""
-    conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+    conv = Conv3d if ndim == 3 else Conv2d
     return conv(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False)
 
 
@@ -71,5 +106,5 @@ def upsample_layer(ndim: int, in_channels: int, out_channels: int) -> nn.Module:
 
 def head_layer(ndim: int, in_channels: int, num_classes: int) -> nn.Module:
     """1x1 convolution to class logits."""
-    conv = nn.Conv3d if ndim == 3 else nn.Conv2d
+    conv = Conv3d if ndim == 3 else Conv2d
     return conv(in_channels, num_classes, kernel_size=1)
