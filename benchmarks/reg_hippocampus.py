@@ -73,10 +73,14 @@ def ants_method(kind: str) -> Method:
                                        interpolator="genericLabel").numpy()  # fmt: skip
 
         def folding() -> float:
-            if kind != "SyN":
-                return 0.0
-            jacobian = ants.create_jacobian_determinant_image(f, result["fwdtransforms"][0]).numpy()
-            return 100.0 * float((jacobian <= 0).mean())
+            try:
+                if kind != "SyN":
+                    return 0.0
+                jacobian = ants.create_jacobian_determinant_image(f, result["fwdtransforms"][0]).numpy()
+                return 100.0 * float((jacobian <= 0).mean())
+            finally:  # ANTs leaves its transform files in the temporary folder
+                for path in set(result["fwdtransforms"]) | set(result["invtransforms"]):
+                    Path(path).unlink(missing_ok=True)
 
         return np.rint(warped).astype(np.int64), folding
 

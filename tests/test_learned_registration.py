@@ -110,3 +110,37 @@ def test_a_registration_checkpoint_without_its_facts_is_one_clear_error(tmp_path
     save_checkpoint(tmp_path / "checkpoint_best.pt", {}, {"kind": "registration"})
     with pytest.raises(SegmorphError, match="does not fit this segmorph"):
         LearnedRegistration.load(tmp_path)
+
+
+class _Probe(torch.nn.Module):
+    """Logits (0, x, -x) of the input: smooth probabilities; records the grids it is given."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grids: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.grids.append(tuple(x.shape[2:]))
+        return torch.cat([torch.zeros_like(x), x, -x], dim=1)
+
+
+def test_the_prior_runs_at_its_plan_spacing_and_answers_on_the_input_grid(trained_run):
+    from segmorph.registration.prior import SegmentationPrior
+
+    prior = SegmentationPrior(trained_run)
+    prior.network, prior.divisor = _Probe(), 1
+    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (24, 20, 16)], indexing="ij")
+    volume = (2.0 + torch.exp(-sum(a**2 for a in axes) / 0.5))[None, None]  # a smooth blob, non-zero everywhere
+    spacing = (0.5, 0.5, 0.5)
+    at_input = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=spacing))
+    coarse = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=(1.0, 1.0, 1.0)))
+    prior.plan = at_input
+    native = prior.probabilities(volume, spacing)
+    prior.plan = coarse
+    resampled = prior.probabilities(volume, spacing)
+    assert prior.network.grids == [(24, 20, 16), (12, 10, 8)]  # the coarse plan: a grid half the size
+    assert resampled.shape == native.shape == (1, 3, 24, 20, 16)
+    torch.testing.assert_close(resampled.sum(1), torch.ones(1, 24, 20, 16))
+    assert (resampled - native).abs().max() < 0.1  # the same smooth answer, from an 8x smaller grid
+    with pytest.raises(ValueError, match="spacing"):
+        prior.probabilities(volume, (1.0, 1.0))

@@ -54,3 +54,15 @@ def test_bad_plan_file_names_the_file(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps({"ndim": 3}))
     with pytest.raises(SegmorphError, match="plan.json: invalid plan"):
         Plan.load(tmp_path / "plan.json")
+
+
+def test_a_coarser_target_spacing_is_planned_with_its_own_patch_and_depth(msd_dataset):
+    spec = load_dataset(msd_dataset)
+    facts = fingerprint(spec)
+    native = make_plan(spec, facts, "cpu", 600)
+    coarse = make_plan(spec, facts, "cpu", 600, target_spacing=[2 * s for s in native.preprocess.target_spacing])
+    assert coarse.median_shape == tuple(max(round(n / 2), 1) for n in native.median_shape)
+    assert all(c <= n for c, n in zip(coarse.train.patch_size, native.train.patch_size))
+    assert make_plan(spec, facts, "cpu", 600, target_spacing=[1.5]).preprocess.target_spacing == (1.5, 1.5, 1.5)
+    with pytest.raises(ValueError, match="1 or 3 positive values"):
+        make_plan(spec, facts, "cpu", 600, target_spacing=[1.0, 0.0])

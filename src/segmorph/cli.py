@@ -141,7 +141,7 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), help="image similarity (default ncc)")
     p.add_argument("--segmentation-model", type=Path,
                    help="segmorph segmentation run whose label probabilities the network also sees (copied into "
-                        "the run; train it on the same split first)")  # fmt: skip
+                        "the run; train it on the same split first; one trained with --spacing 2 is several times cheaper)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -192,6 +192,9 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON/YAML file overriding plan values")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one plan value, e.g. train.batch_size=4 (repeatable)")  # fmt: skip
+    p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
+                   help="plan for this voxel size (one value, or x y z) instead of the median spacing; e.g. "
+                        "--spacing 2 for a fast low-resolution model (a registration prior)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -37,6 +37,8 @@ class TrainRequest:
         num_folds: Number of cross-validation folds.
         val_cases: Explicit validation case ids (instead of ``fold``).
         overrides: Dotted plan keys to replace (``{"train.batch_size": 4}``).
+        target_spacing: Voxel size in mm to plan for (ITK x, y, z order, or one value for all axes;
+            default: the dataset's median spacing), e.g. ``(2.0,)`` for a fast low-resolution model.
         images_dir, labels_dir: Explicit folders for paired-folder datasets.
         resume: Continue the run in ``out`` from its last checkpoint.
         cache_dir: Where preprocessed cases are cached (default ``out/preprocessed``).
@@ -54,6 +56,7 @@ class TrainRequest:
     num_folds: int = 5
     val_cases: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
+    target_spacing: tuple[float, ...] | None = None
     images_dir: Path | None = None
     labels_dir: Path | None = None
     resume: bool = False
@@ -70,7 +73,10 @@ def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
         spec = infer_labels(spec)
     facts = fingerprint(spec, progress=request.show_progress)
     _require_foreground(spec, facts)
-    plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps)
+    try:
+        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing)
+    except ValueError as err:
+        raise SegmorphError(str(err), request.dataset) from None
     overrides = dict(request.overrides)
     overrides.setdefault("train.seed", request.seed)
     return spec, apply_overrides(plan, overrides)

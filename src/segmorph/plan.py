@@ -113,7 +113,7 @@ class Plan:
 
 def make_plan(
     spec: DatasetSpec, fingerprint: dict[str, Any], device: str = "cpu", time_budget_s: float = 1200.0,
-    max_steps: int = 0,
+    max_steps: int = 0, target_spacing: Sequence[float] | None = None,
 ) -> Plan:  # fmt: skip
     """Turn a dataset fingerprint into a plan for ``device`` and a time budget.
 
@@ -123,11 +123,15 @@ def make_plan(
         device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (anything but CPU is planned as a GPU).
         time_budget_s: Training time in seconds (0 when ``max_steps`` limits training instead).
         max_steps: Training steps (0: the time budget alone limits).
+        target_spacing: Voxel size in mm to work at, per axis (ITK x, y, z order) or one value for
+            all; the patch and depth are planned for it (default: the dataset's median spacing).
     """
     kind = "cpu" if device == "cpu" else "gpu"
-    spacing = np.asarray(fingerprint["median_spacing"], dtype=float)
     shape = np.asarray(fingerprint["median_shape"], dtype=float)
     ndim = len(shape)
+    spacing = np.asarray(fingerprint["median_spacing"], dtype=float)
+    if target_spacing is not None:
+        spacing = _spacing_for(target_spacing, ndim)
     target_spacing = tuple(float(s) for s in spacing)
     resampled = np.maximum(np.round(shape * np.asarray(fingerprint["median_spacing"]) / spacing), 1).astype(int)
     patch, levels = plan_patch(resampled, target_spacing, PATCH_VOXELS[(kind, ndim)])
@@ -151,6 +155,16 @@ def make_plan(
     )  # fmt: skip
     return Plan(ndim, dict(spec.labels), tuple(spec.channel_names), tuple(spec.modalities), preprocess, network,
                 train, tuple(int(s) for s in resampled))  # fmt: skip
+
+
+def _spacing_for(values: Sequence[float], ndim: int) -> np.ndarray:
+    """``values`` as a spacing of ``ndim`` axes (one value: isotropic); positive millimetres."""
+    spacing = np.asarray([float(v) for v in values], dtype=float)
+    if len(spacing) == 1:
+        spacing = np.repeat(spacing, ndim)
+    if len(spacing) != ndim or not np.all(spacing > 0):
+        raise ValueError(f"target spacing: expected 1 or {ndim} positive values in mm, got {list(values)}")
+    return spacing
 
 
 def base_width(kind: str, time_budget_s: float, max_steps: int = 0) -> int:

@@ -170,16 +170,16 @@ class PairData:
     prior: torch.Tensor | None = None
 
     @classmethod
-    def from_cases(cls, images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor] | None, num_classes: int,
+    def from_cases(cls, images: Sequence[Image], labels: Sequence[torch.Tensor] | None, num_classes: int,
                    prior=None):  # fmt: skip
-        stacked = torch.stack([normalise_intensity(i.float()) for i in images])
+        """Stack the first channel of ``images`` (one grid), their labels and the prior's probabilities."""
+        stacked = torch.stack([normalise_intensity(i.data[:1].float()) for i in images])
         onehot = None
         if labels is not None:
             onehot = torch.stack([F.one_hot(lab[0].long(), num_classes).movedim(-1, 0).float() for lab in labels])
         probabilities = None
         if prior is not None:
-            raw = torch.stack([i.float() for i in images])
-            probabilities = torch.cat([prior.probabilities(raw[i : i + 8])[:, 1:] for i in range(0, len(raw), 8)])
+            probabilities = torch.cat([prior.probabilities(i.data[None, :1].float(), i.spacing)[:, 1:] for i in images])
         return cls(stacked, onehot, probabilities)
 
     def inputs(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
@@ -317,7 +317,8 @@ class LearnedRegistration:
         moved_data = normalise_intensity(moved.data[:1].float())[None]
         priors: list[torch.Tensor | None] = [None, None]
         if self.prior is not None:
-            probabilities = self.prior.probabilities(torch.stack([fixed.data[:1].float(), moved.data[:1].float()]))
+            both = torch.stack([fixed.data[:1].float(), moved.data[:1].float()])
+            probabilities = self.prior.probabilities(both, fixed.spacing)
             priors = [probabilities[:1, 1:], probabilities[1:, 1:]]
         inputs = network_input(fixed_data, moved_data, *priors)
         content = content_box(torch.stack([fixed.data[:1], moved.data[:1]]), 0)
@@ -367,8 +368,8 @@ class LearnedRegistration:
             level = Level(fixed_data.to(self.device), moving_data.to(self.device), fixed.affine, moving.affine)
             return optimise_velocity([level], config, matrix, velocity=velocity)
         # With a prior, the polish also matches the structures: image NCC plus MSE of the label probabilities.
-        fixed_prior = self.prior.probabilities(fixed.data[:1].float()[None])[:, 1:]
-        moving_prior = self.prior.probabilities(moving.data[:1].float()[None])[:, 1:]
+        fixed_prior = self.prior.probabilities(fixed.data[:1].float()[None], fixed.spacing)[:, 1:]
+        moving_prior = self.prior.probabilities(moving.data[:1].float()[None], moving.spacing)[:, 1:]
         level = Level(torch.cat([fixed_data, fixed_prior], 1).to(self.device),
                       torch.cat([moving_data, moving_prior], 1).to(self.device), fixed.affine, moving.affine)  # fmt: skip
         image_term = get_similarity("ncc")

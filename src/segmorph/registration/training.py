@@ -124,7 +124,7 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
 
 def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
     labels = [c.label.data for c in cases] if labelled else None
-    return PairData.from_cases([c.image.data[:1] for c in cases], labels, num_classes, prior)
+    return PairData.from_cases([c.image for c in cases], labels, num_classes, prior)
 
 
 def _write_provenance(out: Path, spec: DatasetSpec, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
