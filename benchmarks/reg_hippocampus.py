@@ -4,7 +4,8 @@ Fixed random pairs of cases kept out of the registration training split (the run
 cases, or the same split computed here when no model is given), each crop padded (centred) to a
 common 64³ grid. For every method: mean Dice of labels 1 and 2 of the warped moving labels against
 the fixed labels, HD95 (mm), folding (% of voxels with det J <= 0) and seconds per pair (transform
-plus warping the labels; the model is loaded once). ANTsPy (``pip install -e ".[bench-reg]"`` in a
+plus warping the labels; the model is loaded once). The methods take turns pair by pair, so a slow
+spell of the machine (timings on a shared VM vary by 20-50%) hits them alike. ANTsPy (``pip install -e ".[bench-reg]"`` in a
 separate environment: antspyx pins numpy<2.4 and scipy<1.16) runs on the same pairs in the same run.
 
     python benchmarks/reg_hippocampus.py --model runs/reg --pairs 30
@@ -87,15 +88,27 @@ def ants_method(kind: str) -> Method:
     return run
 
 
-def evaluate(name: str, method: Method, cases: list[RegistrationCase], pairs) -> dict:
-    rows, seconds, folding = [], [], []
+def evaluate(methods: dict[str, Method], cases: list[RegistrationCase], pairs) -> dict[str, dict]:
+    """Every method on every pair, interleaved pair by pair so a slow spell of the machine hits all alike.
+
+    Each method first runs once on the first pair, untimed and unscored (lazy initialisation).
+    """
+    for method in methods.values():
+        method(cases[pairs[0][0]], cases[pairs[0][1]])[1]()
+    records: dict[str, tuple[list, list, list]] = {name: ([], [], []) for name in methods}
     for fixed_index, moving_index in pairs:
         fixed, moving = cases[fixed_index], cases[moving_index]
-        started = time.perf_counter()
-        warped, folding_of = method(fixed, moving)
-        seconds.append(time.perf_counter() - started)
-        rows.append(score(warped, fixed))
-        folding.append(folding_of())
+        for name, method in methods.items():
+            rows, seconds, folding = records[name]
+            started = time.perf_counter()
+            warped, folding_of = method(fixed, moving)
+            seconds.append(time.perf_counter() - started)
+            rows.append(score(warped, fixed))
+            folding.append(folding_of())
+    return {name: summarise(name, *records[name]) for name in methods}
+
+
+def summarise(name: str, rows: list[dict], seconds: list[float], folding: list[float]) -> dict:
     summary = {key: float(np.mean([r[key] for r in rows])) for key in rows[0]}
     summary["mean_dice"] = (summary["dice_1"] + summary["dice_2"]) / 2
     summary["folding_percent"] = float(np.mean(folding))
@@ -146,7 +159,7 @@ def main() -> None:
             methods["ANTsPy SyN"] = ants_method("SyN")
         except ImportError:
             print("antspyx is not installed: ANTs rows skipped (pip install antspyx in a separate venv)")
-    results = {name: evaluate(name, method, cases, pairs) for name, method in methods.items()}
+    results = evaluate(methods, cases, pairs)
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS {peak_gib:.2f} GiB")
     if "ANTsPy SyN" in results:

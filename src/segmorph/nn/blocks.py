@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -22,6 +25,15 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and torch.backends.mkldnn.is_available()
         and not torch.is_autocast_enabled("cpu")
     )
+
+
+def convolution(x: torch.Tensor, weight: torch.Tensor, padding: Sequence[int], groups: int = 1) -> torch.Tensor:
+    """``F.conv2d``/``F.conv3d`` (stride 1, no bias) through oneDNN where :func:`use_onednn` says so."""
+    if use_onednn(x, weight):
+        ones = [1] * (x.ndim - 2)
+        return torch.mkldnn_convolution(x, weight, None, list(padding), ones, ones, groups)
+    conv = F.conv3d if x.ndim == 5 else F.conv2d
+    return conv(x, weight, padding=tuple(padding), groups=groups)
 
 
 class _OneDNNConv:
