@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmorph.nn.blocks import Conv2d, Conv3d, conv_layer, use_onednn
+from segmorph.nn.blocks import Conv2d, Conv3d, conv_layer, convolution, use_onednn
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -50,3 +50,26 @@ def test_float64_convolution_keeps_pytorch_path_and_dtype():
     x = torch.randn(1, 2, 5, 5, 5, dtype=torch.float64)
     assert conv(x).dtype == torch.float64
     torch.testing.assert_close(conv(x), F.conv3d(x, conv.weight, conv.bias, padding=1))
+
+
+def test_float32_cpu_batches_of_one_reach_onednn(monkeypatch):
+    calls = []
+    original = torch.mkldnn_convolution
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(torch, "mkldnn_convolution", counting)
+    conv_layer(3, 2, 4)(torch.randn(1, 2, 6, 6, 6))
+    assert calls == ([torch.Size([1, 2, 6, 6, 6])] if torch.backends.mkldnn.is_available() else [])
+    conv_layer(3, 2, 4)(torch.randn(2, 6, 6, 6))  # unbatched input: PyTorch's own path
+    assert len(calls) <= 1
+
+
+def test_depthwise_convolution_helper_matches_pytorch():
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 7, 6, 5)
+    weight = torch.rand(3, 1, 1, 5, 1)  # one 1-D kernel per channel along the second axis
+    torch.testing.assert_close(convolution(x, weight, [0, 2, 0], groups=3),
+                               F.conv3d(x, weight, padding=(0, 2, 0), groups=3), atol=1e-5, rtol=1e-5)  # fmt: skip

@@ -129,18 +129,19 @@ def test_the_prior_runs_at_its_plan_spacing_and_answers_on_the_input_grid(traine
 
     prior = SegmentationPrior(trained_run)
     prior.network, prior.divisor = _Probe(), 1
-    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (24, 20, 16)], indexing="ij")
+    axes = torch.meshgrid(*[torch.linspace(-1, 1, n) for n in (24, 20, 8)], indexing="ij")
     volume = (2.0 + torch.exp(-sum(a**2 for a in axes) / 0.5))[None, None]  # a smooth blob, non-zero everywhere
-    spacing = (0.5, 0.5, 0.5)
-    at_input = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=spacing))
-    coarse = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=(1.0, 1.0, 1.0)))
-    prior.plan = at_input
-    native = prior.probabilities(volume, spacing)
-    prior.plan = coarse
+    spacing = (0.5, 0.5, 2.0)  # anisotropic: axis i of the tensor has spacing[i]
+    for target in (spacing, None):  # the input's own spacing, or a plan without one: the network sees the input
+        prior.plan = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=target))
+        native = prior.probabilities(volume, spacing)
+    prior.plan = replace(prior.plan, preprocess=replace(prior.plan.preprocess, target_spacing=(1.0, 1.0, 1.0)))
     resampled = prior.probabilities(volume, spacing)
-    assert prior.network.grids == [(24, 20, 16), (12, 10, 8)]  # the coarse plan: a grid half the size
-    assert resampled.shape == native.shape == (1, 3, 24, 20, 16)
-    torch.testing.assert_close(resampled.sum(1), torch.ones(1, 24, 20, 16))
-    assert (resampled - native).abs().max() < 0.1  # the same smooth answer, from an 8x smaller grid
+    assert prior.network.grids == [(24, 20, 8), (24, 20, 8), (12, 10, 16)]  # 1 mm: 12 x 10 x 16 voxels
+    assert resampled.shape == native.shape == (1, 3, 24, 20, 8)
+    torch.testing.assert_close(resampled.sum(1), torch.ones(1, 24, 20, 8))
+    difference = (resampled - native).abs()
+    assert difference[..., 2:-2, 2:-2, 2:-2].max() < 0.05  # the same smooth answer from the resampled grid
+    assert difference.max() < 0.2  # the far faces read the last coarse voxel (origin-preserving grids)
     with pytest.raises(ValueError, match="spacing"):
         prior.probabilities(volume, (1.0, 1.0))

@@ -4,7 +4,16 @@ import pytest
 
 from segmorph.datasets import load_dataset
 from segmorph.errors import SegmorphError
-from segmorph.plan import Plan, apply_overrides, base_width, load_overrides_file, make_plan, parse_overrides, plan_patch
+from segmorph.plan import (
+    PATCH_VOXELS,
+    Plan,
+    apply_overrides,
+    base_width,
+    load_overrides_file,
+    make_plan,
+    parse_overrides,
+    plan_patch,
+)
 from segmorph.preprocess import fingerprint
 
 
@@ -62,7 +71,19 @@ def test_a_coarser_target_spacing_is_planned_with_its_own_patch_and_depth(msd_da
     native = make_plan(spec, facts, "cpu", 600)
     coarse = make_plan(spec, facts, "cpu", 600, target_spacing=[2 * s for s in native.preprocess.target_spacing])
     assert coarse.median_shape == tuple(max(round(n / 2), 1) for n in native.median_shape)
-    assert all(c <= n for c, n in zip(coarse.train.patch_size, native.train.patch_size))
+    patch, levels = plan_patch(coarse.median_shape, coarse.preprocess.target_spacing, PATCH_VOXELS[("cpu", 3)])
+    assert coarse.train.patch_size == tuple(patch) and len(coarse.network["features"]) == levels
+    assert coarse.train.patch_size != native.train.patch_size
     assert make_plan(spec, facts, "cpu", 600, target_spacing=[1.5]).preprocess.target_spacing == (1.5, 1.5, 1.5)
     with pytest.raises(ValueError, match="1 or 3 positive values"):
         make_plan(spec, facts, "cpu", 600, target_spacing=[1.0, 0.0])
+
+
+def test_plan_command_takes_a_spacing(msd_dataset, tmp_path, capsys):
+    from segmorph.cli import main
+
+    assert main(["plan", str(msd_dataset), "--spacing", "1.5,2,3", "--out", str(tmp_path / "plan.json")]) == 0
+    assert json.loads((tmp_path / "plan.json").read_text())["preprocess"]["target_spacing"] == [1.5, 2.0, 3.0]
+    with pytest.raises(SystemExit):
+        main(["plan", str(msd_dataset), "--spacing", "1,-2", "--out", str(tmp_path / "bad.json")])
+    assert "invalid spacing '1,-2'" in capsys.readouterr().err

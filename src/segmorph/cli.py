@@ -45,6 +45,17 @@ def parse_duration(text: str) -> float:
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
 
 
+def parse_spacing(text: str) -> tuple[float, ...]:
+    """``"2"`` or ``"1,1,2.5"`` (mm, x,y,z) -> positive floats."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid spacing {text!r} (examples: 2, 1,1,2.5)")
+    return values
+
+
 def _parser(name: str, sub: argparse._SubParsersAction, help_text: str) -> argparse.ArgumentParser:
     return sub.add_parser(
         name, help=help_text, description=help_text, epilog=f"example:\n  {EXAMPLES[name]}",
@@ -192,9 +203,9 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON/YAML file overriding plan values")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one plan value, e.g. train.batch_size=4 (repeatable)")  # fmt: skip
-    p.add_argument("--spacing", type=float, nargs="+", metavar="MM",
-                   help="plan for this voxel size (one value, or x y z) instead of the median spacing; e.g. "
-                        "--spacing 2 for a fast low-resolution model (a registration prior)")  # fmt: skip
+    p.add_argument("--spacing", type=parse_spacing, metavar="MM",
+                   help="plan for this voxel size in mm (one value, or x,y,z) instead of the median spacing; "
+                        "e.g. --spacing 2 for a fast low-resolution model (a registration prior)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 

@@ -30,7 +30,8 @@ def _request(args: argparse.Namespace, out: Path, **extra):
 
     return TrainRequest(
         dataset=args.dataset, out=out, time_budget_s=_time_budget(args), max_steps=args.max_steps, device=args.device,
-        overrides=_overrides(args), target_spacing=tuple(args.spacing) if args.spacing else None, images_dir=args.images, labels_dir=args.labels, seed=args.seed, **extra,
+        overrides=_overrides(args), target_spacing=args.spacing, images_dir=args.images, labels_dir=args.labels,
+        seed=args.seed, **extra,
     )  # fmt: skip
 
 

@@ -111,6 +111,8 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
         spec = spec if spec.labels else infer_labels(spec)
         plan = Plan.load(out / "plan.json")
+        if request.target_spacing is not None or request.overrides:
+            console.print("warning: --resume keeps the run's plan.json; --spacing and --set are ignored", highlight=False)
     else:
         spec, plan = plan_dataset(request)
     train_ids, val_ids = _split(spec, request)

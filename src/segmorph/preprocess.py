@@ -383,6 +383,14 @@ def undo_preprocessing(probabilities: torch.Tensor, record: UndoRecord) -> torch
     return out
 
 
+def linear_resample(x: torch.Tensor, scale: Sequence[float], shape: Sequence[int]) -> torch.Tensor:
+    """``x`` ``(K, *S_in)`` resampled linearly to ``(K, *shape)``, output index ``o`` reading input ``o * scale``
+    (the origin-preserving map of :func:`resample_array`, edges clamped)."""
+    out = x.new_empty((x.shape[0], *shape))
+    _linear_resample_into(out, x, scale)
+    return out
+
+
 def _linear_resample_into(out: torch.Tensor, x: torch.Tensor, scale: Sequence[float], slab_voxels: int = 1 << 22):
     """Resample ``x`` ``(K, *S_in)`` linearly into ``out`` ``(K, *S_out)``, one slab of output axis 0 at a time."""
     step = max(1, slab_voxels // max(1, math.prod(x.shape[2:]) * x.shape[0]))

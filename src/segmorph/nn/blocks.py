@@ -15,14 +15,19 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     PyTorch's dispatcher sends a batch of one with few channels x rows (``N*C*D*H <= 20480``, which
     is most registration and sliding-window inputs) to its reference ``slow_conv3d`` kernel: a
     16-channel 3x3x3 convolution on a 24x32x24 grid took 22 ms there against 2.6 ms in oneDNN on a
-    2-core CPU. Autocast and other dtypes keep the dispatcher's choice.
+    2-core CPU. Autocast, other dtypes, tracing, ONNX export and ``torch.compile`` keep the
+    dispatcher's choice (exporters know ``convolution``, not oneDNN's own operator).
     """
+    exporting = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
     return (
-        x.device.type == "cpu"
+        not exporting
+        and x.device.type == "cpu"
+        and x.ndim == weight.ndim  # batched input only
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and not x.is_mkldnn
         and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
     )
 

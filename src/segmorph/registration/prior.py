@@ -4,8 +4,8 @@ A registration network that also sees where the structures are learns to align t
 than one that must discover them from intensities. The prior runs the segmentation run's network
 once over a whole volume (no sliding window, no mirroring: registration grids are small), after
 the run's own intensity normalisation restricted to non-zero voxels, so zero padding around a
-cropped scan does not shift the statistics. The volume is resampled to the run's target spacing
-and the probabilities back: a run planned at a coarse spacing (``segmorph train --spacing 2``)
+cropped scan does not shift the statistics. The volume is resampled to the run's target spacing as
+its preprocessing does, and the probabilities back as its predictor does: a run planned at a coarse spacing (``segmorph train --spacing 2``)
 makes a prior several times cheaper, and the registration network sees 2x2x2-averaged inputs anyway.
 """
 
@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segmorph.checkpoint import load_checkpoint, model_from_checkpoint
 from segmorph.errors import SegmorphError
@@ -25,7 +24,7 @@ from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network
 from segmorph.plan import Plan
 from segmorph.precision import autocast
-from segmorph.preprocess import normalize
+from segmorph.preprocess import linear_resample, normalize, resample_array
 
 PRIOR_FOLDER = "segmentation_prior"
 
@@ -76,19 +75,25 @@ class SegmentationPrior:
         return out
 
     def _resampled_probabilities(self, batch: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
-        """Probabilities on ``batch``'s grid, the network run at the plan's target spacing."""
+        """Probabilities on ``batch``'s grid, the network run at the plan's target spacing.
+
+        The images are resampled as the run's preprocessing does (origin-preserving, spline order of
+        the plan) and the probabilities back linearly, as its predictor does.
+        """
         shape = tuple(batch.shape[2:])
-        target = np.asarray(self.plan.preprocess.target_spacing, dtype=float)
-        if len(spacing) != len(shape) or len(target) != len(shape):
+        if len(spacing) != len(shape):
             raise ValueError(f"spacing: expected {len(shape)} values, got {list(spacing)}")
-        grid = tuple(max(int(round(n * s / t)), 1) for n, s, t in zip(shape, spacing, target))
-        if grid == shape:
+        target = self.plan.preprocess.target_spacing
+        if target is None or np.allclose(target, spacing, rtol=1e-3, atol=0):
             return self._network_probabilities(batch)
-        # Area averaging when shrinking (no aliasing), linear when enlarging.
-        mode = "area" if all(g <= n for g, n in zip(grid, shape)) else "trilinear" if len(shape) == 3 else "bilinear"
-        resampled = F.interpolate(batch, size=grid, mode=mode, **({} if mode == "area" else {"align_corners": False}))
-        linear = "trilinear" if len(shape) == 3 else "bilinear"
-        return F.interpolate(self._network_probabilities(resampled), size=shape, mode=linear, align_corners=False)
+        if len(target) != len(shape):
+            raise SegmorphError(f"the prior's plan is for {len(target)}D images, got {len(shape)}D", self.run_dir)
+        scale = np.asarray(target, dtype=float) / np.asarray(spacing, dtype=float)
+        grid = tuple(max(1, round(float(n / f))) for n, f in zip(shape, scale))
+        order = self.plan.preprocess.image_order
+        resampled = torch.stack([torch.from_numpy(resample_array(v.numpy(), scale, grid, order)) for v in batch])
+        probabilities = self._network_probabilities(resampled)
+        return torch.stack([linear_resample(p, 1.0 / scale, shape) for p in probabilities])
 
     def _network_probabilities(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device)
