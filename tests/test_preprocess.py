@@ -237,3 +237,18 @@ def test_cache_hits_misses_and_loads(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert err.value.path.endswith("c1.npz")
     preprocess_dataset(spec, config, tmp_path / "cache", progress=False)
     assert calls[4:] == ["c0", "c1"] and load_preprocessed(paths[1])[0].case_id == "c1"
+
+
+@pytest.mark.parametrize("order", [0, 1, 3])
+def test_whole_voxel_steps_take_the_samples_the_spline_would_give(order):
+    from scipy import ndimage
+
+    from segmorph.preprocess import resample_array
+
+    array = np.random.default_rng(0).random((2, 9, 8, 7)).astype(np.float32)
+    scale, shape = (2.0, 1.0, 3.0), (4, 8, 2)  # round(9 / 2) = 4 (banker's rounding), round(7 / 3) = 2
+    fast = resample_array(array, scale, shape, order)
+    slow = np.stack([ndimage.affine_transform(c.astype(np.float64), scale, output_shape=shape, order=order,
+                                              mode="nearest") for c in array])  # fmt: skip
+    assert fast.shape == (2, 4, 8, 2) and fast.dtype == np.float32 and fast.flags.c_contiguous
+    np.testing.assert_allclose(fast, slow, atol=1e-5)
