@@ -42,7 +42,7 @@ def convolution(x: torch.Tensor, weight: torch.Tensor, padding: Sequence[int], g
 
 
 class _OneDNNConv:
-    """Mix-in for ``nn.ConvNd`` with zero 'same'/explicit padding: float32 CPU convolutions run in oneDNN."""
+    """Mix-in for ``nn.ConvNd``: float32 CPU convolutions with explicit zero padding run in oneDNN."""
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if use_onednn(x, weight) and self.padding_mode == "zeros" and isinstance(self.padding, tuple):

@@ -5,8 +5,9 @@ than one that must discover them from intensities. The prior runs the segmentati
 once over a whole volume (no sliding window, no mirroring: registration grids are small), after
 the run's own intensity normalisation restricted to non-zero voxels, so zero padding around a
 cropped scan does not shift the statistics. The volume is resampled to the run's target spacing as
-its preprocessing does, and the probabilities back as its predictor does: a run planned at a coarse spacing (``segmorph train --spacing 2``)
-makes a prior several times cheaper, and the registration network sees 2x2x2-averaged inputs anyway.
+its preprocessing does, and the probabilities back as its predictor does: a run planned at a coarse
+spacing (``segmorph train --spacing 2``) makes a prior several times cheaper, and the registration
+network sees 2x2x2-averaged inputs anyway.
 """
 
 from __future__ import annotations
@@ -84,10 +85,10 @@ class SegmentationPrior:
         if len(spacing) != len(shape):
             raise ValueError(f"spacing: expected {len(shape)} values, got {list(spacing)}")
         target = self.plan.preprocess.target_spacing
+        if target is not None and len(target) != len(shape):
+            raise SegmorphError(f"the prior's plan is for {len(target)}D images, got {len(shape)}D", self.run_dir)
         if target is None or np.allclose(target, spacing, rtol=1e-3, atol=0):
             return self._network_probabilities(batch)
-        if len(target) != len(shape):
-            raise SegmorphError(f"the prior's plan is for {len(target)}D images, got {len(shape)}D", self.run_dir)
         scale = np.asarray(target, dtype=float) / np.asarray(spacing, dtype=float)
         grid = tuple(max(1, round(float(n / f))) for n, f in zip(shape, scale))
         order = self.plan.preprocess.image_order
