@@ -148,7 +148,7 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--learning-rate", type=float, default=1e-3)
-    p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 1; 0: unsupervised)")
+    p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 2; 0: unsupervised)")
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), help="image similarity (default ncc)")
     p.add_argument("--segmentation-model", type=Path,
                    help="segmorph segmentation run whose label probabilities the network also sees (copied into "

@@ -58,6 +58,8 @@ class LearnedConfig:
         ncc_window: Local NCC window, voxels.
         smoothness: Weight of the diffusion regulariser on the velocity (coarse voxels).
         dice_weight: Weight of ``1 - Dice`` between warped moving and fixed labels (0: unsupervised).
+            2 rather than 1: hippocampus, 20 minutes on a 2-core CPU, monitor-pair Dice 0.852 -> 0.861,
+            held-out benchmark pairs 0.783 -> 0.800, still no folding.
         integration_steps: Scaling-and-squaring steps.
         prealign: What runs before the network at inference: ``"affine"`` (a quick classical affine),
             ``"com"`` (centres of mass) or ``"none"`` (the default: training pairs are used as they
@@ -74,7 +76,7 @@ class LearnedConfig:
     similarity: str = "ncc"
     ncc_window: int = 9
     smoothness: float = 1.0
-    dice_weight: float = 1.0
+    dice_weight: float = 2.0
     integration_steps: int = 7
     prealign: str = "none"
     flip: bool = True
