@@ -268,7 +268,7 @@ def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample,
     target = config.target_spacing
     if target is not None and not np.allclose(target, affine.spacing, rtol=1e-3, atol=0):
         scale = np.asarray(target) / affine.spacing
-        shape = tuple(max(1, round(float(n / f))) for n, f in zip(image.shape[1:], scale))
+        shape = resampled_shape(image.shape[1:], scale)
         image = resample_array(image, scale, shape, config.image_order)
         label = None if label is None else resample_array(label, scale, shape, 0)
         affine = affine.with_spacing(target)
@@ -326,6 +326,11 @@ def _mean_std(values: np.ndarray, slab_voxels: int = 1 << 22) -> tuple[float, fl
     mean = sum(float(slab.sum(dtype=np.float64)) for slab in slabs) / max(values.size, 1)
     squares = sum(float(np.square(slab.astype(np.float64) - mean).sum()) for slab in slabs)
     return mean, float(np.sqrt(squares / max(values.size, 1)))
+
+
+def resampled_shape(shape: Sequence[int], scale: Sequence[float]) -> tuple[int, ...]:
+    """Voxels per axis after resampling ``shape`` to a spacing ``scale`` times the current one."""
+    return tuple(max(1, round(float(n / f))) for n, f in zip(shape, scale))
 
 
 def resample_array(array: np.ndarray, scale: Sequence[float], shape: Sequence[int], order: int) -> np.ndarray:

@@ -25,7 +25,7 @@ from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network
 from segmorph.plan import Plan
 from segmorph.precision import autocast
-from segmorph.preprocess import linear_resample, normalize, resample_array
+from segmorph.preprocess import linear_resample, normalize, resample_array, resampled_shape
 
 PRIOR_FOLDER = "segmentation_prior"
 
@@ -90,7 +90,7 @@ class SegmentationPrior:
         if target is None or np.allclose(target, spacing, rtol=1e-3, atol=0):
             return self._network_probabilities(batch)
         scale = np.asarray(target, dtype=float) / np.asarray(spacing, dtype=float)
-        grid = tuple(max(1, round(float(n / f))) for n, f in zip(shape, scale))
+        grid = resampled_shape(shape, scale)  # the grid the run's preprocessing would make
         order = self.plan.preprocess.image_order
         resampled = torch.stack([torch.from_numpy(resample_array(v.numpy(), scale, grid, order)) for v in batch])
         probabilities = self._network_probabilities(resampled)
