@@ -42,14 +42,15 @@ def score(warped: np.ndarray, fixed: RegistrationCase) -> dict[str, float]:
     return {f"dice_{r['label']}": r["dice"] for r in rows} | {f"hd95_{r['label']}": r["hd95"] for r in rows}
 
 
-def segmorph_method(kind: str, model=None, refine: int = 0, prealign: str | None = None) -> Method:
+def segmorph_method(kind: str, model=None, refine: int = 0, prealign: str | None = None,
+                    passes: int | None = None) -> Method:  # fmt: skip
     """A method returning (warped moving labels, folding %) for a pair."""
 
     def run(fixed: RegistrationCase, moving: RegistrationCase):
         if kind == "none":
             return moving.label.numpy()[0], lambda: 0.0
         if kind == "learned":
-            transform = model.register(fixed.image, moving.image, refine=refine, prealign=prealign)
+            transform = model.register(fixed.image, moving.image, refine=refine, prealign=prealign, passes=passes)
         else:
             transform = register_classical(fixed.image, moving.image, kind)
         warped = transform.warp(moving.label, fixed.image.affine, fixed.image.spatial_shape).numpy()[0]
@@ -151,6 +152,8 @@ def main() -> None:
 
         model = LearnedRegistration.load(args.model)
         methods["segmorph learned"] = segmorph_method("learned", model, prealign=args.prealign)
+        if model.config.passes > 1:
+            methods["learned, one pass"] = segmorph_method("learned", model, prealign=args.prealign, passes=1)
         if args.refine > 0:
             methods[f"learned + refine {args.refine}"] = segmorph_method("learned", model, args.refine, args.prealign)
     if "ants" not in args.skip:

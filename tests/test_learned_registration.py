@@ -18,8 +18,11 @@ from segmorph.registration.learned import (
     LearnedRegistration,
     build_registration_network,
     network_window,
+    predict_displacement,
     predict_velocity,
+    warp_moving,
 )
+from segmorph.registration.run import deformation_quality
 from segmorph.registration.training import RegistrationTrainRequest, train_registration
 
 TINY = LearnedConfig(features=(4, 8, 8), train_shape=(24, 24, 16), prealign="com")
@@ -30,6 +33,78 @@ def test_untrained_network_starts_at_the_identity():
     velocity = predict_velocity(network.eval(), torch.rand(1, 2, 21, 19, 13))  # any size: padded inside
     assert velocity.shape == (1, 3, 21, 19, 13)
     assert velocity.abs().max() < 1e-2  # voxels
+
+
+class ConstantVelocity(torch.nn.Module):
+    """A stand-in network whose velocity is the same vector everywhere (coarse voxels); counts its calls."""
+
+    divisor = 1
+
+    def __init__(self, vector):
+        super().__init__()
+        self.vector = torch.tensor(vector, dtype=torch.float32)
+        self.inputs = []
+
+    def forward(self, inputs):
+        self.inputs.append(inputs.clone())
+        return self.vector.view(1, -1, *[1] * (inputs.ndim - 2)).expand(inputs.shape[0], -1, *inputs.shape[2:])
+
+
+def test_passes_compose_translations_on_the_coarse_grid():
+    """Constant velocities are translations: two passes at scale 0.5 move 1.5x the first pass's shift."""
+    network = ConstantVelocity([1.0, -2.0, 0.5])  # coarse voxels
+    inputs = torch.rand(1, 2, 17, 21, 13)  # padded to 18 x 22 x 14 inside, network grid 9 x 11 x 7
+    one = predict_displacement(network, inputs, replace(TINY, passes=1))
+    two = predict_displacement(network, inputs, replace(TINY, passes=2, pass_scale=0.5))
+    full_per_coarse = torch.tensor([17 / 8, 21 / 10, 13 / 6]).view(1, 3, 1, 1, 1)  # corner-aligned grids
+    assert torch.allclose(one, torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1, 1) * full_per_coarse, atol=1e-4)
+    assert torch.allclose(two, 1.5 * one, atol=1e-4)
+    assert len(network.inputs) == 3  # one pass, then two
+    shrunk = torch.nn.functional.avg_pool3d(torch.nn.functional.pad(inputs, [0, 1, 0, 1, 0, 1]), 2)
+    assert torch.equal(network.inputs[1], shrunk)  # the second pass's fixed image is untouched, the moving one moved
+    assert torch.allclose(network.inputs[2][:, 1], shrunk[:, 1])
+    assert not torch.allclose(network.inputs[2][:, 0], shrunk[:, 0])
+
+
+def test_composed_passes_fade_out_without_folding(monkeypatch):
+    """A large shift near the window's faces: each pass's velocity is tapered before integration, so
+    the composed field reaches 0 at the faces and stays invertible (a tapered displacement would fold)."""
+    model = LearnedRegistration(build_registration_network(3, TINY).eval(), replace(TINY, passes=2, pass_scale=1.0))
+    fixed, moving = (_zero_framed(sphere_case((24, 20, 12), seed=seed)[0], 8) for seed in (1, 2))
+
+    def shift(network, inputs, input_shrink, amp):  # 4 coarse voxels along the last axis, everywhere
+        velocity = torch.zeros(inputs.shape[0], 3, *inputs.shape[2:])
+        velocity[:, 2] = 4.0
+        return velocity
+
+    monkeypatch.setattr(learned, "coarse_velocity", shift)
+    transform = model.register(fixed, moving, matrix=np.eye(4))
+    displacement = transform.steps[0].displacement
+    assert displacement.norm(dim=0).max() > 8.0  # mm: far more than a taper's ramp can absorb
+    assert deformation_quality(transform, fixed)["folding_percent"] == 0.0
+
+
+def _zero_framed(image, margin: int):
+    """``image`` with ``margin`` zero slices before and after its last axis (content in the middle)."""
+    data = torch.nn.functional.pad(image.data, [margin, margin])
+    return type(image)(data, image.affine, image.is_label)
+
+
+def test_warp_moving_moves_the_moving_image_and_its_prior_only():
+    inputs = torch.rand(1, 6, 8, 9, 10)  # moving, fixed, 2 moving prior channels, 2 fixed prior channels
+    shift = torch.zeros(1, 3, 8, 9, 10)
+    shift[:, 2] = 1.0  # one voxel along the last axis
+    warped = warp_moving(inputs, shift)
+    for channel in (0, 2, 3):
+        assert torch.allclose(warped[:, channel, :, :, :-1], inputs[:, channel, :, :, 1:], atol=1e-5)
+    for channel in (1, 4, 5):
+        assert torch.equal(warped[:, channel], inputs[:, channel])
+
+
+def test_learned_config_refuses_impossible_passes():
+    with pytest.raises(ValueError, match="passes"):
+        replace(TINY, passes=0)
+    assert LearnedConfig.from_dict({"features": [4, 8]}).passes == 2  # checkpoints from before passes: the default
 
 
 def test_the_network_sees_its_training_grid_centred_on_the_content():
@@ -56,12 +131,12 @@ def test_the_field_reaches_the_edges_of_a_scan_filled_with_content(monkeypatch):
         return torch.ones(1, 3, *inputs.shape[2:])
 
     monkeypatch.setattr(learned, "predict_velocity", constant)
-    velocity = model._velocity(fixed, fixed)
+    velocity = model._network_field(fixed, fixed)
     assert seen == [(24, 24, 16)]  # the training grid, centred on the scan
     assert torch.equal(velocity, torch.ones(1, 3, 24, 20, 12))
 
 
-def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_path, trained_run):
+def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_path, trained_run, capsys):
     dataset = write_msd_dataset(tmp_path / "data", num_cases=8)
     out = tmp_path / "reg_run"
     request = RegistrationTrainRequest(dataset, out, time_budget_s=0, max_steps=4, config=TINY,
@@ -84,6 +159,11 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     transform = model.register(fixed, moving)
     warped = transform.warp(moving, fixed.affine, fixed.spatial_shape)
     assert warped.affine.allclose(OBLIQUE) and warped.spatial_shape == fixed.spatial_shape
+    field = transform.steps[0]  # two passes: a composed displacement, inverted by iteration
+    assert model.config.passes == 2 and field.velocity is None and field.affine.allclose(fixed.affine)
+    points = torch.tensor([[1.0, 2.0, 3.0], [4.0, -1.0, 2.0]], dtype=torch.float64)
+    assert torch.allclose(transform.inverse().map_points(transform.map_points(points)), points, atol=1e-2)
+    assert model.register(fixed, moving, passes=1).steps[0].velocity is not None  # one pass: exp(v)
 
     write_image(fixed, tmp_path / "fixed.nii.gz")
     write_image(moving, tmp_path / "moving.nii.gz")
@@ -95,6 +175,13 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     labels = read_image(tmp_path / "reg" / "warped_labels.nii.gz", is_label=True)
     assert labels.affine.allclose(fixed.affine, atol=1e-5)
     assert set(np.unique(labels.numpy())) <= {0, 1, 2}
+    assert json.loads((tmp_path / "reg" / "registration.json").read_text())["passes"] == 1  # --refine: one pass
+    pair = [str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "--method", "learned", "--model", str(out)]
+    assert main(["register", *pair, "--out", str(tmp_path / "reg3"), "--passes", "3"]) == 0
+    assert json.loads((tmp_path / "reg3" / "registration.json").read_text())["passes"] == 3
+    assert not (tmp_path / "reg3" / "velocity.nii.gz").exists()  # a composed field has no single velocity
+    assert main(["register", *pair, "--out", str(tmp_path / "reg0"), "--passes", "0"]) == 1
+    assert "--passes: expected at least 1" in capsys.readouterr().err
 
 
 def test_loading_a_segmentation_run_as_a_registration_model_is_refused(trained_run, capsys):

@@ -131,7 +131,11 @@ def _add_register(p: argparse.ArgumentParser) -> None:
                         "overlap; with another method it is the initialisation")  # fmt: skip
     p.add_argument("--moving-structures", type=Path, help="segmentation of the moving image (same labels)")
     p.add_argument("--model", type=Path, help="train-registration run folder (for --method learned)")
-    p.add_argument("--refine", type=int, default=0, help="instance-optimisation steps after the network (learned)")
+    p.add_argument("--refine", type=int, default=0,
+                   help="learned: instance-optimisation steps polishing one network pass's field")  # fmt: skip
+    p.add_argument("--passes", type=int,
+                   help="learned: network passes, each registering the fixed image to the moving one warped so far "
+                        "(default: the model's, 2)")  # fmt: skip
     p.add_argument("--prealign", choices=("affine", "com", "none"),
                    help="learned: alignment before the network (default: the model's, 'none' for centred crops)")  # fmt: skip
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), default="ncc",

@@ -183,7 +183,7 @@ def run_demo(args: argparse.Namespace) -> int:
 def run_register(args: argparse.Namespace) -> int:
     from segmorph.registration import run
 
-    model = run.load_model(args.model, args.device) if args.method == "learned" else None
+    model = run.load_model(args.model, args.device, args.passes) if args.method == "learned" else None
     if args.pairs is not None:
         if args.fixed or args.moving:
             raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)

@@ -3,8 +3,10 @@
 The network (a U-Net on the moving and fixed images stacked as two channels) outputs a velocity
 field at half resolution, in voxels of that coarse grid; it is integrated by scaling and squaring
 and upsampled to a displacement. Training is unsupervised (image similarity + diffusion smoothness)
-with an optional Dice term on warped one-hot labels (training only). Inference is one forward pass
-after a built-in pre-alignment, optionally refined by a few instance-optimisation steps.
+with an optional Dice term on warped one-hot labels (training only). Inference runs after a built-in
+pre-alignment: by default two passes of the network, the second registering the fixed image to the
+moving one warped by the first (a cascade, composed), or one pass optionally refined by a few
+instance-optimisation steps.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.prior import content_box
 from segmorph.registration.regularize import diffusion
 from segmorph.registration.similarity import get_similarity
-from segmorph.registration.transform import Transform
+from segmorph.registration.transform import FieldStep, Transform, voxel_to_world_vectors
 
 PREALIGNMENTS = ("affine", "com", "none")
 # A quick affine for pre-alignment: the two coarse pyramid levels only.
@@ -69,6 +71,13 @@ class LearnedConfig:
             probabilities the network also sees (0: images only). See :mod:`segmorph.registration.prior`.
         input_shrink: 2: the network works on 2x2x2-averaged inputs (8x cheaper; it predicts a
             half-resolution velocity either way); 1: full-resolution inputs.
+        passes: Network passes at inference and on monitor pairs. Each pass after the first sees the
+            moving image (and its prior) warped by the passes so far; the transforms are composed
+            (see :func:`predict_displacement`). Hippocampus (20-minute model, benchmark pairs): one pass
+            0.800, two 0.813, three 0.814 (~0.03 s more a pass on a 2-core CPU).
+        pass_scale: Weight of the velocity of each pass after the first: the network was trained on
+            unaligned pairs and over-corrects nearly aligned ones. Chosen on 30 monitor-case pairs:
+            one pass 0.842; two at scale 0.25 / 0.5 / 0.75 / 1: 0.849 / 0.850 / 0.848 / 0.846.
     """
 
     features: tuple[int, ...] = (16, 32, 32, 64)
@@ -82,11 +91,15 @@ class LearnedConfig:
     flip: bool = True
     prior_classes: int = 0
     input_shrink: int = 2
+    passes: int = 2
+    pass_scale: float = 0.5
 
     def __post_init__(self) -> None:
         get_similarity(self.similarity)
         if self.input_shrink not in (1, 2):
             raise ValueError(f"input_shrink: expected 1 or 2, got {self.input_shrink}")
+        if self.passes < 1:
+            raise ValueError(f"passes: expected at least 1, got {self.passes}")
         if self.prealign not in PREALIGNMENTS:
             raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {self.prealign!r}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
@@ -139,11 +152,15 @@ def coarse_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int, amp:
     ``input_shrink = 2`` the network sees 2x2x2-averaged inputs and predicts at its own resolution;
     with 1 it sees full-resolution inputs and stops decoding one level early.
     """
-    if input_shrink == 2:
-        pool = F.avg_pool3d if inputs.ndim == 5 else F.avg_pool2d
-        inputs = pool(inputs, 2)
     with autocast(inputs.device, amp):
-        return network(inputs).float()
+        return network(_shrunk(inputs, input_shrink)).float()
+
+
+def _shrunk(inputs: torch.Tensor, input_shrink: int) -> torch.Tensor:
+    """The inputs the network sees: 2x2(x2)-averaged when ``input_shrink`` is 2."""
+    if input_shrink == 1:
+        return inputs
+    return (F.avg_pool3d if inputs.ndim == 5 else F.avg_pool2d)(inputs, 2)
 
 
 def predict_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int = 2, amp: bool = False) -> torch.Tensor:
@@ -157,6 +174,50 @@ def predict_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int = 2,
     coarse = coarse_velocity(network, stacked, input_shrink, amp)
     full = spatial.resize_field(coarse, stacked.shape[2:])
     return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+
+
+def predict_displacement(network: UNet, inputs: torch.Tensor, config: LearnedConfig, amp: bool = False,
+                         weights: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+    """Displacement on the fixed grid ``(B, n, *S)`` in fixed voxels after ``config.passes`` passes.
+
+    Pass 1 is :func:`predict_velocity`'s, integrated on the network's coarse grid. Each further pass
+    sees the moving channels of the network's (shrunk) inputs warped by the displacement so far
+    (:func:`warp_moving`), and its transform, velocity scaled by ``config.pass_scale``, is applied
+    first: ``u = u_new + u_so_far(x + u_new)``, composed on the coarse grid and resized once at the
+    end. The result is a composition of diffeomorphisms, not the exponential of one velocity.
+    ``weights`` ``(*S)`` multiply every pass's velocity (resampled to the coarse grid) before it is
+    integrated, e.g. a taper to 0 at the faces: weighting velocities keeps each pass diffeomorphic,
+    weighting the composed displacement would not.
+    """
+    shape = inputs.shape[2:]
+    stacked, _ = _pad_to_multiple(inputs, network.divisor * config.input_shrink)
+    shrunk = _shrunk(stacked, config.input_shrink)
+    velocity = coarse_velocity(network, shrunk, 1, amp)
+    coarse_weights = 1.0 if weights is None else _coarse_weights(weights, stacked.shape[2:], velocity.shape[2:])
+    displacement = spatial.integrate(velocity * coarse_weights, config.integration_steps)
+    for _ in range(config.passes - 1):
+        moved = warp_moving(shrunk, spatial.resize_field(displacement, shrunk.shape[2:]))
+        velocity = config.pass_scale * coarse_velocity(network, moved, 1, amp) * coarse_weights
+        displacement = spatial.compose(displacement, spatial.integrate(velocity, config.integration_steps))
+    full = spatial.resize_field(displacement, stacked.shape[2:])
+    return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+
+
+def _coarse_weights(weights: torch.Tensor, padded: Sequence[int], coarse: Sequence[int]) -> torch.Tensor:
+    """``weights`` ``(*S)`` zero-padded like the inputs to ``padded`` and resized (corner-aligned) to ``coarse``."""
+    pads: list[int] = []
+    for size, target in zip(reversed(weights.shape), reversed(padded)):
+        pads += [0, target - size]
+    padded_weights = F.pad(weights.to(torch.float32)[None, None], pads)
+    return spatial.resize_image(padded_weights, coarse)
+
+
+def warp_moving(inputs: torch.Tensor, displacement: torch.Tensor) -> torch.Tensor:
+    """:func:`network_input` ``(B, C, *S)`` with the moving image and its prior warped by ``displacement`` (voxels)."""
+    moving = [0, *range(2, 2 + (inputs.shape[1] - 2) // 2)]
+    warped = inputs.clone()
+    warped[:, moving] = spatial.warp(inputs[:, moving], displacement, padding="zeros")
+    return warped
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -247,9 +308,8 @@ class RegistrationTask:
         for fixed_index, moving_index in self.val_pairs:
             moving = self.val.images[moving_index : moving_index + 1]
             inputs = self.val.inputs(torch.tensor([fixed_index]), torch.tensor([moving_index]))
-            velocity = predict_velocity(model, inputs.to(device), self.config.input_shrink)
+            displacement = predict_displacement(model, inputs.to(device), self.config)
             fixed = inputs[:, 1:2]
-            displacement = spatial.integrate(velocity, self.config.integration_steps)
             if self.val.onehot is None:
                 moved = spatial.warp(moving.to(device), displacement)
                 scores.append([-float(self.similarity(fixed.to(device), moved))])
@@ -314,7 +374,10 @@ class LearnedRegistration:
         return initial_matrix(fixed, moving, kind)
 
     @torch.inference_mode()
-    def _velocity(self, fixed: Image, moved: Image) -> torch.Tensor:
+    def _network_field(self, fixed: Image, moved: Image, passes: int = 1) -> torch.Tensor:
+        """The network's field on the fixed grid ``(1, n, *S)`` in fixed voxels: one pass's velocity
+        (``passes = 1``) or the displacement of ``passes`` composed passes (:func:`predict_displacement`).
+        """
         fixed_data = normalise_intensity(fixed.data[:1].float())[None]
         moved_data = normalise_intensity(moved.data[:1].float())[None]
         priors: list[torch.Tensor | None] = [None, None]
@@ -328,23 +391,32 @@ class LearnedRegistration:
         in_image, in_window = _overlap(window, fixed.spatial_shape)
         framed = torch.zeros(*inputs.shape[:2], *[stop - start for start, stop in window])
         framed[(slice(None), slice(None), *in_window)] = inputs[(slice(None), slice(None), *in_image)]
-        velocity = predict_velocity(self.network, framed.to(self.device), self.config.input_shrink,
-                                    amp=True).cpu()  # fmt: skip
-        velocity = velocity * _taper(content, window, TAPER_VOXELS)
+        framed, taper = framed.to(self.device), _taper(content, window, TAPER_VOXELS)
+        if passes == 1:
+            field = predict_velocity(self.network, framed, self.config.input_shrink, amp=True).cpu() * taper
+        else:
+            config = replace(self.config, passes=passes)
+            field = predict_displacement(self.network, framed, config, True, taper.to(self.device)).cpu()
         full = torch.zeros(1, fixed.ndim, *fixed.spatial_shape)
-        full[(slice(None), slice(None), *in_image)] = velocity[(slice(None), slice(None), *in_window)]
+        full[(slice(None), slice(None), *in_image)] = field[(slice(None), slice(None), *in_window)]
         return full
 
     def register(self, fixed: Image, moving: Image, refine: int = 0, matrix: np.ndarray | None = None,
-                 prealign: str | None = None) -> Transform:  # fmt: skip
-        """Fixed → moving transform ``[exp(v), prealignment]``; ``refine`` Adam steps polish ``v``.
+                 prealign: str | None = None, passes: int | None = None) -> Transform:  # fmt: skip
+        """Fixed → moving transform ``[field, prealignment]``.
+
+        With one pass (or ``refine``) the field is ``exp(v)`` and keeps its velocity (exact inverse by
+        negation); with several it is the composed displacement of the passes (inverted by fixed-point
+        iteration).
 
         Args:
             fixed: Reference image; its grid carries the field.
             moving: Image to align.
-            refine: Instance-optimisation steps after the forward pass (0: none).
+            refine: Instance-optimisation steps polishing one pass's velocity (0: none; the network
+                then runs one pass, the polish taking the place of the others).
             matrix: A pre-alignment to use instead of computing one.
             prealign: ``"affine"``, ``"com"`` or ``"none"`` instead of the model's setting.
+            passes: Network passes instead of the model's ``passes``.
         """
         if fixed.ndim != self.network.config["ndim"]:
             raise SegmorphError(f"the model registers {self.network.config['ndim']}D images, got {fixed.ndim}D")
@@ -352,10 +424,14 @@ class LearnedRegistration:
         same_grid = np.allclose(matrix, np.eye(fixed.ndim + 1)) and moving.affine.allclose(fixed.affine)
         same_grid = same_grid and moving.spatial_shape == fixed.spatial_shape
         moved = moving if same_grid else Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
-        velocity = self._velocity(fixed, moved)
+        passes = 1 if refine > 0 else passes or self.config.passes
+        field = self._network_field(fixed, moved, passes)
+        if passes > 1:
+            displacement = voxel_to_world_vectors(field.double(), fixed.affine)[0].float()
+            return Transform([FieldStep(fixed.affine, displacement), np.asarray(matrix)])
         if refine > 0:
-            velocity = self._refine(fixed, moving, matrix, velocity, refine).cpu()
-        return velocity_transform(velocity, fixed.affine, matrix, self.config.integration_steps)
+            field = self._refine(fixed, moving, matrix, field, refine).cpu()
+        return velocity_transform(field, fixed.affine, matrix, self.config.integration_steps)
 
     def _refine(self, fixed: Image, moving: Image, matrix: np.ndarray, velocity: torch.Tensor, steps: int):
         config = replace(

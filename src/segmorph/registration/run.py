@@ -2,7 +2,8 @@
 
 A registration folder (``reg/``) holds ``warped.nii.gz``, ``warped_labels.nii.gz`` (when moving
 labels are given), the transform (``transform.json``, ``affine.tfm``, and for deformable results
-``displacement.nii.gz`` and ``velocity.nii.gz``), ``registration.json`` (what was done, how long),
+``displacement.nii.gz``, plus ``velocity.nii.gz`` when the field is one velocity's exponential: classical
+or one learned pass), ``registration.json`` (what was done, how long),
 ``metrics.json`` when fixed labels are given, and PNG pictures when asked.
 """
 
@@ -12,7 +13,7 @@ import csv
 import io as _io
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,8 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
         "fixed": str(request.fixed), "moving": str(request.moving), "method": request.method,
         "refine": request.refine, "similarity": request.similarity, "seconds": round(seconds, 3),
     }  # fmt: skip
+    if request.method == "learned" and model is not None:
+        record["passes"] = 1 if request.refine > 0 else model.config.passes
     if fixed_labels is not None:
         record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels)
         atomic_write_text(out / "metrics.json", json.dumps(record["metrics"], indent=2) + "\n")
@@ -342,11 +345,16 @@ def _summary_csv(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def load_model(model_dir: Path | None, device: str = "cpu"):
-    """The learned model of a run folder, or None."""
+def load_model(model_dir: Path | None, device: str = "cpu", passes: int | None = None):
+    """The learned model of a run folder, or None; ``passes`` replaces the model's network passes."""
     if model_dir is None:
         return None
     from segmorph.registration.learned import LearnedRegistration
 
-    return LearnedRegistration.load(model_dir, device)
+    model = LearnedRegistration.load(model_dir, device)
+    if passes is not None:
+        if passes < 1:
+            raise SegmorphError(f"--passes: expected at least 1, got {passes}")
+        model.config = replace(model.config, passes=passes)
+    return model
 
