@@ -164,6 +164,8 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     points = torch.tensor([[1.0, 2.0, 3.0], [4.0, -1.0, 2.0]], dtype=torch.float64)
     assert torch.allclose(transform.inverse().map_points(transform.map_points(points)), points, atol=1e-2)
     assert model.register(fixed, moving, passes=1).steps[0].velocity is not None  # one pass: exp(v)
+    with pytest.raises(ValueError, match="passes: expected at least 1"):
+        model.register(fixed, moving, passes=0)
 
     write_image(fixed, tmp_path / "fixed.nii.gz")
     write_image(moving, tmp_path / "moving.nii.gz")
