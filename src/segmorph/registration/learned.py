@@ -425,9 +425,7 @@ class LearnedRegistration:
         same_grid = np.allclose(matrix, np.eye(fixed.ndim + 1)) and moving.affine.allclose(fixed.affine)
         same_grid = same_grid and moving.spatial_shape == fixed.spatial_shape
         moved = moving if same_grid else Transform.from_matrix(matrix).warp(moving, fixed.affine, fixed.spatial_shape)
-        passes = 1 if refine > 0 else self.config.passes if passes is None else passes
-        if passes < 1:
-            raise ValueError(f"passes: expected at least 1, got {passes}")
+        passes = self.passes_used(refine, passes)
         field = self._network_field(fixed, moved, passes)
         if passes > 1:
             displacement = voxel_to_world_vectors(field.double(), fixed.affine)[0].float()
@@ -435,6 +433,13 @@ class LearnedRegistration:
         if refine > 0:
             field = self._refine(fixed, moving, matrix, field, refine).cpu()
         return velocity_transform(field, fixed.affine, matrix, self.config.integration_steps)
+
+    def passes_used(self, refine: int = 0, passes: int | None = None) -> int:
+        """Network passes :meth:`register` runs: one with ``refine``, else ``passes`` or the model's."""
+        passes = 1 if refine > 0 else self.config.passes if passes is None else passes
+        if passes < 1:
+            raise ValueError(f"passes: expected at least 1, got {passes}")
+        return passes
 
     def _refine(self, fixed: Image, moving: Image, matrix: np.ndarray, velocity: torch.Tensor, steps: int):
         config = replace(

@@ -145,7 +145,7 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
         "refine": request.refine, "similarity": request.similarity, "seconds": round(seconds, 3),
     }  # fmt: skip
     if request.method == "learned" and model is not None:
-        record["passes"] = 1 if request.refine > 0 else model.config.passes
+        record["passes"] = model.passes_used(request.refine)
     if fixed_labels is not None:
         record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels)
         atomic_write_text(out / "metrics.json", json.dumps(record["metrics"], indent=2) + "\n")
