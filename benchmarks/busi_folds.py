@@ -5,7 +5,8 @@ error of about 0.03. Here every image is validated once, by the model that did n
 deal whole ``dup_group`` groups, class by class). Prints per fold: images, normals, steps, AUC and
 balanced accuracy at the fold's own threshold (chosen on that fold, like ``classify train``); then the
 mean and standard deviation over folds, the pooled out-of-fold AUC and balanced accuracy, wall time and
-peak RSS. Finished folds (a ``summary.json`` in their folder) are read back, not trained again.
+peak RSS. Finished folds (a ``summary.json`` in their folder) are read back, not trained again; folds
+of another split or budget in ``--out`` are an error.
 
     python benchmarks/busi_folds.py --time-budget 15m
 """
@@ -36,9 +37,20 @@ def out_of_fold(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return true, np.array([float(r["p_1"]) for r in rows]), np.array([int(r["predicted"]) for r in rows])
 
 
+def finished(run: Path, args: argparse.Namespace) -> bool:
+    """Whether ``run`` holds a finished fold of this split and budget; another split or budget is an error."""
+    if not (run / "summary.json").exists():
+        return False
+    request = json.loads((run / "run.json").read_text())["request"]
+    if (request["num_folds"], request["time_budget_s"]) != (args.folds, args.time_budget):
+        raise SystemExit(f"{run}: trained with {request['num_folds']} folds and {request['time_budget_s']} s "
+                         f"a fold, not {args.folds} and {args.time_budget} s; give another --out")  # fmt: skip
+    return True
+
+
 def train_fold(args: argparse.Namespace, fold: int) -> Path:
     run = args.out / f"fold_{fold}"
-    if not (run / "summary.json").exists():
+    if not finished(run, args):
         request = ClassifyRequest(
             dataset=args.data, out=run, labels=Path("labels.csv"), target="lesion", group="dup_group",
             fold=fold, num_folds=args.folds, time_budget_s=args.time_budget, device=args.device, show_progress=False,
