@@ -354,3 +354,9 @@ def velocity_transform(velocity_voxels: torch.Tensor, fixed: Affine, matrix: np.
     """``[exp(v) on the fixed grid, matrix]`` from a velocity in fixed-grid voxels ``(1, n, *S)``."""
     velocity_mm = voxel_to_world_vectors(velocity_voxels.double().cpu(), fixed)[0].float()
     return Transform([FieldStep.from_velocity(velocity_mm, fixed, steps), np.asarray(matrix)])
+
+
+def displacement_transform(displacement_voxels: torch.Tensor, fixed: Affine, matrix: np.ndarray) -> Transform:
+    """``[u on the fixed grid, matrix]`` from a displacement in fixed-grid voxels ``(1, n, *S)``."""
+    displacement_mm = voxel_to_world_vectors(displacement_voxels.double().cpu(), fixed)[0].float()
+    return Transform([FieldStep(fixed, displacement_mm), np.asarray(matrix)])

@@ -31,6 +31,7 @@ from segmorph.registration import spatial
 from segmorph.registration.classical import (
     ClassicalConfig,
     Level,
+    displacement_transform,
     initial_matrix,
     optimise_velocity,
     register_classical,
@@ -40,7 +41,7 @@ from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.prior import content_box
 from segmorph.registration.regularize import diffusion
 from segmorph.registration.similarity import get_similarity
-from segmorph.registration.transform import FieldStep, Transform, voxel_to_world_vectors
+from segmorph.registration.transform import Transform
 
 PREALIGNMENTS = ("affine", "com", "none")
 # A quick affine for pre-alignment: the two coarse pyramid levels only.
@@ -174,7 +175,7 @@ def predict_velocity(network: UNet, inputs: torch.Tensor, input_shrink: int = 2,
     stacked, _ = _pad_to_multiple(inputs, network.divisor * input_shrink)
     coarse = coarse_velocity(network, stacked, input_shrink, amp)
     full = spatial.resize_field(coarse, stacked.shape[2:])
-    return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+    return _crop(full, shape)
 
 
 def predict_displacement(network: UNet, inputs: torch.Tensor, config: LearnedConfig, amp: bool = False,
@@ -201,7 +202,12 @@ def predict_displacement(network: UNet, inputs: torch.Tensor, config: LearnedCon
         velocity = config.pass_scale * coarse_velocity(network, moved, 1, amp) * coarse_weights
         displacement = spatial.compose(displacement, spatial.integrate(velocity, config.integration_steps))
     full = spatial.resize_field(displacement, stacked.shape[2:])
-    return full[(slice(None), slice(None), *[slice(0, s) for s in shape])]
+    return _crop(full, shape)
+
+
+def _crop(field: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``(B, C, *P)`` cut back to the unpadded ``shape`` (padding sits at the far end of each axis)."""
+    return field[(slice(None), slice(None), *[slice(0, s) for s in shape])]
 
 
 def _coarse_weights(weights: torch.Tensor, padded: Sequence[int], coarse: Sequence[int]) -> torch.Tensor:
@@ -428,8 +434,7 @@ class LearnedRegistration:
         passes = self.passes_used(refine, passes)
         field = self._network_field(fixed, moved, passes)
         if passes > 1:
-            displacement = voxel_to_world_vectors(field.double(), fixed.affine)[0].float()
-            return Transform([FieldStep(fixed.affine, displacement), np.asarray(matrix)])
+            return displacement_transform(field, fixed.affine, matrix)
         if refine > 0:
             field = self._refine(fixed, moving, matrix, field, refine).cpu()
         return velocity_transform(field, fixed.affine, matrix, self.config.integration_steps)
