@@ -2,11 +2,13 @@
 
 The hold-out split validates on 126 images of which only 22 are normal, so its ROC AUC has a standard
 error of about 0.03. Here every image is validated once, by the model that did not train on it (folds
-deal whole ``dup_group`` groups, class by class). Prints per fold: images, normals, steps, AUC and
-balanced accuracy at the fold's own threshold (chosen on that fold, like ``classify train``); then the
-mean and standard deviation over folds, the pooled out-of-fold AUC and balanced accuracy, wall time and
-peak RSS. Finished folds (a ``summary.json`` in their folder) are read back, not trained again; folds
-of another split or budget in ``--out`` are an error.
+deal whole ``dup_group`` groups, class by class). Each fold keeps ``classify train``'s default weights
+(the final averaged ones: nothing is picked on the fold's images but the threshold). Prints per fold:
+images, normals, steps, AUC, balanced accuracy at the fold's own threshold (chosen on that fold, like
+``classify train``: optimistic) and at p = 0.5 (fixed in advance); then the mean and standard deviation
+over folds, the pooled out-of-fold AUC and balanced accuracy, wall time and peak RSS. Finished folds (a
+``summary.json`` in their folder) are read back, not trained again; folds of another split, budget or
+weight selection in ``--out`` are an error.
 
     python benchmarks/busi_folds.py --time-budget 15m
 """
@@ -29,6 +31,11 @@ from segmorph.cli import parse_duration
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def settings(request: dict) -> tuple:
+    """What must match for a finished fold to be read back: split, budget, kept weights and scoring views."""
+    return (request["num_folds"], request["time_budget_s"], request.get("select", "best"), request.get("shift", 0.0))
+
+
 def out_of_fold(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(true, p_lesion, predicted)`` of a fold's validation images, from its ``val_predictions.csv``."""
     with open(run / "val_predictions.csv", newline="") as handle:
@@ -38,13 +45,14 @@ def out_of_fold(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def finished(run: Path, args: argparse.Namespace) -> bool:
-    """Whether ``run`` holds a finished fold of this split and budget; another split or budget is an error."""
+    """Whether ``run`` holds a finished fold of these settings; other settings are an error."""
     if not (run / "summary.json").exists():
         return False
-    request = json.loads((run / "run.json").read_text())["request"]
-    if (request["num_folds"], request["time_budget_s"]) != (args.folds, args.time_budget):
-        raise SystemExit(f"{run}: trained with {request['num_folds']} folds and {request['time_budget_s']} s "
-                         f"a fold, not {args.folds} and {args.time_budget} s; give another --out")  # fmt: skip
+    found = settings(json.loads((run / "run.json").read_text())["request"])
+    wanted = (args.folds, args.time_budget, ClassifyRequest.select, ClassifyRequest.shift)
+    if found != wanted:
+        raise SystemExit(f"{run}: trained with (folds, seconds a fold, select, shift) = {found}, not {wanted}; "
+                         "give another --out")  # fmt: skip
     return True
 
 
@@ -75,15 +83,17 @@ def main() -> None:
         true, score, predicted = out_of_fold(run)
         summary = json.loads((run / "summary.json").read_text())
         matrix = confusion_matrix(true, predicted, 2)
+        at_half = balanced_accuracy(confusion_matrix(true, (score >= 0.5).astype(int), 2))
         rows.append((fold, true.size, int((true == 0).sum()), summary["fit"]["steps"], roc_auc(score, true),
-                     balanced_accuracy(matrix)))  # fmt: skip
+                     balanced_accuracy(matrix), at_half))  # fmt: skip
         pooled.append((true, score, predicted))
         print(f"fold {fold}: {true.size} images ({rows[-1][2]} normal), {rows[-1][3]} steps, "
-              f"AUC {rows[-1][4]:.3f}, balanced accuracy {rows[-1][5]:.3f}", flush=True)  # fmt: skip
-    aucs, baccs = np.array([r[4] for r in rows]), np.array([r[5] for r in rows])
+              f"AUC {rows[-1][4]:.3f}, balanced accuracy {rows[-1][5]:.3f} (at p = 0.5: {at_half:.3f})",
+              flush=True)  # fmt: skip
+    aucs, baccs, halves = (np.array([r[k] for r in rows]) for k in (4, 5, 6))
     true, score, predicted = (np.concatenate(parts) for parts in zip(*pooled))
     print(f"mean over {args.folds} folds: AUC {aucs.mean():.3f} (SD {aucs.std(ddof=1):.3f}), "
-          f"balanced accuracy {baccs.mean():.3f} (SD {baccs.std(ddof=1):.3f})")  # fmt: skip
+          f"balanced accuracy {baccs.mean():.3f} (SD {baccs.std(ddof=1):.3f}; at p = 0.5: {halves.mean():.3f})")  # fmt: skip
     print(
         f"pooled out-of-fold ({true.size} images, {int((true == 0).sum())} normal): AUC {roc_auc(score, true):.3f}, "
         f"balanced accuracy {balanced_accuracy(confusion_matrix(true, predicted, 2)):.3f} (each fold's threshold)"

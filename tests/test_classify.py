@@ -24,9 +24,22 @@ from segmorph.classify.metrics import (
     roc_curve,
 )
 from segmorph.classify.models import ResNet, SimpleCNN, build_classifier
-from segmorph.classify.pipeline import ClassifyRequest, network_config, predict_classifier, train_classifier
+from segmorph.classify.pipeline import (
+    ClassifyRequest,
+    network_config,
+    predict_classifier,
+    selected_weights,
+    train_classifier,
+)
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
-from segmorph.classify.task import ClassificationTask, class_weights, mixup_weight, predict_probabilities
+from segmorph.classify.task import (
+    ClassificationTask,
+    class_weights,
+    mixup_weight,
+    predict_probabilities,
+    scoring_views,
+    shift_zero_filled,
+)
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -250,6 +263,22 @@ def test_mirrored_probabilities_average_the_image_and_its_mirror():
     assert not torch.allclose(plain, mirrored, atol=1e-4)  # the test model is not mirror-symmetric
 
 
+def test_shifted_views_known_answer_and_their_average():
+    image = torch.arange(12.0).view(1, 1, 3, 4)
+    assert torch.equal(shift_zero_filled(image, 3, 1)[0, 0, 0], torch.tensor([0.0, 0.0, 1.0, 2.0]))
+    assert torch.equal(shift_zero_filled(image, 2, -1)[0, 0], torch.tensor([[4.0, 5, 6, 7], [8, 9, 10, 11], [0, 0, 0, 0]]))
+    assert torch.equal(shift_zero_filled(image, 2, 5), torch.zeros_like(image))
+    views = scoring_views(image, mirror=True, shift=0.25)  # 3 x 4 voxels: 1 voxel either way along both axes
+    assert len(views) == 6 and torch.equal(views[1], image.flip(2))
+    assert torch.equal(views[4], shift_zero_filled(image, 3, 1)) and torch.equal(views[5], shift_zero_filled(image, 3, -1))
+    assert len(scoring_views(image)) == 1 and len(scoring_views(image, shift=0.01)) == 5  # at least one voxel
+    torch.manual_seed(1)
+    model = SimpleCNN(2, 1, 2, (4, 8)).eval()
+    images = torch.randn(3, 1, 16, 12)
+    expected = torch.stack([predict_probabilities(model, v) for v in scoring_views(images, True, 0.1)]).mean(0)
+    assert torch.allclose(predict_probabilities(model, images, mirror=True, shift=0.1), expected, atol=1e-6)
+
+
 # -- the job -----------------------------------------------------------------------------------------------
 def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
     data = tmp_path / "data"
@@ -290,6 +319,36 @@ def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
     assert all(Path(r["cam"]).is_file() for r in rows)
 
 
+def test_kept_weights_follow_select(tmp_path, one_thread):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_csv(data / "labels.csv", _write_pictures(data))
+    request = ClassifyRequest(
+        dataset=data, out=tmp_path / "last", labels=Path("labels.csv"), target="lesion", group="patient",
+        model="simplecnn", width=4, batch_size=8, max_steps=8, time_budget_s=0, steps_per_epoch=4, val_fraction=0.25,
+        amp=False, show_progress=False,
+    )  # fmt: skip
+    assert request.select == "last"
+    for select, out in (("last", request.out), ("best", tmp_path / "best")):
+        summary = train_classifier(replace(request, out=out, select=select))
+        kept, config, _ = load_checkpoint(out / "classifier.pt")
+        assert config["classifier"]["select"] == select and config["classifier"]["shift"] == request.shift
+        if select == "last":
+            raw, _, extras = load_checkpoint(out / "checkpoint_last.pt")
+            assert all(torch.equal(kept[k], extras["ema"][k]) for k in kept)  # the final running average
+            assert not all(torch.equal(kept[k], raw[k]) for k in kept)
+        else:
+            best, _, _ = load_checkpoint(out / "checkpoint_best.pt")
+            assert all(torch.equal(kept[k], best[k]) for k in kept)
+        assert summary["fit"]["steps"] == 8
+    for bad, word in ((replace(request, select="worst"), "select"), (replace(request, shift=0.6), "shift")):
+        with pytest.raises(SegmorphError, match=word):
+            train_classifier(replace(bad, out=tmp_path / "bad"))
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    with pytest.raises(SegmorphError, match="select"):
+        selected_weights(request.out, "middle")
+
+
 def test_cli_parses_train_and_reports_bad_input(tmp_path):
     import argparse
 
@@ -307,6 +366,10 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
     assert network_config(replace(request, model="simplecnn"), 2, 1, 2)["dropout"] == 0.2
     args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--dropout", "0.3"])
     assert network_config(train_request(args), 2, 1, 2)["dropout"] == 0.3
+    defaults = train_request(args)
+    assert (defaults.select, defaults.shift) == (ClassifyRequest.select, ClassifyRequest.shift) == ("last", 0.04)
+    args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--select", "best", "--tta-shift", "0"])
+    assert (train_request(args).select, train_request(args).shift) == ("best", 0.0)
 
 
 def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
@@ -327,15 +390,16 @@ def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
     assert line.startswith("trained 8 steps") and "2 members: step or time limit" in line
     members = []
     for k in range(2):
-        state, config, _ = load_checkpoint(run / f"member_{k}" / "checkpoint_best.pt")
+        _, config, _ = load_checkpoint(run / f"member_{k}" / "checkpoint_last.pt")
         member = build_classifier(config["network"])
-        member.load_state_dict(state)
+        member.load_state_dict(selected_weights(run / f"member_{k}", "last"))
         members.append(member.eval())
     assert not torch.equal(members[0].fc.weight, members[1].fc.weight)  # different seeds
     image = sorted((data / "lesion").glob("*.png"))[0]
     row = predict_classifier(run, [image], show_progress=False)[0]
     prepared, _ = prepare_image(read_image(image), InputSpec.from_dict(summary["input"]))
-    expected = np.mean([predict_probabilities(m, prepared[None], mirror=True)[0].numpy() for m in members], axis=0)
+    views = {"mirror": True, "shift": ClassifyRequest.shift}
+    expected = np.mean([predict_probabilities(m, prepared[None], **views)[0].numpy() for m in members], axis=0)
     assert row["p_1"] == pytest.approx(float(expected[1]), abs=1e-5)
     with pytest.raises(SegmorphError, match="ensemble"):
         train_classifier(ClassifyRequest(dataset=data, out=tmp_path / "bad", ensemble=0, max_steps=1))

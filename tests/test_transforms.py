@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -84,6 +85,38 @@ def test_displacement_moves_the_sampling_position() -> None:
     assert torch.allclose(warped[1, 0, :, :10], image[1, 0, :, 2:], atol=1e-4)
     assert torch.all(warped[1, 0, :, 11] == 0)  # read outside: zero padding
     assert torch.allclose(warped[0], image[0], atol=1e-4)  # the row without a displacement
+
+
+def test_offsets_shift_the_content_by_whole_voxels() -> None:
+    image = (torch.arange(12.0) + 10 * torch.arange(8.0)[:, None]).expand(2, 1, 8, 12)  # value = 10 i + j
+    eye = torch.eye(2, dtype=torch.float64).repeat(2, 1, 1)
+    offsets = torch.tensor([[0.0, 0.0], [1.0, -3.0]], dtype=torch.float64)  # read 1 voxel on along I, 3 back along J
+    warped, _ = warp(image, None, sampling_grid(eye, (8, 12), offsets=offsets))
+    assert torch.allclose(warped[1, 0, :7, 3:], image[1, 0, 1:, :9], atol=1e-4)
+    assert torch.all(warped[1, 0, 7] == 0) and torch.all(warped[1, 0, :, :3] == 0)  # outside reads as zero
+    assert torch.allclose(warped[0], image[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_translation_moves_images_and_labels_within_its_range(ndim: int) -> None:
+    spatial = SpatialConfig(p_rotation=0.0, p_scaling=0.0, p_flip=0.0, p_translation=1.0, translation=0.25)
+    config = AugmentConfig(spatial=spatial, intensity=IntensityConfig(enabled=False))
+    images, labels = ball_batch(ndim, batch=8)
+    out_images, out_labels = Augmenter(config, ndim)(images, labels, seeded())
+    before = torch.stack([torch.nonzero(labels[0, 0]).float().mean(0)] * 8)
+    after = torch.stack([torch.nonzero(out_labels[b, 0]).float().mean(0) for b in range(8)])
+    moved = (after - before).abs()
+    assert moved.max() > 1.0 and moved.max() <= 0.25 * 16 + 0.5  # shifted, by at most a quarter of the extent
+    image_centres = torch.stack([torch.nonzero(out_images[b, 0] > 0).float().mean(0) for b in range(8)])
+    assert (image_centres - after).abs().max() < 0.6  # image and labels moved together
+
+
+def test_translation_off_keeps_the_other_draws() -> None:
+    images, labels = ball_batch(2)
+    plain = Augmenter(AugmentConfig(spatial=ALL_SPATIAL), 2)(images, labels, seeded())
+    zero = replace(ALL_SPATIAL, p_translation=0.0, translation=0.3)
+    same = Augmenter(AugmentConfig(spatial=zero), 2)(images, labels, seeded())
+    assert torch.equal(plain[0], same[0]) and torch.equal(plain[1], same[1])
 
 
 @pytest.mark.parametrize("plane, dims", [(0, (3, 4)), (1, (2, 4)), (2, (2, 3))])
@@ -212,6 +245,8 @@ def test_config_from_dict() -> None:
          "labels"),
         (lambda: SpatialConfig(p_rotation=1.5), "p_rotation"),
         (lambda: SpatialConfig(rotation_deg=(30.0, -30.0)), "rotation_deg"),
+        (lambda: SpatialConfig(translation=0.7), "translation"),
+        (lambda: SpatialConfig(p_translation=-0.1), "p_translation"),
         (lambda: IntensityConfig(gamma=(0.0, 1.0)), "gamma"),
         (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2, 2)), "patch_size"),
         (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2), 1.5),

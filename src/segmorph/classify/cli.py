@@ -98,6 +98,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
     p.add_argument("--no-mirror", action="store_true",
                    help="score the image alone (default: average with its left-right mirror)")  # fmt: skip
+    p.add_argument("--tta-shift", type=float, default=0.04, metavar="F",
+                   help="also average copies shifted by F of the image size both ways along each axis, in the final "
+                        "validation and in predict; 0 turns it off (default 0.04: 5 pixels at 128)")  # fmt: skip
+    p.add_argument("--select", choices=("last", "best"), default="last",
+                   help="weights kept: the final (averaged) ones, or the epoch of best validation AUC, which is "
+                        "picked on the images it is then scored on (default last)")  # fmt: skip
     p.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
@@ -133,7 +139,8 @@ def train_request(args: argparse.Namespace):
         val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
-        mirror=not args.no_mirror, ensemble=args.ensemble, dropout=args.dropout,
+        mirror=not args.no_mirror, shift=args.tta_shift, select=args.select, ensemble=args.ensemble,
+        dropout=args.dropout,
     )  # fmt: skip
 
 

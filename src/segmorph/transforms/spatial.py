@@ -1,12 +1,13 @@
-"""Batched spatial augmentation: rotation, scaling, elastic deformation and mirroring.
+"""Batched spatial augmentation: rotation, scaling, translation, elastic deformation and mirroring.
 
 Conventions:
 
 * Tensors are ``(B, C, I, J, K)`` in 3D and ``(B, C, I, J)`` in 2D, with the array axes of
   :mod:`segmorph.geometry`; spatial axis ``d`` is tensor axis ``2 + d``.
 * A *sampling matrix* ``A`` (``n x n``) maps an output voxel's offset from the volume centre to the
-  input position it reads, in voxels: ``v_in = A @ (v_out + displacement(v_out))``. Voxels are taken
-  as isotropic (resample to the target spacing before augmenting).
+  input position it reads, in voxels: ``v_in = A @ (v_out + displacement(v_out)) + t``, with a
+  translation ``t`` (voxels; ``t > 0`` along an axis moves the content towards lower indices). Voxels
+  are taken as isotropic (resample to the target spacing before augmenting).
 * A rotation by ``+angle`` in the plane of spatial axes ``(p, q)``, ``p < q``, turns the content from
   axis ``p`` towards axis ``q``: 90 degrees equals ``torch.rot90(x, 1, dims=(2 + p, 2 + q))``. In 3D the
   angles are about axes I, J and K, i.e. in the planes (J, K), (I, K) and (I, J).
@@ -38,6 +39,9 @@ class SpatialConfig:
         rotation_deg: Range of each rotation angle in degrees.
         p_scaling: Probability of an isotropic scaling.
         scaling: Range of the scale factor (half the draws below 1, half above, as in nnU-Net).
+        p_translation: Probability of a translation (off by default: segmentation patches are
+            already drawn at random positions; whole-image classifiers need it).
+        translation: Largest shift along each spatial axis, as a fraction of the extent along it.
         p_elastic: Probability of an elastic deformation.
         elastic_magnitude: Range of the standard deviation of control-point displacements, in voxels.
         elastic_spacing: Distance between control points of the coarse displacement grid, in voxels.
@@ -50,6 +54,8 @@ class SpatialConfig:
     rotation_deg: tuple[float, float] = (-30.0, 30.0)
     p_scaling: float = 0.2
     scaling: tuple[float, float] = (0.7, 1.4)
+    p_translation: float = 0.0
+    translation: float = 0.1
     p_elastic: float = 0.0
     elastic_magnitude: tuple[float, float] = (0.0, 2.0)
     elastic_spacing: int = 8
@@ -57,7 +63,7 @@ class SpatialConfig:
     flip_axes: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("p_rotation", "p_scaling", "p_elastic", "p_flip"):
+        for name in ("p_rotation", "p_scaling", "p_translation", "p_elastic", "p_flip"):
             check_probability(name, getattr(self, name))
         for name in ("rotation_deg", "scaling", "elastic_magnitude"):
             check_range(name, getattr(self, name))
@@ -65,6 +71,8 @@ class SpatialConfig:
             raise ValueError(f"scaling: factors must be positive, got {self.scaling}")
         if self.elastic_magnitude[0] < 0:
             raise ValueError(f"elastic_magnitude: must be >= 0 voxels, got {self.elastic_magnitude}")
+        if not 0.0 <= self.translation <= 0.5:
+            raise ValueError(f"translation: expected a fraction of the extent in [0, 0.5], got {self.translation}")
         if self.elastic_spacing < 1:
             raise ValueError(f"elastic_spacing: must be >= 1 voxel, got {self.elastic_spacing}")
         if self.flip_axes is not None and any(a not in (0, 1, 2) for a in self.flip_axes):
@@ -78,6 +86,7 @@ class SpatialParams:
     Attributes:
         rows: ``(k,)`` batch members that are resampled; the others skip ``grid_sample``.
         matrices: ``(k, n, n)`` float64 sampling matrices of those members (see module docstring).
+        offsets: ``(k, n)`` float64 translations ``t`` of those members in voxels (see module docstring).
         elastic_rows: ``(e,)`` positions within ``rows`` that also get an elastic displacement.
         elastic: ``(e, n, *G)`` coarse displacement grids in voxels (channel ``d`` along spatial axis ``d``),
             upsampled (bi/trilinear) to the volume; None when ``e == 0``.
@@ -86,6 +95,7 @@ class SpatialParams:
 
     rows: torch.Tensor
     matrices: torch.Tensor
+    offsets: torch.Tensor
     elastic_rows: torch.Tensor
     elastic: torch.Tensor | None
     flips: torch.Tensor
@@ -157,12 +167,13 @@ def draw_spatial_params(
     factors = split_uniform(config.scaling, (batch_size,), generator)
     magnitudes = uniform(*config.elastic_magnitude, (batch_size,), generator)
     flips = uniform(0, 1, (batch_size, n), generator) < config.p_flip
+    offsets = _draw_offsets(config, batch_size, spatial_shape, generator)
     if config.flip_axes is not None:
         flips[:, [a for a in range(n) if a not in config.flip_axes]] = False
     angles = torch.where(rotate[:, None], angles, 0.0)
     factors = torch.where(scale, factors, 1.0)
-    # A zero angle with a unit scale is the identity: such members are left exactly as they are.
-    moved = (angles != 0).any(1) | (factors != 1.0) | (elastic & (magnitudes > 0))
+    # A zero angle with a unit scale and no shift is the identity: such members are left exactly as they are.
+    moved = (angles != 0).any(1) | (factors != 1.0) | (offsets != 0).any(1) | (elastic & (magnitudes > 0))
     rows = moved.nonzero().flatten()
     matrices = rotation_matrices(angles[rows]) * factors[rows, None, None]
     elastic_rows = (elastic & (magnitudes > 0))[rows].nonzero().flatten()
@@ -172,7 +183,20 @@ def draw_spatial_params(
         noise = torch.randn((elastic_rows.numel(), n, *coarse), generator=generator, device=generator.device)
         scale_e = magnitudes[rows[elastic_rows]].float().view(-1, *[1] * (n + 1))
         grids = noise.cpu() * scale_e
-    return SpatialParams(rows, matrices, elastic_rows, grids, flips)
+    return SpatialParams(rows, matrices, offsets[rows], elastic_rows, grids, flips)
+
+
+def _draw_offsets(
+    config: SpatialConfig, batch_size: int, spatial_shape: Sequence[int], generator: torch.Generator
+) -> torch.Tensor:
+    """``(B, n)`` translations in voxels; drawn only when translation is on, so other settings keep their draws."""
+    n = len(spatial_shape)
+    if config.p_translation == 0 or config.translation == 0:
+        return torch.zeros(batch_size, n, dtype=torch.float64)
+    shift = uniform(0, 1, (batch_size,), generator) < config.p_translation
+    extent = torch.tensor(spatial_shape, dtype=torch.float64)
+    offsets = uniform(-config.translation, config.translation, (batch_size, n), generator) * extent
+    return torch.where(shift[:, None], offsets, 0.0)
 
 
 def _normalised_linear(matrices: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
@@ -220,6 +244,7 @@ def sampling_grid(
     displaced_rows: torch.Tensor | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    offsets: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The ``grid_sample`` grid of sampling matrices and optional coarse displacements.
 
@@ -231,10 +256,24 @@ def sampling_grid(
         displaced_rows: ``(e,)`` rows of ``matrices`` that ``displacement`` belongs to.
         dtype: Floating type of the grid.
         device: Device of the grid.
+        offsets: ``(k, n)`` translations in voxels, added to every read position; None: none.
 
     Returns:
         ``(k, *spatial_shape, n)`` normalised coordinates, last axis ordered (K, J, I) as ``grid_sample`` wants.
     """
+    grid = _unshifted_grid(matrices, spatial_shape, displacement, displaced_rows, dtype, device)
+    if offsets is None or not offsets.any():
+        return grid
+    # Normalised coordinates (align_corners=False) span 2 over an axis of ``size`` voxels.
+    n = len(spatial_shape)
+    normalised = offsets.double() * 2.0 / torch.tensor(spatial_shape, dtype=torch.float64)
+    return grid + normalised.flip(1).to(dtype=dtype, device=device).view(offsets.shape[0], *[1] * n, n)
+
+
+def _unshifted_grid(
+    matrices: torch.Tensor, spatial_shape: Sequence[int], displacement: torch.Tensor | None,
+    displaced_rows: torch.Tensor | None, dtype: torch.dtype, device: torch.device | str,
+) -> torch.Tensor:  # fmt: skip
     n, k = len(spatial_shape), matrices.shape[0]
     linear = _normalised_linear(matrices, spatial_shape)
     plain = torch.ones(k, dtype=torch.bool)
@@ -286,7 +325,7 @@ def apply_spatial(
     n = images.ndim - 2
     if params.rows.numel():
         grid = sampling_grid(params.matrices, images.shape[2:], params.elastic, params.elastic_rows,
-                             images.dtype, images.device)
+                             images.dtype, images.device, params.offsets)
         images, labels = _on_rows(images, labels, params.rows, lambda x, y: warp(x, y, grid))
     for axis in range(n):
         rows = params.flips[:, axis].nonzero().flatten()
