@@ -180,8 +180,7 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
     out = Path(request.out)
     if request.ensemble < 1:
         raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
-    if request.select not in SELECTIONS:
-        raise SegmorphError(f"select: expected one of {', '.join(SELECTIONS)}, got {request.select!r}")
+    check_select(request.select)
     if not 0.0 <= request.shift < 0.5:
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
     dataset = load_classification_dataset(request)
@@ -235,12 +234,17 @@ def _fit_member(
 def selected_weights(folder: Path, select: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The state dict a finished training folder keeps: ``"best"`` (``checkpoint_best.pt``) or ``"last"``
     (the final weights of ``checkpoint_last.pt``; their running average when the run kept one)."""
-    if select not in SELECTIONS:
-        raise SegmorphError(f"select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
+    check_select(select)
     if select == "best":
         return load_checkpoint(folder / "checkpoint_best.pt", map_location=device)[0]
     state, _, extras = load_checkpoint(folder / "checkpoint_last.pt", map_location=device)
     return extras.get("ema", state)
+
+
+def check_select(select: str) -> None:
+    """Raise SegmorphError unless ``select`` names a choice of kept weights (:data:`SELECTIONS`)."""
+    if select not in SELECTIONS:
+        raise SegmorphError(f"select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
 
 
 def _input_and_network(request: ClassifyRequest, dataset: ClassificationDataset, out: Path) -> tuple[InputSpec, dict]:

@@ -352,11 +352,14 @@ def register_classical(
 
 def velocity_transform(velocity_voxels: torch.Tensor, fixed: Affine, matrix: np.ndarray, steps: int) -> Transform:
     """``[exp(v) on the fixed grid, matrix]`` from a velocity in fixed-grid voxels ``(1, n, *S)``."""
-    velocity_mm = voxel_to_world_vectors(velocity_voxels.double().cpu(), fixed)[0].float()
-    return Transform([FieldStep.from_velocity(velocity_mm, fixed, steps), np.asarray(matrix)])
+    return Transform([FieldStep.from_velocity(_field_mm(velocity_voxels, fixed), fixed, steps), np.asarray(matrix)])
 
 
 def displacement_transform(displacement_voxels: torch.Tensor, fixed: Affine, matrix: np.ndarray) -> Transform:
     """``[u on the fixed grid, matrix]`` from a displacement in fixed-grid voxels ``(1, n, *S)``."""
-    displacement_mm = voxel_to_world_vectors(displacement_voxels.double().cpu(), fixed)[0].float()
-    return Transform([FieldStep(fixed, displacement_mm), np.asarray(matrix)])
+    return Transform([FieldStep(fixed, _field_mm(displacement_voxels, fixed)), np.asarray(matrix)])
+
+
+def _field_mm(field_voxels: torch.Tensor, fixed: Affine) -> torch.Tensor:
+    """A fixed-grid voxel vector field ``(1, n, *S)`` as float32 millimetres ``(n, *S)`` (world axes)."""
+    return voxel_to_world_vectors(field_voxels.double().cpu(), fixed)[0].float()
