@@ -3,7 +3,8 @@
 The hold-out split validates on 126 images of which only 22 are normal, so its ROC AUC has a standard
 error of about 0.03. Here every image is validated once, by the model that did not train on it (folds
 deal whole ``dup_group`` groups, class by class). Each fold keeps ``classify train``'s default weights
-(the final averaged ones: nothing is picked on the fold's images but the threshold). Prints per fold:
+(the mean of the averaged weights over the second half of training, batch norm re-estimated on the
+training images: nothing is picked on the fold's images but the threshold). Prints per fold:
 images, normals, steps, AUC, balanced accuracy at the fold's own threshold (chosen on that fold, like
 ``classify train``: optimistic) and at p = 0.5 (fixed in advance); then the mean and standard deviation
 over folds, the pooled out-of-fold AUC and balanced accuracy, wall time and peak RSS. Finished folds (a
@@ -33,7 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def settings(request: dict) -> tuple:
     """What must match for a finished fold to be read back: split, budget, kept weights and scoring views."""
-    return (request["num_folds"], request["time_budget_s"], request.get("select", "best"), request.get("shift", 0.0))
+    return (request["num_folds"], request["time_budget_s"], request.get("select", "best"), request.get("shift", 0.0),
+            request.get("tail_average", 0.0), request.get("refresh_batch_norm", False))  # fmt: skip
 
 
 def out_of_fold(run: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -49,9 +51,11 @@ def finished(run: Path, args: argparse.Namespace) -> bool:
     if not (run / "summary.json").exists():
         return False
     found = settings(json.loads((run / "run.json").read_text())["request"])
-    wanted = (args.folds, args.time_budget, ClassifyRequest.select, ClassifyRequest.shift)
+    wanted = (args.folds, args.time_budget, ClassifyRequest.select, ClassifyRequest.shift,
+              ClassifyRequest.tail_average, ClassifyRequest.refresh_batch_norm)  # fmt: skip
     if found != wanted:
-        raise SystemExit(f"{run}: trained with (folds, seconds a fold, select, shift) = {found}, not {wanted}; "
+        raise SystemExit(f"{run}: trained with (folds, seconds a fold, select, shift, tail, bn refresh) = {found}, "
+                         f"not {wanted}; "
                          "give another --out")  # fmt: skip
     return True
 

@@ -37,6 +37,7 @@ from segmorph.classify.task import (
     class_weights,
     mixup_weight,
     predict_probabilities,
+    refresh_batch_norm,
     scoring_views,
     shift_zero_filled,
 )
@@ -319,7 +320,7 @@ def test_train_and_predict_write_the_run_folder(tmp_path, one_thread):
     assert all(Path(r["cam"]).is_file() for r in rows)
 
 
-def test_kept_weights_follow_select(tmp_path, one_thread):
+def test_kept_weights_follow_select_tail_and_batch_norm_refresh(tmp_path, one_thread):
     data = tmp_path / "data"
     data.mkdir()
     _write_csv(data / "labels.csv", _write_pictures(data))
@@ -328,25 +329,52 @@ def test_kept_weights_follow_select(tmp_path, one_thread):
         model="simplecnn", width=4, batch_size=8, max_steps=8, time_budget_s=0, steps_per_epoch=4, val_fraction=0.25,
         amp=False, show_progress=False,
     )  # fmt: skip
-    assert request.select == "last"
-    for select, out in (("last", request.out), ("best", tmp_path / "best")):
-        summary = train_classifier(replace(request, out=out, select=select))
-        kept, config, _ = load_checkpoint(out / "classifier.pt")
-        assert config["classifier"]["select"] == select and config["classifier"]["shift"] == request.shift
-        if select == "last":
-            raw, _, extras = load_checkpoint(out / "checkpoint_last.pt")
-            assert all(torch.equal(kept[k], extras["ema"][k]) for k in kept)  # the final running average
+    assert (request.select, request.tail_average, request.refresh_batch_norm) == ("last", 0.5, True)
+    runs = {"tail": request, "ema": replace(request, out=tmp_path / "ema", tail_average=0.0, refresh_batch_norm=False),
+            "best": replace(request, out=tmp_path / "best", select="best", refresh_batch_norm=False)}  # fmt: skip
+    for name, run in runs.items():
+        summary = train_classifier(run)
+        kept, config, _ = load_checkpoint(run.out / "classifier.pt")
+        raw, _, extras = load_checkpoint(run.out / "checkpoint_last.pt")
+        assert config["classifier"]["select"] == run.select and config["classifier"]["shift"] == request.shift
+        assert summary["fit"]["steps"] == 8 and summary["kept_weights"].startswith(run.select)
+        if name == "tail":  # the mean of epochs 1 and 2's averages: learned weights equal, batch-norm statistics new
+            stats = [k for k in kept if "running" in k or "num_batches" in k]
+            assert stats and all(torch.equal(kept[k], extras["tail"][k]) for k in kept if k not in stats)
+            assert not all(torch.equal(kept[k], extras["tail"][k]) for k in stats)
+            assert not all(torch.equal(kept[k], extras["ema"][k]) for k in kept if k not in stats)
+            assert "batch norm re-estimated" in summary["kept_weights"]
+        elif name == "ema":
+            assert "tail" not in extras and all(torch.equal(kept[k], extras["ema"][k]) for k in kept)
             assert not all(torch.equal(kept[k], raw[k]) for k in kept)
         else:
-            best, _, _ = load_checkpoint(out / "checkpoint_best.pt")
+            best, _, _ = load_checkpoint(run.out / "checkpoint_best.pt")
             assert all(torch.equal(kept[k], best[k]) for k in kept)
-        assert summary["fit"]["steps"] == 8
-    for bad, word in ((replace(request, select="worst"), "select"), (replace(request, shift=0.6), "shift")):
+    bad_requests = ((replace(request, select="worst"), "select"), (replace(request, shift=0.6), "shift"),
+                    (replace(request, tail_average=2.0), "tail average"))  # fmt: skip
+    for bad, word in bad_requests:
         with pytest.raises(SegmorphError, match=word):
             train_classifier(replace(bad, out=tmp_path / "bad"))
     assert not (tmp_path / "bad").exists()  # refused before anything is written
     with pytest.raises(SegmorphError, match="select"):
         selected_weights(request.out, "middle")
+
+
+def test_refresh_batch_norm_known_answer():
+    generator = torch.Generator().manual_seed(0)
+    images = 3.0 + 2.0 * torch.randn(8, 1, 6, 5, generator=generator)
+    norm = torch.nn.BatchNorm2d(1)
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1, bias=False), norm)
+    torch.nn.init.constant_(model[0].weight, 0.5)
+    norm.running_mean.fill_(-7.0)
+    norm.momentum = 0.3
+    model.eval()
+    assert refresh_batch_norm(model, images, batch_size=8, mirror=True)
+    halves = 0.5 * images
+    assert norm.running_mean.item() == pytest.approx(halves.mean().item(), abs=1e-5)  # a mirror has the same moments
+    assert norm.running_var.item() == pytest.approx(halves.var().item(), rel=1e-4)  # unbiased, as in training
+    assert model[0].weight.item() == 0.5 and norm.momentum == 0.3 and not model.training  # mode kept
+    assert not refresh_batch_norm(torch.nn.Linear(2, 2), images)
 
 
 def test_cli_parses_train_and_reports_bad_input(tmp_path):
@@ -368,6 +396,9 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
     assert network_config(train_request(args), 2, 1, 2)["dropout"] == 0.3
     defaults = train_request(args)
     assert (defaults.select, defaults.shift) == (ClassifyRequest.select, ClassifyRequest.shift) == ("last", 0.04)
+    assert (defaults.tail_average, defaults.refresh_batch_norm) == (0.5, True)
+    args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--tail-average", "0", "--no-bn-refresh"])
+    assert (train_request(args).tail_average, train_request(args).refresh_batch_norm) == (0.0, False)
     args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--select", "best", "--tta-shift", "0"])
     assert (train_request(args).select, train_request(args).shift) == ("best", 0.0)
 
@@ -380,7 +411,7 @@ def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
     request = ClassifyRequest(
         dataset=data, out=tmp_path / "run", labels=Path("labels.csv"), target="lesion", group="patient",
         model="simplecnn", width=4, batch_size=8, max_steps=8, time_budget_s=0, steps_per_epoch=2, val_fraction=0.25,
-        amp=False, show_progress=False, ensemble=2,
+        amp=False, show_progress=False, ensemble=2, refresh_batch_norm=False,  # members rebuilt from their checkpoints
     )  # fmt: skip
     summary = train_classifier(request)
     run = tmp_path / "run"

@@ -148,3 +148,39 @@ def test_weight_average_known_answer():
     assert not average.weight.requires_grad
     with pytest.raises(ValueError, match="ema_decay"):
         _config(ema_decay=1.0)
+
+
+def test_tail_average_is_the_mean_of_the_last_epochs_and_resumes(tmp_path):
+    config = _config(max_steps=12, steps_per_epoch=3, tail_average=0.5)  # epochs end at progress 1/4, 1/2, 3/4, 1
+    states = []
+
+    def keep_epoch_weights(record):
+        states.append(load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")[0])
+
+    fit(_model(), _cases(), [], config, tmp_path / "full", {}, 3, callbacks=[keep_epoch_weights], show_progress=False)
+    _, _, extras = load_checkpoint(tmp_path / "full" / "checkpoint_last.pt")
+    assert len(states) == 4 and json.loads(extras["counters_json"])["tail_count"] == 3
+    for key, value in extras["tail"].items():
+        if value.dtype.is_floating_point:
+            expected = torch.stack([s[key].double() for s in states[1:]]).mean(0)  # epochs 2-4: the last half
+            assert torch.allclose(value.double(), expected, atol=1e-6), key
+
+    def crash_after_second_epoch(record):
+        if record.epoch == 2:
+            raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit(_model(), _cases(), [], config, tmp_path / "part", {}, 3, callbacks=[crash_after_second_epoch],
+            show_progress=False)  # fmt: skip
+    fit(_model(), _cases(), [], config, tmp_path / "part", {}, 3, resume=True, show_progress=False)
+    part = load_checkpoint(tmp_path / "part" / "checkpoint_last.pt")[2]
+    assert json.loads(part["counters_json"])["tail_count"] == 3
+    assert all(torch.allclose(extras["tail"][k].float(), part["tail"][k].float(), atol=1e-6) for k in part["tail"])
+    assert "tail" not in _plain_run_extras(tmp_path, _config(max_steps=6))
+    with pytest.raises(ValueError, match="tail_average"):
+        _config(tail_average=1.5)
+
+
+def _plain_run_extras(tmp_path, config):
+    fit(_model(), _cases(), [], config, tmp_path / "plain", {}, 3, show_progress=False)
+    return load_checkpoint(tmp_path / "plain" / "checkpoint_last.pt")[2]

@@ -63,6 +63,11 @@ class TrainConfig:
         ema_decay: Exponential moving average of the weights (0: off). When on, validation,
             ``checkpoint_best.pt`` and so the trained model use the averaged weights; the decay ramps up
             as ``min(ema_decay, (1 + step) / (10 + step))`` so the first steps are not tied to the start.
+        tail_average: Also keep the plain mean of the validated weights (the EMA when on) taken at the end
+            of every epoch in this last fraction of training (0: off; 0.5: the second half). It is saved
+            as ``tail`` beside the weights in ``checkpoint_last.pt``; callers choose whether to use it
+            (``segmorph classify train`` does). Unlike the EMA, whose horizon is a few hundred steps, it
+            spans a stretch of the trajectory, which steadies where a small-data run ends.
     """
 
     patch_size: tuple[int, ...]
@@ -84,10 +89,13 @@ class TrainConfig:
     seed: int = 0
     val_overlap: float = 0.25
     ema_decay: float = 0.0
+    tail_average: float = 0.0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay: expected 0 <= value < 1, got {self.ema_decay}")
+        if not 0.0 <= self.tail_average <= 1.0:
+            raise ValueError(f"tail_average: expected a fraction of training in [0, 1], got {self.tail_average}")
         if self.max_steps <= 0 and self.time_budget_s <= 0:
             raise ValueError("max_steps/time_budget_s: give at least one limit")
         if self.optimizer not in ("adamw", "sgd"):
@@ -272,6 +280,8 @@ class _Loop:
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
         self.optimizer = _make_optimizer(self.model, config)
         self.ema = _frozen_copy(self.model) if config.ema_decay > 0 else None
+        self.tail: nn.Module | None = None  # the tail average, from its first epoch on
+        self.tail_count = 0
         self.step = 0
         self.epoch = 0
         self.elapsed_before = 0.0
@@ -286,8 +296,12 @@ class _Loop:
         self.model.load_state_dict(state)
         if self.ema is not None:
             self.ema.load_state_dict(extras.get("ema", state))
+        if "tail" in extras:
+            self.tail = _frozen_copy(self.model)
+            self.tail.load_state_dict(extras["tail"])
         self.optimizer.load_state_dict(extras["optimizer"])
         counters = json.loads(extras["counters_json"])
+        self.tail_count = counters.get("tail_count", 0)
         self.step, self.epoch = counters["step"], counters["epoch"]
         self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
         self.history = [EpochRecord(**r) for r in counters["history"]]
@@ -298,13 +312,15 @@ class _Loop:
     def _checkpoint(self, name: str) -> None:
         counters = {
             "step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed(), "best": self.best,
-            "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history],
+            "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history], "tail_count": self.tail_count,
         }  # fmt: skip
         config = {"network": self.network_config, "train": self.config.to_dict(), **self.extra_config}
         # The best checkpoint holds the weights that were validated (the average when EMA is on); the last
         # one holds the trained weights, with the average beside them for resuming.
         best = name == "checkpoint_best.pt" and self.ema is not None
         extras = {"ema": self.ema.state_dict()} if self.ema is not None else {}
+        if self.tail is not None:
+            extras["tail"] = self.tail.state_dict()
         save_checkpoint(
             self.run_dir / name, (self.ema if best else self.model).state_dict(), config,
             optimizer=self.optimizer.state_dict(), counters_json=json.dumps(counters),
@@ -381,6 +397,7 @@ class _Loop:
         self.history.append(record)
         if dist.is_main_process():
             self._update_best(record)
+            self._update_tail()
             self._checkpoint("checkpoint_last.pt")
             self._write_log()
         return record
@@ -390,6 +407,16 @@ class _Loop:
         if score > self.best:
             self.best, self.best_epoch = score, record.epoch
             self._checkpoint("checkpoint_best.pt")
+
+    def _update_tail(self) -> None:
+        """Fold the validated weights into the tail average once training is in its last ``tail_average``."""
+        if self.config.tail_average <= 0 or self.progress() < 1.0 - self.config.tail_average:
+            return
+        source = self.ema if self.ema is not None else self.model
+        if self.tail is None:
+            self.tail = _frozen_copy(source)
+        _update_average(self.tail, source, self.tail_count / (self.tail_count + 1))
+        self.tail_count += 1
 
     def _should_stop_early(self) -> bool:
         patience = self.config.patience_epochs

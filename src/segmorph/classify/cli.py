@@ -104,6 +104,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--select", choices=("last", "best"), default="last",
                    help="weights kept: the final (averaged) ones, or the epoch of best validation AUC, which is "
                         "picked on the images it is then scored on (default last)")  # fmt: skip
+    p.add_argument("--tail-average", type=float, default=0.5, metavar="F",
+                   help="with --select last, keep the mean of the averaged weights over the last F of training, "
+                        "0 for the final ones (default 0.5)")  # fmt: skip
+    p.add_argument("--no-bn-refresh", action="store_true",
+                   help="keep the batch-norm statistics of training (default: re-estimated on the unaugmented "
+                        "training images)")  # fmt: skip
     p.add_argument("--ensemble", type=int, default=1, metavar="N",
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
@@ -140,7 +146,7 @@ def train_request(args: argparse.Namespace):
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
         mirror=not args.no_mirror, shift=args.tta_shift, select=args.select, ensemble=args.ensemble,
-        dropout=args.dropout,
+        dropout=args.dropout, tail_average=args.tail_average, refresh_batch_norm=not args.no_bn_refresh,
     )  # fmt: skip
 
 

@@ -6,9 +6,10 @@ A run folder holds:
 * ``checkpoint_best.pt`` / ``checkpoint_last.pt``, ``train_log.csv``, ``curves.png``: from the training loop
   (with ``ensemble`` N > 1: in ``member_0/`` ... ``member_<N-1>/``, one per member, each trained with seed
   ``seed + k`` for ``1/N`` of the budget; the members' probabilities are averaged).
-* ``classifier.pt``: the kept weights (``select``: the final averaged ones by default, or the best epoch's)
-  with everything needed to use them in its JSON config: network, class names, target column, input spec
-  (size, channels, normalisation), scoring views and the decision threshold.
+* ``classifier.pt``: the kept weights (``select``: by default the mean of the averaged weights over the last
+  ``tail_average`` of training, or the best epoch's), their batch-norm statistics re-estimated on the clean
+  training images (``refresh_batch_norm``), with everything needed to use them in its JSON config: network,
+  class names, target column, input spec (size, channels, normalisation), scoring views and the threshold.
 * ``summary.json``: validation metrics at the chosen threshold (and at argmax), training facts.
 * ``val_predictions.csv``, ``roc.png``, ``confusion.png``.
 
@@ -47,7 +48,12 @@ from segmorph.classify.metrics import choose_threshold, classification_report, p
 from segmorph.classify.models import Ensemble, build_classifier
 from segmorph.classify.plots import plot_confusion, plot_roc
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split
-from segmorph.classify.task import ClassificationTask, classification_augment_config, predict_probabilities
+from segmorph.classify.task import (
+    ClassificationTask,
+    classification_augment_config,
+    predict_probabilities,
+    refresh_batch_norm,
+)
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
 from segmorph.nn import count_parameters
@@ -94,11 +100,17 @@ class ClassifyRequest:
         mirror: Probabilities averaged over the image and its left-right mirror (validation and predict).
         shift: Also over copies shifted by this fraction of the extent both ways along each axis (final
             validation and predict; 0: off). See :func:`segmorph.classify.task.scoring_views`.
-        select: Weights kept: ``"last"``, the final (averaged) ones, or ``"best"``, those of the epoch of
-            highest validation AUC. With a hundred-odd validation images the best epoch is mostly noise:
+        select: Weights kept: ``"last"``, the final (averaged) ones (the tail average when ``tail_average``
+            > 0), or ``"best"``, those of the epoch of highest validation AUC. With a hundred-odd validation
+            images the best epoch is mostly noise:
             on BUSI's five grouped folds its AUC beat the final weights' by 0.018 on average on the
             images it was picked on, while the final weights scored at least as well as any earlier
             stretch of training.
+        tail_average: Keep the mean of the averaged weights over this last fraction of training (0: the
+            final ones; see :class:`segmorph.train.TrainConfig`). Used by ``select="last"``.
+        refresh_batch_norm: Re-estimate the kept weights' batch-norm statistics on the training images
+            (unaugmented, with their mirrors when ``mirror``); see
+            :func:`segmorph.classify.task.refresh_batch_norm`.
         ensemble: Members trained one after another, each for its share of the budget (1: one network).
         resume: Continue the run in ``out`` from its last checkpoint (same data and settings).
         show_progress: Progress bars and a summary line.
@@ -134,6 +146,8 @@ class ClassifyRequest:
     mirror: bool = True
     shift: float = 0.04
     select: str = "last"
+    tail_average: float = 0.5
+    refresh_batch_norm: bool = True
     ensemble: int = 1
     resume: bool = False
     show_progress: bool = True
@@ -181,6 +195,8 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
     if request.ensemble < 1:
         raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
     check_select(request.select)
+    if not 0.0 <= request.tail_average <= 1.0:
+        raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
     if not 0.0 <= request.shift < 0.5:
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
     dataset = load_classification_dataset(request)
@@ -228,17 +244,31 @@ def _fit_member(
     result = fit_task(model, task, train_config, folder, net, request.device, resume,
                       show_progress=request.show_progress, extra_config={"classifier": facts})  # fmt: skip
     model.load_state_dict(selected_weights(folder, request.select, request.device))
+    if request.refresh_batch_norm:
+        refresh_batch_norm(model, task.train_images, request.device, mirror=request.mirror)
     return model, result
 
 
 def selected_weights(folder: Path, select: str, device: str = "cpu") -> dict[str, torch.Tensor]:
     """The state dict a finished training folder keeps: ``"best"`` (``checkpoint_best.pt``) or ``"last"``
-    (the final weights of ``checkpoint_last.pt``; their running average when the run kept one)."""
+    (from ``checkpoint_last.pt``: the tail average when the run kept one, else the running average, else the
+    final weights)."""
     check_select(select)
     if select == "best":
         return load_checkpoint(folder / "checkpoint_best.pt", map_location=device)[0]
     state, _, extras = load_checkpoint(folder / "checkpoint_last.pt", map_location=device)
-    return extras.get("ema", state)
+    return extras.get("tail", extras.get("ema", state))
+
+
+def kept_weights_text(facts: dict[str, Any]) -> str:
+    """What the kept weights are, in words (``summary.json``'s ``kept_weights``, shown in the report)."""
+    if facts["select"] == "best":
+        text = "best: the epoch of highest validation AUC"
+    elif facts.get("tail_average", 0) > 0:
+        text = f"last: mean of the averaged weights over the last {facts['tail_average']:.0%} of training"
+    else:
+        text = "last: the final averaged weights"
+    return text + ("; batch norm re-estimated on the training images" if facts.get("refresh_batch_norm") else "")
 
 
 def check_select(select: str) -> None:
@@ -269,7 +299,7 @@ def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
         weight_decay=request.weight_decay, schedule="cosine", warmup=0.05, max_steps=request.max_steps,
         time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
         patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
-        ema_decay=request.ema_decay,
+        ema_decay=request.ema_decay, tail_average=request.tail_average,
     )  # fmt: skip
 
 
@@ -278,7 +308,8 @@ def _classifier_facts(
 ) -> dict[str, Any]:
     return {"class_names": list(dataset.class_names), "target": request.target, "input": spec.to_dict(),
             "threshold": threshold, "positive_class": dataset.class_names[1] if len(dataset.class_names) == 2 else None,
-            "mirror": request.mirror, "shift": request.shift, "select": request.select}  # fmt: skip
+            "mirror": request.mirror, "shift": request.shift, "select": request.select,
+            "tail_average": request.tail_average, "refresh_batch_norm": request.refresh_batch_norm}  # fmt: skip
 
 
 def _finish(
@@ -302,7 +333,7 @@ def _finish(
         "validation": report, "validation_at_argmax": classification_report(probabilities, labels, None),
         "fit": _fit_facts(results, report),
         "class_names": list(names), "threshold": threshold, "input": facts["input"], "network": net,
-        "kept_weights": facts["select"], "scoring_views": {"mirror": facts["mirror"], "shift": facts["shift"]},
+        "kept_weights": kept_weights_text(facts), "scoring_views": {"mirror": facts["mirror"], "shift": facts["shift"]},
         "train_images": len(dataset.items) - len(val_index), "val_images": len(val_index),
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
