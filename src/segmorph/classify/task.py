@@ -127,9 +127,8 @@ def refresh_batch_norm(
     """
     if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return False
-    batches = [images[start : start + batch_size] for start in range(0, images.shape[0], batch_size)]
-    if mirror:
-        batches += [batch.flip(2) for batch in batches]
+    views = scoring_views(images, mirror=mirror)
+    batches = [view[start : start + batch_size] for view in views for start in range(0, view.shape[0], batch_size)]
     torch.optim.swa_utils.update_bn(batches, model, torch.device(device))
     return True
 
