@@ -26,9 +26,11 @@ from segmorph.classify.metrics import (
 from segmorph.classify.models import ResNet, SimpleCNN, build_classifier
 from segmorph.classify.pipeline import (
     ClassifyRequest,
+    load_classification_dataset,
     network_config,
     predict_classifier,
     selected_weights,
+    split_dataset,
     train_classifier,
 )
 from segmorph.classify.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
@@ -204,6 +206,20 @@ def _write_csv(path: Path, rows, header=("file", "lesion", "patient")) -> Path:
         writer.writerow(header)
         writer.writerows(rows)
     return path
+
+
+def test_split_seed_fixes_the_split_whatever_the_training_seed(tmp_path):
+    rows = _write_pictures(tmp_path, count=24)
+    labels_csv = _write_csv(tmp_path / "labels.csv", rows)
+    request = ClassifyRequest(tmp_path, tmp_path / "run", labels=labels_csv, target="lesion", group="patient")
+    dataset = load_classification_dataset(request)
+    expected = grouped_holdout_split(dataset.labels, dataset.groups, 0.2, 5, dataset.class_names)
+    assert split_dataset(dataset, replace(request, seed=0, split_seed=5)) == expected
+    assert split_dataset(dataset, replace(request, seed=9, split_seed=5)) == expected
+    assert split_dataset(dataset, replace(request, seed=5)) == expected  # no split seed: the seed splits
+    assert split_dataset(dataset, replace(request, seed=9)) != expected
+    folds = replace(request, fold=1, num_folds=3, seed=2, split_seed=7)
+    assert split_dataset(dataset, folds) == grouped_fold_split(dataset.labels, dataset.groups, 1, 3, 7, dataset.class_names)
 
 
 def test_labels_csv_errors_name_the_file_and_column(tmp_path):
@@ -401,6 +417,9 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
     assert (train_request(args).tail_average, train_request(args).refresh_batch_norm) == (0.0, False)
     args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--select", "best", "--tta-shift", "0"])
     assert (train_request(args).select, train_request(args).shift) == ("best", 0.0)
+    assert train_request(args).split_seed is None
+    args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--seed", "3", "--split-seed", "0"])
+    assert (train_request(args).seed, train_request(args).split_seed) == (3, 0)
 
 
 def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):

@@ -115,7 +115,10 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast where the device runs it fast)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation, and of the split "
+                   "unless --split-seed (default 0)")
+    p.add_argument("--split-seed", type=int, metavar="S",
+                   help="seed of the train/validation split alone (default: --seed), to train one split with several seeds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -143,6 +146,7 @@ def train_request(args: argparse.Namespace):
         file_column=args.file_column, model=args.model, width=args.width, size=args.size, batch_size=args.batch_size,
         learning_rate=args.lr, time_budget_s=budget, max_steps=args.max_steps, patience_epochs=args.patience,
         val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
+        split_seed=args.split_seed,
         amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
         weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
         mirror=not args.no_mirror, shift=args.tta_shift, select=args.select, ensemble=args.ensemble,

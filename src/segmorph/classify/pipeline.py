@@ -90,7 +90,9 @@ class ClassifyRequest:
         val_fraction: Hold-out share (whole groups, per class) when ``fold`` is None.
         fold: Validation fold of a grouped ``num_folds``-fold split; None: the hold-out split.
         num_folds: Folds of the grouped k-fold split.
-        seed: Seed of the split, initial weights, batches and augmentation.
+        seed: Seed of the initial weights, batches and augmentation, and of the split unless ``split_seed``.
+        split_seed: Seed of the split alone (None: ``seed``), so that one split can be trained with
+            several seeds: on a small validation set the seed-to-seed spread can exceed the effect studied.
         device: ``cpu``, ``cuda`` or ``mps``.
         amp: bfloat16 autocast in training where the device runs it fast (:mod:`segmorph.precision`).
         augment: Training augmentation (see :func:`segmorph.classify.task.classification_augment_config`).
@@ -137,6 +139,7 @@ class ClassifyRequest:
     fold: int | None = None
     num_folds: int = 5
     seed: int = 0
+    split_seed: int | None = None
     device: str = "cpu"
     amp: bool = True
     augment: bool = True
@@ -164,9 +167,10 @@ def load_classification_dataset(request: ClassifyRequest) -> ClassificationDatas
 def split_dataset(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
     """Train and validation image indices: grouped, stratified, seeded (hold-out or one fold)."""
     labels, groups, names = dataset.labels, dataset.groups, dataset.class_names
+    seed = request.seed if request.split_seed is None else request.split_seed
     if request.fold is None:
-        return grouped_holdout_split(labels, groups, request.val_fraction, request.seed, names)
-    return grouped_fold_split(labels, groups, request.fold, request.num_folds, request.seed, names)
+        return grouped_holdout_split(labels, groups, request.val_fraction, seed, names)
+    return grouped_fold_split(labels, groups, request.fold, request.num_folds, seed, names)
 
 
 def network_config(request: ClassifyRequest, ndim: int, channels: int, num_classes: int) -> dict[str, Any]:
