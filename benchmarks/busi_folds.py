@@ -6,10 +6,12 @@ deal whole ``dup_group`` groups, class by class). Each fold keeps ``classify tra
 (the mean of the averaged weights over the second half of training, batch norm re-estimated on the
 training images: nothing is picked on the fold's images but the threshold). Prints per fold:
 images, normals, steps, AUC, balanced accuracy at the fold's own threshold (chosen on that fold, like
-``classify train``: optimistic) and at p = 0.5 (fixed in advance); then the mean and standard deviation
-over folds, the pooled out-of-fold AUC and balanced accuracy, wall time and peak RSS. Finished folds (a
-``summary.json`` in their folder) are read back, not trained again; folds of another split, budget or
-weight selection in ``--out`` are an error.
+``classify train``: optimistic) and at p = 0.5 (fixed in advance); then, once every fold is scored, the
+balanced accuracy of each fold at the threshold chosen (Youden's J, as ``classify train`` chooses it) on
+the other folds' pooled validation predictions, so that neither the model nor its threshold saw the
+images scored; then the mean and standard deviation over folds, the pooled out-of-fold AUC and balanced
+accuracy, wall time and peak RSS. Finished folds (a ``summary.json`` in their folder) are read back, not
+trained again; folds of another split, budget or weight selection in ``--out`` are an error.
 
     python benchmarks/busi_folds.py --time-budget 15m
 """
@@ -25,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.classify.metrics import balanced_accuracy, confusion_matrix, roc_auc
+from segmorph.classify.metrics import balanced_accuracy, choose_threshold, confusion_matrix, roc_auc
 from segmorph.classify.pipeline import ClassifyRequest, train_classifier
 from segmorph.cli import parse_duration
 
@@ -58,6 +60,16 @@ def finished(run: Path, args: argparse.Namespace) -> bool:
                          f"not {wanted}; "
                          "give another --out")  # fmt: skip
     return True
+
+
+def cross_fitted(pooled: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
+    """Per fold ``(threshold, balanced accuracy)``: the threshold chosen on the other folds' pooled predictions."""
+    results = []
+    for k, (true, score, _) in enumerate(pooled):
+        others = [part for j, part in enumerate(pooled) if j != k]
+        threshold = choose_threshold(np.concatenate([o[1] for o in others]), np.concatenate([o[0] for o in others]))
+        results.append((threshold, balanced_accuracy(confusion_matrix(true, (score >= threshold).astype(int), 2))))
+    return results
 
 
 def train_fold(args: argparse.Namespace, fold: int) -> Path:
@@ -94,10 +106,14 @@ def main() -> None:
         print(f"fold {fold}: {true.size} images ({rows[-1][2]} normal), {rows[-1][3]} steps, "
               f"AUC {rows[-1][4]:.3f}, balanced accuracy {rows[-1][5]:.3f} (at p = 0.5: {at_half:.3f})",
               flush=True)  # fmt: skip
+    crossed = cross_fitted(pooled)
+    for fold, (threshold, bacc) in enumerate(crossed):
+        print(f"fold {fold}: balanced accuracy {bacc:.3f} at the other folds' threshold {threshold:.3f}")
     aucs, baccs, halves = (np.array([r[k] for r in rows]) for k in (4, 5, 6))
     true, score, predicted = (np.concatenate(parts) for parts in zip(*pooled))
     print(f"mean over {args.folds} folds: AUC {aucs.mean():.3f} (SD {aucs.std(ddof=1):.3f}), "
-          f"balanced accuracy {baccs.mean():.3f} (SD {baccs.std(ddof=1):.3f}; at p = 0.5: {halves.mean():.3f})")  # fmt: skip
+          f"balanced accuracy {baccs.mean():.3f} (SD {baccs.std(ddof=1):.3f}; at p = 0.5: {halves.mean():.3f}; "
+          f"at the other folds' threshold: {np.mean([b for _, b in crossed]):.3f})")  # fmt: skip
     print(
         f"pooled out-of-fold ({true.size} images, {int((true == 0).sum())} normal): AUC {roc_auc(score, true):.3f}, "
         f"balanced accuracy {balanced_accuracy(confusion_matrix(true, predicted, 2)):.3f} (each fold's threshold)"
