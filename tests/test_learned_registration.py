@@ -35,6 +35,19 @@ def test_untrained_network_starts_at_the_identity():
     assert velocity.abs().max() < 1e-2  # voxels
 
 
+def test_full_resolution_inputs_give_a_half_resolution_velocity_trained_from_the_first_level():
+    config = replace(TINY, features=(4, 8, 8, 8), input_shrink=1)
+    network = build_registration_network(3, config).eval()
+    inputs = torch.rand(1, 2, 21, 19, 13)
+    assert predict_velocity(network, inputs, input_shrink=1).shape == (1, 3, 21, 19, 13)  # padded to 24x24x16 inside
+    displacement = predict_displacement(network, inputs, config)
+    assert displacement.shape == (1, 3, 21, 19, 13) and displacement.abs().max() < 1e-2  # voxels
+    coarse = learned.coarse_velocity(network.train(), torch.rand(1, 2, 24, 24, 16), 1, False)
+    assert coarse.shape == (1, 3, 12, 12, 8)  # the network decodes down to half resolution only
+    coarse.square().sum().backward()
+    assert next(network.encoder[0].parameters()).grad.abs().sum() > 0  # the full-resolution level learns
+
+
 class ConstantVelocity(torch.nn.Module):
     """A stand-in network whose velocity is the same vector everywhere (coarse voxels); counts its calls."""
 
