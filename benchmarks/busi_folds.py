@@ -62,13 +62,19 @@ def finished(run: Path, args: argparse.Namespace) -> bool:
     return True
 
 
+def balanced_accuracy_at(true: np.ndarray, score: np.ndarray, threshold: float) -> float:
+    """Balanced accuracy of calling lesion where ``score >= threshold``."""
+    return balanced_accuracy(confusion_matrix(true, (score >= threshold).astype(int), 2))
+
+
 def cross_fitted(pooled: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> list[tuple[float, float]]:
     """Per fold ``(threshold, balanced accuracy)``: the threshold chosen on the other folds' pooled predictions."""
     results = []
     for k, (true, score, _) in enumerate(pooled):
-        others = [part for j, part in enumerate(pooled) if j != k]
-        threshold = choose_threshold(np.concatenate([o[1] for o in others]), np.concatenate([o[0] for o in others]))
-        results.append((threshold, balanced_accuracy(confusion_matrix(true, (score >= threshold).astype(int), 2))))
+        other_true = np.concatenate([t for j, (t, _, _) in enumerate(pooled) if j != k])
+        other_score = np.concatenate([s for j, (_, s, _) in enumerate(pooled) if j != k])
+        threshold = choose_threshold(other_score, other_true)
+        results.append((threshold, balanced_accuracy_at(true, score, threshold)))
     return results
 
 
@@ -99,7 +105,7 @@ def main() -> None:
         true, score, predicted = out_of_fold(run)
         summary = json.loads((run / "summary.json").read_text())
         matrix = confusion_matrix(true, predicted, 2)
-        at_half = balanced_accuracy(confusion_matrix(true, (score >= 0.5).astype(int), 2))
+        at_half = balanced_accuracy_at(true, score, 0.5)
         rows.append((fold, true.size, int((true == 0).sum()), summary["fit"]["steps"], roc_auc(score, true),
                      balanced_accuracy(matrix), at_half))  # fmt: skip
         pooled.append((true, score, predicted))
