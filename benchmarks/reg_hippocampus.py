@@ -4,7 +4,9 @@ Fixed random pairs of cases kept out of the registration training split (the run
 cases, or the same split computed here when no model is given), each crop padded (centred) to a
 common 64³ grid. For every method: mean Dice of labels 1 and 2 of the warped moving labels against
 the fixed labels, HD95 (mm), folding (% of voxels with det J <= 0) and seconds per pair (transform
-plus warping the labels; the model is loaded once). The methods take turns pair by pair, so a slow
+plus warping the labels; the model is loaded once). A learned model trained with label guidance
+also sees the moving labels (those it warps; the fixed labels are only scored); its row "learned,
+images only" runs it without them. The methods take turns pair by pair, so a slow
 spell of the machine (timings on a shared VM vary by 20-50%) hits them alike. ANTsPy (``pip install -e ".[bench-reg]"`` in a
 separate environment: antspyx pins numpy<2.4 and scipy<1.16) runs on the same pairs in the same run.
 
@@ -43,14 +45,18 @@ def score(warped: np.ndarray, fixed: RegistrationCase) -> dict[str, float]:
 
 
 def segmorph_method(kind: str, model=None, refine: int = 0, prealign: str | None = None,
-                    passes: int | None = None) -> Method:  # fmt: skip
-    """A method returning (warped moving labels, folding %) for a pair."""
+                    passes: int | None = None, guided: bool = True) -> Method:  # fmt: skip
+    """A method returning (warped moving labels, folding %) for a pair.
+
+    ``guided``: a learned model trained with label guidance also gets the moving labels (the ones it warps).
+    """
 
     def run(fixed: RegistrationCase, moving: RegistrationCase):
         if kind == "none":
             return moving.label.numpy()[0], lambda: 0.0
         if kind == "learned":
-            transform = model.register(fixed.image, moving.image, refine=refine, prealign=prealign, passes=passes)
+            transform = model.register(fixed.image, moving.image, refine=refine, prealign=prealign, passes=passes,
+                                       moving_labels=moving.label if guided else None)  # fmt: skip
         else:
             transform = register_classical(fixed.image, moving.image, kind)
         warped = transform.warp(moving.label, fixed.image.affine, fixed.image.spatial_shape).numpy()[0]
@@ -133,7 +139,7 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="segmorph train-registration run folder")
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--refine", type=int, default=20, help="instance-optimisation steps for learned+refine")
-    parser.add_argument("--prealign", choices=("affine", "com", "none"), help="learned pre-alignment (default: the model's)")
+    parser.add_argument("--prealign", choices=("auto", "prior", "affine", "com", "none"), help="learned pre-alignment (default: the model's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. ants learned)")
@@ -154,6 +160,8 @@ def main() -> None:
         methods["segmorph learned"] = segmorph_method("learned", model, prealign=args.prealign)
         if model.config.passes > 1:
             methods["learned, one pass"] = segmorph_method("learned", model, prealign=args.prealign, passes=1)
+        if model.config.label_guidance > 0:
+            methods["learned, images only"] = segmorph_method("learned", model, prealign=args.prealign, guided=False)
         if args.refine > 0:
             methods[f"learned + refine {args.refine}"] = segmorph_method("learned", model, args.refine, args.prealign)
     if "ants" not in args.skip:

@@ -247,3 +247,158 @@ def test_the_prior_runs_at_its_plan_spacing_and_answers_on_the_input_grid(traine
     assert difference.max() < 0.2  # the far faces read the last coarse voxel (origin-preserving grids)
     with pytest.raises(ValueError, match="spacing"):
         prior.probabilities(volume, (1.0, 1.0))
+
+
+# -- label guidance ------------------------------------------------------------------------------
+
+
+def test_guided_pairs_see_the_moving_labels_in_place_of_the_moving_prior():
+    from segmorph.registration.learned import PairData
+
+    images, prior = torch.rand(3, 1, 4, 5, 6), torch.rand(3, 2, 4, 5, 6)
+    labels = torch.randint(0, 3, (3, 4, 5, 6))
+    onehot = torch.nn.functional.one_hot(labels, 3).movedim(-1, 1).float()
+    data = PairData(images, onehot, prior)
+    inputs = data.inputs(torch.tensor([0, 1]), torch.tensor([2, 0]), guided=torch.tensor([True, False]))
+    assert inputs.shape == (2, 6, 4, 5, 6)  # moving, fixed, 2 moving prior, 2 fixed prior
+    assert torch.equal(inputs[0, 2:4], onehot[2, 1:]) and torch.equal(inputs[1, 2:4], prior[0])
+    assert torch.equal(inputs[:, 4:], prior[[0, 1]]) and torch.equal(inputs[:, 1], images[[0, 1], 0])
+    assert data.can_guide() and not PairData(images, onehot[:, :2], prior).can_guide()
+
+
+class _FlatPrior:
+    """A stand-in prior: every voxel 1/3 of each of three classes."""
+
+    num_classes = 3
+
+    def image_probabilities(self, image):
+        return torch.full((3, *image.spatial_shape), 1 / 3)
+
+
+def _moving_prior_seen(monkeypatch, config, moving_labels):
+    """The moving prior channels the network is given by ``register`` (captured, then an identity field)."""
+    seen = []
+
+    def capture(network, inputs, config, amp=False, weights=None):
+        seen.append(inputs[:, 2:4].clone())
+        return torch.zeros(1, 3, *inputs.shape[2:])
+
+    monkeypatch.setattr(learned, "predict_displacement", capture)
+    network = build_registration_network(3, replace(config, prior_classes=3))
+    model = LearnedRegistration(network, replace(config, prior_classes=3), prior=_FlatPrior())
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    moving, _ = sphere_case((24, 20, 12), seed=2)
+    model.register(fixed, moving, prealign="none", moving_labels=moving_labels(moving))
+    return seen[0], model
+
+
+def test_a_label_guided_model_sees_the_moving_labels_and_others_ignore_them(monkeypatch):
+    def labels_of(moving):  # one voxel of class 2, the rest background, on the moving grid
+        data = torch.zeros(1, *moving.spatial_shape, dtype=torch.int64)
+        data[0, 12, 10, 6] = 2
+        return type(moving)(data, moving.affine, is_label=True)
+
+    seen, model = _moving_prior_seen(monkeypatch, replace(TINY, label_guidance=0.5), labels_of)
+    window = network_window([slice(0, 24), slice(0, 20), slice(0, 12)], TINY.train_shape)
+    centre = [12 - window[0][0], 10 - window[1][0], 6 - window[2][0]]
+    assert seen[0, 1, centre[0], centre[1], centre[2]] == 1 and seen[0, 1].sum() == 1 and seen[0, 0].sum() == 0
+    assert model.guided_by(labels_of(sphere_case((24, 20, 12), seed=2)[0]))
+    unguided, model = _moving_prior_seen(monkeypatch, replace(TINY, label_guidance=0.0), labels_of)
+    assert not model.guided_by(labels_of(sphere_case((24, 20, 12), seed=2)[0]))
+    assert abs(float(unguided.max()) - 1 / 3) < 1e-6 and unguided[0, 0].sum() > 100  # the prior's, not the labels
+
+
+def test_labels_outside_the_prior_classes_do_not_guide(monkeypatch):
+    def labels_of(moving):
+        return type(moving)(torch.full((1, *moving.spatial_shape), 5, dtype=torch.int64), moving.affine, is_label=True)
+
+    seen, model = _moving_prior_seen(monkeypatch, replace(TINY, label_guidance=1.0), labels_of)
+    assert not model.guided_by(labels_of(sphere_case((24, 20, 12), seed=2)[0]))
+    assert seen.max() <= 1 / 3 + 1e-6
+
+
+def test_label_guidance_is_a_share_and_needs_a_prior(tmp_path, capsys):
+    with pytest.raises(ValueError, match="label_guidance"):
+        replace(TINY, label_guidance=1.5)
+    dataset = write_msd_dataset(tmp_path / "data", num_cases=6)
+    code = main(["train-registration", str(dataset), "--out", str(tmp_path / "reg"), "--max-steps", "1",
+                 "--label-guidance", "0.5", "--quiet"])  # fmt: skip
+    assert code == 1 and "--label-guidance needs --segmentation-model" in capsys.readouterr().err
+    request = RegistrationTrainRequest(dataset, tmp_path / "plain", time_budget_s=0, max_steps=1, config=TINY,
+                                       show_progress=False)  # fmt: skip
+    train_registration(request)  # no prior: nothing for labels to stand in for, so the run is unguided
+    assert LearnedRegistration.load(tmp_path / "plain").config.label_guidance == 0.0
+    assert LearnedConfig.from_dict({"features": [4, 8]}).label_guidance == 0.0  # checkpoints from before it
+    assert main(["train-registration", str(dataset), "--out", str(tmp_path / "reg"), "--label-guidance", "2"]) == 1
+    assert "--label-guidance 2.0: expected a share in 0..1" in capsys.readouterr().err
+
+
+def test_a_label_guided_run_trains_and_registers_with_the_moving_labels(tmp_path, trained_run):
+    dataset = write_msd_dataset(tmp_path / "data", num_cases=8)
+    request = RegistrationTrainRequest(dataset, tmp_path / "reg_run", time_budget_s=0, max_steps=3, config=TINY,
+                                       show_progress=False, segmentation_run=trained_run)  # fmt: skip
+    assert train_registration(request)["steps"] == 3
+    assert LearnedRegistration.load(tmp_path / "reg_run").config.label_guidance == 0.5
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    moving, moving_labels = sphere_case((24, 20, 12), seed=2)
+    for name, image in (("fixed", fixed), ("moving", moving), ("labels", moving_labels)):
+        write_image(image, tmp_path / f"{name}.nii.gz")
+    code = main(["register", str(tmp_path / "fixed.nii.gz"), str(tmp_path / "moving.nii.gz"), "--out",
+                 str(tmp_path / "reg"), "--method", "learned", "--model", str(tmp_path / "reg_run"),
+                 "--moving-labels", str(tmp_path / "labels.nii.gz"), "--quiet"])  # fmt: skip
+    assert code == 0
+    assert json.loads((tmp_path / "reg" / "registration.json").read_text())["label_guided"] is True
+
+
+# -- pre-alignment by the prior ------------------------------------------------------------------
+
+
+def test_prior_prealignment_matches_the_centres_of_the_structures(trained_run):
+    from segmorph.geometry import Affine
+    from segmorph.registration.prior import SegmentationPrior, foreground_centre
+
+    config = replace(TINY, prior_classes=3, prealign="auto")
+    prior = SegmentationPrior(trained_run)
+    model = LearnedRegistration(build_registration_network(3, config), config, prior=prior)
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    shift = np.array([3.0, -4.5, 2.0])  # mm, world
+    moved_grid = Affine.from_geometry(OBLIQUE.spacing, OBLIQUE.origin + shift, OBLIQUE.direction)
+    moving = type(fixed)(fixed.data.clone(), moved_grid)  # the same scan, 3/4.5/2 mm away in the world
+    assert foreground_centre(prior.image_probabilities(fixed), fixed.affine) is not None
+    for kind in ("prior", "auto", None):
+        matrix = model.prealign(fixed, moving, kind)
+        assert np.allclose(matrix[:3, :3], np.eye(3)) and np.allclose(matrix[:3, 3], shift, atol=1e-6)
+    background = torch.zeros(1, 3, *fixed.spatial_shape)
+    background[:, 0] = 1.0
+    prior.probabilities = lambda volumes, spacing, margin=1: background  # a prior that finds nothing
+    assert foreground_centre(prior.image_probabilities(moving), moving.affine) is None
+    assert np.allclose(model.prealign(fixed, moving, "prior"), np.eye(4))  # then no shift
+
+
+def test_auto_prealignment_without_a_prior_is_none_and_prior_needs_one():
+    from segmorph.errors import SegmorphError
+
+    model = LearnedRegistration(build_registration_network(3, TINY), replace(TINY, prealign="auto"))
+    fixed, _ = sphere_case((24, 20, 12), seed=1)
+    moving, _ = sphere_case((24, 20, 12), seed=2)
+    assert np.allclose(model.prealign(fixed, moving), np.eye(4))
+    with pytest.raises(SegmorphError, match="needs a model trained with a segmentation prior"):
+        model.prealign(fixed, moving, "prior")
+
+
+def test_a_whole_voxel_translation_on_one_grid_is_a_shift_equal_to_resampling():
+    from segmorph.registration.transform import Transform
+
+    image, labels = sphere_case((24, 20, 12), seed=3)
+    matrix = np.eye(4)
+    matrix[:3, 3] = OBLIQUE.matrix[:3, :3] @ np.array([2.0, -1.0, 3.0])  # 2, -1, 3 voxels in the world
+    shift = learned._voxel_shift(matrix, image, image)
+    assert shift == (2, -1, 3)
+    transform = Transform.from_matrix(matrix)
+    for moving in (image, labels):
+        resampled = transform.warp(moving, image.affine, image.spatial_shape)
+        shifted = learned._shifted(moving, shift, image.affine)
+        assert shifted.is_label == moving.is_label and shifted.affine.allclose(image.affine)
+        assert torch.allclose(shifted.data.float(), resampled.data.float(), atol=1e-4)
+    matrix[:3, 3] += 0.3  # not whole voxels: resampled instead
+    assert learned._voxel_shift(matrix, image, image) is None

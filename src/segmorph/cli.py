@@ -136,8 +136,10 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--passes", type=int,
                    help="learned: network passes, each registering the fixed image to the moving one warped so far "
                         "(default: the model's, 2)")  # fmt: skip
-    p.add_argument("--prealign", choices=("affine", "com", "none"),
-                   help="learned: alignment before the network (default: the model's, 'none' for centred crops)")  # fmt: skip
+    p.add_argument("--prealign", choices=("auto", "prior", "affine", "com", "none"),
+                   help="learned: alignment before the network: prior (match the centres of the segmentation "
+                        "prior's structures), affine, com, none (default: the model's; auto = prior for models "
+                        "with a prior, else none)")  # fmt: skip
     p.add_argument("--similarity", choices=("ncc", "mse", "mi", "mind"), default="ncc",
                    help="classical image similarity: ncc (default, same modality); mi or mind for multi-modal")  # fmt: skip
     p.add_argument("--overlays", action="store_true", help="write checkerboard, grid and Jacobian pictures")
@@ -157,6 +159,10 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--segmentation-model", type=Path,
                    help="segmorph segmentation run whose label probabilities the network also sees (copied into "
                         "the run; train it on the same split first; one trained with --spacing 2 is several times cheaper)")  # fmt: skip
+    p.add_argument("--label-guidance", type=float,
+                   help="share of training pairs (0..1) whose moving prior is the moving labels; such a model then "
+                        "takes --moving-labels (and atlas labels) as guidance at inference (default 0.5 with "
+                        "--segmentation-model on a labelled dataset, else 0)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -229,6 +229,12 @@ def run_train_registration(args: argparse.Namespace) -> int:
         config = replace(config, dice_weight=args.dice_weight)
     if args.similarity:
         config = replace(config, similarity=args.similarity)
+    if args.label_guidance is not None:
+        if not 0 <= args.label_guidance <= 1:
+            raise SegmorphError(f"--label-guidance {args.label_guidance}: expected a share in 0..1")
+        if args.label_guidance > 0 and args.segmentation_model is None:
+            raise SegmorphError("--label-guidance needs --segmentation-model (labels stand in for its probabilities)")
+        config = replace(config, label_guidance=args.label_guidance)
     request = RegistrationTrainRequest(
         dataset=args.dataset, out=args.out, time_budget_s=_time_budget(args), max_steps=args.max_steps, config=config,
         batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed, device=args.device,

@@ -213,12 +213,16 @@ def register_atlas(
     model: LearnedRegistration | None = None,
     config: ClassicalConfig | None = None,
     device: str | torch.device = "cpu",
+    atlas_labels: Image | None = None,
 ) -> Transform:
-    """Scan (fixed) → atlas (moving) transform, classical or learned (``method="learned"`` needs ``model``)."""
+    """Scan (fixed) → atlas (moving) transform, classical or learned (``method="learned"`` needs ``model``).
+
+    ``atlas_labels`` guide a learned model trained with ``label_guidance`` (see ``LearnedRegistration.register``).
+    """
     if method == "learned":
         if model is None:
             raise ValueError("model: method 'learned' needs a LearnedRegistration")
-        return model.register(scan, atlas_image)
+        return model.register(scan, atlas_image, moving_labels=atlas_labels)
     return register_classical(scan, atlas_image, method, config, device=device)
 
 
@@ -298,7 +302,7 @@ def atlas_segment(
     values = _label_values(atlases)
     propagated, probabilities, warped_images = [], [], []
     for image, labels in track(atlases, "atlases", total=len(atlases), enabled=progress):
-        transform = register_atlas(scan, image, method, model, config, device)
+        transform = register_atlas(scan, image, method, model, config, device, labels)
         if fusion == "majority":
             propagated.append(transform.warp(labels, scan.affine, scan.spatial_shape).numpy()[0])
             continue

@@ -21,11 +21,14 @@ import torch
 
 from segmorph.checkpoint import load_checkpoint, model_from_checkpoint
 from segmorph.errors import SegmorphError
+from segmorph.geometry import Affine
+from segmorph.image import Image
 from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network
 from segmorph.plan import Plan
 from segmorph.precision import autocast
 from segmorph.preprocess import linear_resample, normalize, resample_array, resampled_shape
+from segmorph.registration import spatial
 
 PRIOR_FOLDER = "segmentation_prior"
 
@@ -108,6 +111,10 @@ class SegmentationPrior:
         probabilities = torch.softmax(logits.float(), dim=1)
         return probabilities[(slice(None), slice(None), *[slice(0, s) for s in shape])].cpu()
 
+    def image_probabilities(self, image: Image) -> torch.Tensor:
+        """Class probabilities ``(K, *S)`` of the first channel of ``image``, on its grid."""
+        return self.probabilities(image.data[None, :1].float(), image.spacing)[0]
+
     def copy_to(self, folder: Path) -> Path:
         """Copy the run's plan and best checkpoint into ``folder/segmentation_prior`` (self-contained runs)."""
         target = folder / PRIOR_FOLDER
@@ -129,3 +136,14 @@ def content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
         where = torch.nonzero(nonzero.any(dim=other)).flatten()
         box.append(slice(max(int(where[0]) - margin, 0), min(int(where[-1]) + 1 + margin, size)))
     return tuple(box)
+
+
+def foreground_centre(probabilities: torch.Tensor, affine: Affine) -> np.ndarray | None:
+    """Centre in world mm of the foreground (every class but background) of probabilities ``(K, *S)``
+    on the grid ``affine``; None where they hold less than one voxel's worth of foreground."""
+    foreground = probabilities[1:].sum(0).double()
+    total = float(foreground.sum())
+    if total < 1.0:
+        return None
+    index = spatial.identity_grid(foreground.shape, torch.float64)[0]
+    return affine.voxel_to_world(((index * foreground).flatten(1).sum(1) / total).numpy())

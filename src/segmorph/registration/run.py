@@ -90,12 +90,14 @@ def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
 
 def register_images(fixed: Image, moving: Image, method: str, model=None, refine: int = 0,
                     similarity: str = "ncc", prealign: str | None = None,
-                    structures: tuple[Image, Image] | None = None, device: str = "cpu") -> Transform:  # fmt: skip
+                    structures: tuple[Image, Image] | None = None, device: str = "cpu",
+                    moving_labels: Image | None = None) -> Transform:  # fmt: skip
     """Dispatch to classical, learned or structure-based registration; returns the fixed → moving transform.
 
     ``structures`` (fixed and moving segmentations, e.g. from ``segmorph predict``) align the pair
     by label centroids and overlap: on their own with ``method="structures"``, else as the start.
     ``device`` runs classical optimisation (a learned ``model`` keeps the device it was loaded on).
+    ``moving_labels`` guide a learned model trained with ``label_guidance``; other methods ignore them.
     """
     if method not in METHODS:
         raise SegmorphError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
@@ -112,7 +114,7 @@ def register_images(fixed: Image, moving: Image, method: str, model=None, refine
     if method == "learned":
         if model is None:
             raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
-        return model.register(fixed, moving, refine=refine, matrix=start, prealign=prealign)
+        return model.register(fixed, moving, refine=refine, matrix=start, prealign=prealign, moving_labels=moving_labels)
     return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity), start=start, device=device)
 
 
@@ -126,7 +128,7 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     started = time.perf_counter()
     try:
         transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity,
-                                    request.prealign, structures, request.device)  # fmt: skip
+                                    request.prealign, structures, request.device, moving_labels)  # fmt: skip
     except SegmorphError as err:
         if err.path is not None:
             raise
@@ -146,6 +148,7 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     }  # fmt: skip
     if request.method == "learned" and model is not None:
         record["passes"] = model.passes_used(request.refine)
+        record["label_guided"] = model.guided_by(moving_labels)
     if fixed_labels is not None:
         record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels)
         atomic_write_text(out / "metrics.json", json.dumps(record["metrics"], indent=2) + "\n")
