@@ -160,11 +160,15 @@ def build_pyramid(
 def centre_of_mass(image: Image) -> np.ndarray:
     """Intensity-weighted centre in world mm (intensities shifted to be non-negative)."""
     data = image.data.float().sum(0)
-    weights = (data - data.min()).double()
-    index = spatial.identity_grid(data.shape, torch.float64)[0]
-    total = weights.sum().clamp_min(1e-12)
-    centre = (index * weights).flatten(1).sum(1) / total
-    return image.affine.voxel_to_world(centre.numpy())
+    return weighted_centre(data - data.min(), image.affine)
+
+
+def weighted_centre(weights: torch.Tensor, affine: Affine) -> np.ndarray:
+    """World centre (mm) of non-negative voxel weights ``(*S)`` on the grid ``affine``."""
+    weights = weights.double()
+    index = spatial.identity_grid(weights.shape, torch.float64)[0]
+    centre = (index * weights).flatten(1).sum(1) / weights.sum().clamp_min(1e-12)
+    return affine.voxel_to_world(centre.numpy())
 
 
 def initial_matrix(fixed: Image, moving: Image, init: str) -> np.ndarray:

@@ -436,8 +436,8 @@ class LearnedRegistration:
         the model was trained so (``label_guidance``) and the label values are classes of its prior."""
         if moving_labels is None or self.prior is None or self.config.label_guidance <= 0:
             return False
-        values = torch.unique(moving_labels.data)
-        return bool(values.min() >= 0 and values.max() < self.prior.num_classes)
+        low, high = torch.aminmax(moving_labels.data)
+        return bool(low >= 0 and high < self.prior.num_classes)
 
     def prior_maps(self, fixed: Image, moving: Image) -> PriorMaps | None:
         """The prior's class probabilities of both scans, each on its own grid (None without a prior)."""
@@ -535,7 +535,7 @@ class LearnedRegistration:
             both = onto_fixed(Image(torch.cat([moving.data[:1].float(), maps.moving[1:]]), moving.affine)).data
             moved, fixed_prior, moved_prior = Image(both[:1], fixed.affine), maps.fixed[1:], both[1:]
         if self.guided_by(moving_labels):
-            if moving_labels.spatial_shape != moving.spatial_shape or not moving_labels.affine.allclose(moving.affine):
+            if not _same_grid(moving, moving_labels):
                 raise ValueError("moving_labels: not on the moving image's grid")
             moved_labels = onto_fixed(moving_labels).data[0].long()
             moved_prior = F.one_hot(moved_labels, self.prior.num_classes).movedim(-1, 0)[1:].float()
@@ -582,6 +582,7 @@ class LearnedRegistration:
 
 
 def _same_grid(fixed: Image, moving: Image) -> bool:
+    """Whether both lie on one grid (shape and geometry)."""
     return moving.spatial_shape == fixed.spatial_shape and moving.affine.allclose(fixed.affine)
 
 

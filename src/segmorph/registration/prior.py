@@ -28,7 +28,7 @@ from segmorph.nn import build_network
 from segmorph.plan import Plan
 from segmorph.precision import autocast
 from segmorph.preprocess import linear_resample, normalize, resample_array, resampled_shape
-from segmorph.registration import spatial
+from segmorph.registration.classical import weighted_centre
 
 PRIOR_FOLDER = "segmentation_prior"
 
@@ -141,9 +141,7 @@ def content_box(volumes: torch.Tensor, margin: int) -> tuple[slice, ...]:
 def foreground_centre(probabilities: torch.Tensor, affine: Affine) -> np.ndarray | None:
     """Centre in world mm of the foreground (every class but background) of probabilities ``(K, *S)``
     on the grid ``affine``; None where they hold less than one voxel's worth of foreground."""
-    foreground = probabilities[1:].sum(0).double()
-    total = float(foreground.sum())
-    if total < 1.0:
+    foreground = probabilities[1:].sum(0)
+    if float(foreground.sum()) < 1.0:
         return None
-    index = spatial.identity_grid(foreground.shape, torch.float64)[0]
-    return affine.voxel_to_world(((index * foreground).flatten(1).sum(1) / total).numpy())
+    return weighted_centre(foreground, affine)

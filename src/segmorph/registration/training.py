@@ -84,10 +84,10 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     monitor_cases = load_registration_cases(spec, split["monitor"], config.train_shape)
     num_classes = max(spec.labels) + 1 if spec.labels else 0
     labelled = num_classes > 0 and all(c.label is not None for c in train_cases + monitor_cases)
-    if prior is None or not labelled or num_classes != config.prior_classes:
-        config = replace(config, label_guidance=0.0)  # labels can stand in only for a prior of their classes
     train = _pair_data(train_cases, labelled, num_classes, prior)
     monitor = _pair_data(monitor_cases, labelled, num_classes, prior)
+    if not (train.can_guide() and monitor.can_guide()):
+        config = replace(config, label_guidance=0.0)  # labels can stand in only for a prior of their classes
     monitor_pairs = draw_pairs(min(MONITOR_PAIRS, len(monitor_cases) * (len(monitor_cases) - 1)),
                                len(monitor_cases), request.seed)  # fmt: skip
     task = RegistrationTask(train, monitor, monitor_pairs, config, request.batch_size)
