@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.classify.metrics import balanced_accuracy, choose_threshold, confusion_matrix, roc_auc
-from segmorph.classify.pipeline import ClassifyRequest, train_classifier
-from segmorph.cli import parse_duration
+from segmorph.classification.pipeline import ClassifyRequest, train_classifier
+from segmorph.cli.arguments import parse_duration
+from segmorph.metrics.classification import balanced_accuracy, choose_threshold, confusion_matrix, roc_auc
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 from monai.inferers.utils import _get_scan_interval
 
-from segmorph.inference import CPU_BATCH_VOXELS, compile_for_inference, sliding_window_logits, tile_starts
+from segmorph.engine.sliding_window import CPU_BATCH_VOXELS, compile_for_inference, sliding_window_logits, tile_starts
 from segmorph.io import read_image
 from segmorph.nn import UNet, build_network
 
@@ -54,7 +54,7 @@ def build_model(run: Path | None) -> torch.nn.Module:
     torch.manual_seed(0)
     if run is None:
         return UNet(3, 1, 3, features=(16, 32, 64, 128)).eval()
-    from segmorph.checkpoint import load_checkpoint
+    from segmorph.engine.checkpoints import load_checkpoint
 
     state, config, _ = load_checkpoint(run / "checkpoint_best.pt")
     model = build_network({**config["network"], "deep_supervision": False})

@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmorph.datasets import load_dataset
-from segmorph.metrics import case_metrics
+from segmorph.metrics.segmentation import case_metrics
 from segmorph.registration.classical import register_classical
+from segmorph.registration.learned.training import split_registration_cases
 from segmorph.registration.pairs import RegistrationCase, draw_pairs, load_registration_cases
 from segmorph.registration.run import deformation_quality
-from segmorph.registration.training import split_registration_cases
+from segmorph.segmentation.datasets import load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = {1: "anterior", 2: "posterior"}
@@ -154,7 +154,7 @@ def main() -> None:
     methods: dict[str, Method] = {"none": segmorph_method("none"), "segmorph affine": segmorph_method("affine"),
                                   "segmorph deformable": segmorph_method("deformable")}  # fmt: skip
     if args.model is not None and "learned" not in args.skip:
-        from segmorph.registration.learned import LearnedRegistration
+        from segmorph.registration.learned.model import LearnedRegistration
 
         model = LearnedRegistration.load(args.model)
         methods["segmorph learned"] = segmorph_method("learned", model, prealign=args.prealign)

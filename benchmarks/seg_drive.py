@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmorph.cli import parse_duration
+from segmorph.cli.arguments import parse_duration
 from segmorph.io import read_image
-from segmorph.pipeline import TrainRequest, train_segmentation
-from segmorph.plan import parse_overrides
+from segmorph.segmentation.pipeline import TrainRequest, train_segmentation
+from segmorph.segmentation.plan import parse_overrides
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
 
 def fov_dice(data: Path, predictions: Path, case_ids: list[str]) -> tuple[float, float]:
     """Mean vessel Dice inside the field of view, for the model and for an Otsu baseline on the green channel."""
-    from segmorph.baselines import otsu
+    from segmorph.segmentation.baselines import otsu
 
     model, baseline = [], []
     for case in case_ids:

@@ -17,17 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.cli import parse_duration
-from segmorph.datasets import load_dataset, load_sample
-from segmorph.metrics import case_metrics
-from segmorph.pipeline import TrainRequest, train_segmentation
+from segmorph.cli.arguments import parse_duration
+from segmorph.metrics.segmentation import case_metrics
+from segmorph.segmentation.datasets import load_dataset, load_sample
+from segmorph.segmentation.pipeline import TrainRequest, train_segmentation
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def otsu_baseline(data: Path, case_ids: list[str]) -> dict[int, float]:
     """Mean Dice per class of 3-class multi-Otsu (classes ordered by intensity) on the given cases."""
-    from segmorph.baselines import otsu
+    from segmorph.segmentation.baselines import otsu
 
     spec = load_dataset(data)
     scores: dict[int, list[float]] = {1: [], 2: []}
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
 
-    from segmorph.plan import parse_overrides
+    from segmorph.segmentation.plan import parse_overrides
 
     started = time.perf_counter()
     request = TrainRequest(

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from conftest import OBLIQUE, sphere_case, write_msd_dataset
+from helpers import OBLIQUE, sphere_case, write_msd_dataset
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import write_image

@@ -33,11 +33,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import sphere_case, write_msd_dataset
-from segmorph.checkpoint import load_checkpoint
+from helpers import sphere_case, write_msd_dataset
+from segmorph.engine.checkpoints import load_checkpoint
 from segmorph.geometry import Affine
 from segmorph.io import list_images, read_image, write_image
-from segmorph.preprocess import load_preprocessed
+from segmorph.segmentation.preprocess import load_preprocessed
 
 KILLS = 10
 STEPS = 40

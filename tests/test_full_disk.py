@@ -23,9 +23,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import sphere_case, write_msd_dataset
-from segmorph.checkpoint import load_checkpoint, save_checkpoint
-from segmorph.cli import main
+from helpers import sphere_case, write_msd_dataset
+from segmorph.cli.main import main
+from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_bytes, read_image, write_image
 from segmorph.nn import UNet

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from conftest import OBLIQUE, oblique_direction
+from helpers import OBLIQUE, oblique_direction
 from segmorph.geometry import Affine
 
 

@@ -1,12 +1,11 @@
 import gzip
-from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
-from conftest import OBLIQUE, sphere_case
+from helpers import OBLIQUE, sphere_case, write_dicom_series
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -52,37 +51,9 @@ def test_label_png_round_trip(tmp_path):
     assert torch.equal(read_image(tmp_path / "mask.png", is_label=True).data, labels)
 
 
-def _write_dicom_series(image: Image, folder: Path) -> None:
-    """Write a 3D image as a DICOM series (one file per k slice) with its geometry in the tags."""
-    folder.mkdir(parents=True)
-    itk = sitk.Cast(sitk.RescaleIntensity(_to_sitk(image), 0, 1000), sitk.sitkInt16)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    direction = itk.GetDirection()
-    orientation = "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
-    for k in range(itk.GetDepth()):
-        slice_ = itk[:, :, k]
-        for tag, value in {
-            "0008|0060": "MR", "0020|000e": "1.2.826.0.1.3680043.2.1125.1.42", "0020|000d": "1.2.3.4",
-            "0020|0037": orientation, "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.10f}" for v in itk.TransformIndexToPhysicalPoint((0, 0, k))),
-            "0018|0050": f"{itk.GetSpacing()[2]:.10f}", "0008|0016": "1.2.840.10008.5.1.4.1.1.4",
-            "0008|0018": f"1.2.826.0.1.3680043.2.1125.1.42.{k + 1}",
-        }.items():  # fmt: skip
-            slice_.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
-        writer.Execute(slice_)
-
-
-def _to_sitk(image: Image) -> sitk.Image:
-    from segmorph.io import to_sitk
-
-    return to_sitk(image)
-
-
 def test_dicom_series_folder_keeps_geometry(tmp_path):
     image, _ = sphere_case()
-    _write_dicom_series(image, tmp_path / "series")
+    write_dicom_series(image, tmp_path / "series")
     assert list_images([tmp_path / "series"]) == [tmp_path / "series"]
     back = read_image(tmp_path / "series")
     assert back.spatial_shape == image.spatial_shape

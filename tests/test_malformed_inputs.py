@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from malformed import CORPUS, BadInput, _dataset, _dicom_series
-from segmorph.cli import main
+from segmorph.cli.main import main
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import read_image, write_image

@@ -24,11 +24,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from segmorph.datasets import load_dataset
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import read_image, write_image
+from segmorph.segmentation.datasets import load_dataset
 
 ROUND_TRIP_ATOL = {".nii.gz": 1e-4, ".nrrd": 1e-9, ".mha": 1e-9}
 PROPERTY_SETTINGS = settings(

@@ -7,11 +7,11 @@ import os
 import shutil
 import sys
 
-from conftest import sphere_case, write_msd_dataset
-from segmorph.datasets import load_dataset
+from helpers import sphere_case, write_msd_dataset
 from segmorph.io import write_image
-from segmorph.pipeline import TrainRequest, train_segmentation
 from segmorph.provenance import data_changed, data_fingerprint
+from segmorph.segmentation.datasets import load_dataset
+from segmorph.segmentation.pipeline import TrainRequest, train_segmentation
 
 VERSION_KEYS = {"python", "torch", "numpy", "simpleitk", "segmorph", "platform"}
 

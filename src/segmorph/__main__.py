@@ -2,6 +2,6 @@
 
 import sys
 
-from segmorph.cli import main
+from segmorph.cli.main import main
 
 sys.exit(main())

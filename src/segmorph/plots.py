@@ -19,7 +19,7 @@ LABEL_COLOURS = np.array(
 ) / 255.0
 
 
-def _save(figure: plt.Figure, path: str | Path) -> Path:
+def save_figure(figure: plt.Figure, path: str | Path) -> Path:
     buffer = _io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(figure)
@@ -38,10 +38,10 @@ def plot_training_curves(history: Sequence, path: str | Path, score_name: str = 
     dice_axis.set_ylabel(score_name, color="tab:red")
     dice_axis.set_ylim(0, 1)
     figure.suptitle("segmorph training")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
-def _normalise_for_display(slice_2d: np.ndarray) -> np.ndarray:
+def normalise_for_display(slice_2d: np.ndarray) -> np.ndarray:
     low, high = np.percentile(slice_2d, [0.5, 99.5])
     return np.clip((slice_2d - low) / max(high - low, 1e-8), 0, 1)
 
@@ -69,7 +69,7 @@ def overlay_slices(
         for column, k in enumerate(indices):
             _draw_overlay(axes[row][column], image[..., k], label_map[..., k], f"{name}, slice {k}")
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _slices_through_labels(labels: np.ndarray, count: int) -> list[int]:
@@ -81,9 +81,9 @@ def _slices_through_labels(labels: np.ndarray, count: int) -> list[int]:
 
 def _draw_overlay(axis: plt.Axes, image_slice: np.ndarray, label_slice: np.ndarray, title: str) -> None:
     if image_slice.shape[0] == 3:
-        background = np.stack([_normalise_for_display(c) for c in image_slice], -1)
+        background = np.stack([normalise_for_display(c) for c in image_slice], -1)
     else:
-        background = np.repeat(_normalise_for_display(image_slice[0])[..., None], 3, -1)
+        background = np.repeat(normalise_for_display(image_slice[0])[..., None], 3, -1)
     colours = LABEL_COLOURS[np.clip(label_slice, 0, len(LABEL_COLOURS) - 1)]
     alpha = (label_slice > 0)[..., None] * 0.45
     blended = background * (1 - alpha) + colours * alpha

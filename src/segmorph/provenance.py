@@ -23,8 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from segmorph.datasets import DatasetSpec
 from segmorph.io import atomic_write_text
+from segmorph.segmentation.datasets import DatasetSpec
 
 FINGERPRINT_METHOD = "sha256 over sorted 'relative path|size|sha256(contents)' of every data file"
 RUN_FILE = "run.json"

@@ -16,7 +16,6 @@ Dice per label is reported for the fused result and for each propagated atlas.
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -30,15 +29,15 @@ import torch.nn.functional as F
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix, write_image
-from segmorph.metrics import case_metrics, dice_score
-from segmorph.progress import console, track
+from segmorph.metrics.segmentation import case_metrics, dice_score
+from segmorph.progress import track
 from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.similarity import box_sum
 from segmorph.registration.transform import Transform
 
 if TYPE_CHECKING:
-    from segmorph.registration.learned import LearnedRegistration
+    from segmorph.registration.learned.model import LearnedRegistration
 
 METHODS = ("rigid", "affine", "deformable", "learned")
 FUSIONS = ("weighted", "majority")
@@ -372,7 +371,7 @@ def run_atlas_segment(
     """Files in, files out: read the scan and ``IMAGE:LABELS`` atlases, write the fused segmentation.
 
     The segmentation is written atomically to ``out_path``; with a reference, the metrics of every
-    label (:func:`~segmorph.metrics.case_metrics`: Dice, HD95 in mm, ...) and each atlas's Dice go to
+    label (:func:`~segmorph.metrics.segmentation.case_metrics`: Dice, HD95 in mm, ...) and each atlas's Dice go to
     ``<out stem>_metrics.json`` beside it.
 
     Returns:
@@ -411,7 +410,7 @@ def run_atlas_segment(
 
 
 def _load_model(model_dir: str | Path | None, device: str) -> LearnedRegistration:
-    from segmorph.registration.learned import LearnedRegistration
+    from segmorph.registration.learned.model import LearnedRegistration
 
     return LearnedRegistration.load(model_dir, device)
 
@@ -425,37 +424,3 @@ def _write_metrics(summary: dict, result: AtlasSegmentation, scan: Image, refere
     path = metrics_path(out_path)
     atomic_write_text(path, json.dumps(summary, indent=1) + "\n")
     summary["metrics_file"] = str(path)
-
-
-def add_atlas_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``segmorph atlas-segment``."""
-    parser.add_argument("scan", type=Path, help="image to segment (file or DICOM series folder)")
-    parser.add_argument("--atlases", nargs="+", required=True, metavar="IMG:LAB",
-                        help="atlas image and its label map, joined by ':' (one or more pairs)")  # fmt: skip
-    parser.add_argument("--out", type=Path, required=True, help="fused segmentation to write (e.g. seg.nii.gz)")
-    parser.add_argument("--method", choices=METHODS,
-                        help="registration (default deformable; learned when --model is given)")  # fmt: skip
-    parser.add_argument("--model", type=Path, help="registration run folder (segmorph train-registration)")
-    parser.add_argument("--fusion", choices=FUSIONS, default="weighted",
-                        help="weighted: locally weighted vote (default); majority: majority vote")  # fmt: skip
-    parser.add_argument("--reference", type=Path, help="reference label map: Dice per label, <out>_metrics.json")
-    parser.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def run_atlas_command(args: argparse.Namespace) -> int:
-    """``segmorph atlas-segment``: run :func:`run_atlas_segment` and print Dice per label."""
-    method = args.method or ("learned" if args.model else "deformable")
-    if args.model is not None and method != "learned":
-        raise SegmorphError(f"--model is used only with --method learned, not {method}", args.model)
-    summary = run_atlas_segment(
-        args.scan, args.atlases, args.out, method, args.fusion, args.model, args.reference,
-        progress=not args.quiet, device=args.device,
-    )  # fmt: skip
-    console.print(f"wrote {summary['out']} ({len(summary['atlases'])} atlases, {args.fusion} fusion)", highlight=False)
-    for value, dice in summary["dice"].items():
-        per_atlas = ", ".join(f"{entry['dice'][value]:.3f}" for entry in summary["atlases"])
-        console.print(f"label {value}: Dice {dice:.3f} (atlases: {per_atlas})", highlight=False)
-    if summary["metrics_file"]:
-        console.print(f"wrote {summary['metrics_file']}", highlight=False)
-    return 0

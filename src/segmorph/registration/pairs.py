@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from segmorph.datasets import DatasetSpec, load_sample
 from segmorph.geometry import Affine
 from segmorph.image import Image
+from segmorph.segmentation.datasets import DatasetSpec, load_sample
 
 
 @dataclass

@@ -17,8 +17,8 @@ from matplotlib.colors import Normalize
 
 from segmorph.geometry import Affine
 from segmorph.image import Image
-from segmorph.plots import LABEL_COLOURS, _normalise_for_display, _save, plt
-from segmorph.registration.regularize import folding_fraction, jacobian_determinant, log_jacobian_std
+from segmorph.metrics.registration import folding_fraction, jacobian_determinant, log_jacobian_std
+from segmorph.plots import LABEL_COLOURS, normalise_for_display, plt, save_figure
 from segmorph.registration.transform import Transform, world_to_voxel_vectors
 
 AXIS_NAMES = "IJK"
@@ -83,7 +83,7 @@ def plot_registration_views(
             heat = {"cmap": "magma", "vmin": 0, "vmax": 1}
             _show(axes[row][2 * column + 1], difference(a, b), f"{name}: |difference| {view}", **heat)
     figure.suptitle(title)
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def deformed_grid_positions(displacement: torch.Tensor, affine: Affine) -> list[tuple[str, np.ndarray]]:
@@ -132,7 +132,7 @@ def plot_deformation_grid(
         _draw_grid(axis, positions, spacing_voxels)
         axis.set_title(title, fontsize=9)
     figure.suptitle(f"deformed fixed grid, a line every {spacing_voxels} voxels")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _background(background: np.ndarray, displacement: torch.Tensor) -> np.ndarray:
@@ -142,7 +142,7 @@ def _background(background: np.ndarray, displacement: torch.Tensor) -> np.ndarra
         raise ValueError(
             f"background: expected (*S) or (C, *S) with S = {tuple(displacement.shape[1:])}, got {np.shape(background)}"
         )
-    return _normalise_for_display(picture)
+    return normalise_for_display(picture)
 
 
 def _draw_grid(axis: plt.Axes, positions: np.ndarray, step: int) -> None:
@@ -187,7 +187,7 @@ def plot_jacobian(displacement: torch.Tensor, affine: Affine, path: str | Path) 
         f"Jacobian determinant: folding {stats['folding_percent']:.2f} % (det ≤ 0, ×), "
         f"SD log det {stats['log_jacobian_std']:.3f}"
     )
-    _save(figure, path)
+    save_figure(figure, path)
     return stats
 
 
@@ -221,7 +221,7 @@ def plot_label_contours(
             if moved_view is not None:
                 _draw_contours(axis, moved_view[2], "dashed")
     figure.suptitle("labels: fixed solid, moving dashed")
-    return _save(figure, path)
+    return save_figure(figure, path)
 
 
 def _draw_contours(axis: plt.Axes, labels: np.ndarray, style: str) -> None:
@@ -299,7 +299,7 @@ def _show(axis: plt.Axes, values: np.ndarray, title: str, **style):
 
 def _display(image: Image) -> np.ndarray:
     """First channel, ``(*S)`` float64, scaled to 0..1 for display."""
-    return _normalise_for_display(image.numpy()[0].astype(np.float64))
+    return normalise_for_display(image.numpy()[0].astype(np.float64))
 
 
 def _check_same_grid(reference: Image, **others: Image | None) -> None:

@@ -22,9 +22,9 @@ import numpy as np
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
-from segmorph.metrics import case_metrics
+from segmorph.metrics.registration import folding_fraction, jacobian_determinant, log_jacobian_std
+from segmorph.metrics.segmentation import case_metrics
 from segmorph.registration.classical import ClassicalConfig, register_classical
-from segmorph.registration.regularize import folding_fraction, jacobian_determinant, log_jacobian_std
 from segmorph.registration.spatial import INTERPOLATIONS, LABEL_INTERPOLATIONS
 from segmorph.registration.transform import Transform, load_transform, save_transform
 
@@ -352,7 +352,7 @@ def load_model(model_dir: Path | None, device: str = "cpu", passes: int | None =
     """The learned model of a run folder, or None; ``passes`` replaces the model's network passes."""
     if model_dir is None:
         return None
-    from segmorph.registration.learned import LearnedRegistration
+    from segmorph.registration.learned.model import LearnedRegistration
 
     model = LearnedRegistration.load(model_dir, device)
     if passes is not None:

@@ -1,7 +1,7 @@
 """Report of a segmentation run (``segmorph train``): plan, provenance, curves, metrics, worst cases.
 
 Per-case scores come from ``validation/metrics.csv`` when the run wrote one, else they are computed
-here with :func:`segmorph.metrics.case_metrics` from ``validation/<case>`` and the reference (the
+here with :func:`segmorph.metrics.segmentation.case_metrics` from ``validation/<case>`` and the reference (the
 run's ``validation/reference/<case>``, else the dataset's label file). Predictions lie on their scan's
 own grid, so each case is drawn on the grid of its prediction, with the scan read from the dataset
 named in ``run.json``.
@@ -18,7 +18,7 @@ import numpy as np
 
 from segmorph.errors import SegmorphError
 from segmorph.io import image_suffix, read_image, strip_suffix
-from segmorph.metrics import case_metrics
+from segmorph.metrics.segmentation import case_metrics
 from segmorph.report.common import curves, number, read_csv, read_json, run_facts
 from segmorph.report.html import Markup, Section, esc, facts_table, join, json_details, note, slice_viewer, table, tag
 from segmorph.report.slices import EXTRA_COLOUR, MISSED_COLOUR, legend_items, segmentation_stack
@@ -227,7 +227,7 @@ class DatasetFiles:
         dataset = record.get("dataset")
         if not dataset:
             return
-        from segmorph.datasets import load_dataset
+        from segmorph.segmentation.datasets import load_dataset
 
         root = Path(dataset)
         if not root.is_absolute() and not root.is_dir():

@@ -1,0 +1,477 @@
+"""The classification jobs: train a classifier into a run folder, and classify new images with a run folder.
+
+A run folder holds:
+
+* ``run.json``: provenance (command, versions, seed, dataset, the split file by file, input spec, settings).
+* ``checkpoint_best.pt`` / ``checkpoint_last.pt``, ``train_log.csv``, ``curves.png``: from the training loop
+  (with ``ensemble`` N > 1: in ``member_0/`` ... ``member_<N-1>/``, one per member, each trained with seed
+  ``seed + k`` for ``1/N`` of the budget; the members' probabilities are averaged).
+* ``classifier.pt``: the kept weights (``select``: by default the mean of the averaged weights over the last
+  ``tail_average`` of training, or the best epoch's), their batch-norm statistics re-estimated on the clean
+  training images (``refresh_batch_norm``), with everything needed to use them in its JSON config: network,
+  class names, target column, input spec (size, channels, normalisation), scoring views and the threshold.
+* ``summary.json``: validation metrics at the chosen threshold (and at argmax), training facts.
+* ``val_predictions.csv``, ``roc.png``, ``confusion.png``.
+
+The decision threshold (two classes) maximises Youden's J on the validation images, so the validation metrics
+at that threshold are optimistic (with ``select="best"`` the AUC too: the epoch is picked on the same images);
+metrics on images the run never saw are the honest ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import io as _io
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segmorph.classification.data import (
+    ClassificationDataset,
+    InputSpec,
+    choose_input_size,
+    load_class_folders,
+    load_inputs,
+    load_labels_csv,
+    prepare_image,
+    resolve_labels_file,
+    to_original_grid,
+)
+from segmorph.classification.plots import plot_confusion, plot_roc
+from segmorph.classification.split import grouped_fold_split, grouped_holdout_split
+from segmorph.classification.task import (
+    ClassificationTask,
+    classification_augment_config,
+    predict_probabilities,
+    refresh_batch_norm,
+)
+from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segmorph.engine.loop import FitResult, TrainConfig, fit_task
+from segmorph.errors import SegmorphError
+from segmorph.interpret.gradcam import grad_cam, save_cam_overlay
+from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
+from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
+from segmorph.nn import count_parameters
+from segmorph.nn.classifiers import Ensemble, build_classifier
+from segmorph.progress import console, track
+from segmorph.provenance import data_changed, files_fingerprint, write_run_record
+
+MODEL_FILE = "classifier.pt"
+SELECTIONS = ("last", "best")
+
+
+@dataclass(frozen=True)
+class ClassifyRequest:
+    """What ``segmorph classify train`` was asked to do.
+
+    Attributes:
+        dataset: Dataset folder.
+        out: Run folder.
+        labels: Labels CSV (inside ``dataset``, or a path); None: class-per-folder layout.
+        target: CSV column holding the class.
+        group: CSV column holding the group (never split apart); None: each image its own group.
+        file_column: CSV column holding the image path (relative to ``dataset``).
+        model: ``"resnet"`` or ``"simplecnn"``.
+        width: ResNet first-stage channels / SimpleCNN first-level channels (doubling per level).
+        dropout: Dropout before the linear layer; None: the model's default (ResNet 0, SimpleCNN 0.2).
+        size: Input size in voxels per spatial axis (one value: all axes); None: chosen from the data.
+        batch_size: Images per step.
+        learning_rate: Peak AdamW learning rate (cosine schedule with warm-up).
+        weight_decay: AdamW weight decay.
+        time_budget_s: Training time limit in seconds (0: only ``max_steps``).
+        max_steps: Step limit (0: only the time budget).
+        steps_per_epoch: Steps between validations and checkpoints.
+        patience_epochs: Early stopping after this many epochs without a better AUC (0: off).
+        val_fraction: Hold-out share (whole groups, per class) when ``fold`` is None.
+        fold: Validation fold of a grouped ``num_folds``-fold split; None: the hold-out split.
+        num_folds: Folds of the grouped k-fold split.
+        seed: Seed of the initial weights, batches and augmentation, and of the split unless ``split_seed``.
+        split_seed: Seed of the split alone (None: ``seed``), so that one split can be trained with
+            several seeds: on a small validation set the seed-to-seed spread can exceed the effect studied.
+        device: ``cpu``, ``cuda`` or ``mps``.
+        amp: bfloat16 autocast in training where the device runs it fast (:mod:`segmorph.engine.autocast`).
+        augment: Training augmentation (see :func:`segmorph.classification.task.classification_augment_config`).
+        label_smoothing: Cross-entropy label smoothing.
+        mixup: Beta parameter of mixup (0: off).
+        ema_decay: Average of the weights used for validation and the saved model (0: off).
+        mirror: Probabilities averaged over the image and its left-right mirror (validation and predict).
+        shift: Also over copies shifted by this fraction of the extent both ways along each axis (final
+            validation and predict; 0: off). See :func:`segmorph.classification.task.scoring_views`.
+        select: Weights kept: ``"last"``, the final (averaged) ones (the tail average when ``tail_average``
+            > 0), or ``"best"``, those of the epoch of highest validation AUC. With a hundred-odd validation
+            images the best epoch is mostly noise:
+            on BUSI's five grouped folds its AUC beat the final weights' by 0.018 on average on the
+            images it was picked on, while the final weights scored at least as well as any earlier
+            stretch of training.
+        tail_average: Keep the mean of the averaged weights over this last fraction of training (0: the
+            final ones; see :class:`segmorph.engine.loop.TrainConfig`). Used by ``select="last"``.
+        refresh_batch_norm: Re-estimate the kept weights' batch-norm statistics on the training images
+            (unaugmented, with their mirrors when ``mirror``); see
+            :func:`segmorph.classification.task.refresh_batch_norm`.
+        ensemble: Members trained one after another, each for its share of the budget (1: one network).
+        resume: Continue the run in ``out`` from its last checkpoint (same data and settings).
+        show_progress: Progress bars and a summary line.
+    """
+
+    dataset: Path
+    out: Path
+    labels: Path | None = None
+    target: str = "label"
+    group: str | None = None
+    file_column: str = "file"
+    model: str = "resnet"
+    width: int = 16
+    dropout: float | None = None
+    size: tuple[int, ...] | None = None
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.05
+    time_budget_s: float = 900.0
+    max_steps: int = 0
+    steps_per_epoch: int = 25
+    patience_epochs: int = 0
+    val_fraction: float = 0.2
+    fold: int | None = None
+    num_folds: int = 5
+    seed: int = 0
+    split_seed: int | None = None
+    device: str = "cpu"
+    amp: bool = True
+    augment: bool = True
+    label_smoothing: float = 0.1
+    mixup: float = 0.2
+    ema_decay: float = 0.998
+    mirror: bool = True
+    shift: float = 0.04
+    select: str = "last"
+    tail_average: float = 0.5
+    refresh_batch_norm: bool = True
+    ensemble: int = 1
+    resume: bool = False
+    show_progress: bool = True
+
+
+def load_classification_dataset(request: ClassifyRequest) -> ClassificationDataset:
+    """The request's dataset: its labels CSV, or its class folders."""
+    if request.labels is None:
+        return load_class_folders(request.dataset)
+    csv_path = resolve_labels_file(request.dataset, request.labels)
+    return load_labels_csv(request.dataset, csv_path, request.target, request.group, request.file_column)
+
+
+def split_dataset(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
+    """Train and validation image indices: grouped, stratified, seeded (hold-out or one fold)."""
+    labels, groups, names = dataset.labels, dataset.groups, dataset.class_names
+    seed = request.seed if request.split_seed is None else request.split_seed
+    if request.fold is None:
+        return grouped_holdout_split(labels, groups, request.val_fraction, seed, names)
+    return grouped_fold_split(labels, groups, request.fold, request.num_folds, seed, names)
+
+
+def network_config(request: ClassifyRequest, ndim: int, channels: int, num_classes: int) -> dict[str, Any]:
+    """Constructor arguments of the requested classifier."""
+    if request.model == "resnet":
+        return {"name": "resnet", "ndim": ndim, "in_channels": channels, "num_classes": num_classes,
+                "width": request.width, "blocks": [2, 2, 2, 2], "stem_stride": 2,
+                "dropout": 0.0 if request.dropout is None else request.dropout}  # fmt: skip
+    if request.model == "simplecnn":
+        features = [request.width * 2**level for level in range(4)]
+        return {"name": "simplecnn", "ndim": ndim, "in_channels": channels, "num_classes": num_classes,
+                "features": features, "dropout": 0.2 if request.dropout is None else request.dropout}  # fmt: skip
+    raise SegmorphError(f"unknown model {request.model!r} (expected resnet or simplecnn)")
+
+
+def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
+    """Split, prepare, train, choose the threshold and write the run folder (see the module docstring).
+
+    Returns:
+        The summary written to ``summary.json``.
+
+    Raises:
+        SegmorphError: Bad input (missing files or columns, too few groups per class, ...).
+    """
+    out = Path(request.out)
+    if request.ensemble < 1:
+        raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
+    check_select(request.select)
+    if not 0.0 <= request.tail_average <= 1.0:
+        raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
+    if not 0.0 <= request.shift < 0.5:
+        raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
+    dataset = load_classification_dataset(request)
+    train_index, val_index = split_dataset(dataset, request)
+    spec, net = _input_and_network(request, dataset, out)
+    train_config = _train_config(request, spec)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config)
+    images = load_inputs(dataset.paths, spec, request.show_progress)
+    labels = torch.tensor(dataset.labels, dtype=torch.int64)
+    augment = classification_augment_config(spec.ndim, request.augment)
+    task = ClassificationTask(images[train_index], labels[train_index], images[val_index], labels[val_index],
+                              dataset.class_names, request.batch_size, augment, request.label_smoothing,
+                              request.mixup, request.mirror, request.shift)  # fmt: skip
+    if request.show_progress:
+        console.print(_summary_line(request, spec, build_classifier(net), dataset, train_index, val_index),
+                      highlight=False)  # fmt: skip
+    facts = _classifier_facts(dataset, request, spec, threshold=None)
+    if request.ensemble <= 1:
+        model, result = _fit_member(request, task, net, train_config, out, facts)
+        return _finish(out, model, task, dataset, val_index, facts, net, train_config, [result], request.device)
+    members, results = [], []
+    for k in range(request.ensemble):
+        member_config = replace(
+            train_config, seed=train_config.seed + k, time_budget_s=train_config.time_budget_s / request.ensemble,
+            max_steps=-(-train_config.max_steps // request.ensemble),
+        )  # fmt: skip
+        model, result = _fit_member(request, task, net, member_config, out / f"member_{k}", facts)
+        members.append(model)
+        results.append(result)
+    ensemble = Ensemble([net] * len(members))
+    for slot, model in zip(ensemble.members, members):
+        slot.load_state_dict(model.state_dict())
+    return _finish(out, ensemble, task, dataset, val_index, facts, ensemble.config, train_config, results,
+                   request.device)  # fmt: skip
+
+
+def _fit_member(
+    request: ClassifyRequest, task: ClassificationTask, net: dict, train_config: TrainConfig, folder: Path, facts: dict
+) -> tuple[torch.nn.Module, FitResult]:
+    """Train one network into ``folder`` (resuming it when asked and started) and load the weights ``request.select`` keeps."""
+    torch.manual_seed(train_config.seed)
+    model = build_classifier(net)
+    resume = request.resume and (folder / "checkpoint_last.pt").is_file()
+    result = fit_task(model, task, train_config, folder, net, request.device, resume,
+                      show_progress=request.show_progress, extra_config={"classifier": facts})  # fmt: skip
+    model.load_state_dict(selected_weights(folder, request.select, request.device))
+    if request.refresh_batch_norm:
+        refresh_batch_norm(model, task.train_images, request.device, mirror=request.mirror)
+    return model, result
+
+
+def selected_weights(folder: Path, select: str, device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The state dict a finished training folder keeps: ``"best"`` (``checkpoint_best.pt``) or ``"last"``
+    (from ``checkpoint_last.pt``: the tail average when the run kept one, else the running average, else the
+    final weights)."""
+    check_select(select)
+    if select == "best":
+        return load_checkpoint(folder / "checkpoint_best.pt", map_location=device)[0]
+    state, _, extras = load_checkpoint(folder / "checkpoint_last.pt", map_location=device)
+    return extras.get("tail", extras.get("ema", state))
+
+
+def kept_weights_text(facts: dict[str, Any]) -> str:
+    """What the kept weights are, in words (``summary.json``'s ``kept_weights``, shown in the report)."""
+    if facts["select"] == "best":
+        text = "best: the epoch of highest validation AUC"
+    elif facts.get("tail_average", 0) > 0:
+        text = f"last: mean of the averaged weights over the last {facts['tail_average']:.0%} of training"
+    else:
+        text = "last: the final averaged weights"
+    return text + ("; batch norm re-estimated on the training images" if facts.get("refresh_batch_norm") else "")
+
+
+def check_select(select: str) -> None:
+    """Raise SegmorphError unless ``select`` names a choice of kept weights (:data:`SELECTIONS`)."""
+    if select not in SELECTIONS:
+        raise SegmorphError(f"select: expected one of {', '.join(SELECTIONS)}, got {select!r}")
+
+
+def _input_and_network(request: ClassifyRequest, dataset: ClassificationDataset, out: Path) -> tuple[InputSpec, dict]:
+    if request.resume:
+        last = out / "checkpoint_last.pt"
+        _, config, _ = load_checkpoint(last if last.is_file() else out / "member_0" / "checkpoint_last.pt")
+        return InputSpec.from_dict(config["classifier"]["input"]), config["network"]
+    size, channels = choose_input_size(dataset.paths)
+    if request.size:
+        if len(request.size) not in (1, len(size)):
+            raise SegmorphError(f"size: gives {len(request.size)} values for {len(size)}D images")
+        size = tuple(request.size) * len(size) if len(request.size) == 1 else tuple(request.size)
+    spec = InputSpec(size, channels)
+    return spec, network_config(request, spec.ndim, channels, len(dataset.class_names))
+
+
+def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
+    if request.max_steps <= 0 and request.time_budget_s <= 0:
+        raise SegmorphError("give a time budget or a step limit")
+    return TrainConfig(
+        patch_size=spec.size, batch_size=request.batch_size, optimizer="adamw", learning_rate=request.learning_rate,
+        weight_decay=request.weight_decay, schedule="cosine", warmup=0.05, max_steps=request.max_steps,
+        time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
+        patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
+        ema_decay=request.ema_decay, tail_average=request.tail_average,
+    )  # fmt: skip
+
+
+def _classifier_facts(
+    dataset: ClassificationDataset, request: ClassifyRequest, spec: InputSpec, threshold: float | None
+) -> dict[str, Any]:
+    return {"class_names": list(dataset.class_names), "target": request.target, "input": spec.to_dict(),
+            "threshold": threshold, "positive_class": dataset.class_names[1] if len(dataset.class_names) == 2 else None,
+            "mirror": request.mirror, "shift": request.shift, "select": request.select,
+            "tail_average": request.tail_average, "refresh_batch_norm": request.refresh_batch_norm}  # fmt: skip
+
+
+def _finish(
+    out: Path, model: torch.nn.Module, task: ClassificationTask, dataset: ClassificationDataset, val_index: list[int],
+    facts: dict, net: dict, train_config: TrainConfig, results: list[FitResult], device: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Score the trained ``model`` (kept weights loaded) on validation, choose the threshold, write the run."""
+    probabilities = task.validation_probabilities(model, torch.device(device)).numpy()
+    labels = task.val_labels.numpy()
+    threshold = choose_threshold(probabilities[:, 1], labels) if probabilities.shape[1] == 2 else None
+    facts = {**facts, "threshold": threshold}
+    save_checkpoint(out / MODEL_FILE, model.state_dict(), {"network": net, "train": train_config.to_dict(),
+                                                           "classifier": facts})  # fmt: skip
+    report = classification_report(probabilities, labels, threshold)
+    names = dataset.class_names
+    _write_val_predictions(out / "val_predictions.csv", dataset, val_index, probabilities, threshold)
+    plot_roc(probabilities, labels, names, out / "roc.png", threshold)
+    plot_confusion(np.asarray(report["confusion_matrix"]), names, out / "confusion.png",
+                   f"validation, threshold {threshold:.3f}" if threshold is not None else "validation (argmax)")  # fmt: skip
+    summary = {
+        "validation": report, "validation_at_argmax": classification_report(probabilities, labels, None),
+        "fit": _fit_facts(results, report),
+        "class_names": list(names), "threshold": threshold, "input": facts["input"], "network": net,
+        "kept_weights": kept_weights_text(facts), "scoring_views": {"mirror": facts["mirror"], "shift": facts["shift"]},
+        "train_images": len(dataset.items) - len(val_index), "val_images": len(val_index),
+    }  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
+    facts = [{"best_val_auc": r.best_score, "best_epoch": r.best_epoch, "steps": r.steps,
+              "elapsed_s": round(r.elapsed_s, 1), "stopped_because": r.stopped_because, "precision": r.precision}
+             for r in results]  # fmt: skip
+    if len(facts) == 1:
+        return facts[0]
+    reasons = sorted({f["stopped_because"] for f in facts})
+    return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts), "precision": facts[0]["precision"],
+            "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1),
+            "stopped_because": f"{len(facts)} members: " + "; ".join(reasons), "members": facts}  # fmt: skip
+
+
+def _write_val_predictions(
+    path: Path, dataset: ClassificationDataset, val_index: list[int], probabilities: np.ndarray, threshold: float | None
+) -> None:
+    predicted = predict_classes(probabilities, threshold)
+    rows = []
+    for row, index in enumerate(val_index):
+        item = dataset.items[index]
+        rows.append({"file": _relative(item.path, dataset.root), "group": item.group,
+                     "true": dataset.class_names[item.label], "predicted": dataset.class_names[predicted[row]],
+                     **_probability_columns(probabilities[row], dataset.class_names)})  # fmt: skip
+    _write_csv(path, rows)
+
+
+def _probability_columns(probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+    return {f"p_{name}": round(float(p), 6) for name, p in zip(class_names, probabilities)}
+
+
+def _write_csv(path: str | Path, rows: list[dict]) -> None:
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buffer.getvalue())
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _summary_line(request, spec, model, dataset, train_index, val_index) -> str:
+    counts = np.bincount(np.asarray(dataset.labels)[val_index], minlength=len(dataset.class_names))
+    return (
+        f"segmorph classify: {request.model} ({count_parameters(model):,} parameters), input {list(spec.size)} x "
+        f"{spec.channels} channel(s), batch {request.batch_size}, {len(train_index)} train / {len(val_index)} val "
+        f"images (val per class: {dict(zip(dataset.class_names, counts.tolist()))}), "
+        f"budget {request.time_budget_s / 60:.1f} min / {request.max_steps} steps"
+    )
+
+
+def _write_provenance(
+    out: Path, request: ClassifyRequest, dataset: ClassificationDataset, train_index: list[int], val_index: list[int],
+    spec: InputSpec, net: dict, train_config: TrainConfig,
+) -> None:  # fmt: skip
+    """``run.json`` (see :mod:`segmorph.provenance`): the fingerprint covers the labels CSV and every image."""
+
+    def files(indices: list[int]) -> list[str]:
+        return [_relative(dataset.items[i].path, dataset.root) for i in indices]
+
+    facts = {
+        "request": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(request).items()},
+        "seed": request.seed, "dataset": str(dataset.root), "class_names": list(dataset.class_names),
+        "class_counts": dataset.class_counts(), "input": spec.to_dict(), "network": net,
+        "train": train_config.to_dict(),
+        "split": {"kind": "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}",
+                  "train": files(train_index), "val": files(val_index)},
+    }  # fmt: skip
+    data_files = dataset.paths
+    if request.labels is not None:
+        data_files = [resolve_labels_file(request.dataset, request.labels), *data_files]
+    record = write_run_record(out, facts, files_fingerprint(data_files, dataset.root), resume=request.resume)
+    if data_changed(record):
+        console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
+
+
+def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """The trained classifier of a run folder (``classifier.pt``) in eval mode, and its ``classifier`` facts."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise SegmorphError(f"no {MODEL_FILE}: not a finished classification run", run_dir)
+    state, config, _ = load_checkpoint(path, map_location=device)
+    if "classifier" not in config:
+        raise SegmorphError("not a classifier checkpoint", path)
+    with model_from_checkpoint(path):
+        model = build_classifier(config["network"])
+        model.load_state_dict(state)
+    return model.to(device).eval(), config["classifier"]
+
+
+def predict_classifier(
+    run_dir: str | Path, image_paths: Sequence[str | Path], out_csv: str | Path | None = None,
+    cam_dir: str | Path | None = None, device: str = "cpu", show_progress: bool = True,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """Classify images with a trained run; optionally write a CSV and Grad-CAM overlays.
+
+    Args:
+        run_dir: A run folder from :func:`train_classifier`.
+        image_paths: Image files, folders of images or DICOM series folders.
+        out_csv: CSV to write (one row per image; None: none).
+        cam_dir: Folder for ``<image name>_cam.png`` Grad-CAM overlays of the predicted class (None: none).
+        device: Where the network runs.
+        show_progress: Progress bar.
+
+    Returns:
+        One dict per image: ``file``, ``predicted`` (class name; two classes: ``p_<positive> >= threshold``),
+        ``p_<class>`` for every class, and ``cam`` (the overlay path, when written).
+    """
+    model, facts = load_classifier(run_dir, device)
+    spec, names, threshold = InputSpec.from_dict(facts["input"]), facts["class_names"], facts["threshold"]
+    paths = list_images(image_paths)
+    rows = []
+    for path in track(paths, "classify", total=len(paths), enabled=show_progress):
+        image = read_image(path)
+        prepared, placement = prepare_image(image, spec, path)
+        probabilities = predict_probabilities(model, prepared[None], device, mirror=facts.get("mirror", False),
+                                              shift=facts.get("shift", 0.0))[0].numpy()
+        predicted = int(predict_classes(probabilities[None], threshold)[0])
+        row = {"file": str(path), "predicted": names[predicted], **_probability_columns(probabilities, names)}
+        if cam_dir is not None:
+            cam = grad_cam(model, prepared[None], predicted)[0]
+            row["cam"] = str(save_cam_overlay(image.data, to_original_grid(cam, placement),
+                                              Path(cam_dir) / f"{strip_suffix(path)}_cam.png",
+                                              title=f"{Path(path).name}: {names[predicted]}"))  # fmt: skip
+        rows.append(row)
+    if out_csv is not None:
+        _write_csv(out_csv, rows)
+    return rows

@@ -1,0 +1,66 @@
+"""Argument types and helpers shared by the verbs: durations, spacings, sizes, the verb parser, time budgets."""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def parse_duration(text: str) -> float:
+    """``"20m"``, ``"1h30m"``, ``"90s"`` or plain seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (examples: 20m, 1h30m, 90s)")
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+
+
+def parse_spacing(text: str) -> tuple[float, ...]:
+    """``"2"`` or ``"1,1,2.5"`` (mm, x,y,z) -> positive floats."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(v > 0 for v in values):
+        raise argparse.ArgumentTypeError(f"invalid spacing {text!r} (examples: 2, 1,1,2.5)")
+    return values
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """``"128"`` or ``"160,128"`` (voxels, at least 8 a side) -> ints."""
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 128, 160,128)") from None
+    if not values or min(values) < 8:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}: every side must be at least 8 voxels")
+    return values
+
+
+def verb_parser(sub: argparse._SubParsersAction, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+    """A verb's parser whose ``--help`` ends with an example command."""
+    return sub.add_parser(
+        name, help=help_text, description=help_text, epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+
+
+def time_budget(args: argparse.Namespace, default_s: float) -> float:
+    """--time-budget, else ``default_s``, else none (0) when --max-steps alone limits training.
+
+    The learning-rate schedule follows the larger of the step and time fractions, so only a run limited by
+    steps alone is repeatable bit for bit.
+    """
+    if args.time_budget is not None:
+        return args.time_budget
+    return 0.0 if args.max_steps > 0 else default_s
+
+
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of file names (Linux names need not be UTF-8) shown as ``\\xff``."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")

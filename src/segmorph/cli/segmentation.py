@@ -1,0 +1,246 @@
+"""``segmorph train | plan | predict | evaluate | export | baseline | demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from segmorph.cli.arguments import parse_duration, parse_spacing, time_budget, verb_parser
+from segmorph.errors import SegmorphError
+from segmorph.progress import console
+
+EXAMPLES = {
+    'train': 'segmorph train ../shared/datasets/msd_hippocampus --out runs/hippo --time-budget 20m',
+    'plan': 'segmorph plan ../shared/datasets/msd_hippocampus --out plan.json --time-budget 20m',
+    'predict': 'segmorph predict runs/hippo scans/ --out masks/ --overlays',
+    'evaluate': 'segmorph evaluate masks/ labels/ --out metrics.csv',
+    'export': 'segmorph export runs/hippo --format onnx --out model.onnx',
+    'baseline': 'segmorph baseline scans/ --method region_grow --seed-point 20,25,18 --out masks/',
+    'demo': 'segmorph demo --time-budget 5m',
+}
+DEFAULT_TIME_BUDGET_S = 1200.0
+
+
+def add_verbs(sub: argparse._SubParsersAction) -> None:
+    """The segmentation verbs: train, plan, predict, evaluate, export, baseline, demo."""
+    verbs = (
+        ("train", "Plan, preprocess, train and validate a segmentation model.", _add_train, run_train),
+        ("plan", "Write the plan that train would use, without training.", _add_plan, run_plan),
+        ("predict", "Segment scans with a trained run; masks keep each scan's geometry.", _add_predict, run_predict),
+        ("evaluate", "Score predicted masks against reference masks.", _add_evaluate, run_evaluate),
+        ("export", "Export a trained run's network to ONNX or TorchScript.", _add_export, run_export),
+        ("baseline", "Classical segmentation (Otsu, region growing) for comparison.", _add_baseline, run_baseline),
+        ("demo", "Train briefly, predict and evaluate on the hippocampus data.", _add_demo, run_demo),
+    )
+    for name, help_text, add_arguments, handler in verbs:
+        parser = verb_parser(sub, name, help_text, EXAMPLES[name])
+        add_arguments(parser)
+        parser.set_defaults(handler=handler)
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="dataset folder (MSD layout with dataset.json, or paired folders)")
+    p.add_argument("--images", type=Path, help="image folder of a paired-folder dataset (relative to DATASET)")
+    p.add_argument("--labels", type=Path, help="label folder of a paired-folder dataset (relative to DATASET)")
+    p.add_argument("--time-budget", type=parse_duration,
+                   help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")  # fmt: skip
+    p.add_argument("--max-steps", type=int, default=0,
+                   help="stop after this many steps; alone, it makes training time-independent and repeatable")  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
+    p.add_argument("--config", type=Path, help="JSON/YAML file overriding plan values")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one plan value, e.g. train.batch_size=4 (repeatable)")  # fmt: skip
+    p.add_argument("--spacing", type=parse_spacing, metavar="MM",
+                   help="plan for this voxel size in mm (one value, or x,y,z) instead of the median spacing; "
+                        "e.g. --spacing 2 for a fast low-resolution model (a registration prior)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    _add_dataset_args(p)
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--fold", type=int, default=0, help="validation fold (default 0; -1: no validation)")
+    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
+    p.add_argument("--val-cases", nargs="+", default=(), help="explicit validation case ids")
+    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")
+    p.add_argument("--no-validate", action="store_true", help="skip the final full-resolution validation")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_plan(p: argparse.ArgumentParser) -> None:
+    _add_dataset_args(p)
+    p.add_argument("--out", type=Path, required=True, help="plan.json to write")
+
+
+def _add_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="trained run folder")
+    p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
+    p.add_argument("--out", type=Path, required=True, help="output folder for masks")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
+    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--overlays", action="store_true", help="also write PNG overlays of a few slices")
+    p.add_argument("--continue", dest="skip_existing", action="store_true", help="skip cases already written")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--format", dest="suffix", help="output suffix, e.g. .nii.gz (default), .nrrd, .mha")
+    p.add_argument("--amp", action="store_true",
+                   help="half-precision autocast where the device runs it fast (CUDA; CPUs with AVX512-BF16 or AMX)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the network (about 7 s once; about 1.1x faster per case on a 2-core CPU)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true")
+
+
+def _add_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("predictions", type=Path, help="folder of predicted masks")
+    p.add_argument("references", type=Path, help="folder of reference masks (same case names)")
+    p.add_argument("--out", type=Path, default=Path("metrics.csv"), help="CSV to write (a JSON summary goes beside)")
+
+
+def _add_export(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="trained run folder")
+    p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+
+
+def _add_baseline(p: argparse.ArgumentParser) -> None:
+    p.add_argument("scans", nargs="+", type=Path)
+    p.add_argument("--method", choices=("otsu", "region_grow"), default="otsu")
+    p.add_argument("--out", type=Path, required=True, help="output folder for masks")
+    p.add_argument("--classes", type=int, default=2, help="Otsu classes (2: one threshold; more: multi-Otsu)")
+    p.add_argument("--seed-point", dest="seeds", action="append", default=[], metavar="I,J[,K]",
+                   help="region-growing seed voxel index (repeatable)")  # fmt: skip
+    p.add_argument("--tolerance", type=float, help="region growing: intensity tolerance around the seed mean")
+    p.add_argument("--fill-holes", action="store_true")
+    p.add_argument("--largest-component", action="store_true")
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, help="MSD Task04 hippocampus folder (default ../shared/datasets/...)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"))
+    p.add_argument("--time-budget", type=parse_duration, default=300.0, help="training time (default 5m)")
+    p.add_argument("--device", default="cpu")
+
+
+def _overrides(args: argparse.Namespace) -> tuple:
+    from segmorph.segmentation.plan import load_overrides_file, parse_overrides
+
+    values = load_overrides_file(args.config) if args.config else {}
+    values.update(parse_overrides(args.overrides))
+    return tuple(values.items())
+
+
+def _request(args: argparse.Namespace, out: Path, **extra):
+    from segmorph.segmentation.pipeline import TrainRequest
+
+    return TrainRequest(
+        dataset=args.dataset, out=out, time_budget_s=time_budget(args, DEFAULT_TIME_BUDGET_S), max_steps=args.max_steps, device=args.device,
+        overrides=_overrides(args), target_spacing=args.spacing, images_dir=args.images, labels_dir=args.labels,
+        seed=args.seed, **extra,
+    )  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.pipeline import train_segmentation
+
+    request = _request(
+        args, args.out, fold=args.fold, num_folds=args.folds, val_cases=tuple(args.val_cases), resume=args.resume, cache_dir=args.cache,
+        validate_with_predictor=not args.no_validate, show_progress=not args.quiet,
+    )  # fmt: skip
+    summary = train_segmentation(request)
+    fit = summary["fit"]
+    console.print(
+        f"trained {fit['steps']} steps in {fit['elapsed_s'] / 60:.1f} min ({fit['stopped_because']}); "
+        f"best validation Dice {fit['best_val_dice']:.4f} at epoch {fit['best_epoch']}; run folder {args.out}",
+        highlight=False,
+    )
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.pipeline import plan_dataset
+
+    _, plan = plan_dataset(_request(args, args.out))
+    plan.save(args.out)
+    print(json.dumps(plan.to_dict(), indent=2))
+    return 0
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.predict import PredictOptions, predict_files
+
+    options = PredictOptions(
+        mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
+        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
+    )  # fmt: skip
+    written = predict_files(
+        args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,
+        overlays=args.overlays, save_probabilities=args.probabilities, suffix=args.suffix, show_progress=not args.quiet,
+    )  # fmt: skip
+    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.evaluate import evaluate_folders
+
+    evaluate_folders(args.predictions, args.references, args.out)
+    console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}", highlight=False)
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.export import export_model
+    from segmorph.segmentation.predict import PredictOptions, Predictor
+
+    predictor = Predictor(args.run, "cpu", PredictOptions(checkpoint=args.checkpoint))
+    plan = predictor.plan
+    shape = (1, len(plan.channel_names), *plan.train.patch_size)
+    export_model(predictor.model, shape, args.format, args.out)
+    console.print(f"wrote {args.out} ({args.format}, input shape {list(shape)})", highlight=False)
+    return 0
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    from segmorph.io import list_images
+    from segmorph.segmentation.baselines import segment_folder
+
+    params: dict = {}
+    if args.method == "otsu":
+        params["classes"] = args.classes
+    else:
+        if not args.seeds:
+            raise SegmorphError("region_grow needs at least one --seed-point")
+        params["seeds"] = [_seed_point(s) for s in args.seeds]
+        if args.tolerance is not None:
+            params["tolerance"] = args.tolerance
+    if args.fill_holes:
+        params["fill_holes"] = True
+    if args.largest_component:
+        params["largest_component"] = True
+    written = segment_folder(list_images(args.scans), args.out, args.method, **params)
+    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    return 0
+
+
+def _seed_point(text: str) -> tuple[int, ...]:
+    try:
+        point = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise SegmorphError(f"--seed-point {text!r}: expected voxel indices I,J[,K]") from None
+    if len(point) not in (2, 3):
+        raise SegmorphError(f"--seed-point {text!r}: expected 2 or 3 voxel indices")
+    return point
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.demo import find_demo_data
+    from segmorph.segmentation.demo import run_demo as demo
+
+    demo(find_demo_data(args.data), args.out, args.time_budget, args.device)
+    return 0

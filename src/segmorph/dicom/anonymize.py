@@ -1,0 +1,496 @@
+"""De-identify DICOM files with the Basic Application Level Confidentiality Profile (DICOM PS3.15 Annex E).
+
+Every file under a folder is read with pydicom, cleaned, and written atomically under the output folder at
+the same relative path (folder and file names are kept as given: rename them first if they identify anyone).
+
+What happens to each data element, inside sequence items too:
+
+- Attributes of PS3.15 Table E.1-1 get their action: ``X`` remove, ``Z`` empty, ``D`` dummy value (an empty
+  value stays empty; a sequence is kept and its items cleaned), ``U`` new UID. Combined codes take the mildest
+  action that is valid in every IOD, because Type 1 attributes must keep a value and Type 2 ones must stay present:
+  ``X/Z`` -> ``Z``; ``X/D``, ``X/Z/D`` and ``Z/D`` -> ``D``; ``X/Z/U*`` -> keep the sequence and replace the
+  UIDs inside it. Attributes not in the table are kept, as the profile allows (dates excepted, below).
+- Private elements, curves (groups 50xx), overlays (groups 60xx, whole planes) and group lengths are removed.
+- UIDs: each original UID maps to ``2.25.<UUID>``, a name-based UUID (``uuid5``) of the UID in a namespace
+  drawn from a secret salt. One run uses one salt, so references between files stay consistent (same study,
+  same new StudyInstanceUID) while two runs differ unless they share ``uid_salt``. The file meta header is
+  rebuilt, so MediaStorageSOPInstanceUID equals the new SOPInstanceUID; the preamble is zeroed.
+- Dates: by default dates follow the profile (``Z`` empty, ``D`` becomes 19000101, ``X`` removed); going
+  beyond the table, any other non-empty DA or DT value becomes 19000101 as well, so no real date survives. With
+  ``shift_dates_days`` every DA and DT value (except PatientBirthDate, which stays empty) is moved by that many
+  days instead, the same in all files, times of day are kept, and the Retain Longitudinal Temporal Information
+  with Modified Dates option (113107) is recorded. The shift itself is written nowhere.
+- PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence (113100, and 113107 when
+  shifting) and LongitudinalTemporalInformationModified are set.
+- Pixel data are never changed: a warning is returned when BurnedInAnnotation is YES, or when it is absent and
+  the modality or SOP class often carries burned-in text (ultrasound, secondary capture, angiography...).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from io import BytesIO
+from pathlib import Path
+
+import pydicom
+from pydicom.datadict import tag_for_keyword
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.multival import MultiValue
+from pydicom.sequence import Sequence
+from pydicom.tag import BaseTag
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
+
+from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_bytes
+
+# PS3.15 Table E.1-1, Basic Profile column, by action code. Curves and overlays (repeating groups) are
+# handled by _is_curve_or_overlay; the file meta MediaStorageSOPInstanceUID is rebuilt from SOPInstanceUID.
+_PROFILE_BY_CODE = {
+    "X": """
+        AcquisitionComments AcquisitionContextSequence AcquisitionProtocolDescription ActualHumanPerformersSequence
+        AdditionalPatientHistory AddressTrial AdmissionID AdmittingDate AdmittingDiagnosesCodeSequence
+        AdmittingDiagnosesDescription AdmittingTime Allergies AnnotationGroupDescription ApprovalStatusDateTime
+        Arbitrary AssertionExpirationDateTime AuthorObserverSequence BarcodeValue BeamDescription BranchOfService
+        CalibrationDateTime CassetteID CertifiedTimestamp CommentsOnThePerformedProcedureStep CompensatorDescription
+        ConceptualVolumeCombinationDescription ConceptualVolumeDescription
+        ConfidentialityConstraintOnPatientDataDescription ConsultingPhysicianIdentificationSequence
+        ContainerComponentID ContainerDescription ContentCreatorIdentificationCodeSequence ContentSequence
+        ContributionDescription CountryOfResidence CreationDate CreationTime CurrentObserverTrial
+        CurrentPatientLocation CurveDate CurveTime CustodialOrganizationSequence DataSetTrailingPadding
+        DateOfDocumentOrVerbalTransactionTrial DateOfLastCalibration DateOfSecondaryCapture
+        DateTimeOfLastCalibration DerivationDescription DeviceDescription DeviceSettingDescription
+        DigitalSignatureUID DigitalSignaturesSequence DischargeDate DischargeDiagnosisDescription DischargeTime
+        DistributionAddress DistributionName DoseReferenceDescription EntityDescription EntityName
+        EquipmentFrameOfReferenceDescription EthnicGroup ExpectedCompletionDateTime FractionGroupDescription
+        FrameComments GantryID GeneratorID GroupOfPatientsIdentificationSequence BreedRegistrationNumber
+        BreedRegistrationSequence HumanPerformerName HumanPerformerOrganization IconImageSequence
+        IdentifyingComments ImageComments ImagePresentationComments ImagingServiceRequestComments Impressions
+        InstanceCoercionDateTime InstanceOriginStatus InstitutionAddress InstitutionalDepartmentName
+        InstitutionalDepartmentTypeCodeSequence InsurancePlanIdentification IntendedFractionStartTime
+        IntendedPhaseEndDate IntendedPhaseStartDate IntendedRecipientsOfResultsIdentificationSequence
+        InterpretationApprovalDate InterpretationApprovalTime InterpretationApproverSequence InterpretationAuthor
+        InterpretationDiagnosisDescription InterpretationID InterpretationIDIssuer InterpretationRecordedDate
+        InterpretationRecordedTime InterpretationRecorder InterpretationText InterpretationTranscriber
+        InterpretationTranscriptionDate InterpretationTranscriptionTime InterventionDrugStartTime
+        InterventionDrugStopTime IssuerOfAccessionNumberSequence IssuerOfAdmissionID IssuerOfAdmissionIDSequence
+        IssuerOfPatientID IssuerOfServiceEpisodeID IssuerOfServiceEpisodeIDSequence LabelText LastMenstrualDate MAC
+        MACParametersSequence MedicalAlerts MedicalRecordLocator MilitaryRank ModifiedAttributesSequence
+        ModifiedImageDescription ModifyingDeviceID ModifyingDeviceManufacturer NameOfPhysiciansReadingStudy
+        NamesOfIntendedRecipientsOfResults Occupation OrderCallbackPhoneNumber OrderCallbackTelecomInformation
+        OrderEnteredBy OrderEntererLocation OriginalAttributesSequence OtherPatientIDs OtherPatientIDsSequence
+        OtherPatientNames OverlayDate OverlayTime ParticipantSequence PatientAddress PatientAge
+        PatientAlternativeCalendar PatientBirthDateInAlternativeCalendar PatientBirthName PatientBirthTime
+        PatientComments PatientDeathDateInAlternativeCalendar PatientInstitutionResidence
+        PatientInsurancePlanCodeSequence PatientMotherBirthName PatientPrimaryLanguageCodeSequence
+        PatientPrimaryLanguageModifierCodeSequence PatientReligiousPreference PatientSize PatientState
+        PatientTelecomInformation PatientTelephoneNumbers PatientTransportArrangements PatientWeight
+        PerformedLocation PerformedProcedureStepDescription PerformedProcedureStepEndDate
+        PerformedProcedureStepEndTime PerformedProcedureStepID PerformedProcedureStepStartDate
+        PerformedProcedureStepStartTime PerformedStationAETitle PerformedStationGeographicLocationCodeSequence
+        PerformedStationName PerformedStationNameCodeSequence PerformingPhysicianIdentificationSequence
+        PerformingPhysicianName PersonAddress PersonTelecomInformation PersonTelephoneNumbers
+        PhysicianApprovingInterpretation PhysiciansOfRecord PhysiciansOfRecordIdentificationSequence
+        PhysiciansReadingStudyIdentificationSequence PlateID PreMedication PregnancyStatus PrescriptionDescription
+        PrivateDataElementCharacteristicsSequence ProcedureStepCancellationDateTime ReasonForOmissionDescription
+        ReasonForTheRequestedProcedure ReasonForTheImagingServiceRequest ReasonForStudy ReasonForVisit
+        ReasonForVisitCodeSequence
+        ReferencedDigitalSignatureSequence ReferencedPatientAliasSequence ReferencedPatientPhotoSequence
+        ReferencedPatientSequence ReferencedSOPInstanceMACSequence ReferringPhysicianAddress
+        ReferringPhysicianIdentificationSequence ReferringPhysicianTelephoneNumbers RegionOfResidence
+        RequestAttributesSequence RequestedContrastAgent RequestedProcedureComments RequestedProcedureID
+        RequestedProcedureLocation RequestingPhysician RequestingService ResponsibleOrganization ResponsiblePerson
+        ResultsComments ResultsDistributionListSequence ResultsID ResultsIDIssuer ROIDescription
+        ROIGenerationDescription ROIObservationDescription RouteOfAdmissions RTPlanDescription RTPlanName
+        ScheduledAdmissionDate ScheduledAdmissionTime ScheduledDischargeDate ScheduledDischargeTime
+        ScheduledHumanPerformersSequence ScheduledPatientInstitutionResidence
+        ScheduledPerformingPhysicianIdentificationSequence ScheduledPerformingPhysicianName
+        ScheduledProcedureStepDescription ScheduledProcedureStepEndDate ScheduledProcedureStepEndTime
+        ScheduledProcedureStepID ScheduledProcedureStepLocation ScheduledProcedureStepModificationDateTime
+        ScheduledProcedureStepStartDate ScheduledProcedureStepStartDateTime ScheduledProcedureStepStartTime
+        ScheduledStationAETitle ScheduledStationGeographicLocationCodeSequence ScheduledStationName
+        ScheduledStationNameCodeSequence ScheduledStudyLocation ScheduledStudyLocationAETitle
+        ScheduledStudyStartDate ScheduledStudyStartTime ScheduledStudyStopDate ScheduledStudyStopTime
+        SeriesDescription ServiceEpisodeDescription ServiceEpisodeID SetupTechniqueDescription SmokingStatus
+        SourcePatientGroupIdentificationSequence SourceSerialNumber SpecialNeeds SpecimenAccessionNumber
+        SpecimenDetailedDescription SpecimenShortDescription StructureSetDescription StructureSetName StudyComments
+        StudyDescription StudyIDIssuer TelephoneNumberTrial TextComments TextString
+        TimeOfDocumentCreationOrVerbalTransactionTrial TimeOfLastCalibration TimeOfSecondaryCapture
+        TimezoneOffsetFromUTC TopicAuthor TopicKeywords TopicSubject TopicTitle UDISequence UniqueDeviceIdentifier
+        VerbalSourceIdentifierCodeSequenceTrial VerbalSourceTrial VerifyingOrganization VisitComments
+        XRayDetectorLabel GPSVersionID GPSLatitudeRef GPSLatitude GPSLongitudeRef GPSLongitude GPSAltitudeRef
+        GPSAltitude GPSTimeStamp GPSSatellites GPSStatus GPSMeasureMode GPSDOP GPSSpeedRef GPSSpeed GPSTrackRef
+        GPSTrack GPSImgDirectionRef GPSImgDirection GPSMapDatum GPSDestLatitudeRef GPSDestLatitude
+        GPSDestLongitudeRef GPSDestLongitude GPSDestBearingRef GPSDestBearing GPSDestDistanceRef GPSDestDistance
+        GPSProcessingMethod GPSAreaInformation GPSDateStamp GPSDifferential
+    """,
+    "Z": """
+        AccessionNumber ConsultingPhysicianName ContentCreatorName FillerOrderNumberImagingServiceRequest
+        IssuerOfTheContainerIdentifierSequence IssuerOfTheSpecimenIdentifierSequence PatientBirthDate PatientID
+        PatientName PatientSex PlacerOrderNumberImagingServiceRequest ReferringPhysicianName ROIInterpreter
+        SpecimenPreparationSequence StudyDate StudyID StudyTime VerifyingObserverIdentificationCodeSequence
+    """,
+    "D": """
+        AcquisitionFieldOfViewLabel AnnotationGroupLabel AssertionDateTime ContainerIdentifier ContrastBolusAgent
+        Date DateTime EntityLabel EntityLongLabel GraphicAnnotationSequence InterlockDateTime InterlockDescription
+        InterlockOriginDescription PersonIdentificationCodeSequence PersonName RTPlanLabel SpecimenIdentifier
+        StructureSetLabel Time VerifyingObserverName VerifyingObserverSequence
+    """,
+    "U": """
+        AcquisitionUID AnnotationGroupUID ConcatenationUID ConceptualVolumeUID ConstituentConceptualVolumeUID
+        ContextGroupExtensionCreatorUID CreatorVersionUID DeviceUID DimensionOrganizationUID DoseReferenceUID
+        DosimetricObjectiveUID FailedSOPInstanceUIDList FiducialUID FrameOfReferenceUID InstanceCreatorUID
+        IrradiationEventUID LargePaletteColorLookupTableUID ManufacturerDeviceClassUID MediaStorageSOPInstanceUID
+        ObservationSubjectUIDTrial ObservationUID PaletteColorLookupTableUID PresentationDisplayCollectionUID
+        PresentationSequenceCollectionUID PyramidUID ReferencedConceptualVolumeUID ReferencedDoseReferenceUID
+        ReferencedDosimetricObjectiveUID ReferencedFiducialsUID ReferencedFrameOfReferenceUID
+        ReferencedGeneralPurposeScheduledProcedureStepTransactionUID ReferencedObservationUIDTrial
+        ReferencedSOPInstanceUID ReferencedSOPInstanceUIDInFile RelatedFrameOfReferenceUID RTTreatmentPhaseUID
+        SeriesInstanceUID SOPInstanceUID SourceConceptualVolumeUID SourceFrameOfReferenceUID SpecimenUID
+        StorageMediaFileSetUID StudyInstanceUID SynchronizationFrameOfReferenceUID TargetUID
+        TemplateExtensionCreatorUID TemplateExtensionOrganizationUID TrackingUID TransactionUID UID
+    """,
+    "X/Z": """
+        AcquisitionDate AcquisitionTime PatientSexNeutered ReferencedStudySequence RequestedProcedureDescription
+        ReviewerName
+    """,
+    "X/D": """
+        AcquisitionDateTime AcquisitionDeviceProcessingDescription AttributeModificationDateTime ContentDate
+        ContentTime ContributionDateTime DateOfLastDetectorCalibration DecayCorrectionDateTime DetectorID
+        EndAcquisitionDateTime FirstTreatmentDate FrameAcquisitionDateTime FrameReferenceDateTime
+        InstanceCreationDate MostRecentTreatmentDate ObservationDateTime OperatorIdentificationSequence ProtocolName
+        RadiopharmaceuticalStartDateTime RadiopharmaceuticalStartTime RadiopharmaceuticalStopDateTime
+        RadiopharmaceuticalStopTime ReviewDate ReviewTime RTPlanDate RTPlanTime SeriesDate SeriesTime
+        StartAcquisitionDateTime StructureSetDate StructureSetTime TimeOfLastDetectorCalibration TreatmentDate
+        TreatmentTime XRayDetectorID XRaySourceID
+    """,
+    "X/Z/D": """
+        DeviceSerialNumber InstanceCreationTime InstitutionCodeSequence InstitutionName OperatorsName
+        ReferencedPerformedProcedureStepSequence StationName
+    """,
+    "X/Z/U*": "ReferencedImageSequence SourceImageSequence",
+}
+
+# The mildest action that keeps a file valid whatever the attribute's Type in its IOD (see module docstring).
+RESOLVED_ACTION = {
+    "X": "X", "Z": "Z", "D": "D", "U": "U", "X/Z": "Z", "X/D": "D", "X/Z/D": "D", "Z/D": "D", "X/Z/U*": "U",
+}  # fmt: skip
+
+
+def _build_profile() -> dict[BaseTag, str]:
+    profile: dict[BaseTag, str] = {}
+    for code, keywords in _PROFILE_BY_CODE.items():
+        for keyword in keywords.split():
+            tag = tag_for_keyword(keyword)
+            if tag is None:
+                raise ValueError(f"unknown DICOM keyword {keyword!r} in the confidentiality profile")
+            profile[BaseTag(tag)] = code
+    return profile
+
+
+PROFILE: dict[BaseTag, str] = _build_profile()
+"""PS3.15 Table E.1-1 Basic Profile: tag -> action code as written in the standard (``X``, ``X/Z/D``...)."""
+ACTIONS: dict[BaseTag, str] = {tag: RESOLVED_ACTION[code] for tag, code in PROFILE.items()}
+"""The action applied to each profile tag: ``X``, ``Z``, ``D`` or ``U``."""
+
+# Modalities and SOP classes whose pixels often carry burned-in text (names, dates).
+BURN_IN_MODALITIES = frozenset({"US", "SC", "XA", "RF", "ES", "OT", "XC", "GM", "SM", "DOC"})
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"  # SC, multi-frame SC (.7.1 - .7.4)
+PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+NEVER_SHIFTED = frozenset({BaseTag(tag_for_keyword("PatientBirthDate"))})
+DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
+_DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "IS": "0", "DS": "0"}
+_NUMERIC = ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT")
+_BINARY = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
+
+
+@dataclass(frozen=True)
+class AnonymizeOptions:
+    """How to de-identify.
+
+    Args:
+        shift_dates_days: Shift every date by this many days (may be negative) instead of emptying dates.
+        uid_salt: Secret that makes new UIDs repeatable across runs; None draws a fresh one per run.
+    """
+
+    shift_dates_days: int | None = None
+    uid_salt: str | None = None
+
+
+@dataclass
+class AnonymizeReport:
+    """What :func:`anonymize_folder` did: written files, skipped inputs and warnings (with relative paths)."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Context:
+    shift_days: int | None
+    namespace: uuid.UUID
+
+    @classmethod
+    def from_options(cls, options: AnonymizeOptions) -> _Context:
+        salt = options.uid_salt if options.uid_salt is not None else secrets.token_hex(32)
+        namespace = uuid.UUID(bytes=hashlib.sha256(salt.encode("utf-8")).digest()[:16])
+        return cls(options.shift_dates_days, namespace)
+
+    def new_uid(self, original: str) -> str:
+        """A ``2.25`` UID (the integer of a UUID, PS3.5 B.2) that depends only on the original and the salt."""
+        original = str(original).strip("\0 ")
+        return f"2.25.{uuid.uuid5(self.namespace, original).int}" if original else original
+
+
+def anonymize_file(source: str | Path, destination: str | Path, options: AnonymizeOptions | None = None) -> list[str]:
+    """De-identify one DICOM file and write it atomically.
+
+    UIDs stay consistent across calls only when ``options.uid_salt`` is given; use :func:`anonymize_folder`
+    to process a study.
+
+    Returns:
+        Warnings about this file (burned-in text the pixels may carry).
+
+    Raises:
+        SegmorphError: The source is not a readable DICOM Part 10 file (naming it), or cannot be written.
+    """
+    source = Path(source)
+    ds = _read(source)
+    if _is_dicomdir(ds):
+        raise SegmorphError("is a DICOMDIR index, not an instance; rebuild it from the anonymized files", source)
+    return _anonymize(ds, source, Path(destination), _Context.from_options(options or AnonymizeOptions()))
+
+
+def anonymize_folder(
+    source_dir: str | Path, out_dir: str | Path, options: AnonymizeOptions | None = None
+) -> AnonymizeReport:
+    """De-identify every DICOM file under ``source_dir`` into ``out_dir``, keeping relative paths.
+
+    Files without the DICOM Part 10 ``DICM`` prefix and DICOMDIR indexes are skipped with a note (rebuild a
+    DICOMDIR from the output). All files share one UID salt, so references between them stay consistent.
+    Every file is read and checked before the first is written (each is read twice), so a corrupt file
+    leaves ``out_dir`` as it was.
+
+    Raises:
+        SegmorphError: ``source_dir`` is missing or holds no DICOM file; ``out_dir`` is ``source_dir`` or inside
+            it; a DICOM file is corrupt (naming it).
+    """
+    source_dir, out_dir = Path(source_dir), Path(out_dir)
+    files = _list_files(source_dir, out_dir)
+    context = _Context.from_options(options or AnonymizeOptions())
+    report = AnonymizeReport()
+    instances = []
+    for path in files:  # read and check every file before writing any: a corrupt one leaves no partial output
+        relative = path.relative_to(source_dir)
+        if not _has_dicm_prefix(path):
+            report.skipped.append(f"{relative}: skipped, not a DICOM Part 10 file (no DICM prefix)")
+        elif _is_dicomdir(_read(path)):
+            report.skipped.append(f"{relative}: skipped, a DICOMDIR index (rebuild it from the anonymized files)")
+        else:
+            instances.append(path)
+    for path in instances:
+        relative = path.relative_to(source_dir)
+        warnings = _anonymize(_read(path), path, out_dir / relative, context)
+        report.written.append(out_dir / relative)
+        report.warnings.extend(f"{relative}: {message}" for message in warnings)
+    if not report.written:
+        raise SegmorphError(f"folder holds no DICOM files ({len(report.skipped)} other files skipped)", source_dir)
+    return report
+
+
+def _list_files(source_dir: Path, out_dir: Path) -> list[Path]:
+    if not source_dir.is_dir():
+        raise SegmorphError("no such folder" if not source_dir.exists() else "not a folder", source_dir)
+    source, out = source_dir.resolve(), out_dir.resolve()
+    if out == source or source in out.parents:
+        raise SegmorphError(f"output folder must not be the input folder or inside it ({source_dir})", out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SegmorphError("output exists and is not a folder", out_dir)
+    files = sorted(p for p in source_dir.rglob("*") if p.is_file())
+    if not files:
+        raise SegmorphError("folder holds no files", source_dir)
+    return files
+
+
+def _has_dicm_prefix(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(132)
+    except OSError as err:
+        raise SegmorphError(f"cannot read file ({err.strerror or err})", path) from None
+    return len(head) == 132 and head[128:] == b"DICM"
+
+
+def _is_dicomdir(ds: Dataset) -> bool:
+    return str(ds.file_meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_CLASS or "DirectoryRecordSequence" in ds
+
+
+def _anonymize(ds: pydicom.FileDataset, source: Path, destination: Path, context: _Context) -> list[str]:
+    warnings = burned_in_warnings(ds)
+    meta = _new_file_meta(ds, source, context)
+    _clean(ds, context)
+    _record_method(ds, context)
+    ds.file_meta = meta
+    ds.preamble = b"\0" * 128  # a preamble may hold a TIFF header or other free data
+    buffer = BytesIO()
+    try:
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    except (ValueError, TypeError, OverflowError) as err:
+        raise SegmorphError(f"cannot encode the anonymized file ({err})", source) from None
+    atomic_write_bytes(destination, buffer.getvalue())
+    return warnings
+
+
+def _read(path: Path) -> pydicom.FileDataset:
+    try:
+        ds = pydicom.dcmread(path)
+        ds.walk(lambda _ds, _elem: None)  # parse every element now, so corruption surfaces here
+    except Exception as err:  # pydicom raises many types on corrupt input
+        raise SegmorphError(f"corrupt DICOM file ({type(err).__name__}: {err})", path) from err
+    shortfall = _pixel_shortfall(ds)
+    if shortfall:
+        raise SegmorphError(f"corrupt DICOM file ({shortfall})", path)
+    return ds
+
+
+def _pixel_shortfall(ds: Dataset) -> str:
+    """A message when uncompressed pixel data hold fewer bytes than the header declares (a truncated file)."""
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    needed = ("PixelData", "Rows", "Columns", "BitsAllocated")
+    if syntax is None or syntax.is_compressed or not all(ds.get(k) not in (None, "") for k in needed):
+        return ""
+    frames = int(ds.get("NumberOfFrames") or 1)
+    bits = ds.Rows * ds.Columns * int(ds.get("SamplesPerPixel") or 1) * frames * ds.BitsAllocated
+    expected, found = (bits + 7) // 8, len(ds.PixelData)
+    return f"pixel data truncated: {found} of {expected} bytes" if found < expected else ""
+
+
+def _new_file_meta(ds: Dataset, source: Path, context: _Context) -> FileMetaDataset:
+    """A fresh meta header (no source AE titles or private meta) pointing at the new SOP Instance UID."""
+    old = getattr(ds, "file_meta", FileMetaDataset())
+    instance = ds.get("SOPInstanceUID") or old.get("MediaStorageSOPInstanceUID")
+    sop_class = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
+    if not instance or not sop_class:
+        raise SegmorphError("corrupt DICOM file (no SOP Class UID or SOP Instance UID)", source)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class
+    meta.MediaStorageSOPInstanceUID = context.new_uid(instance)
+    meta.TransferSyntaxUID = old.get("TransferSyntaxUID") or _syntax_from_encoding(ds)
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    meta.ImplementationVersionName = f"PYDICOM {pydicom.__version__}"[:16]
+    return meta
+
+
+def _syntax_from_encoding(ds: Dataset) -> UID:
+    implicit, little = getattr(ds, "original_encoding", (False, True))
+    if not little:
+        return pydicom.uid.ExplicitVRBigEndian
+    return pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
+
+
+def _clean(ds: Dataset, context: _Context) -> None:
+    """Apply the profile to ``ds`` in place, then to the items of every sequence that remains."""
+    for elem in list(ds):
+        tag = elem.tag
+        if tag.is_private or tag.element == 0 or _is_curve_or_overlay(tag):
+            del ds[tag]
+            continue
+        # Beyond the table: other dates get D too, so that no real date survives unless shifted.
+        action = ACTIONS.get(tag) or ("D" if elem.VR in ("DA", "DT") else None)
+        _apply(ds, elem, action, context)
+        if tag in ds and elem.VR == "SQ":
+            for item in elem.value:
+                _clean(item, context)
+
+
+def _is_curve_or_overlay(tag: BaseTag) -> bool:
+    group = tag.group
+    return group % 2 == 0 and (0x5000 <= group <= 0x501E or 0x6000 <= group <= 0x601E)
+
+
+def _apply(ds: Dataset, elem: DataElement, action: str | None, context: _Context) -> None:
+    shifting = context.shift_days is not None
+    if shifting and elem.VR in ("DA", "DT") and elem.tag not in NEVER_SHIFTED:
+        elem.value = _map_values(elem.value, lambda v: _shift_date(v, elem.VR, context.shift_days))
+    elif shifting and elem.VR == "TM" and action is not None:
+        pass  # with shifted dates, times of day are kept (Retain Longitudinal ... Modified Dates)
+    elif action == "X":
+        del ds[elem.tag]
+    elif action == "Z":
+        elem.value = elem.empty_value
+    elif action == "U" and elem.VR == "UI":
+        elem.value = _map_values(elem.value, context.new_uid)
+    elif action == "D" or (action == "U" and elem.VR not in ("UI", "SQ")):
+        _set_dummy(elem)
+
+
+def _map_values(value: object, function: Callable[[str], str]) -> object:
+    if isinstance(value, MultiValue | list | tuple):
+        return [function(v) for v in value]
+    return function(value) if value not in (None, "") else value
+
+
+def _set_dummy(elem: DataElement) -> None:
+    """A non-empty value valid for the VR; an empty value (nothing to hide) and a sequence's items are kept."""
+    if elem.VR == "SQ" or elem.is_empty:
+        return
+    if elem.VR in _NUMERIC:
+        elem.value = 0
+    elif elem.VR in _BINARY:
+        elem.value = b"\0\0"
+    else:
+        elem.value = _DUMMY.get(elem.VR, "ANONYMIZED")
+
+
+def _shift_date(value: str, vr: str, days: int) -> str:
+    """Move a DA or DT value by ``days``; keeps the time and offset of a DT. Unparsable or partial -> empty."""
+    match = re.fullmatch(r"(\d{8})(.*)", str(value).strip())
+    if not match or (vr == "DA" and match.group(2)):
+        return ""
+    try:
+        day = dt.datetime.strptime(match.group(1), "%Y%m%d") + dt.timedelta(days=days)
+    except (ValueError, OverflowError):
+        return ""
+    return f"{day.year:04d}{day.month:02d}{day.day:02d}{match.group(2)}"
+
+
+def _record_method(ds: Dataset, context: _Context) -> None:
+    from segmorph import __version__
+
+    methods = [f"segmorph {__version__}", "DICOM PS3.15 E.1 Basic Confidentiality Profile"]
+    codes = [("113100", "Basic Application Confidentiality Profile")]
+    if context.shift_days is not None:
+        methods.append("Retain Longitudinal Temporal Info Modified Dates")
+        codes.append(("113107", "Retain Longitudinal Temporal Information Modified Dates Option"))
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = methods
+    ds.DeidentificationMethodCodeSequence = Sequence([_code_item(value, meaning) for value, meaning in codes])
+    ds.LongitudinalTemporalInformationModified = "MODIFIED" if context.shift_days is not None else "REMOVED"
+
+
+def _code_item(value: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+def burned_in_warnings(ds: Dataset) -> list[str]:
+    """Warnings when the pixels of ``ds`` may show identifying text (segmorph never edits pixels)."""
+    if not any(keyword in ds for keyword in PIXEL_KEYWORDS):
+        return []
+    flag = str(ds.get("BurnedInAnnotation", "")).strip().upper()
+    if flag == "YES":
+        return ["BurnedInAnnotation is YES: the pixels show text that may identify the patient (pixels unchanged)"]
+    modality = str(ds.get("Modality", "")).strip().upper()
+    secondary = str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX)
+    if not flag and (modality in BURN_IN_MODALITIES or secondary):
+        kind = "secondary capture" if secondary else f"modality {modality}"
+        return [f"{kind} images often show burned-in text and BurnedInAnnotation is absent: check the pixels"]
+    return []

@@ -1,0 +1,1 @@
+"""Interpretation: Grad-CAM for classifiers and segmentation networks, test-time-augmentation uncertainty."""

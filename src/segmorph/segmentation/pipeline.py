@@ -1,0 +1,216 @@
+"""The whole segmentation job: dataset -> fingerprint -> plan -> preprocess -> fit -> validate."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segmorph.engine import distributed as dist
+from segmorph.engine.loop import FitResult
+from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_text
+from segmorph.nn import build_network, count_parameters
+from segmorph.progress import console
+from segmorph.provenance import data_changed, data_fingerprint, write_run_record
+from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
+from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
+from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
+from segmorph.segmentation.task import fit
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``segmorph train`` was asked to do.
+
+    Attributes:
+        dataset: Dataset folder (MSD layout or paired folders).
+        out: Run folder.
+        time_budget_s: Training time limit in seconds (0: only ``max_steps``).
+        max_steps: Step limit (0: only the time budget).
+        device: ``cpu``, ``cuda`` or ``mps``.
+        fold: Validation fold of ``num_folds`` (-1: train on all cases, no validation).
+        num_folds: Number of cross-validation folds.
+        val_cases: Explicit validation case ids (instead of ``fold``).
+        overrides: Dotted plan keys to replace (``{"train.batch_size": 4}``).
+        target_spacing: Voxel size in mm to plan for (ITK x, y, z order, or one value for all axes;
+            default: the dataset's median spacing), e.g. ``(2.0,)`` for a fast low-resolution model.
+        images_dir, labels_dir: Explicit folders for paired-folder datasets.
+        resume: Continue the run in ``out`` from its last checkpoint.
+        cache_dir: Where preprocessed cases are cached (default ``out/preprocessed``).
+        seed: Seed for the split and training.
+        validate_with_predictor: After training, segment the validation cases with the full
+            predictor (original grid, mirroring) and score them with :mod:`segmorph.metrics.segmentation`.
+    """
+
+    dataset: Path
+    out: Path
+    time_budget_s: float = 1200.0
+    max_steps: int = 0
+    device: str = "cpu"
+    fold: int = 0
+    num_folds: int = 5
+    val_cases: tuple[str, ...] = ()
+    overrides: tuple[tuple[str, Any], ...] = ()
+    target_spacing: tuple[float, ...] | None = None
+    images_dir: Path | None = None
+    labels_dir: Path | None = None
+    resume: bool = False
+    cache_dir: Path | None = None
+    seed: int = 0
+    validate_with_predictor: bool = True
+    show_progress: bool = True
+
+
+def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
+    """Load the dataset, fingerprint it and make the plan (with overrides applied)."""
+    spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
+    if not spec.labels:
+        spec = infer_labels(spec)
+    facts = fingerprint(spec, progress=request.show_progress)
+    _require_foreground(spec, facts)
+    try:
+        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing)
+    except ValueError as err:
+        raise SegmorphError(str(err), request.dataset) from None
+    overrides = dict(request.overrides)
+    overrides.setdefault("train.seed", request.seed)
+    return spec, apply_overrides(plan, overrides)
+
+
+def _require_foreground(spec: DatasetSpec, facts: dict[str, Any]) -> None:
+    """Refuse a labelled dataset whose label maps are all background: there is nothing to learn.
+
+    One empty label map among others is fine (a scan without the structure); all of them is a mistake.
+    """
+    labelled = any(case.label is not None for case in spec.cases)
+    if labelled and not any(int(k) > 0 and v > 0 for k, v in facts["class_fractions"].items()):
+        raise SegmorphError("every label map is empty (background only); training needs foreground", spec.root)
+
+
+def train_segmentation(request: TrainRequest) -> dict[str, Any]:
+    """Plan, preprocess, train and validate; everything lands in ``request.out``.
+
+    Returns:
+        A summary: plan, split sizes, fit result and (when validated) the metric summary.
+    """
+    dist.init_from_environment(dist.local_device(torch.device(request.device)))
+    try:
+        return _train_segmentation(request)
+    finally:
+        dist.cleanup()
+
+
+def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
+    out = Path(request.out)
+    if request.resume:
+        spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
+        spec = spec if spec.labels else infer_labels(spec)
+        plan = Plan.load(out / "plan.json")
+        if request.target_spacing is not None or request.overrides:
+            console.print("warning: --resume keeps the run's plan.json; --spacing and --set are ignored", highlight=False)
+    else:
+        spec, plan = plan_dataset(request)
+    train_ids, val_ids = _split(spec, request)
+    if dist.is_main_process():
+        out.mkdir(parents=True, exist_ok=True)
+        plan.save(out / "plan.json")
+        _write_provenance(out, spec, request, plan, train_ids, val_ids)
+    cases = _load_cases(spec, plan, request, train_ids + val_ids)
+    torch.manual_seed(plan.train.seed)
+    model = build_network(plan.network)
+    if dist.is_main_process():
+        console.print(_summary_line(plan, model, len(train_ids), len(val_ids)), highlight=False)
+    result = fit(
+        model, [cases[c] for c in train_ids], [cases[c] for c in val_ids], plan.train, out, plan.network,
+        plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
+    )  # fmt: skip
+    summary = {"fit": _fit_summary(result), "train_cases": len(train_ids), "val_cases": len(val_ids)}
+    if request.validate_with_predictor and val_ids and dist.is_main_process():
+        summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress)
+    if dist.is_main_process():
+        atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
+    if request.val_cases:
+        return split_from_list(spec.case_ids, request.val_cases)
+    return split_cases(spec.case_ids, request.fold, request.num_folds, request.seed)
+
+
+def _load_cases(spec: DatasetSpec, plan: Plan, request: TrainRequest, case_ids: Sequence[str]) -> dict:
+    cache = Path(request.cache_dir) if request.cache_dir else Path(request.out) / "preprocessed"
+    paths = preprocess_dataset(spec, plan.preprocess, cache, case_ids=list(case_ids), progress=request.show_progress)
+    cases = {}
+    for path in paths:
+        sample, _ = load_preprocessed(path)
+        cases[sample.case_id] = (sample.image.data.float(), sample.label.data.long())
+    return cases
+
+
+def _summary_line(plan: Plan, model: torch.nn.Module, n_train: int, n_val: int) -> str:
+    net = plan.network
+    return (
+        f"segmorph: {net['name']} {plan.ndim}D features {net['features']} ({count_parameters(model):,} parameters), "
+        f"patch {list(plan.train.patch_size)} x batch {plan.train.batch_size}, {n_train} train / {n_val} val cases, "
+        f"budget {plan.train.time_budget_s / 60:.1f} min"
+    )
+
+
+def _fit_summary(result: FitResult) -> dict[str, Any]:
+    return {
+        "best_val_dice": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
+        "elapsed_s": round(result.elapsed_s, 1), "stopped_because": result.stopped_because,
+        "world_size": result.world_size, "precision": result.precision,
+    }  # fmt: skip
+
+
+def _write_provenance(
+    out: Path, spec: DatasetSpec, request: TrainRequest, plan: Plan, train_ids: list[str], val_ids: list[str]
+) -> None:
+    """``run.json``: command, versions, seeds, data fingerprint and split (see :mod:`segmorph.provenance`)."""
+    facts = {
+        "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
+        "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
+        "train_cases": train_ids, "val_cases": val_ids,
+    }  # fmt: skip
+    record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
+    if data_changed(record):
+        console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
+
+
+def validate_run(
+    run_dir: Path, spec: DatasetSpec, val_ids: Sequence[str], device: str = "cpu", show_progress: bool = True,
+    mirror: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Segment the validation cases with the saved model and score them on their original grids.
+
+    Writes ``validation/<case>.nii.gz`` and ``validation/metrics.csv`` (+ ``.json``) in ``run_dir``.
+    """
+    from segmorph.io import write_image
+    from segmorph.progress import track
+    from segmorph.segmentation.datasets import load_sample
+    from segmorph.segmentation.evaluate import evaluate_folders
+    from segmorph.segmentation.predict import PredictOptions, Predictor
+
+    predictor = Predictor(run_dir, device, PredictOptions(mirror=mirror))
+    pred_dir, ref_dir = run_dir / "validation", run_dir / "validation" / "reference"
+    started = time.perf_counter()
+    for case_id in track(val_ids, "validate", total=len(val_ids), enabled=show_progress):
+        sample = load_sample(spec.case(case_id), spec)
+        if sample.label is None:
+            raise SegmorphError(f"validation case {case_id} has no label", spec.case(case_id).images[0])
+        mask, _ = predictor.segment(sample.image)
+        write_image(mask, pred_dir / f"{case_id}.nii.gz")
+        write_image(sample.label, ref_dir / f"{case_id}.nii.gz")
+    seconds = (time.perf_counter() - started) / max(len(val_ids), 1)
+    labels = {k: v for k, v in spec.labels.items() if k > 0}
+    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress)
+    summary = {k: v for k, v in summary.items() if k != "rows"}
+    return {"seconds_per_case": round(seconds, 3), "metrics": summary}

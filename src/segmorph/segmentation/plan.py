@@ -1,0 +1,278 @@
+"""Self-configuration: a dataset fingerprint becomes a readable plan (plan.json, saved with the model).
+
+The plan fixes preprocessing (target spacing, normalisation), the network (2D/3D, depth, width)
+and training (patch, batch, optimiser, schedule) for the device AND the time budget: on a CPU a
+short budget gets a narrow network that can see enough patches in time, not nnU-Net's GPU network.
+Every value can be overridden with a JSON/YAML file or ``key=value`` strings (``train.batch_size=4``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmorph.engine.loop import TrainConfig
+from segmorph.errors import SegmorphError
+from segmorph.io import atomic_write_text
+from segmorph.segmentation.datasets import DatasetSpec
+from segmorph.segmentation.preprocess import PreprocessConfig
+
+# Patch voxel budgets: what one step can afford. CPU figures were measured on a 2-core machine with
+# AVX512-BF16 (a 16-base 3D U-Net on 40x56x40 with bf16 autocast takes about 0.1 s per patch; on a 2-core
+# AVX2-only CPU, in float32, about 0.6 s).
+PATCH_VOXELS = {("cpu", 3): 48 * 64 * 48, ("cpu", 2): 256 * 256, ("gpu", 3): 128**3, ("gpu", 2): 512 * 512}
+BATCH_SIZE = {("cpu", 3): 2, ("cpu", 2): 4, ("gpu", 3): 2, ("gpu", 2): 12}
+MIN_FEATURE_MAP = 4  # coarsest resolution keeps at least this many voxels per axis
+MAX_LEVELS = 5
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything needed to preprocess, build, train and apply a model (saved as plan.json).
+
+    Attributes:
+        ndim: 2 or 3 spatial dimensions of the network.
+        labels: Label value -> name (0 = background).
+        channel_names: Names of the input channels.
+        modalities: Modality per channel (CT, MRI, rgb, other).
+        preprocess: Crop, resampling and normalisation.
+        network: Constructor arguments of the network (``{"name": "unet", ...}``).
+        train: Training settings.
+        median_shape: Median preprocessed case shape in voxels (informative).
+    """
+
+    ndim: int
+    labels: dict[int, str]
+    channel_names: tuple[str, ...]
+    modalities: tuple[str, ...]
+    preprocess: PreprocessConfig
+    network: dict[str, Any]
+    train: TrainConfig
+    median_shape: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        divisor = 2 ** (len(self.network.get("features", [0])) - 1)
+        if any(p % divisor for p in self.train.patch_size):
+            raise SegmorphError(
+                f"train.patch_size {list(self.train.patch_size)} must be a multiple of {divisor} for a network with "
+                f"{len(self.network['features'])} levels (network.features)"
+            )
+        if len(self.train.patch_size) != self.ndim:
+            raise SegmorphError(f"train.patch_size {list(self.train.patch_size)} must have {self.ndim} values")
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels) + 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ndim": self.ndim,
+            "labels": {str(k): v for k, v in self.labels.items()},
+            "channel_names": list(self.channel_names),
+            "modalities": list(self.modalities),
+            "preprocess": self.preprocess.to_dict(),
+            "network": self.network,
+            "train": self.train.to_dict(),
+            "median_shape": list(self.median_shape),
+        }
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Plan:
+        train = dict(values["train"])
+        train["patch_size"] = tuple(train["patch_size"])
+        return cls(
+            ndim=int(values["ndim"]),
+            labels={int(k): v for k, v in values["labels"].items()},
+            channel_names=tuple(values["channel_names"]),
+            modalities=tuple(values["modalities"]),
+            preprocess=PreprocessConfig.from_dict(values["preprocess"]),
+            network=dict(values["network"]),
+            train=TrainConfig.from_dict(train),
+            median_shape=tuple(values["median_shape"]),
+        )
+
+    def save(self, path: str | Path) -> Path:
+        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise SegmorphError("plan not found", path) from None
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise SegmorphError(f"invalid plan ({err})", path) from None
+
+
+def make_plan(
+    spec: DatasetSpec, fingerprint: dict[str, Any], device: str = "cpu", time_budget_s: float = 1200.0,
+    max_steps: int = 0, target_spacing: Sequence[float] | None = None,
+) -> Plan:  # fmt: skip
+    """Turn a dataset fingerprint into a plan for ``device`` and a time budget.
+
+    Args:
+        spec: The dataset (labels, channels, modalities).
+        fingerprint: Output of :func:`segmorph.segmentation.preprocess.fingerprint`.
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"`` (anything but CPU is planned as a GPU).
+        time_budget_s: Training time in seconds (0 when ``max_steps`` limits training instead).
+        max_steps: Training steps (0: the time budget alone limits).
+        target_spacing: Voxel size in mm to work at, per axis (ITK x, y, z order) or one value for
+            all; the patch and depth are planned for it (default: the dataset's median spacing).
+    """
+    kind = "cpu" if device == "cpu" else "gpu"
+    shape = np.asarray(fingerprint["median_shape"], dtype=float)
+    ndim = len(shape)
+    spacing = np.asarray(fingerprint["median_spacing"], dtype=float)
+    if target_spacing is not None:
+        spacing = _spacing_for(target_spacing, ndim)
+    target_spacing = tuple(float(s) for s in spacing)
+    resampled = np.maximum(np.round(shape * np.asarray(fingerprint["median_spacing"]) / spacing), 1).astype(int)
+    patch, levels = plan_patch(resampled, target_spacing, PATCH_VOXELS[(kind, ndim)])
+    base = base_width(kind, time_budget_s, max_steps)
+    features = [min(base * 2**level, 320) for level in range(levels)]
+    num_classes = max(spec.labels) + 1 if spec.labels else 2
+    network = {
+        "name": "unet", "ndim": ndim, "in_channels": len(spec.channel_names), "num_classes": num_classes,
+        "features": features, "residual": False, "deep_supervision": True,
+    }  # fmt: skip
+    preprocess = PreprocessConfig(
+        target_spacing=target_spacing,
+        normalization=tuple(_normalization(m) for m in spec.modalities),
+        crop_to_nonzero=bool(fingerprint.get("crop_to_nonzero_suggested", False)),
+        image_order=3,
+        ct_stats=tuple(s if m == "CT" else None for m, s in zip(spec.modalities, fingerprint["intensity"])),
+    )
+    train = TrainConfig(
+        patch_size=tuple(patch), batch_size=BATCH_SIZE[(kind, ndim)], time_budget_s=float(time_budget_s),
+        max_steps=int(max_steps), steps_per_epoch=100 if kind == "cpu" else 250,
+    )  # fmt: skip
+    return Plan(ndim, dict(spec.labels), tuple(spec.channel_names), tuple(spec.modalities), preprocess, network,
+                train, tuple(int(s) for s in resampled))  # fmt: skip
+
+
+def _spacing_for(values: Sequence[float], ndim: int) -> np.ndarray:
+    """``values`` as a spacing of ``ndim`` axes (one value: isotropic); positive millimetres."""
+    spacing = np.asarray([float(v) for v in values], dtype=float)
+    if len(spacing) == 1:
+        spacing = np.repeat(spacing, ndim)
+    if len(spacing) != ndim or not np.all(spacing > 0):
+        raise ValueError(f"target spacing: expected 1 or {ndim} positive values in mm, got {list(values)}")
+    return spacing
+
+
+def base_width(kind: str, time_budget_s: float, max_steps: int = 0) -> int:
+    """Channels of the first U-Net level for a device kind and a time budget.
+
+    On a 2-core CPU a training step of the 16-wide 3D U-Net (40x56x40 patches, batch 2, bf16) took
+    0.2 s, the 24-wide 2.5x and the 32-wide 3.6x as long: under 45 minutes the narrow network sees
+    enough patches to converge and the wide ones do not. GPUs get nnU-Net's 32.
+    """
+    if kind != "cpu":
+        return 32
+    if max_steps > 0 and time_budget_s <= 0:
+        return 16
+    return 16 if time_budget_s <= 45 * 60 else 24 if time_budget_s <= 3 * 3600 else 32
+
+
+def _normalization(modality: str) -> str:
+    return {"CT": "ct", "rgb": "rgb"}.get(modality, "zscore")
+
+
+def plan_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) -> tuple[list[int], int]:
+    """Patch size (voxels) and number of resolution levels for a median case ``shape``.
+
+    The patch starts at the median shape and, while over ``max_voxels``, shrinks the axis that is
+    largest in mm; then the number of levels is the most halvings that keep every axis at least
+    :data:`MIN_FEATURE_MAP` voxels (at most :data:`MAX_LEVELS`), and each axis is rounded up to a
+    multiple of ``2 ** (levels - 1)``.
+    """
+    patch = np.asarray(shape, dtype=float).copy()
+    spacing_arr = np.asarray(spacing, dtype=float)
+    while np.prod(patch) > max_voxels:
+        axis = int(np.argmax(patch * spacing_arr))
+        patch[axis] = max(patch[axis] * 0.9, MIN_FEATURE_MAP)
+    levels = 1
+    while levels < MAX_LEVELS and (patch / 2**levels >= MIN_FEATURE_MAP).all():
+        levels += 1
+    divisor = 2 ** (levels - 1)
+    rounded = [int(math.ceil(p / divisor) * divisor) for p in patch]
+    return rounded, levels
+
+
+def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
+    """Return a plan with dotted keys replaced, e.g. ``{"train.batch_size": 4, "network.features": [...]}``."""
+    values = plan.to_dict()
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition(".")
+        if section not in values:
+            raise SegmorphError(f"unknown plan section {section!r} in override {dotted!r}")
+        if not key:
+            values[section] = value
+            continue
+        if not isinstance(values[section], dict) or key not in values[section]:
+            raise SegmorphError(f"unknown plan key {dotted!r}")
+        values[section][key] = value
+    return Plan.from_dict(values)
+
+
+def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+    """``["train.batch_size=4", "network.features=[16,32]"]`` -> dict; values parsed as JSON when possible."""
+    overrides = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise SegmorphError(f"override {item!r} is not key=value")
+        try:
+            overrides[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = raw
+    return overrides
+
+
+def load_overrides_file(path: str | Path) -> dict[str, Any]:
+    """Read a JSON or YAML file of overrides, nested (``{"train": {"batch_size": 4}}``) or dotted."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+
+            values = yaml.safe_load(text)
+        else:
+            values = json.loads(text)
+    except FileNotFoundError:
+        raise SegmorphError("config file not found", path) from None
+    except (OSError, ValueError, ImportError, _yaml_error()) as err:
+        raise SegmorphError(f"cannot parse config file ({str(err).splitlines()[0]})", path) from None
+    if not isinstance(values, dict):
+        raise SegmorphError("config file must hold a mapping", path)
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    return flat
+
+
+def _yaml_error() -> type[Exception]:
+    import yaml
+
+    return yaml.YAMLError
+
+
+def with_budget(plan: Plan, time_budget_s: float | None = None, max_steps: int | None = None) -> Plan:
+    """The same plan with another time budget or step limit."""
+    train = plan.train
+    if time_budget_s is not None:
+        train = replace(train, time_budget_s=float(time_budget_s))
+    if max_steps is not None:
+        train = replace(train, max_steps=int(max_steps))
+    return replace(plan, train=train)
