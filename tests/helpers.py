@@ -4,9 +4,11 @@ datasets written from them, and a DICOM series writer."""
 from __future__ import annotations
 
 import json
+import locale
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 
@@ -14,7 +16,25 @@ from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import to_sitk, write_image
 
-DATASETS = Path(__file__).resolve().parents[1] / ".." / "shared" / "datasets"
+DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # ../shared/datasets beside the clone
+
+
+def require_dataset(name: str, marker: str = "") -> Path:
+    """The real dataset ``DATASETS / name``; skips the test (or, called at module level, the module) when
+    ../shared/datasets is not beside the clone. Where that folder is present the dataset must be too: a
+    misspelt name or a moved folder fails here instead of skipping quietly.
+
+    Args:
+        name: Folder of the dataset in ../shared/datasets, e.g. ``"msd_hippocampus"``.
+        marker: A file the dataset must hold, relative to its folder (e.g. ``"dataset.json"``; "": none).
+    """
+    if not DATASETS.is_dir():
+        pytest.skip(f"real data not present: no {DATASETS}", allow_module_level=True)
+    folder = DATASETS / name
+    if not (folder / marker).exists():
+        present = sorted(p.name for p in DATASETS.iterdir())
+        pytest.fail(f"{folder / marker} is missing (../shared/datasets holds {present})", pytrace=False)
+    return folder
 
 
 def oblique_direction() -> np.ndarray:
@@ -79,4 +99,14 @@ def write_dicom_series(image: Image, folder: Path) -> None:
         }.items():  # fmt: skip
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{k:03d}.dcm"))
-        writer.Execute(slice_)
+        write_keeping_locale(writer, slice_)
+
+
+def write_keeping_locale(writer: sitk.ImageFileWriter, image: sitk.Image) -> None:
+    """``writer.Execute(image)``, then the process's character locale as it was: GDCM's DICOM writer switches
+    it to "C", after which ``open()`` without an encoding reads ASCII only (a later test reading README.md fails)."""
+    ctype = locale.setlocale(locale.LC_CTYPE)
+    try:
+        writer.Execute(image)
+    finally:
+        locale.setlocale(locale.LC_CTYPE, ctype)

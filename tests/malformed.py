@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from helpers import OBLIQUE, sphere_case, write_msd_dataset
+from helpers import OBLIQUE, sphere_case, write_keeping_locale, write_msd_dataset
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import write_image
@@ -120,7 +120,7 @@ def _dicom_series(folder: Path, positions: Sequence[float], modalities: Sequence
         for tag, value in tags.items():
             slice_.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"slice_{index:03d}.dcm"))
-        writer.Execute(slice_)
+        write_keeping_locale(writer, slice_)
     return folder
 
 

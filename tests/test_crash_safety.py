@@ -134,6 +134,7 @@ def reference(tmp_path_factory) -> dict:
     return {"root": root, "args": args, "run": run, "first_write": first, "total": total}
 
 
+@pytest.mark.slow  # ten killed training processes and a resume
 def test_train_killed_10_times_then_resume_finishes_exactly(reference):
     """Each round starts the same command in the same folder (overwriting what earlier rounds left) and is
     killed at a random moment; after the tenth, --resume must end at STEPS with the reference's weights."""

@@ -242,6 +242,7 @@ def test_gaussian_rejects_bad_arguments() -> None:
         gaussian_importance_map((8, 8), sigma_scale=0)
 
 
+@pytest.mark.slow  # TorchInductor compiles the network: tens of seconds on a CPU
 def test_compiled_network_gives_the_eager_output():
     from segmorph.engine.sliding_window import compile_for_inference
 

@@ -323,14 +323,14 @@ def test_label_guidance_is_a_share_and_needs_a_prior(tmp_path, capsys):
     dataset = write_msd_dataset(tmp_path / "data", num_cases=6)
     code = main(["train-registration", str(dataset), "--out", str(tmp_path / "reg"), "--max-steps", "1",
                  "--label-guidance", "0.5", "--quiet"])  # fmt: skip
-    assert code == 1 and "--label-guidance needs --segmentation-model" in capsys.readouterr().err
+    assert code == 1 and "registration.label_guidance: needs a segmentation model" in capsys.readouterr().err
     request = RegistrationTrainRequest(dataset, tmp_path / "plain", time_budget_s=0, max_steps=1, config=TINY,
                                        show_progress=False)  # fmt: skip
     train_registration(request)  # no prior: nothing for labels to stand in for, so the run is unguided
     assert LearnedRegistration.load(tmp_path / "plain").config.label_guidance == 0.0
     assert LearnedConfig.from_dict({"features": [4, 8]}).label_guidance == 0.0  # checkpoints from before it
     assert main(["train-registration", str(dataset), "--out", str(tmp_path / "reg"), "--label-guidance", "2"]) == 1
-    assert "--label-guidance 2.0: expected a share in 0..1" in capsys.readouterr().err
+    assert "registration.label_guidance: expected a share in 0..1, got 2.0" in capsys.readouterr().err
 
 
 def test_a_label_guided_run_trains_and_registers_with_the_moving_labels(tmp_path, trained_run):

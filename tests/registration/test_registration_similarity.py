@@ -74,7 +74,7 @@ def test_mutual_information_gradcheck():
     assert gradcheck_warped(lambda f, w: mutual_information(f, pinned(w), bins=8), fixed, warped)
 
 
-@pytest.mark.parametrize("shape", [(6, 6, 6), (8, 8)])
+@pytest.mark.parametrize("shape", [pytest.param((6, 6, 6), marks=pytest.mark.slow), (8, 8)])  # 3D: many MIND terms
 def test_mind_loss_gradcheck(shape):
     fixed, warped = smooth_image(shape, 3, 1.0), smooth_image(shape, 4, 1.0)
     assert gradcheck_warped(lambda f, w: mind_loss(f, w, radius=1, dilation=1), fixed, warped)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DATASETS
+from helpers import require_dataset
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -247,13 +247,10 @@ def test_split_rejects_bad_arguments() -> None:
         split_from_list(["a", "b"], ["a", "zz"])
 
 
-HIPPOCAMPUS = DATASETS / "msd_hippocampus"
-
-
 @pytest.mark.integration
-@pytest.mark.skipif(not (HIPPOCAMPUS / "dataset.json").exists(), reason="hippocampus dataset not present")
+@pytest.mark.slow
 def test_hippocampus_cases_load() -> None:
-    spec = load_dataset(HIPPOCAMPUS)
+    spec = load_dataset(require_dataset("msd_hippocampus", "dataset.json"))
     assert len(spec.cases) == 208 and spec.labels == {0: "background", 1: "Anterior", 2: "Posterior"}
     for case in spec.cases[:3]:
         sample = load_sample(case, spec)

@@ -38,8 +38,6 @@ def test_torchscript_round_trip_matches(tmp_path: Path, ndim: int) -> None:
 
 
 def test_onnx_matches_pytorch_with_dynamic_shapes(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     model = tiny_unet(3).eval()
     path = export_model(model, (1, 1, 16, 16, 16), "onnx", tmp_path / "model.onnx")
     assert path.is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
@@ -49,8 +47,6 @@ def test_onnx_matches_pytorch_with_dynamic_shapes(tmp_path: Path) -> None:
 
 
 def test_check_onnx_detects_a_different_model(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnx")
     path = export_model(tiny_unet(3), (1, 1, 16, 16, 16), "onnx", tmp_path / "model.onnx")
     torch.manual_seed(5)
     other = UNet(3, 1, 3, features=(4, 8, 16))

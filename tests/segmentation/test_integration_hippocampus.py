@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 
 from chromium import check_report_in_chromium
-from helpers import DATASETS
+from helpers import require_dataset
 from segmorph.cli.main import main
 from segmorph.io import read_image
 from segmorph.segmentation.baselines import otsu
 
-HIPPOCAMPUS = DATASETS / "msd_hippocampus"
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (HIPPOCAMPUS / "dataset.json").is_file(), reason="hippocampus data not present"),
-]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+HIPPOCAMPUS = require_dataset("msd_hippocampus", "dataset.json")  # skips this module when the data is absent
 
 
 def _small_dataset(tmp_path, count=14):

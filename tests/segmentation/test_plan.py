@@ -87,3 +87,37 @@ def test_plan_command_takes_a_spacing(msd_dataset, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["plan", str(msd_dataset), "--spacing", "1,-2", "--out", str(tmp_path / "bad.json")])
     assert "invalid spacing '1,-2'" in capsys.readouterr().err
+
+
+def test_a_bad_network_section_is_one_line_before_anything_is_written(msd_dataset, tmp_path, capsys):
+    from segmorph.cli.main import main
+
+    out = tmp_path / "bad"
+    cases = [
+        (["network.name=fcn", "network.residual=true"], "plan: network.residual: fcn takes no argument 'residual'"),
+        (["network.name=resnet"], "plan: network.name: expected one of unet, fcn, got 'resnet'"),
+        (["network.features=abc"], "plan: network.features: expected a list of positive integers, got 'abc'"),
+        (["network.ndim=4"], "plan: network.ndim: expected 2 or 3, got 4"),
+        (["train.batch_size=0"], "plan: train.batch_size: expected at least 1, got 0"),
+        (["train.learning_rate=-1"], "plan: train.learning_rate: expected a positive value, got -1.0"),
+    ]  # fmt: skip
+    for overrides, message in cases:
+        sets = [arg for item in overrides for arg in ("--set", item)]
+        assert main(["train", str(msd_dataset), "--out", str(out), "--max-steps", "2", "--quiet", *sets]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {message}") and err.count("\n") == 1, err
+        assert not out.exists()
+
+
+def test_train_with_an_fcn_keeps_the_arguments_an_fcn_takes(msd_dataset, tmp_path, capsys):
+    from segmorph.cli.main import main
+    from segmorph.segmentation.predict import Predictor
+
+    out = tmp_path / "fcn"
+    code = main(["train", str(msd_dataset), "--out", str(out), "--set", "network.name=fcn", "--set",
+                 "network.features=[4,8]", "--set", "train.steps_per_epoch=2", "--max-steps", "2", "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    network = json.loads((out / "plan.json").read_text())["network"]
+    assert network == {"name": "fcn", "ndim": 3, "in_channels": 1, "num_classes": 3, "features": [4, 8]}
+    assert "validation" in json.loads((out / "summary.json").read_text())  # the predictor rebuilt it
+    assert type(Predictor(out).model).__name__ == "FCN"

@@ -31,9 +31,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from segmorph.classification.config import SELECTIONS, ClassifierConfig
 from segmorph.classification.data import (
     ClassificationDataset,
     InputSpec,
+    Placement,
     choose_input_size,
     load_class_folders,
     load_inputs,
@@ -50,19 +52,20 @@ from segmorph.classification.task import (
     predict_probabilities,
     refresh_batch_norm,
 )
+from segmorph.configs import CONFIG_FILE, config_to_dict
 from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segmorph.engine.loop import FitResult, TrainConfig, fit_task
 from segmorph.errors import SegmorphError
+from segmorph.image import Image
 from segmorph.interpret.gradcam import grad_cam, save_cam_overlay
 from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
-from segmorph.nn import count_parameters
-from segmorph.nn.classifiers import Ensemble, build_classifier
+from segmorph.nn import build_network, count_parameters
+from segmorph.nn.classifiers import Ensemble
 from segmorph.progress import console, track
 from segmorph.provenance import data_changed, files_fingerprint, write_run_record
 
 MODEL_FILE = "classifier.pt"
-SELECTIONS = ("last", "best")
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,9 @@ class ClassifyRequest:
             validation and predict; 0: off). See :func:`segmorph.classification.task.scoring_views`.
         select: Weights kept: ``"last"``, the final (averaged) ones (the tail average when ``tail_average``
             > 0), or ``"best"``, those of the epoch of highest validation AUC. With a hundred-odd validation
-            images the best epoch is mostly noise:
-            on BUSI's five grouped folds its AUC beat the final weights' by 0.018 on average on the
-            images it was picked on, while the final weights scored at least as well as any earlier
-            stretch of training.
+            images the best epoch is mostly noise: on BUSI's grouped folds its AUC beat the final
+            weights' only on the images it was picked on, while the final weights scored at least as
+            well as any earlier stretch of training (see benchmarks/RESULTS.md).
         tail_average: Keep the mean of the averaged weights over this last fraction of training (0: the
             final ones; see :class:`segmorph.engine.loop.TrainConfig`). Used by ``select="last"``.
         refresh_batch_norm: Re-estimate the kept weights' batch-norm statistics on the training images
@@ -186,8 +188,12 @@ def network_config(request: ClassifyRequest, ndim: int, channels: int, num_class
     raise SegmorphError(f"unknown model {request.model!r} (expected resnet or simplecnn)")
 
 
-def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
+def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None = None) -> dict[str, Any]:
     """Split, prepare, train, choose the threshold and write the run folder (see the module docstring).
+
+    Args:
+        request: What to train.
+        config: The settings ``request`` was made from, written as ``config.json`` before training.
 
     Returns:
         The summary written to ``summary.json``.
@@ -208,6 +214,8 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
     spec, net = _input_and_network(request, dataset, out)
     train_config = _train_config(request, spec)
     out.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        atomic_write_text(out / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2) + "\n")
     _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config)
     images = load_inputs(dataset.paths, spec, request.show_progress)
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
@@ -216,7 +224,7 @@ def train_classifier(request: ClassifyRequest) -> dict[str, Any]:
                               dataset.class_names, request.batch_size, augment, request.label_smoothing,
                               request.mixup, request.mirror, request.shift)  # fmt: skip
     if request.show_progress:
-        console.print(_summary_line(request, spec, build_classifier(net), dataset, train_index, val_index),
+        console.print(_summary_line(request, spec, build_network(net), dataset, train_index, val_index),
                       highlight=False)  # fmt: skip
     facts = _classifier_facts(dataset, request, spec, threshold=None)
     if request.ensemble <= 1:
@@ -243,7 +251,7 @@ def _fit_member(
 ) -> tuple[torch.nn.Module, FitResult]:
     """Train one network into ``folder`` (resuming it when asked and started) and load the weights ``request.select`` keeps."""
     torch.manual_seed(train_config.seed)
-    model = build_classifier(net)
+    model = build_network(net)
     resume = request.resume and (folder / "checkpoint_last.pt").is_file()
     result = fit_task(model, task, train_config, folder, net, request.device, resume,
                       show_progress=request.show_progress, extra_config={"classifier": facts})  # fmt: skip
@@ -432,9 +440,34 @@ def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> 
     if "classifier" not in config:
         raise SegmorphError("not a classifier checkpoint", path)
     with model_from_checkpoint(path):
-        model = build_classifier(config["network"])
+        model = build_network(config["network"])
         model.load_state_dict(state)
     return model.to(device).eval(), config["classifier"]
+
+
+def image_probabilities(
+    model: torch.nn.Module, facts: dict[str, Any], image: Image, device: str | torch.device = "cpu",
+    path: str | Path | None = None,
+) -> tuple[np.ndarray, torch.Tensor, Placement]:  # fmt: skip
+    """Class probabilities of one image with a loaded classifier (see :func:`load_classifier`).
+
+    The image is prepared as in training (``facts["input"]``: size, channels, normalisation) and scored over
+    the run's views (mirror, shifts).
+
+    Args:
+        model: The classifier, in eval mode.
+        facts: Its ``classifier`` facts.
+        image: Data ``(C, I, J[, K])``.
+        device: Where the network runs.
+        path: Named in error messages.
+
+    Returns:
+        ``(probabilities (K,) in the order of facts["class_names"], network input (C, *size), placement)``.
+    """
+    prepared, placement = prepare_image(image, InputSpec.from_dict(facts["input"]), path)
+    probabilities = predict_probabilities(model, prepared[None], device, mirror=facts.get("mirror", False),
+                                          shift=facts.get("shift", 0.0))[0].numpy()  # fmt: skip
+    return probabilities, prepared, placement
 
 
 def predict_classifier(
@@ -456,14 +489,12 @@ def predict_classifier(
         ``p_<class>`` for every class, and ``cam`` (the overlay path, when written).
     """
     model, facts = load_classifier(run_dir, device)
-    spec, names, threshold = InputSpec.from_dict(facts["input"]), facts["class_names"], facts["threshold"]
+    names, threshold = facts["class_names"], facts["threshold"]
     paths = list_images(image_paths)
     rows = []
     for path in track(paths, "classify", total=len(paths), enabled=show_progress):
         image = read_image(path)
-        prepared, placement = prepare_image(image, spec, path)
-        probabilities = predict_probabilities(model, prepared[None], device, mirror=facts.get("mirror", False),
-                                              shift=facts.get("shift", 0.0))[0].numpy()
+        probabilities, prepared, placement = image_probabilities(model, facts, image, device, path)
         predicted = int(predict_classes(probabilities[None], threshold)[0])
         row = {"file": str(path), "predicted": names[predicted], **_probability_columns(probabilities, names)}
         if cam_dir is not None:

@@ -14,9 +14,9 @@ whose batch-norm statistics are then re-estimated on the unaugmented images (:fu
 Probabilities average the image and its left-right mirror (``mirror``),
 the same mirroring the augmentation draws, and copies shifted by a fraction of the extent along each
 axis (``shift``). Networks trained without translation scored an image a few pixels apart quite
-differently, and there the shifted views ranked better (BUSI, five grouped folds: mean AUC 0.878 with
-the mirror alone, 0.893 with 5-pixel shifts); trained with the translation drawn here they are
-neutral (0.909 either way), so they only steady the score of images framed unlike the training ones.
+differently, and there the shifted views ranked better on BUSI's grouped folds; trained with the
+translation drawn here they are neutral there (see benchmarks/RESULTS.md), so they only steady the
+score of images framed unlike the training ones.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class ClassificationTask:
         mixup: Beta parameter of mixup (0: off).
         mirror: Validation probabilities also from the mirrored images (see :func:`predict_probabilities`).
         shift: Final validation probabilities also from shifted copies (see :func:`scoring_views`); the
-            per-epoch scores leave them out (each view costs as much as the first, 10-15 % of an epoch on BUSI).
+            per-epoch scores leave them out (each view costs as much as the first, a noticeable share of an epoch).
     """
 
     score_key = "auc"

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import re
+
+from segmorph.configs import parse_duration as duration_seconds
+from segmorph.errors import SegmorphError
 
 
 def parse_duration(text: str) -> float:
-    """``"20m"``, ``"1h30m"``, ``"90s"`` or plain seconds -> seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([hms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (examples: 20m, 1h30m, 90s)")
-    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    """``"20m"``, ``"1h30m"``, ``"90s"`` or plain seconds -> seconds (argparse's error for anything else)."""
+    try:
+        return duration_seconds(text)
+    except SegmorphError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def parse_spacing(text: str) -> tuple[float, ...]:
@@ -56,6 +55,14 @@ def time_budget(args: argparse.Namespace, default_s: float) -> float:
     if args.time_budget is not None:
         return args.time_budget
     return 0.0 if args.max_steps > 0 else default_s
+
+
+def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str, object]:
+    """Config keys set by the flags that were given: ``{"batch_size": "train.batch_size"}`` -> ``{"train.batch_size": 4}``.
+
+    Flags that map onto config keys default to None, so that a flag left out keeps the value of ``--config``.
+    """
+    return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
 
 
 def printable(text: str) -> str:

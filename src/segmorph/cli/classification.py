@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_size, time_budget, verb_parser
+from segmorph.classification.config import SELECTIONS
+from segmorph.cli.arguments import flag_overrides, parse_duration, parse_size, verb_parser
 from segmorph.errors import SegmorphError
+from segmorph.nn.registry import network_names
 from segmorph.progress import console
 
 EXAMPLES = {
@@ -22,7 +24,6 @@ EXAMPLES = {
     ),
     "predict": "segmorph classify predict runs/busi scans/ --out predictions.csv --cam cams/",
 }
-DEFAULT_TIME_BUDGET_S = 900.0
 
 
 def add_classify_arguments(target: argparse.ArgumentParser | argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -57,45 +58,49 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=parse_duration,
                    help="training time, e.g. 15m (default 15m; none when only --max-steps is given)")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
-    p.add_argument("--model", choices=("resnet", "simplecnn"), default="resnet",
-                   help="resnet (ResNet-18 layout, default) or simplecnn")  # fmt: skip
-    p.add_argument("--width", type=int, default=16, help="channels of the first stage (default 16)")
+    p.add_argument("--model", choices=network_names("classification"),
+                   help="resnet (ResNet-18 layout, default) or simplecnn (model.name)")  # fmt: skip
+    p.add_argument("--width", type=int, help="channels of the first stage (model.width, default 16)")
     p.add_argument("--size", type=parse_size, metavar="N[,N...]",
                    help="input size in voxels, one value or one per axis (default: from the data, at most 128 in 2D, 64 in 3D)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (AdamW, cosine; default 2e-3)")
-    p.add_argument("--val-fraction", type=float, default=0.2, help="hold-out share, whole groups (default 0.2)")
+    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine; default 2e-3)")
+    p.add_argument("--val-fraction", type=float, help="hold-out share, whole groups (default 0.2)")
     p.add_argument("--fold", type=int, help="use fold K of a grouped k-fold split instead of the hold-out split")
-    p.add_argument("--folds", type=int, default=5, help="folds of the k-fold split (default 5)")
-    p.add_argument("--patience", type=int, default=0, help="early stopping after N epochs without a better AUC")
-    p.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
-    p.add_argument("--dropout", type=float, default=None,
+    p.add_argument("--folds", type=int, help="folds of the k-fold split (default 5)")
+    p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
+    p.add_argument("--dropout", type=float,
                    help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
-    p.add_argument("--mixup", type=float, default=0.2, help="mixup Beta parameter, 0 turns it off (default 0.2)")
-    p.add_argument("--ema", type=float, default=0.998,
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0.1)")
+    p.add_argument("--mixup", type=float, help="mixup Beta parameter, 0 turns it off (default 0.2)")
+    p.add_argument("--ema", type=float,
                    help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
     p.add_argument("--no-mirror", action="store_true",
                    help="score the image alone (default: average with its left-right mirror)")  # fmt: skip
-    p.add_argument("--tta-shift", type=float, default=0.04, metavar="F",
+    p.add_argument("--tta-shift", type=float, metavar="F",
                    help="also average copies shifted by F of the image size both ways along each axis, in the final "
                         "validation and in predict; 0 turns it off (default 0.04: 5 pixels at 128)")  # fmt: skip
-    p.add_argument("--select", choices=("last", "best"), default="last",
+    p.add_argument("--select", choices=SELECTIONS,
                    help="weights kept: the final (averaged) ones, or the epoch of best validation AUC, which is "
                         "picked on the images it is then scored on (default last)")  # fmt: skip
-    p.add_argument("--tail-average", type=float, default=0.5, metavar="F",
+    p.add_argument("--tail-average", type=float, metavar="F",
                    help="with --select last, keep the mean of the averaged weights over the last F of training, "
                         "0 for the final ones (default 0.5)")  # fmt: skip
     p.add_argument("--no-bn-refresh", action="store_true",
                    help="keep the batch-norm statistics of training (default: re-estimated on the unaugmented "
                         "training images)")  # fmt: skip
-    p.add_argument("--ensemble", type=int, default=1, metavar="N",
+    p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast where the device runs it fast)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the weights, batches and augmentation, and of the split "
+    p.add_argument("--seed", type=int, help="seed of the weights, batches and augmentation, and of the split "
                    "unless --split-seed (default 0)")
+    p.add_argument("--config", type=Path, help="YAML/JSON file of settings (sections model, data, train, scoring)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="set one value, e.g. model.width=32 or train.batch_size=16 (repeatable; wins over --config "
+                        "and the flags above; the run's config.json lists every key)")  # fmt: skip
     p.add_argument("--split-seed", type=int, metavar="S",
                    help="seed of the train/validation split alone (default: --seed), to train one split with several seeds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
@@ -112,21 +117,43 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
+TRAIN_FLAGS = {
+    "model": "model.name", "width": "model.width", "dropout": "model.dropout", "size": "data.size",
+    "val_fraction": "data.val_fraction", "fold": "data.fold", "folds": "data.num_folds", "split_seed": "data.split_seed",
+    "time_budget": "train.time_budget_s", "batch_size": "train.batch_size", "lr": "train.learning_rate",
+    "weight_decay": "train.weight_decay", "patience": "train.patience_epochs", "seed": "train.seed",
+    "label_smoothing": "train.label_smoothing", "mixup": "train.mixup", "ema": "train.ema_decay",
+    "tail_average": "train.tail_average", "select": "train.select", "ensemble": "train.ensemble",
+    "tta_shift": "scoring.shift",
+}  # fmt: skip
+"""``classify train`` flags and the config keys they set (when given)."""
+SWITCHES = {"no_mirror": "scoring.mirror", "no_bn_refresh": "train.refresh_batch_norm", "no_augment": "train.augment",
+            "no_amp": "train.amp"}  # fmt: skip
+"""``classify train`` switches that turn a config key off (when given)."""
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    """The config keys set by parsed ``classify train`` arguments: flags first, then ``--set`` (which wins)."""
+    from segmorph.configs import parse_overrides
+
+    overrides = flag_overrides(args, TRAIN_FLAGS)
+    overrides.update({key: False for flag, key in SWITCHES.items() if getattr(args, flag)})
+    if args.max_steps > 0:
+        overrides["train.max_steps"] = args.max_steps
+        overrides.setdefault("train.time_budget_s", 0.0)  # a step limit alone: repeatable bit for bit
+    overrides.update(parse_overrides(args.overrides))
+    return overrides
+
+
 def train_request(args: argparse.Namespace):
     """The :class:`~segmorph.classification.pipeline.ClassifyRequest` of parsed ``classify train`` arguments."""
-    from segmorph.classification.pipeline import ClassifyRequest
+    from segmorph.classification.api import request_from_config
+    from segmorph.classification.config import classifier_config
 
-    budget = time_budget(args, DEFAULT_TIME_BUDGET_S)
-    return ClassifyRequest(
-        dataset=args.dataset, out=args.out, labels=args.labels, target=args.target, group=args.group,
-        file_column=args.file_column, model=args.model, width=args.width, size=args.size, batch_size=args.batch_size,
-        learning_rate=args.lr, time_budget_s=budget, max_steps=args.max_steps, patience_epochs=args.patience,
-        val_fraction=args.val_fraction, fold=args.fold, num_folds=args.folds, seed=args.seed, device=args.device,
-        split_seed=args.split_seed,
-        amp=not args.no_amp, augment=not args.no_augment, resume=args.resume, show_progress=not args.quiet,
-        weight_decay=args.weight_decay, label_smoothing=args.label_smoothing, mixup=args.mixup, ema_decay=args.ema,
-        mirror=not args.no_mirror, shift=args.tta_shift, select=args.select, ensemble=args.ensemble,
-        dropout=args.dropout, tail_average=args.tail_average, refresh_batch_norm=not args.no_bn_refresh,
+    settings = classifier_config(train_overrides(args), args.config)
+    return request_from_config(
+        args.dataset, args.out, settings, labels=args.labels, target=args.target, group=args.group,
+        file_column=args.file_column, device=args.device, resume=args.resume, show_progress=not args.quiet,
     )  # fmt: skip
 
 
@@ -141,10 +168,14 @@ def run_classify(args: argparse.Namespace) -> int:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from segmorph.classification.pipeline import train_classifier
+    from segmorph.classification.api import train_classifier
 
-    summary = train_classifier(train_request(args))
-    console.print(train_summary_line(summary, args.out), highlight=False)
+    result = train_classifier(
+        args.dataset, args.out, labels=args.labels, target=args.target, group=args.group,
+        file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
+        resume=args.resume, show_progress=not args.quiet,
+    )  # fmt: skip
+    console.print(train_summary_line(result.summary, args.out), highlight=False)
     return 0
 
 

@@ -1,8 +1,8 @@
 """Half-precision autocast, only where the hardware runs it fast.
 
-bfloat16 autocast roughly halves the time of a convolution on CUDA GPUs and on CPUs with AVX512-BF16 or
-AMX, but a CPU without them emulates bfloat16: on an AVX2-only AMD EPYC a 16-channel 3x3 convolution
-over 32x64x64 took 10 ms in float32 and 640 ms under bfloat16 autocast. Every ``amp`` setting in segmorph
+bfloat16 autocast makes convolutions markedly faster on CUDA GPUs and on CPUs with AVX512-BF16 or
+AMX, but a CPU without them emulates bfloat16, and there a convolution under bfloat16 autocast is
+many times slower than in float32 (timings in benchmarks/RESULTS.md). Every ``amp`` setting in segmorph
 therefore means "half precision where it pays": :func:`autocast` is a no-op on other devices, so the
 defaults are safe on any machine.
 """

@@ -21,7 +21,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from segmorph.configs import refuse_unknown_keys
+from segmorph.configs import check, refuse_unknown_keys
 from segmorph.engine import distributed as dist
 from segmorph.engine.autocast import precision_name
 from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
@@ -93,6 +93,19 @@ class TrainConfig:
             raise ValueError("max_steps/time_budget_s: give at least one limit")
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {self.optimizer!r}")
+        check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
+        check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
+        check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")
+        check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
+        check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
+        check(self.steps_per_epoch >= 1, f"steps_per_epoch: expected at least 1, got {self.steps_per_epoch}")
+        check(self.patience_epochs >= 0, f"patience_epochs: expected at least 0, got {self.patience_epochs}")
+        check(self.schedule in ("poly", "cosine"), f"schedule: expected 'poly' or 'cosine', got {self.schedule!r}")
+        check(0.0 <= self.warmup < 1.0, f"warmup: expected a fraction in [0, 1), got {self.warmup}")
+        check(0.0 <= self.val_overlap < 1.0, f"val_overlap: expected a fraction in [0, 1), got {self.val_overlap}")
+        for name in ("foreground_fraction", "loss_alpha"):
+            check(0.0 <= getattr(self, name) <= 1.0, f"{name}: expected a fraction in [0, 1], got {getattr(self, name)}")
+        check(all(int(p) >= 1 for p in self.patch_size), f"patch_size: expected positive sizes, got {list(self.patch_size)}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
 
     def to_dict(self) -> dict:

@@ -29,7 +29,7 @@ from segmorph.engine.autocast import autocast
 MIN_IMPORTANCE = 1e-3  # floor of the Gaussian map: tile borders still count a little, no division by ~0
 # On CPU a forward pass is fastest per voxel at about this many voxels per batch: fewer and PyTorch picks
 # its slower native convolution for batch 1 on small deep feature maps; more and activations leave the
-# cache (measured on a UNet(16..128): 64^3 tiles 1.37x faster one by one than in fours; 40x56x40 in twos).
+# cache (on a UNet(16..128), 64^3 tiles ran fastest one by one and 40x56x40 tiles in twos).
 CPU_BATCH_VOXELS = 2**18
 
 
@@ -123,7 +123,7 @@ def sliding_window_logits(
             ``2 ** len(mirror_axes)`` flip combinations.
         device: Where the network runs and the score buffer lives.
         amp: Autocast to bfloat16 on CPU, float16 on CUDA, where the hardware runs half precision
-            fast (see :mod:`segmorph.engine.autocast`; 2-3x on a CPU with AVX512-BF16), ignored elsewhere;
+            fast (see :mod:`segmorph.engine.autocast`), ignored elsewhere;
             probabilities differ by about 1e-2.
         return_probabilities: Softmax over classes; otherwise the Gaussian-weighted mean logits.
 
@@ -159,9 +159,9 @@ def sliding_window_logits(
 def compile_for_inference(model: nn.Module) -> nn.Module:
     """The model compiled by TorchInductor with frozen weights (prepacked convolutions, fused pointwise ops).
 
-    On the 2-core CPU this made hippocampus prediction with mirroring 1.36x faster (0.66 -> 0.48 s per case,
-    probabilities equal to 4e-7) for about 7 s of compilation once per process and tile shape, so it pays
-    off from roughly 40 cases on. Falls back to the eager model, with a warning, where compilation fails
+    Compilation costs seconds once per process and tile shape and makes every later forward pass
+    faster with the same probabilities (to float32 rounding), so it pays off from a few dozen cases on
+    (timings in benchmarks/RESULTS.md). Falls back to the eager model, with a warning, where compilation fails
     (no C++ compiler, unsupported platform).
     """
     # Static shapes: a new tile batch size compiles once more instead of a symbolic-shape graph.

@@ -14,10 +14,10 @@ For each scan and a trained run folder (plan.json + checkpoint):
 * **Grad-CAM** per class (:func:`segmorph.interpret.gradcam.segmentation_grad_cam`: the class's logits summed
   over the voxels the network predicts as that class). The layer explained is by default the U-Net's coarsest
   decoder block (the first after the bottleneck, where context has been merged with the skip connection):
-  on 12 hippocampus validation cases of a 4-level U-Net its map peaked inside the explained class for 23 of 24
-  class maps, while the bottleneck's (``layer="bottleneck"``, gradcam's default) never did and was on average
-  lower inside the class than in the background: a 5x7x5 bottleneck feature map says little about where the
-  skip connections put the boundary. The network sees one
+  on hippocampus validation cases its map peaked inside the explained class for nearly every class map,
+  while the bottleneck's (``layer="bottleneck"``, gradcam's default) did not and was on average lower inside
+  the class than in the background (see benchmarks/RESULTS.md): a bottleneck feature map a few voxels wide
+  says little about where the skip connections put the boundary. The network sees one
   window of the preprocessed volume: the whole volume (zero-padded to a multiple of the network's divisor)
   when that padded volume has at most as many voxels as the training patch, else a window of the training
   patch's size centred on the bounding box of the predicted foreground (on the volume's centre when nothing is

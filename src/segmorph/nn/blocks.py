@@ -13,9 +13,9 @@ def use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether a float32 CPU convolution should call oneDNN directly.
 
     PyTorch's dispatcher sends a batch of one with few channels x rows (``N*C*D*H <= 20480``, which
-    is most registration and sliding-window inputs) to its reference ``slow_conv3d`` kernel: a
-    16-channel 3x3x3 convolution on a 24x32x24 grid took 22 ms there against 2.6 ms in oneDNN on a
-    2-core CPU. Autocast, other dtypes, tracing, ONNX export and ``torch.compile`` keep the
+    is most registration and sliding-window inputs) to its reference ``slow_conv3d`` kernel, which is
+    several times slower there than oneDNN (timings in benchmarks/RESULTS.md). Autocast, other
+    dtypes, tracing, ONNX export and ``torch.compile`` keep the
     dispatcher's choice (exporters know ``convolution``, not oneDNN's own operator).
     """
     exporting = torch.compiler.is_compiling() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -86,15 +85,3 @@ def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-
-def build_network(config: dict[str, Any]) -> nn.Module:
-    """Build a network from its stored constructor arguments (``{"name": "unet"|"fcn", ...}``)."""
-    from segmorph.nn.fcn import FCN
-
-    kwargs = {k: v for k, v in config.items() if k != "name"}
-    name = config.get("name", "unet")
-    if name == "unet":
-        return UNet(**kwargs)
-    if name == "fcn":
-        return FCN(**kwargs)
-    raise ValueError(f"network name: expected 'unet' or 'fcn', got {name!r}")

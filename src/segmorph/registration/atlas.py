@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from segmorph.errors import SegmorphError
-from segmorph.image import Image
+from segmorph.image import Image, check_same_grid
 from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics, dice_score
 from segmorph.progress import track
@@ -41,7 +41,6 @@ if TYPE_CHECKING:
 
 METHODS = ("rigid", "affine", "deformable", "learned")
 FUSIONS = ("weighted", "majority")
-GRID_ATOL_MM = 1e-4  # image files store geometry in float32; grids this close are the same grid
 EXAMPLE = (
     "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_seg.nii.gz a2.nii.gz:a2_seg.nii.gz --out seg.nii.gz"
 )
@@ -182,18 +181,6 @@ class AtlasSegmentation:
     atlas_dice: list[dict[int, float]] = field(default_factory=list)
 
 
-def check_same_grid(image: Image, like: Image, what: str, name: str | Path) -> None:
-    """Raise :class:`SegmorphError` naming ``name`` unless ``image`` lies on ``like``'s grid."""
-    if image.ndim != like.ndim:
-        raise SegmorphError(f"{what} is {image.ndim}D but {like.ndim}D was expected", name)
-    if image.spatial_shape != like.spatial_shape or not image.affine.allclose(like.affine, GRID_ATOL_MM):
-        raise SegmorphError(
-            f"{what} grid (shape {image.spatial_shape}, {image.affine!r}) differs from "
-            f"(shape {like.spatial_shape}, {like.affine!r})",
-            name,
-        )
-
-
 def _check_atlases(scan: Image, atlases: Sequence[tuple[Image, Image]], names: Sequence[str]) -> None:
     if len(atlases) == 0:
         raise SegmorphError("no atlases given; pass at least one atlas image with its label map")
@@ -202,7 +189,7 @@ def _check_atlases(scan: Image, atlases: Sequence[tuple[Image, Image]], names: S
             raise SegmorphError(f"atlas is {image.ndim}D but the scan is {scan.ndim}D", name)
         if labels.num_channels != 1 or labels.data.is_floating_point():
             raise SegmorphError("atlas labels must be an integer label map with one channel", name)
-        check_same_grid(labels, image, "atlas label", name)
+        check_same_grid(labels, image, "atlas label grid differs from its atlas image", name)
 
 
 def register_atlas(
@@ -297,7 +284,7 @@ def atlas_segment(
         raise ValueError(f"names: {len(names)} names for {len(atlases)} atlases")
     _check_atlases(scan, atlases, names)
     if reference is not None:
-        check_same_grid(reference, scan, "reference", "reference")
+        check_same_grid(reference, scan, "reference grid differs from the scan's", "reference")
     values = _label_values(atlases)
     propagated, probabilities, warped_images = [], [], []
     for image, labels in track(atlases, "atlases", total=len(atlases), enabled=progress):
@@ -395,7 +382,7 @@ def run_atlas_segment(
     atlases = [(read_image(image), read_image(labels, is_label=True)) for image, labels in pairs]
     reference = None if reference_path is None else read_image(reference_path, is_label=True)
     if reference is not None:
-        check_same_grid(reference, scan, "reference", reference_path)
+        check_same_grid(reference, scan, "reference grid differs from the scan's", reference_path)
     model = _load_model(model_dir, device) if method == "learned" else None
     result = atlas_segment(
         scan, atlases, method, fusion, model, config, reference, progress, [str(lab) for _, lab in pairs], device

@@ -35,8 +35,9 @@ INITIALISERS = ("com", "none")
 class ClassicalConfig:
     """Settings of :func:`register_classical`; the defaults need no tuning for same-modality MRI.
 
-    The iteration counts were cut from rigid (40, 20), affine (40, 20), deformable (60, 40): on 30
-    hippocampus pairs the mean Dice went 0.734 -> 0.733 and the time 2.4 -> 1.6 s per pair (2-core CPU).
+    The iteration counts are the fewest of a sweep that kept the mean Dice of the hippocampus
+    benchmark pairs (benchmarks/reg_hippocampus.py) while cutting the time per pair; the sweep is in
+    benchmarks/RESULTS.md.
 
     Attributes:
         similarity: ``"ncc"`` (local NCC, same modality), ``"mse"``, ``"mi"`` or ``"mind"`` (multi-modal).

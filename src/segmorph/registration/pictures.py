@@ -306,7 +306,7 @@ def _check_same_grid(reference: Image, **others: Image | None) -> None:
     for name, image in others.items():
         if image is None:
             continue
-        if image.spatial_shape != reference.spatial_shape or not image.affine.allclose(reference.affine):
+        if not image.same_grid(reference):
             raise ValueError(
                 f"{name}: expected the fixed grid {reference.spatial_shape} {reference.affine!r}, "
                 f"got {image.spatial_shape} {image.affine!r}"

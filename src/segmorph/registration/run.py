@@ -13,22 +13,20 @@ import csv
 import io as _io
 import json
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from segmorph.errors import SegmorphError
-from segmorph.image import Image
+from segmorph.image import Image, check_same_grid
 from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
-from segmorph.metrics.registration import folding_fraction, jacobian_determinant, log_jacobian_std
 from segmorph.metrics.segmentation import case_metrics
-from segmorph.registration.classical import ClassicalConfig, register_classical
+from segmorph.registration.api import check_pair, measure_deformation, register
 from segmorph.registration.spatial import INTERPOLATIONS, LABEL_INTERPOLATIONS
 from segmorph.registration.transform import Transform, load_transform, save_transform
 
-METHODS = ("rigid", "affine", "deformable", "learned", "structures")
 WARPED_IMAGE = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
 
@@ -52,70 +50,11 @@ class PairRequest:
     device: str = "cpu"
 
 
-def check_pair(fixed: Image, moving: Image, fixed_path: Path, moving_path: Path) -> None:
-    """Refuse pairs that cannot be registered: 2D with 3D, or fields of view that do not overlap."""
-    if fixed.ndim != moving.ndim:
-        raise SegmorphError(f"is {moving.ndim}D but the fixed image {fixed_path.name} is {fixed.ndim}D", moving_path)
-    low_f, high_f = world_box(fixed)
-    low_m, high_m = world_box(moving)
-    if (np.minimum(high_f, high_m) < np.maximum(low_f, low_m)).any():
-        raise SegmorphError(
-            f"field of view does not overlap the fixed image {fixed_path.name}'s "
-            f"(fixed spans {_box(low_f, high_f)} mm, moving {_box(low_m, high_m)} mm)", moving_path,
-        )  # fmt: skip
-
-
-def world_box(image: Image) -> tuple[np.ndarray, np.ndarray]:
-    """World bounding box (mm) of the voxel centres of an image's grid."""
-    shape = np.array(image.spatial_shape) - 1
-    corners = np.array(np.meshgrid(*[[0, s] for s in shape], indexing="ij")).reshape(image.ndim, -1).T
-    points = image.affine.voxel_to_world(corners)
-    return points.min(0), points.max(0)
-
-
-def _box(low: np.ndarray, high: np.ndarray) -> str:
-    return " x ".join(f"[{a:.1f}, {b:.1f}]" for a, b in zip(low, high))
-
-
 def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
     """Read a label map that must lie on ``image``'s grid (same shape and geometry)."""
     labels = read_image(path, is_label=True)
-    if labels.spatial_shape != image.spatial_shape or not labels.affine.allclose(image.affine, atol=1e-4):
-        raise SegmorphError(
-            f"label grid {labels.spatial_shape} {labels.affine!r} differs from its image {image_path.name}'s "
-            f"{image.spatial_shape} {image.affine!r}", path,
-        )  # fmt: skip
+    check_same_grid(labels, image, f"label grid differs from its image {image_path.name}'s", path)
     return labels
-
-
-def register_images(fixed: Image, moving: Image, method: str, model=None, refine: int = 0,
-                    similarity: str = "ncc", prealign: str | None = None,
-                    structures: tuple[Image, Image] | None = None, device: str = "cpu",
-                    moving_labels: Image | None = None) -> Transform:  # fmt: skip
-    """Dispatch to classical, learned or structure-based registration; returns the fixed → moving transform.
-
-    ``structures`` (fixed and moving segmentations, e.g. from ``segmorph predict``) align the pair
-    by label centroids and overlap: on their own with ``method="structures"``, else as the start.
-    ``device`` runs classical optimisation (a learned ``model`` keeps the device it was loaded on).
-    ``moving_labels`` guide a learned model trained with ``label_guidance``; other methods ignore them.
-    """
-    if method not in METHODS:
-        raise SegmorphError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
-    start = None
-    if structures is not None:
-        from segmorph.registration.structure import align_structures
-
-        aligned = align_structures(*structures, method="affine")
-        if method == "structures":
-            return aligned
-        start = aligned.matrix()
-    elif method == "structures":
-        raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
-    if method == "learned":
-        if model is None:
-            raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
-        return model.register(fixed, moving, refine=refine, matrix=start, prealign=prealign, moving_labels=moving_labels)
-    return register_classical(fixed, moving, method, ClassicalConfig(similarity=similarity), start=start, device=device)
 
 
 def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
@@ -127,8 +66,9 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     structures = _read_structures(request, fixed, moving)
     started = time.perf_counter()
     try:
-        transform = register_images(fixed, moving, request.method, model, request.refine, request.similarity,
-                                    request.prealign, structures, request.device, moving_labels)  # fmt: skip
+        transform = register(fixed, moving, request.method, similarity=request.similarity, model=model,
+                             moving_labels=moving_labels, structures=structures, refine=request.refine,
+                             prealign=request.prealign, device=request.device)  # fmt: skip
     except SegmorphError as err:
         if err.path is not None:
             raise
@@ -192,13 +132,7 @@ def label_overlap(warped_labels: Image, fixed_labels: Image) -> list[dict]:
 
 def deformation_quality(transform: Transform, fixed: Image) -> dict[str, float]:
     """Folding (% of fixed voxels with det(J) <= 0) and the std of log det(J) of the whole transform."""
-    displacement = transform.displacement_on(fixed.affine, fixed.spatial_shape)
-    jacobian = jacobian_determinant(displacement[None].double(), fixed.affine.matrix[:-1, :-1])
-    return {
-        "folding_percent": 100.0 * folding_fraction(jacobian),
-        "log_jacobian_std": log_jacobian_std(jacobian),
-        "jacobian_min": float(jacobian.min()),
-    }
+    return asdict(measure_deformation(transform, fixed))
 
 
 def read_landmarks(path: Path) -> np.ndarray:

@@ -23,7 +23,7 @@ import torch
 
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
-from segmorph.image import Image
+from segmorph.image import Image, grids_match
 from segmorph.io import atomic_write_text, read_affine_transform, read_image, write_affine_transform, write_image
 from segmorph.registration import spatial
 
@@ -162,9 +162,9 @@ class Transform:
         """
         grid = world_grid(affine, shape)
         first = self.steps[0] if self.steps else None
-        if not isinstance(first, FieldStep) or tuple(first.displacement.shape[1:]) != tuple(shape):
+        if not isinstance(first, FieldStep):
             return grid, self.map_points(grid)
-        if not first.affine.allclose(affine):
+        if not grids_match(first.affine, first.displacement.shape[1:], affine, shape):
             return grid, self.map_points(grid)
         return grid, Transform(self.steps[1:]).map_points(grid + first.displacement.to(grid.dtype))
 
@@ -174,14 +174,36 @@ class Transform:
         return (mapped - grid).float()
 
     def warp(
-        self, moving: Image, reference: Affine, shape: Sequence[int], interpolation: str | None = None
-    ) -> Image:
-        """Resample ``moving`` onto the reference grid: ``moving(T(x))``.
+        self, moving: Image, reference: Affine | None = None, shape: Sequence[int] | None = None,
+        interpolation: str | None = None, *, like: Image | None = None, labels: bool | None = None,
+    ) -> Image:  # fmt: skip
+        """Resample ``moving`` onto the reference grid: ``moving(T(x))`` at every voxel ``x`` of that grid.
 
-        ``interpolation``: for images ``"linear"`` (default), ``"nearest"`` or ``"cubic"``; for label maps
-        ``"label"`` (default: each label's indicator interpolated linearly, largest weight wins; see
-        :func:`segmorph.registration.spatial.sample_labels`) or ``"nearest"``.
+        Args:
+            moving: Image or label map ``(C, *S_moving)`` in the moving image's world.
+            reference: Voxel-to-world map (mm) of the output grid; with ``shape``, or give ``like``.
+            shape: Spatial shape of the output grid.
+            interpolation: For images ``"linear"`` (default), ``"nearest"`` or ``"cubic"``; for label maps
+                ``"label"`` (default: each label's indicator interpolated linearly, largest weight wins; see
+                :func:`segmorph.registration.spatial.sample_labels`) or ``"nearest"``.
+            like: An image whose grid (affine and shape) is the output grid, usually the fixed image.
+            labels: Treat ``moving`` as a label map (True) or an image (False); None: ``moving.is_label``.
+
+        Returns:
+            An :class:`Image` ``(C, *shape)`` on the output grid: float32 for images (0 outside the moving
+            grid), int64 label values for label maps.
+
+        Example:
+            >>> warped_labels = T.warp(moving_labels, like=fixed, labels=True)
         """
+        if like is not None:
+            if reference is not None or shape is not None:
+                raise ValueError("like: give either like or reference and shape, not both")
+            reference, shape = like.affine, like.spatial_shape
+        if reference is None or shape is None:
+            raise ValueError("like: give the output grid as like=IMAGE (or reference and shape)")
+        if labels is not None and labels != moving.is_label:
+            moving = Image(moving.data, moving.affine, is_label=labels)
         if moving.ndim != reference.ndim:
             raise ValueError(f"moving is {moving.ndim}D, the reference grid {reference.ndim}D")
         _, mapped = self.map_grid(reference, shape)

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from segmorph.errors import SegmorphError
+from segmorph.image import grid_difference
 from segmorph.io import read_image
 from segmorph.report.common import curves, embedded_png, number, read_json, run_facts
 from segmorph.report.html import Markup, Section, facts_table, join, json_details, note, slice_viewer, table, tag
@@ -150,10 +151,10 @@ def _pair_slices(inputs: PairInputs, anchor: str) -> Markup:
     if loaded is None:
         return note(f"no slice viewer: {inputs.problem}")
     fixed, warped, labels = loaded["fixed"], loaded["warped"], loaded["warped_labels"]
-    if fixed.spatial_shape != warped.spatial_shape:
-        return note(f"no slice viewer: warped image grid {warped.spatial_shape} is not the fixed grid "
-                    f"{fixed.spatial_shape}")  # fmt: skip
-    label_values = None if labels is None or labels.spatial_shape != fixed.spatial_shape else labels.numpy()[0]
+    problem = grid_difference(warped, fixed)
+    if problem:
+        return note(f"no slice viewer: the warped image is not on the fixed grid ({problem})")
+    label_values = None if labels is None or not labels.same_grid(fixed) else labels.numpy()[0]
     stack = pair_stack(fixed.numpy(), warped.numpy(), fixed.spacing, label_values)
     return slice_viewer(f"{anchor}-viewer", stack)
 

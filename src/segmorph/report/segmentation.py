@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from segmorph.errors import SegmorphError
+from segmorph.image import grid_difference
 from segmorph.io import image_suffix, read_image, strip_suffix
 from segmorph.metrics.segmentation import case_metrics
 from segmorph.report.common import curves, number, read_csv, read_json, run_facts
@@ -299,9 +300,9 @@ def _case_view(rank: int, score: CaseScore, prediction_path: Path | None, finder
     parts = [heading]
     if problem:
         parts.append(note(f"labels drawn without the scan: {problem}"))
-    if reference.spatial_shape != prediction.spatial_shape:
-        parts.append(note(f"reference grid {reference.spatial_shape} differs from the prediction's "
-                          f"{prediction.spatial_shape}"))  # fmt: skip
+    grid_problem = grid_difference(reference, prediction)
+    if grid_problem:
+        parts.append(note(f"reference grid differs from the prediction's: {grid_problem}"))
         return _case_block(rank, parts)
     stack = segmentation_stack(image, reference.numpy()[0], prediction.numpy()[0], prediction.spacing)
     parts.append(slice_viewer(f"case-{rank}-viewer", stack))
@@ -322,6 +323,7 @@ def _scan_on_grid(finder: DatasetFiles, case_id: str, prediction) -> tuple[np.nd
     except SegmorphError as err:
         return None, str(err)
     first = channels[0]
-    if first.spatial_shape != prediction.spatial_shape or not first.affine.allclose(prediction.affine, atol=1e-4):
-        return None, f"the scan's grid {first.spatial_shape} differs from the prediction's {prediction.spatial_shape}"
+    problem = grid_difference(first, prediction)
+    if problem:
+        return None, f"the scan's grid differs from the prediction's: {problem}"
     return np.concatenate([c.numpy() for c in channels], axis=0), ""

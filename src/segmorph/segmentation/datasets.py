@@ -29,14 +29,13 @@ import numpy as np
 import torch
 
 from segmorph.errors import SegmorphError
-from segmorph.image import Image, Sample
+from segmorph.image import Image, Sample, check_same_grid
 from segmorph.io import PICTURE_SUFFIXES, image_suffix, read_image, strip_suffix
 
 MODALITIES = ("CT", "MRI", "rgb", "other")
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("images", "masks"), ("image", "label"))
 _MR_NAMES = {"MRI", "MR", "T1", "T1W", "T1GD", "T1C", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "T2STAR"}
 _CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
-GEOMETRY_ATOL = 1e-4  # mm; tolerance when comparing channel and label geometry
 
 
 @dataclass(frozen=True)
@@ -321,9 +320,7 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
     channels = [read_image(path) for path in case.images]
     first = channels[0]
     for path, channel in zip(case.images[1:], channels[1:]):
-        problem = _grid_difference(first, channel)
-        if problem:
-            raise SegmorphError(f"channel differs from {case.images[0].name}: {problem}", path)
+        check_same_grid(channel, first, f"channel differs from {case.images[0].name}", path)
     image = Image(torch.cat([c.data for c in channels], dim=0), first.affine)
     if spec.channel_names and image.num_channels != len(spec.channel_names):
         raise SegmorphError(f"case has {image.num_channels} channels, the dataset declares "
@@ -332,9 +329,7 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
     if case.label is None:
         return Sample(case.case_id, image, None, meta)
     label = read_image(case.label, is_label=True)
-    problem = _grid_difference(image, label)
-    if problem:
-        raise SegmorphError(f"label differs from image {case.images[0].name}: {problem}", case.label)
+    check_same_grid(label, image, f"label differs from image {case.images[0].name}", case.label)
     if spec.labels:
         undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels))
         if undeclared:
@@ -342,22 +337,6 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
                                 case.label)
     meta["label_path"] = str(case.label)
     return Sample(case.case_id, image, label, meta)
-
-
-def _grid_difference(reference: Image, other: Image) -> str:
-    """'' when both share spatial shape and geometry (within GEOMETRY_ATOL), else what differs."""
-    if other.spatial_shape != reference.spatial_shape:
-        return f"shape {other.spatial_shape} vs {reference.spatial_shape}"
-    ref, oth = reference.affine, other.affine
-    for name in ("spacing", "origin", "direction"):
-        a, b = getattr(oth, name), getattr(ref, name)
-        if not np.allclose(a, b, atol=GEOMETRY_ATOL, rtol=0):
-            return f"{name} {_fmt(a)} vs {_fmt(b)}"
-    return ""
-
-
-def _fmt(values: np.ndarray) -> str:
-    return "(" + ", ".join(f"{x:.5g}" for x in np.ravel(values)) + ")"
 
 
 def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -21,10 +21,10 @@ from rich.console import Console
 from rich.table import Table
 
 from segmorph.errors import SegmorphError
+from segmorph.image import check_same_grid
 from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix
 from segmorph.metrics.segmentation import METRIC_NAMES, ROW_KEYS, case_metrics
 
-GEOMETRY_ATOL = 1e-4  # mm: tolerance on the affine matrices of a pred/ref pair
 TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("recall", "Recall"),
                  ("hd95", "HD95 mm"), ("assd", "ASSD mm"))
 CSV_COLUMNS = ("case", *ROW_KEYS)
@@ -76,12 +76,7 @@ def pair_cases(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, Path, Pat
 def _read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(pred, ref, spacing)``: spatial label arrays ``(I, J[, K])`` and spacing in mm, geometry checked."""
     pred, ref = read_image(pred_path, is_label=True), read_image(ref_path, is_label=True)
-    if pred.spatial_shape != ref.spatial_shape:
-        raise SegmorphError(f"shape {pred.spatial_shape} differs from reference {ref_path.name} "
-                            f"shape {ref.spatial_shape}", pred_path)
-    if not pred.affine.allclose(ref.affine, atol=GEOMETRY_ATOL):
-        raise SegmorphError(f"geometry {pred.affine!r} differs from reference {ref_path.name} "
-                            f"{ref.affine!r}", pred_path)
+    check_same_grid(pred, ref, f"prediction differs from reference {ref_path.name}", pred_path)
     return pred.numpy()[0], ref.numpy()[0], ref.affine.spacing
 
 
@@ -185,7 +180,7 @@ def evaluate_folders(
 
     Raises:
         SegmorphError: No pairs, a reference without prediction, or a pair whose shape or geometry
-            (affine within 1e-4) differs; the message names the file.
+            (within ``GRID_TOLERANCE_MM``) differs; the message names the file.
     """
     pairs, unmatched = pair_cases(Path(pred_dir), Path(ref_dir))
     labels = _infer_labels(pairs) if labels is None else {int(k): v for k, v in labels.items() if int(k) != 0}

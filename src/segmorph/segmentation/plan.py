@@ -17,15 +17,19 @@ from typing import Any
 
 import numpy as np
 
+from segmorph.configs import apply_overrides as apply_config_overrides
+from segmorph.configs import load_overrides_file as load_overrides_file
+from segmorph.configs import parse_overrides as parse_overrides
 from segmorph.engine.loop import TrainConfig
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
+from segmorph.nn.registry import change_network_config, check_network_config, network_names
 from segmorph.segmentation.datasets import DatasetSpec
 from segmorph.segmentation.preprocess import PreprocessConfig
 
-# Patch voxel budgets: what one step can afford. CPU figures were measured on a 2-core machine with
-# AVX512-BF16 (a 16-base 3D U-Net on 40x56x40 with bf16 autocast takes about 0.1 s per patch; on a 2-core
-# AVX2-only CPU, in float32, about 0.6 s).
+# Patch voxel budgets: what one step can afford. The CPU budgets were sized on a 2-core CPU with bf16
+# autocast; a CPU without fast bf16 trains in float32 and takes several times longer per patch (step times
+# in benchmarks/RESULTS.md).
 PATCH_VOXELS = {("cpu", 3): 48 * 64 * 48, ("cpu", 2): 256 * 256, ("gpu", 3): 128**3, ("gpu", 2): 512 * 512}
 BATCH_SIZE = {("cpu", 3): 2, ("cpu", 2): 4, ("gpu", 3): 2, ("gpu", 2): 12}
 MIN_FEATURE_MAP = 4  # coarsest resolution keeps at least this many voxels per axis
@@ -57,6 +61,14 @@ class Plan:
     median_shape: tuple[int, ...]
 
     def __post_init__(self) -> None:
+        name = self.network.get("name", "unet")
+        if name not in network_names("segmentation"):
+            raise SegmorphError(f"plan: network.name: expected one of {', '.join(network_names('segmentation'))}, "
+                                f"got {name!r}")  # fmt: skip
+        try:
+            check_network_config(self.network)
+        except ValueError as err:
+            raise SegmorphError(network_error(err)) from None
         divisor = 2 ** (len(self.network.get("features", [0])) - 1)
         if any(p % divisor for p in self.train.patch_size):
             raise SegmorphError(
@@ -109,6 +121,8 @@ class Plan:
             raise SegmorphError("plan not found", path) from None
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
             raise SegmorphError(f"invalid plan ({err})", path) from None
+        except SegmorphError as err:  # a check of the plan itself (its network, its patch)
+            raise SegmorphError(f"invalid plan ({err.problem})", path) from None
 
 
 def make_plan(
@@ -170,8 +184,8 @@ def _spacing_for(values: Sequence[float], ndim: int) -> np.ndarray:
 def base_width(kind: str, time_budget_s: float, max_steps: int = 0) -> int:
     """Channels of the first U-Net level for a device kind and a time budget.
 
-    On a 2-core CPU a training step of the 16-wide 3D U-Net (40x56x40 patches, batch 2, bf16) took
-    0.2 s, the 24-wide 2.5x and the 32-wide 3.6x as long: under 45 minutes the narrow network sees
+    A training step costs several times more as the first level widens from 16 to 24 and 32 channels
+    (step times on a 2-core CPU in benchmarks/RESULTS.md): under 45 minutes the narrow network sees
     enough patches to converge and the wide ones do not. GPUs get nnU-Net's 32.
     """
     if kind != "cpu":
@@ -190,7 +204,7 @@ def plan_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) 
 
     The patch starts at the median shape and, while over ``max_voxels``, shrinks the axis that is
     largest in mm; then the number of levels is the most halvings that keep every axis at least
-    :data:`MIN_FEATURE_MAP` voxels (at most :data:`MAX_LEVELS`), and each axis is rounded up to a
+    :data:`MIN_FEATURE_MAP` voxels (at least 2, at most :data:`MAX_LEVELS`), and each axis is rounded up to a
     multiple of ``2 ** (levels - 1)``.
     """
     patch = np.asarray(shape, dtype=float).copy()
@@ -201,71 +215,41 @@ def plan_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) 
     levels = 1
     while levels < MAX_LEVELS and (patch / 2**levels >= MIN_FEATURE_MAP).all():
         levels += 1
+    levels = max(levels, 2)  # a U-Net needs two levels, even where the coarser one is under MIN_FEATURE_MAP
     divisor = 2 ** (levels - 1)
     rounded = [int(math.ceil(p / divisor) * divisor) for p in patch]
     return rounded, levels
 
 
+def network_error(err: ValueError) -> str:
+    """The one line of a refused network section: ``plan: network.<argument>: <problem>`` where one is named."""
+    first = str(err).split(":", 1)[0]
+    return f"plan: network{'.' if ' ' not in first else ': '}{err}"
+
+
 def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
-    """Return a plan with dotted keys replaced, e.g. ``{"train.batch_size": 4, "network.features": [...]}``."""
-    values = plan.to_dict()
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if section not in values:
-            raise SegmorphError(f"unknown plan section {section!r} in override {dotted!r}")
-        if not key:
-            values[section] = value
-            continue
-        if not isinstance(values[section], dict) or key not in values[section]:
-            raise SegmorphError(f"unknown plan key {dotted!r}")
-        values[section][key] = value
-    return Plan.from_dict(values)
+    """Return a plan with dotted keys replaced, e.g. ``{"train.batch_size": 4, "network.features": [...]}``.
 
+    See :func:`segmorph.configs.apply_overrides`. The network section takes the arguments of the network it
+    names: ``network.name=fcn`` drops the U-Net's ``residual`` and ``deep_supervision`` (see
+    :func:`segmorph.nn.registry.change_network_config`), and a bad network is refused here, in one line.
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
-    """``["train.batch_size=4", "network.features=[16,32]"]`` -> dict; values parsed as JSON when possible."""
-    overrides = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise SegmorphError(f"override {item!r} is not key=value")
+    Raises:
+        SegmorphError: Unknown key, wrong type, or a value the plan or its network refuses.
+    """
+    network = {k.partition(".")[2]: v for k, v in overrides.items() if k.startswith("network.")}
+    rest = {k: v for k, v in overrides.items() if not k.startswith("network.")}
+    if network:
+        valid = set(plan.network) | {"name"}
+        if "name" not in network and not set(network) <= valid:
+            unknown = sorted(set(network) - valid)[0]
+            raise SegmorphError(f"unknown plan key 'network.{unknown}'; valid keys: "
+                                f"{', '.join('network.' + k for k in plan.network)}")  # fmt: skip
         try:
-            overrides[key.strip()] = json.loads(raw)
-        except json.JSONDecodeError:
-            overrides[key.strip()] = raw
-    return overrides
-
-
-def load_overrides_file(path: str | Path) -> dict[str, Any]:
-    """Read a JSON or YAML file of overrides, nested (``{"train": {"batch_size": 4}}``) or dotted."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-    except FileNotFoundError:
-        raise SegmorphError("config file not found", path) from None
-    except (OSError, ValueError, ImportError, _yaml_error()) as err:
-        raise SegmorphError(f"cannot parse config file ({str(err).splitlines()[0]})", path) from None
-    if not isinstance(values, dict):
-        raise SegmorphError("config file must hold a mapping", path)
-    flat = {}
-    for key, value in values.items():
-        if isinstance(value, dict):
-            flat.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            flat[key] = value
-    return flat
-
-
-def _yaml_error() -> type[Exception]:
-    import yaml
-
-    return yaml.YAMLError
+            rest["network"] = change_network_config(plan.network, network)
+        except ValueError as err:
+            raise SegmorphError(network_error(err)) from None
+    return apply_config_overrides(plan, rest, "plan")
 
 
 def with_budget(plan: Plan, time_budget_s: float | None = None, max_steps: int | None = None) -> Plan:

@@ -58,7 +58,7 @@ class Predictor:
         checkpoint = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
         with model_from_checkpoint(checkpoint):
-            self.model = build_network({**config["network"], "deep_supervision": False})
+            self.model = build_network(config["network"], deep_supervision=False)
             self.model.load_state_dict(state)
         self.model.to(self.device).eval()
         self.network = compile_for_inference(self.model) if options.compile else self.model
@@ -103,14 +103,17 @@ def most_likely_class(probabilities: torch.Tensor, slab_voxels: int = 1 << 22) -
 
 
 def predict_files(
-    run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, device: str = "cpu",
+    run_dir: str | Path | Predictor, inputs: Sequence[str | Path], out_dir: str | Path, device: str = "cpu",
     options: PredictOptions = PredictOptions(), skip_existing: bool = False, overlays: bool = False,
     save_probabilities: bool = False, suffix: str | None = None, show_progress: bool = True,
 ) -> list[Path]:  # fmt: skip
     """Segment files, folders of files and DICOM series folders into ``out_dir``.
 
+    Each scan is segmented by :meth:`Predictor.segment`, as :class:`segmorph.segmentation.api.Segmenter` does.
+
     Args:
-        run_dir: Trained run folder.
+        run_dir: Trained run folder, or a loaded :class:`Predictor` (e.g. a ``Segmenter``'s ``predictor``;
+            ``device`` and ``options`` are then its own).
         inputs: Scans: files, folders of image files, DICOM series folders.
         out_dir: Where masks (``<case>.nii.gz``, or ``.png`` for PNG input) are written atomically.
         skip_existing: Leave cases whose mask already exists (continue an interrupted run).
@@ -119,7 +122,7 @@ def predict_files(
         suffix: Force an output format (e.g. ``.nrrd``).
     """
     scans = list_images(inputs)
-    predictor = Predictor(run_dir, device, options)
+    predictor = run_dir if isinstance(run_dir, Predictor) else Predictor(run_dir, device, options)
     out_dir = Path(out_dir)
     written = []
     for scan in track(scans, "predict", total=len(scans), enabled=show_progress):

@@ -209,7 +209,7 @@ def _normalised_linear(matrices: torch.Tensor, spatial_shape: Sequence[int]) -> 
 def _linear_grid(linear: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor:
     """``affine_grid`` of normalised linear maps ``(k, n, n)`` in index order, as ``(k, *S, n)`` in (K, J, I) order.
 
-    Built from broadcast sums of per-axis coordinates: about five times faster than ``F.affine_grid`` on a CPU.
+    Built from broadcast sums of per-axis coordinates, which is faster than ``F.affine_grid`` on a CPU.
     """
     k, n = linear.shape[0], len(spatial_shape)
     grid = torch.empty((k, *spatial_shape, n), dtype=linear.dtype, device=linear.device)

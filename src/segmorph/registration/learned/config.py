@@ -1,10 +1,11 @@
-"""Settings of learned registration (stored in the checkpoint) and the pre-alignments it offers."""
+"""Settings of learned registration (stored in the checkpoint), of its training (``config.json`` of a run) and
+the pre-alignments it offers."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
-from segmorph.configs import refuse_unknown_keys
+from segmorph.configs import check, refuse_unknown_keys
 from segmorph.registration.classical import (
     ClassicalConfig,
 )
@@ -30,8 +31,8 @@ class LearnedConfig:
         ncc_window: Local NCC window, voxels.
         smoothness: Weight of the diffusion regulariser on the velocity (coarse voxels).
         dice_weight: Weight of ``1 - Dice`` between warped moving and fixed labels (0: unsupervised).
-            2 rather than 1: hippocampus, 20 minutes on a 2-core CPU, monitor-pair Dice 0.852 -> 0.861,
-            held-out benchmark pairs 0.783 -> 0.800, still no folding.
+            2 rather than 1: chosen on the monitor pairs of the hippocampus data and confirmed on the
+            held-out benchmark pairs, with no folding (see benchmarks/RESULTS.md).
         integration_steps: Scaling-and-squaring steps.
         prealign: What runs before the network at inference: ``"prior"`` (a translation matching the
             centres of the segmentation prior's foreground probabilities), ``"affine"`` (a quick
@@ -39,9 +40,9 @@ class LearnedConfig:
             as training pairs are used) or ``"auto"`` (the default: ``"prior"`` for a model with a
             prior, else ``"none"``). Training pairs are not pre-aligned, so the network copes with the
             offsets it saw (centred hippocampus crops: structure centres up to ~3 mm apart) and fails
-            beyond; matching the prior's centres first brings the rest within that range. Hippocampus
-            benchmark pairs: ``"none"`` 0.812, ``"prior"`` 0.829 (one pair 0.42 -> 0.85: its structures
-            5.7 mm apart).
+            beyond; matching the prior's centres first brings the rest within that range (on the
+            hippocampus benchmark pairs it rescues the pairs whose structures lie further apart; see
+            benchmarks/RESULTS.md).
         flip: Random flips of both images as augmentation.
         prior_classes: Classes (with background) of the segmentation prior whose foreground
             probabilities the network also sees (0: images only). See :mod:`segmorph.registration.learned.prior`.
@@ -49,20 +50,20 @@ class LearnedConfig:
             half-resolution velocity either way); 1: full-resolution inputs.
         passes: Network passes at inference and on monitor pairs. Each pass after the first sees the
             moving image (and its prior) warped by the passes so far; the transforms are composed
-            (see :func:`predict_displacement`). Hippocampus (20-minute model, benchmark pairs): one pass
-            0.800, two 0.813, three 0.814 (~0.03 s more a pass on a 2-core CPU).
+            (see :func:`predict_displacement`). On the hippocampus benchmark pairs a second pass raised
+            Dice for little time and a third added almost nothing (see benchmarks/RESULTS.md).
         pass_scale: Weight of the velocity of each pass after the first: the network was trained on
-            unaligned pairs and over-corrects nearly aligned ones. Chosen on 30 monitor-case pairs:
-            one pass 0.842; two at scale 0.25 / 0.5 / 0.75 / 1: 0.849 / 0.850 / 0.848 / 0.846.
-            Training on such nearly aligned pairs too (half the batches pre-warped) did not do better.
+            unaligned pairs and over-corrects nearly aligned ones. Chosen on pairs of the hippocampus
+            monitor cases (see benchmarks/RESULTS.md). Training on such nearly aligned pairs too (half
+            the batches pre-warped) did not do better.
         label_guidance: Share of training pairs (0..1) whose moving channels of the prior are the
             moving scan's one-hot labels instead of the prior's probabilities. A model trained so
             takes the moving labels at inference where they are given (``register(...,
             moving_labels=...)``, ``segmorph register --moving-labels``, atlases): they are what gets
             warped, so the network aligns exactly them to the fixed scan's prior. Used only by runs
-            with a prior and labels of its classes (training sets it to 0 otherwise). Hippocampus
-            benchmark pairs, prior pre-alignment: 0 -> 0.5 gave 0.829 -> 0.830 from the images
-            alone and 0.838 with the moving labels.
+            with a prior and labels of its classes (training sets it to 0 otherwise). On the
+            hippocampus benchmark pairs it costs nothing from the images alone and helps when the
+            moving labels are given (see benchmarks/RESULTS.md).
     """
 
     features: tuple[int, ...] = (16, 32, 32, 64)
@@ -92,6 +93,15 @@ class LearnedConfig:
             raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {self.prealign!r}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))
         object.__setattr__(self, "train_shape", tuple(int(s) for s in self.train_shape))
+        check(len(self.features) >= 2 and min(self.features) >= 1,
+              f"features: expected at least 2 positive channel counts, got {list(self.features)}")  # fmt: skip
+        check(len(self.train_shape) in (2, 3) and min(self.train_shape) >= 8,
+              f"train_shape: expected 2 or 3 sizes of at least 8 voxels, got {list(self.train_shape)}")  # fmt: skip
+        check(self.ncc_window >= 1, f"ncc_window: expected at least 1 voxel, got {self.ncc_window}")
+        for name in ("smoothness", "dice_weight", "pass_scale"):
+            check(getattr(self, name) >= 0, f"{name}: expected at least 0, got {getattr(self, name)}")
+        check(self.integration_steps >= 0, f"integration_steps: expected at least 0, got {self.integration_steps}")
+        check(self.prior_classes >= 0, f"prior_classes: expected at least 0, got {self.prior_classes}")
 
     @classmethod
     def from_dict(cls, values: dict) -> LearnedConfig:
@@ -102,3 +112,58 @@ class LearnedConfig:
 def registration_checkpoint_config(config: LearnedConfig, labels: dict[int, str]) -> dict:
     """The JSON config stored beside the weights (``kind``, loss settings, label names)."""
     return {"kind": "registration", "registration": asdict(config), "labels": {str(k): v for k, v in labels.items()}}
+
+
+@dataclass(frozen=True)
+class RegistrationTrainSettings:
+    """How ``segmorph train-registration`` trains (the ``train`` section of :class:`RegistrationTrainConfig`).
+
+    Attributes:
+        batch_size: Pairs per step.
+        learning_rate: Peak AdamW learning rate (cosine schedule).
+        time_budget_s: Training time limit in seconds (0: only ``max_steps``).
+        max_steps: Step limit (0: only the time budget).
+        steps_per_epoch: Steps between monitor scores and checkpoints.
+        fold: Fold of ``num_folds`` whose cases are held out (monitor and held-out cases).
+        num_folds: Folds of the seeded case split.
+        seed: Seed of the split, the initial weights and the pairs drawn.
+    """
+
+    batch_size: int = 2
+    learning_rate: float = 1e-3
+    time_budget_s: float = 1200.0
+    max_steps: int = 0
+    steps_per_epoch: int = 100
+    fold: int = 0
+    num_folds: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
+        check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
+        check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
+        check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
+        check(self.max_steps > 0 or self.time_budget_s > 0, "max_steps/time_budget_s: give at least one limit")
+        check(self.steps_per_epoch >= 1, f"steps_per_epoch: expected at least 1, got {self.steps_per_epoch}")
+        check(self.num_folds >= 2, f"num_folds: expected at least 2, got {self.num_folds}")
+        check(0 <= self.fold < self.num_folds, f"fold: expected 0..{self.num_folds - 1}, got {self.fold}")
+
+
+@dataclass(frozen=True)
+class RegistrationTrainConfig:
+    """Everything ``segmorph train-registration`` was asked for, written to the run folder as ``config.json``.
+
+    Every key can be set with ``--set section.key=value`` or a ``--config`` YAML/JSON file (see
+    :func:`segmorph.configs.apply_overrides`); ``registration.prior_classes`` follows the segmentation model.
+
+    Attributes:
+        registration: Network and loss settings (stored in the checkpoint too).
+        train: How to train.
+    """
+
+    registration: LearnedConfig = field(default_factory=LearnedConfig)
+    train: RegistrationTrainSettings = field(default_factory=RegistrationTrainSettings)
+
+    def __post_init__(self) -> None:
+        check(self.registration.prior_classes == 0,
+              "registration: prior_classes is set by the segmentation model (--segmentation-model), not by hand")  # fmt: skip

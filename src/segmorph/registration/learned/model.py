@@ -131,7 +131,7 @@ class LearnedRegistration:
         if centres[0] is None or centres[1] is None:
             return matrix
         matrix[:-1, -1] = centres[1] - centres[0]
-        if _same_grid(fixed, moving):  # whole voxels: resampling becomes a shift; the network does the rest
+        if fixed.same_grid(moving):  # whole voxels: resampling becomes a shift; the network does the rest
             linear = fixed.affine.matrix[:-1, :-1]
             matrix[:-1, -1] = linear @ np.round(np.linalg.solve(linear, matrix[:-1, -1]))
         return matrix
@@ -210,7 +210,7 @@ class LearnedRegistration:
             both = onto_fixed(Image(torch.cat([moving.data[:1].float(), maps.moving[1:]]), moving.affine)).data
             moved, fixed_prior, moved_prior = Image(both[:1], fixed.affine), maps.fixed[1:], both[1:]
         if self.guided_by(moving_labels):
-            if not _same_grid(moving, moving_labels):
+            if not moving.same_grid(moving_labels):
                 raise ValueError("moving_labels: not on the moving image's grid")
             moved_labels = onto_fixed(moving_labels).data[0].long()
             moved_prior = F.one_hot(moved_labels, self.prior.num_classes).movedim(-1, 0)[1:].float()
@@ -256,15 +256,10 @@ class LearnedRegistration:
         return optimise_velocity([level], config, matrix, velocity=velocity, similarity=similarity)
 
 
-def _same_grid(fixed: Image, moving: Image) -> bool:
-    """Whether both lie on one grid (shape and geometry)."""
-    return moving.spatial_shape == fixed.spatial_shape and moving.affine.allclose(fixed.affine)
-
-
 def _voxel_shift(matrix: np.ndarray, fixed: Image, moving: Image) -> tuple[int, ...] | None:
     """Voxels ``s`` with ``moving(T(x_i)) = moving[i + s]`` when ``T`` is a translation by whole voxels
     between scans on one grid (then resampling is a shift), else None."""
-    if not _same_grid(fixed, moving) or not np.allclose(matrix[:-1, :-1], np.eye(fixed.ndim), atol=1e-9):
+    if not fixed.same_grid(moving) or not np.allclose(matrix[:-1, :-1], np.eye(fixed.ndim), atol=1e-9):
         return None
     voxels = np.linalg.solve(fixed.affine.matrix[:-1, :-1], matrix[:-1, -1])
     if not np.allclose(voxels, np.round(voxels), atol=1e-6):

@@ -48,7 +48,7 @@ class SegmentationPrior:
         checkpoint = self.run_dir / "checkpoint_best.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
         with model_from_checkpoint(checkpoint):
-            self.network = build_network({**config["network"], "deep_supervision": False})
+            self.network = build_network(config["network"], deep_supervision=False)
             self.network.load_state_dict(state)
         self.network.to(self.device).eval()
         self.divisor = 2 ** (len(config["network"]["features"]) - 1)

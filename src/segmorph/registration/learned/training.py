@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segmorph.configs import CONFIG_FILE, apply_overrides, config_to_dict, load_overrides_file, training_config
 from segmorph.engine.loop import TrainConfig, fit_task
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
@@ -27,7 +28,11 @@ from segmorph.nn import count_parameters
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.registration import spatial
-from segmorph.registration.learned.config import LearnedConfig, registration_checkpoint_config
+from segmorph.registration.learned.config import (
+    LearnedConfig,
+    RegistrationTrainConfig,
+    registration_checkpoint_config,
+)
 from segmorph.registration.learned.network import (
     build_registration_network,
     coarse_velocity,
@@ -183,6 +188,8 @@ class RegistrationTrainRequest:
     resume: bool = False
     show_progress: bool = True
     segmentation_run: Path | None = None
+    steps_per_epoch: int = 100
+    config_record: dict[str, Any] | None = None  # written to the run folder as config.json before training
 
 
 MONITOR_DICE = "Dice"  # the monitor score of labelled datasets; unlabelled ones are scored by -similarity loss
@@ -198,8 +205,124 @@ def split_registration_cases(case_ids: list[str], fold: int, num_folds: int, see
     return {"train": train, "monitor": monitor, "held_out": [c for c in rest if c not in monitor]}
 
 
+CONFIG_NAME = "registration training config"  # what error messages call RegistrationTrainConfig
+
+
+@dataclass(frozen=True)
+class RegistrationTrainResult:
+    """What :func:`train_registration_run` did.
+
+    Attributes:
+        out: The run folder (``segmorph register --model`` takes it).
+        steps: Training steps taken.
+        elapsed_s: Training time in seconds.
+        stopped_because: Why training ended (step or time limit, early stopping).
+        monitor_score: Name of the score that picked the kept checkpoint (``"Dice"``, or ``"-ncc loss"``
+            on unlabelled data).
+        best_monitor_score: Its best value (higher is better).
+        config: The settings the run was asked for (also ``out/config.json``).
+        summary: ``summary.json``'s contents.
+    """
+
+    out: Path
+    steps: int
+    elapsed_s: float
+    stopped_because: str
+    monitor_score: str
+    best_monitor_score: float
+    config: RegistrationTrainConfig
+    summary: dict[str, Any]
+
+
+def registration_train_config(
+    overrides: dict[str, Any] | None = None, config: str | Path | None = None, *, time_budget: str | float | None = None,
+    max_steps: int = 0, seed: int = 0, base: RegistrationTrainConfig | None = None,
+) -> RegistrationTrainConfig:  # fmt: skip
+    """The settings of a registration training run, checked: ``base`` (default: the defaults), then the keyword
+    arguments, then the ``config`` file, then ``overrides`` (later ones win; see
+    :func:`segmorph.configs.training_config`).
+
+    Args:
+        overrides: Dotted keys, e.g. ``{"registration.dice_weight": 1, "train.batch_size": 4}``.
+        config: YAML/JSON file of settings, nested or dotted.
+        time_budget: ``"20m"``-style text or seconds (None: the default 20 minutes, or none when
+            ``max_steps`` alone is given).
+        max_steps: Step limit (0: the time budget alone).
+        seed: ``train.seed``.
+        base: Settings to start from (a resumed run's ``config.json``).
+
+    Raises:
+        SegmorphError: One line naming the key that is unknown, of the wrong type or out of range.
+    """
+    return training_config(base or RegistrationTrainConfig(), overrides, config, name=CONFIG_NAME,
+                           time_budget=time_budget, max_steps=max_steps, seed=seed)  # fmt: skip
+
+
+def train_registration_run(
+    dataset: str | Path, out: str | Path, *, time_budget: str | float | None = None, max_steps: int = 0,
+    segmentation_model: str | Path | None = None, overrides: dict[str, Any] | None = None,
+    config: str | Path | None = None, device: str = "cpu", seed: int = 0, resume: bool = False,
+    show_progress: bool = True,
+) -> RegistrationTrainResult:  # fmt: skip
+    """Train a learned registration model on a dataset into the run folder ``out``.
+
+    The settings (:class:`RegistrationTrainConfig`) are checked before anything is read or written and saved
+    as ``out/config.json``; the folder then holds checkpoints, ``train_log.csv``, ``run.json`` and
+    ``summary.json`` (see :func:`train_registration`). Resuming starts from the run's ``config.json``.
+
+    Args:
+        dataset: MSD-layout dataset folder; labels, when present, add a Dice term.
+        out: Run folder.
+        time_budget: ``"20m"``-style text or seconds (default 20 minutes; none with ``max_steps`` alone).
+        max_steps: Step limit (0: the time budget alone).
+        segmentation_model: A segmorph segmentation run whose label probabilities the network also sees.
+        overrides: Dotted keys of :class:`RegistrationTrainConfig`, e.g. ``{"registration.dice_weight": 1}``.
+        config: YAML/JSON file of settings (``overrides`` win over it).
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        seed: Seed of the split, the weights and the pairs (``train.seed``).
+        resume: Continue from the run folder's last checkpoint.
+        show_progress: Progress bar and summary lines.
+
+    Returns:
+        Steps, time, the monitor score and the settings.
+
+    Raises:
+        SegmorphError: Bad settings (one line, nothing written) or bad data.
+
+    Example:
+        >>> result = train_registration_run("msd_hippocampus", "runs/reg", time_budget="20m",
+        ...                                 overrides={"train.batch_size": 4})
+    """
+    out = Path(out)
+    stored = out / CONFIG_FILE
+    base = None
+    if resume and stored.is_file():
+        base = apply_overrides(RegistrationTrainConfig(), load_overrides_file(stored), CONFIG_NAME)
+    settings = registration_train_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed,
+                                         base=base)  # fmt: skip
+    asked = {**(load_overrides_file(config) if config is not None else {}), **(overrides or {})}
+    if "registration.label_guidance" in asked and settings.registration.label_guidance > 0 and segmentation_model is None:
+        raise SegmorphError("registration.label_guidance: needs a segmentation model (--segmentation-model), whose "
+                            "probabilities the moving labels stand in for")  # fmt: skip
+    train = settings.train
+    request = RegistrationTrainRequest(
+        dataset=Path(dataset), out=out, time_budget_s=train.time_budget_s, max_steps=train.max_steps,
+        config=settings.registration, batch_size=train.batch_size, learning_rate=train.learning_rate, fold=train.fold,
+        num_folds=train.num_folds, seed=train.seed, device=device, resume=resume, show_progress=show_progress,
+        segmentation_run=None if segmentation_model is None else Path(segmentation_model),
+        steps_per_epoch=train.steps_per_epoch, config_record=config_to_dict(settings),
+    )  # fmt: skip
+    summary = train_registration(request)
+    return RegistrationTrainResult(
+        out=out, steps=summary["steps"], elapsed_s=summary["elapsed_s"], stopped_because=summary["stopped_because"],
+        monitor_score=summary["monitor_score"], best_monitor_score=summary["best_monitor_score"], config=settings,
+        summary=summary,
+    )  # fmt: skip
+
+
 def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
-    """Train a learned registration model; writes checkpoints, logs, run.json and summary.json."""
+    """Train a learned registration model; writes checkpoints, logs, run.json and summary.json (and config.json
+    when the request carries its settings: see :func:`train_registration_run`, which checks them first)."""
     spec = load_dataset(request.dataset)
     spec = spec if spec.labels else infer_labels(spec)
     split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed,
@@ -226,11 +349,13 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     network = build_registration_network(len(config.train_shape), config)
     train_config = TrainConfig(
         patch_size=config.train_shape, batch_size=request.batch_size, learning_rate=request.learning_rate,
-        weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s, steps_per_epoch=100,
+        weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
         augment=config.flip, seed=request.seed, schedule="cosine", warmup=0.02,
     )  # fmt: skip
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
+    if request.config_record is not None:
+        atomic_write_text(out / CONFIG_FILE, json.dumps(request.config_record, indent=2) + "\n")
     _write_provenance(out, spec, request, split)
     if prior is not None:
         prior.copy_to(out)

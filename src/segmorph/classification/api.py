@@ -1,0 +1,169 @@
+"""The public Python API of classification: train a classifier into a run folder, and classify images with it.
+
+Example:
+    >>> import segmorph as sm
+    >>> result = sm.train_classifier("busi_ultrasound", "runs/busi", labels="labels.csv", target="lesion",
+    ...                              group="dup_group", time_budget="15m", overrides={"model.width": 32})
+    >>> classifier = sm.Classifier(result.out)
+    >>> classifier(sm.read_image("scan.png"))  # probabilities in the order of classifier.class_names
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from segmorph.classification.config import ClassifierConfig, classifier_config
+from segmorph.classification.pipeline import ClassifyRequest, image_probabilities, load_classifier
+from segmorph.classification.pipeline import train_classifier as train_from_request
+from segmorph.configs import CONFIG_FILE, load_overrides_file
+from segmorph.image import Image
+from segmorph.metrics.classification import predict_classes
+
+
+@dataclass(frozen=True)
+class ClassifierResult:
+    """What :func:`train_classifier` did.
+
+    Attributes:
+        out: The run folder (:class:`Classifier` and ``segmorph classify predict`` take it).
+        steps: Training steps taken (all ensemble members together).
+        elapsed_s: Training time in seconds.
+        stopped_because: Why training ended.
+        auc: Validation AUC (two classes) or macro AUC.
+        balanced_accuracy: Validation balanced accuracy at ``threshold``.
+        threshold: Decision threshold on the positive class's probability (two classes), else None (argmax).
+        config: The settings the run was asked for (also ``out/config.json``).
+        summary: ``summary.json``'s contents.
+    """
+
+    out: Path
+    steps: int
+    elapsed_s: float
+    stopped_because: str
+    auc: float | None
+    balanced_accuracy: float | None
+    threshold: float | None
+    config: ClassifierConfig
+    summary: dict[str, Any]
+
+
+def train_classifier(
+    dataset: str | Path, out: str | Path, *, labels: str | Path | None = None, target: str = "label",
+    group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
+    overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
+    resume: bool = False, show_progress: bool = True, file_column: str = "file",
+) -> ClassifierResult:  # fmt: skip
+    """Train an image classifier on a dataset into the run folder ``out``.
+
+    The settings (:class:`~segmorph.classification.config.ClassifierConfig`: sections ``model``, ``data``,
+    ``train``, ``scoring``) are checked before anything is read or written and saved as ``out/config.json``;
+    see :mod:`segmorph.classification.pipeline` for the rest of the run folder. Resuming starts from the
+    run's ``config.json``.
+
+    Args:
+        dataset: Folder with a labels CSV, or one sub-folder of images per class.
+        out: Run folder.
+        labels: Labels CSV (inside ``dataset``, or a path); None: class-per-folder layout.
+        target: CSV column holding the class.
+        group: CSV column of groups kept on one side of the split (patient, duplicates).
+        time_budget: ``"15m"``-style text or seconds (default 15 minutes; none with ``max_steps`` alone).
+        max_steps: Step limit (0: the time budget alone).
+        overrides: Dotted keys, e.g. ``{"model.width": 32, "train.batch_size": 16}`` (win over ``config``).
+        config: YAML/JSON file of settings, nested or dotted.
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        seed: ``train.seed``: weights, batches, augmentation (and the split unless ``data.split_seed``).
+        resume: Continue the run in ``out`` from its last checkpoint.
+        show_progress: Progress bars and a summary line.
+        file_column: CSV column holding image paths (relative to ``dataset``).
+
+    Returns:
+        Steps, time, validation AUC, balanced accuracy, the threshold and the settings.
+
+    Raises:
+        SegmorphError: Bad settings (one line, nothing written) or bad data.
+    """
+    out = Path(out)
+    base = None
+    if resume and (out / CONFIG_FILE).is_file():
+        base = classifier_config(load_overrides_file(out / CONFIG_FILE))
+    settings = classifier_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed, base=base)
+    request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
+                                  file_column=file_column, device=device, resume=resume,
+                                  show_progress=show_progress)  # fmt: skip
+    summary = train_from_request(request, settings)
+    fit, validation = summary["fit"], summary["validation"]
+    return ClassifierResult(
+        out=out, steps=fit["steps"], elapsed_s=fit["elapsed_s"], stopped_because=fit["stopped_because"],
+        auc=validation.get("auc"), balanced_accuracy=validation.get("balanced_accuracy"),
+        threshold=summary["threshold"], config=settings, summary=summary,
+    )  # fmt: skip
+
+
+def request_from_config(
+    dataset: str | Path, out: str | Path, config: ClassifierConfig, *, labels: str | Path | None = None,
+    target: str = "label", group: str | None = None, file_column: str = "file", device: str = "cpu",
+    resume: bool = False, show_progress: bool = True,
+) -> ClassifyRequest:  # fmt: skip
+    """The :class:`ClassifyRequest` of checked settings (:class:`~segmorph.classification.config.ClassifierConfig`)
+    and the dataset's description (labels CSV and its columns; see :class:`ClassifyRequest`)."""
+    model, data, train, scoring = config.model, config.data, config.train, config.scoring
+    return ClassifyRequest(
+        dataset=Path(dataset), out=Path(out), labels=None if labels is None else Path(labels), target=target,
+        group=group, file_column=file_column, model=model.name, width=model.width, dropout=model.dropout,
+        size=data.size, val_fraction=data.val_fraction, fold=data.fold, num_folds=data.num_folds,
+        split_seed=data.split_seed, batch_size=train.batch_size, learning_rate=train.learning_rate,
+        weight_decay=train.weight_decay, time_budget_s=train.time_budget_s, max_steps=train.max_steps,
+        steps_per_epoch=train.steps_per_epoch, patience_epochs=train.patience_epochs, seed=train.seed,
+        amp=train.amp, augment=train.augment, label_smoothing=train.label_smoothing, mixup=train.mixup,
+        ema_decay=train.ema_decay, tail_average=train.tail_average, select=train.select,
+        refresh_batch_norm=train.refresh_batch_norm, ensemble=train.ensemble, mirror=scoring.mirror,
+        shift=scoring.shift, device=device, resume=resume, show_progress=show_progress,
+    )  # fmt: skip
+
+
+class Classifier:
+    """A trained classifier (a ``classify train`` run folder), loaded once and applied to many images.
+
+    Calling it on an :class:`~segmorph.image.Image` ``(C, I, J[, K])`` returns the class probabilities ``(K,)``
+    in the order of :attr:`class_names`, scored as in validation (the run's input preparation, mirror and
+    shifted views).
+
+    Args:
+        run_dir: The run folder (with ``classifier.pt``; runs written by earlier versions load too).
+        device: Where the network runs.
+
+    Example:
+        >>> classifier = Classifier("runs/busi")
+        >>> probabilities = classifier(read_image("scan.png"))
+        >>> classifier.predict(read_image("scan.png"))
+        'malignant'
+    """
+
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu") -> None:
+        self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
+        self.model, self.facts = load_classifier(self.run_dir, self.device)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names, in the order of the probabilities."""
+        return list(self.facts["class_names"])
+
+    @property
+    def threshold(self) -> float | None:
+        """Decision threshold on the second class's probability (two classes), else None (argmax)."""
+        return self.facts["threshold"]
+
+    def __call__(self, image: Image) -> np.ndarray:
+        """Class probabilities ``(K,)`` of ``image``."""
+        return image_probabilities(self.model, self.facts, image, self.device)[0]
+
+    def predict(self, image: Image) -> str:
+        """The class name of ``image`` (two classes: the second when its probability reaches :attr:`threshold`)."""
+        probabilities = self(image)
+        return self.class_names[int(predict_classes(probabilities[None], self.threshold)[0])]

@@ -1,0 +1,367 @@
+"""The Python API of segmentation: train a run folder, segment images with it, score masks.
+
+These are the functions ``segmorph train`` and ``segmorph predict`` call; results are small frozen
+dataclasses. Images are :class:`segmorph.image.Image` objects (``(C, I, J[, K])`` tensors with their
+voxel-to-world geometry in mm), so masks land on each scan's exact grid.
+
+Example:
+    >>> import segmorph as sm
+    >>> run = sm.train("Task04_Hippocampus", out="runs/h", time_budget="20m")
+    >>> mask = sm.Segmenter(run.out)(sm.read_image("scan.nii.gz"))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segmorph.configs import load_overrides_file, parse_duration
+from segmorph.errors import SegmorphError
+from segmorph.image import Image, check_same_grid
+from segmorph.segmentation.plan import Plan
+from segmorph.segmentation.predict import PredictOptions, Predictor
+
+DEFAULT_TIME_BUDGET_S = 1200.0  # 20 minutes, as ``segmorph train``
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Segmentation metrics of predicted masks against references (see :mod:`segmorph.metrics.segmentation`).
+
+    Attributes:
+        cases: Number of cases scored.
+        mean: Metric name -> mean over classes of the per-class means (``dice``, ``iou``, ``precision``,
+            ``recall``, ..., ``hd95`` and ``assd`` in mm).
+        per_class: Class name -> metric name -> mean over cases.
+        unmatched_predictions: Prediction case ids without a reference (not scored).
+    """
+
+    cases: int
+    mean: Mapping[str, float]
+    per_class: Mapping[str, Mapping[str, float]]
+    unmatched_predictions: tuple[str, ...] = ()
+
+    @property
+    def dice(self) -> float:
+        """Mean Dice over classes."""
+        return self.mean["dice"]
+
+    @classmethod
+    def from_summary(cls, summary: Mapping[str, Any]) -> Evaluation:
+        """Build from the summary written by :func:`segmorph.segmentation.evaluate.evaluate_folders`."""
+        per_class = {
+            stats["name"]: {metric: value["mean"] for metric, value in stats.items() if isinstance(value, dict)}
+            for stats in summary["classes"].values()
+        }  # fmt: skip
+        return cls(int(summary["cases"]), dict(summary["mean_over_classes"]), per_class,
+                   tuple(summary.get("unmatched_predictions", ())))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`train` did; everything it wrote is in ``out``.
+
+    Attributes:
+        out: Run folder (``plan.json``, ``checkpoint_best.pt``, ``summary.json``, ``validation/``, ...).
+        steps: Optimiser steps taken.
+        elapsed_s: Training time in seconds (without the final validation).
+        stopped_because: Why training stopped (``"step or time limit"`` or ``"early stopping"``).
+        best_val_dice: Best patch-level validation Dice during training (NaN without validation).
+        best_epoch: Epoch of ``best_val_dice``.
+        train_cases: Number of training cases.
+        val_cases: Number of validation cases.
+        validation: Full-resolution validation metrics on the original grids (None when skipped).
+        seconds_per_case: Inference time per validation case in seconds (None when skipped).
+    """
+
+    out: Path
+    steps: int
+    elapsed_s: float
+    stopped_because: str
+    best_val_dice: float
+    best_epoch: int
+    train_cases: int
+    val_cases: int
+    validation: Evaluation | None = None
+    seconds_per_case: float | None = None
+
+    @classmethod
+    def from_summary(cls, out: Path, summary: Mapping[str, Any]) -> TrainResult:
+        """Build from the summary :func:`segmorph.segmentation.pipeline.train_segmentation` returns."""
+        fit = summary["fit"]
+        validation = summary.get("validation")
+        return cls(
+            out=Path(out), steps=int(fit["steps"]), elapsed_s=float(fit["elapsed_s"]),
+            stopped_because=str(fit["stopped_because"]), best_val_dice=float(fit["best_val_dice"]),
+            best_epoch=int(fit["best_epoch"]), train_cases=int(summary["train_cases"]),
+            val_cases=int(summary["val_cases"]),
+            validation=Evaluation.from_summary(validation["metrics"]) if validation else None,
+            seconds_per_case=float(validation["seconds_per_case"]) if validation else None,
+        )  # fmt: skip
+
+
+def time_budget_seconds(time_budget: str | float | None, max_steps: int = 0) -> float:
+    """Seconds of a time budget: ``"20m"``, ``"1h30m"``, ``"90s"`` or a number of seconds.
+
+    None means 20 minutes, or no time limit (0) when ``max_steps`` alone limits training.
+
+    Example:
+        >>> time_budget_seconds("1h30m"), time_budget_seconds(None, max_steps=50)
+        (5400.0, 0.0)
+    """
+    if time_budget is None:
+        return 0.0 if max_steps > 0 else DEFAULT_TIME_BUDGET_S
+    try:
+        return parse_duration(time_budget)
+    except SegmorphError as err:
+        raise SegmorphError(f"time_budget: {err.problem}") from None
+
+
+def _target_spacing(spacing: float | Sequence[float] | None) -> tuple[float, ...] | None:
+    if spacing is None:
+        return None
+    values = (spacing,) if isinstance(spacing, (int, float)) else tuple(spacing)
+    try:
+        values = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        values = ()
+    if not values or not all(v > 0 for v in values):
+        raise SegmorphError(f"spacing: expected positive millimetres (one value or x, y, z), got {spacing!r}")
+    return values
+
+
+def _request(
+    dataset: str | Path, out: str | Path, *, time_budget: str | float | None, max_steps: int, spacing, overrides,
+    config, device: str, seed: int, images_dir, labels_dir, show_progress: bool, **extra: Any,
+):  # fmt: skip
+    from segmorph.segmentation.pipeline import TrainRequest
+
+    values = load_overrides_file(config) if config is not None else {}
+    values.update(overrides or {})
+    if max_steps < 0:
+        raise SegmorphError(f"max_steps: expected 0 (no step limit) or more, got {max_steps}")
+    return TrainRequest(
+        dataset=Path(dataset), out=Path(out), time_budget_s=time_budget_seconds(time_budget, max_steps),
+        max_steps=max_steps, device=device, overrides=tuple(values.items()), target_spacing=_target_spacing(spacing),
+        images_dir=None if images_dir is None else Path(images_dir),
+        labels_dir=None if labels_dir is None else Path(labels_dir), seed=seed, show_progress=show_progress, **extra,
+    )  # fmt: skip
+
+
+def train(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    time_budget: str | float | None = None,
+    max_steps: int = 0,
+    fold: int = 0,
+    num_folds: int = 5,
+    val_cases: Sequence[str] = (),
+    spacing: float | Sequence[float] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config: str | Path | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    resume: bool = False,
+    validate: bool = True,
+    show_progress: bool = True,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+) -> TrainResult:
+    """Plan, preprocess, train and validate a segmentation model into the run folder ``out``.
+
+    Args:
+        dataset: Dataset folder: MSD/nnU-Net layout (``dataset.json``, ``imagesTr/``, ``labelsTr/``) or
+            paired folders.
+        out: Run folder to write (plan, checkpoints, logs, validation masks and metrics).
+        time_budget: Training time: ``"20m"``, ``"1h30m"``, ``"90s"`` or seconds. None: 20 minutes, or no
+            time limit when ``max_steps`` is given.
+        max_steps: Step limit (0: none). Alone, it makes training time-independent and repeatable.
+        fold: Validation fold of ``num_folds`` (-1: train on every case, no validation).
+        num_folds: Number of cross-validation folds.
+        val_cases: Explicit validation case ids (instead of ``fold``).
+        spacing: Voxel size in mm to plan for (one value, or x, y, z); None: the dataset's median.
+        overrides: Plan values to replace by dotted key, e.g. ``{"train.batch_size": 4}``.
+        config: JSON/YAML file of plan overrides (``overrides`` win over it).
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        seed: Seed of the split and of training.
+        resume: Continue the run in ``out`` from its last checkpoint (its plan is kept).
+        validate: After training, segment the validation cases on their original grids and score them.
+        show_progress: Progress bars and summary lines on the console.
+        images_dir: Image folder of a paired-folder dataset (relative to ``dataset``).
+        labels_dir: Label folder of a paired-folder dataset (relative to ``dataset``).
+        cache_dir: Preprocessing cache (default ``out/preprocessed``).
+
+    Returns:
+        A :class:`TrainResult`.
+
+    Raises:
+        SegmorphError: Bad dataset, settings or overrides; the message names the file or argument.
+
+    Example:
+        >>> run = train("Task04_Hippocampus", out="runs/h", time_budget="20m")
+        >>> run.validation.dice
+    """
+    from segmorph.segmentation.pipeline import train_segmentation
+
+    request = _request(
+        dataset, out, time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
+        config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
+        show_progress=show_progress, fold=fold, num_folds=num_folds, val_cases=tuple(val_cases), resume=resume,
+        cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate,
+    )  # fmt: skip
+    return TrainResult.from_summary(request.out, train_segmentation(request))
+
+
+def plan(
+    dataset: str | Path,
+    *,
+    time_budget: str | float | None = None,
+    max_steps: int = 0,
+    spacing: float | Sequence[float] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config: str | Path | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    show_progress: bool = True,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+) -> Plan:
+    """The plan :func:`train` would use (spacing, normalisation, patch, network, training), without training.
+
+    Arguments as for :func:`train`. Save it with ``plan.save("plan.json")``.
+
+    Example:
+        >>> p = plan("Task04_Hippocampus", time_budget="20m")
+        >>> p.train.patch_size  # voxels per spatial axis
+    """
+    from segmorph.segmentation.pipeline import plan_dataset
+
+    request = _request(
+        dataset, Path("."), time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
+        config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
+        show_progress=show_progress,
+    )  # fmt: skip
+    return plan_dataset(request)[1]
+
+
+class Segmenter:
+    """A trained segmentation run, loaded once and applied to many images.
+
+    Preprocessing, sliding-window inference with Gaussian weighting (and mirroring), undoing the
+    preprocessing and postprocessing are those of ``segmorph predict``, which uses this class too.
+
+    Args:
+        run_dir: Run folder written by :func:`train` (``plan.json`` and ``checkpoint_<checkpoint>.pt``).
+        device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
+        checkpoint: ``"best"`` or ``"last"``.
+        mirror: Average over mirrorings along every spatial axis (test-time augmentation).
+        overlap: Sliding-window overlap in [0, 1).
+        largest_component: Keep only the largest connected component of each class.
+        amp: bfloat16 autocast where the device runs it fast.
+        compile: Compile the network with TorchInductor (a few seconds once; faster per image).
+        batch_size: Tiles per forward pass.
+
+    Example:
+        >>> seg = Segmenter("runs/h")
+        >>> mask = seg(read_image("scan.nii.gz"))  # label map (1, I, J, K) on the scan's grid
+    """
+
+    def __init__(
+        self, run_dir: str | Path, device: str = "cpu", *, checkpoint: str = "best", mirror: bool = True,
+        overlap: float = 0.5, largest_component: bool = False, amp: bool = False, compile: bool = False,
+        batch_size: int = 4,
+    ) -> None:  # fmt: skip
+        if checkpoint not in ("best", "last"):
+            raise SegmorphError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
+        if not 0 <= overlap < 1:
+            raise SegmorphError(f"overlap: expected a fraction in [0, 1), got {overlap}")
+        if batch_size < 1:
+            raise SegmorphError(f"batch_size: expected at least 1, got {batch_size}")
+        self.run_dir = Path(run_dir)
+        self.device = device
+        options = PredictOptions(
+            mirror=mirror, overlap=overlap, batch_size=batch_size, largest_component=largest_component, amp=amp,
+            checkpoint=checkpoint, compile=compile,
+        )  # fmt: skip
+        self.predictor = Predictor(self.run_dir, device, options)
+
+    def __repr__(self) -> str:
+        return f"Segmenter({str(self.run_dir)!r}, device={self.device!r})"
+
+    @property
+    def plan(self) -> Plan:
+        """The run's plan (spacing, normalisation, patch, network)."""
+        return self.predictor.plan
+
+    @property
+    def labels(self) -> dict[int, str]:
+        """Label value -> class name (0 = background)."""
+        return dict(self.plan.labels)
+
+    def __call__(self, image: Image) -> Image:
+        """Label map of ``image``: ``(1, *S)`` uint8 (int32 beyond 256 classes), ``is_label=True``, with
+        exactly ``image``'s grid (shape and affine)."""
+        return self.predictor.segment(_checked(image))[0]
+
+    def probabilities(self, image: Image) -> Image:
+        """Class probabilities ``(K, *S)`` float32 (K classes, background first) on ``image``'s grid."""
+        image = _checked(image)
+        return Image(self.predictor.probabilities(image).float(), image.affine)
+
+
+def _checked(image: Image) -> Image:
+    if not isinstance(image, Image):
+        raise SegmorphError(f"expected a segmorph Image (see segmorph.read_image), got {type(image).__name__}")
+    return image
+
+
+def evaluate(
+    predictions: str | Path | Image,
+    references: str | Path | Image,
+    out: str | Path | None = None,
+    labels: Mapping[int, str] | None = None,
+    show_table: bool = False,
+) -> Evaluation:
+    """Score predicted label maps against references: Dice, IoU, precision, recall, HD95 and ASSD (mm), ...
+
+    Args:
+        predictions: A folder of predicted masks, or one mask (an :class:`Image`).
+        references: A folder of reference masks paired by case name, or one mask on the prediction's grid.
+        out: CSV to write, one row per case and class (a JSON summary goes beside); folders only.
+        labels: Foreground label value -> class name (default: every value present, ``label_<value>``).
+        show_table: Print a table of the metrics (folders only).
+
+    Returns:
+        An :class:`Evaluation`.
+
+    Raises:
+        SegmorphError: Missing or unpaired cases, or masks whose shape or geometry differ.
+
+    Example:
+        >>> evaluate("masks/", "labelsTr/", out="metrics.csv").dice
+    """
+    from segmorph.segmentation.evaluate import evaluate_arrays, evaluate_folders, summarize
+
+    if isinstance(predictions, Image) or isinstance(references, Image):
+        if not (isinstance(predictions, Image) and isinstance(references, Image)):
+            raise SegmorphError("predictions and references: give two Images or two folders")
+        if out is not None:
+            raise SegmorphError("out: metrics files are written for folders only")
+        check_same_grid(predictions, references, "predictions: grid differs from the references'", None)
+        pred, ref = predictions.numpy()[0], references.numpy()[0]
+        if labels is None:
+            values = sorted({int(v) for v in np.union1d(np.unique(pred), np.unique(ref))} - {0})
+            labels = {v: f"label_{v}" for v in values}
+        if not any(int(k) != 0 for k in labels):
+            raise SegmorphError("labels: no foreground label to score")
+        rows = evaluate_arrays([("case", pred, ref, references.spacing)], dict(labels))
+        return Evaluation.from_summary(summarize(rows))
+    summary = evaluate_folders(predictions, references, None if out is None else Path(out),
+                               None if labels is None else dict(labels), console=show_table)  # fmt: skip
+    return Evaluation.from_summary(summary)
