@@ -1,5 +1,8 @@
 """A corpus of malformed inputs, generated at test time (nothing stored; each file a few KB at most).
 
+The cases live here (readers, datasets, DICOM series, transforms, run folders: the first corpus) and in one
+module per failure class (``malformed_<class>.py``, each exporting ``CASES``); :func:`corpus` gathers them.
+
 Each :class:`BadInput` writes its files into a temporary folder and returns the command line that must
 fail with exit code 1 and one ``error: <file>: <problem>`` line naming the offending file or folder.
 """
@@ -504,7 +507,7 @@ def classify_unknown_column(tmp: Path, run: Path | None) -> Prepared:
     return Prepared(argv, "labels.csv", out)
 
 
-CORPUS: tuple[BadInput, ...] = (
+BASE_CASES: tuple[BadInput, ...] = (
     BadInput("truncated_nii_gz", truncated_nii_gz, "file is truncated"),
     BadInput("truncated_nii", truncated_nii, "file is truncated"),
     BadInput("wrong_magic_bytes", wrong_magic, "wrong magic bytes"),
@@ -554,3 +557,17 @@ CORPUS: tuple[BadInput, ...] = (
     BadInput("classify_missing_image", classify_missing_image, "does not exist"),
     BadInput("classify_unknown_column", classify_unknown_column, "no target column 'diagnosis'"),
 )
+
+
+def corpus() -> tuple[BadInput, ...]:
+    """Every case: this module's and each ``malformed_<class>.py`` module's ``CASES``."""
+    import importlib
+
+    cases = list(BASE_CASES)
+    for name in CLASS_MODULES:
+        cases += importlib.import_module(name).CASES
+    return tuple(cases)
+
+
+# one module per failure class (see the docstring)
+CLASS_MODULES = ("malformed_outputs", "malformed_readers", "malformed_runs", "malformed_dicom", "malformed_cli")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from malformed import CORPUS, BadInput, _dataset, _dicom_series
+from malformed import BadInput, _dataset, _dicom_series, corpus
 from segmorph.cli.main import main
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -32,8 +32,11 @@ def _snapshot(path: Path | None) -> dict[str, bytes | None] | None:
     return {str(p.relative_to(path)): p.read_bytes() if p.is_file() else None for p in sorted(path.rglob("*"))}
 
 
-def test_corpus_has_at_least_30_distinct_cases():
-    assert len(CORPUS) >= 30
+CORPUS = corpus()
+
+
+def test_corpus_has_at_least_120_distinct_cases():
+    assert len(CORPUS) >= 120
     assert len({case.name for case in CORPUS}) == len(CORPUS)
 
 
@@ -45,6 +48,7 @@ def test_malformed_input_fails_with_one_clear_line(case: BadInput, tmp_path, cap
     run = request.getfixturevalue("trained_run") if case.needs_model else None
     prepared = case.build(tmp_path, run)
     before = _snapshot(prepared.out)
+    inputs_before = _snapshot(tmp_path), _snapshot(run)
     capfd.readouterr()
     code = main(prepared.argv)
     captured = capfd.readouterr()
@@ -56,6 +60,7 @@ def test_malformed_input_fails_with_one_clear_line(case: BadInput, tmp_path, cap
     assert case.fragment in lines[0], lines
     assert "Traceback" not in captured.out + captured.err
     assert _snapshot(prepared.out) == before, "the command left partial output"
+    assert (_snapshot(tmp_path), _snapshot(run)) == inputs_before, "an input or a pre-existing file changed"
 
 
 def test_dicom_folder_with_a_stray_non_dicom_file_is_read(tmp_path, capfd):
