@@ -98,3 +98,123 @@ def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(SegmorphError):
         write_image(image, tmp_path / "x.png")
     assert list(tmp_path.iterdir()) == []
+
+
+# -- hostile files: budget, geometry, pixel types (the reading layer's checks) ------------------------
+
+
+def test_voxel_budget_from_the_environment_and_the_argument(tmp_path, monkeypatch):
+    image, _ = sphere_case((10, 8, 6))
+    write_image(image, tmp_path / "scan.mha")
+    monkeypatch.setenv("SEGMORPH_MAX_VOXELS", "479")
+    with pytest.raises(SegmorphError, match=r"scan.mha: declared size 10x8x6 \(480 values\) is too large to load"):
+        read_image(tmp_path / "scan.mha")
+    assert read_image(tmp_path / "scan.mha", voxel_budget=480).spatial_shape == (10, 8, 6)
+    monkeypatch.setenv("SEGMORPH_MAX_VOXELS", "lots")
+    with pytest.raises(SegmorphError, match="SEGMORPH_MAX_VOXELS='lots': expected a positive whole number"):
+        read_image(tmp_path / "scan.mha")
+
+
+def test_voxel_budget_covers_nifti_headers_and_dicom_series(tmp_path, monkeypatch):
+    image, _ = sphere_case((10, 8, 6))
+    write_image(image, tmp_path / "scan.nii.gz")
+    write_dicom_series(image, tmp_path / "series")
+    monkeypatch.setenv("SEGMORPH_MAX_VOXELS", "100")
+    with pytest.raises(SegmorphError, match="scan.nii.gz: declared size 10x8x6"):
+        read_image(tmp_path / "scan.nii.gz")
+    with pytest.raises(SegmorphError, match="series: a series of 6 slices"):
+        read_image(tmp_path / "series")
+
+
+def test_default_budget_follows_the_memory_the_process_may_use(monkeypatch):
+    from segmorph import io
+
+    monkeypatch.delenv("SEGMORPH_MAX_VOXELS", raising=False)
+    monkeypatch.setattr(io, "usable_memory_bytes", lambda: 32 * 1000)
+    assert io.max_voxels() == 1000
+    io.check_voxel_budget(1000, "patch", "plan.json")
+    with pytest.raises(SegmorphError, match=r"plan.json: patch \(1,001 values\) is too large to load"):
+        io.check_voxel_budget(1001, "patch", "plan.json")
+    with pytest.raises(SegmorphError, match="too large to load"):
+        io.check_voxel_budget(float("inf"), "patch", "plan.json")
+
+
+@pytest.mark.parametrize(
+    ("spacing", "origin", "direction", "problem"),
+    [
+        ((1.0, 0.0, 1.0), (0, 0, 0), np.eye(3), "spacing"),
+        ((1.0, 1e-7, 1.0), (0, 0, 0), np.eye(3), "spacing"),
+        ((1.0, 1.0, 2e6), (0, 0, 0), np.eye(3), "spacing"),
+        ((1.0, float("nan"), 1.0), (0, 0, 0), np.eye(3), "spacing"),
+        ((1.0, 1.0, 1.0), (0, float("inf"), 0), np.eye(3), "origin"),
+        ((1.0, 1.0, 1.0), (0, 0, 0), np.diag([1.0, 1.0, 0.0]), "not orthonormal"),
+        ((1.0, 1.0, 1.0), (0, 0, 0), np.full((3, 3), float("nan")), "NaN"),
+    ],
+)
+def test_degenerate_geometry_is_refused(spacing, origin, direction, problem):
+    from segmorph.io import check_geometry
+
+    with pytest.raises(SegmorphError, match=f"x.nrrd: degenerate geometry: .*{problem}"):
+        check_geometry(spacing, origin, np.asarray(direction).ravel(), "x.nrrd")
+    check_geometry((1e-6, 0.5, 1e6), (-1e5, 0, 3), OBLIQUE.direction, "x.nrrd")
+
+
+def _nifti_header_patched(source, target, **fields):
+    import struct
+
+    header = bytearray(source.read_bytes())
+    for fmt, offset, value in fields.values():
+        struct.pack_into(fmt, header, offset, *(value if isinstance(value, tuple) else (value,)))
+    target.write_bytes(bytes(header))
+    return target
+
+
+def test_nifti_sform_wins_when_set_and_qform_otherwise(tmp_path):
+    image, _ = sphere_case((10, 8, 6))
+    write_image(image, tmp_path / "both.nii")
+    both = tmp_path / "both.nii"
+    sform_only = _nifti_header_patched(both, tmp_path / "sform.nii", q=("<h", 252, 0), o=("<f", 268, 99.0))
+    qform_only = _nifti_header_patched(both, tmp_path / "qform.nii", s=("<h", 254, 0), o=("<f", 292, 99.0))
+    for path in (both, sform_only, qform_only):
+        assert read_image(path).affine.allclose(OBLIQUE, atol=1e-4), path
+    disagree = _nifti_header_patched(both, tmp_path / "two.nii", o=("<f", 268, 12.52))  # 0.02 mm off
+    with pytest.raises(SegmorphError, match="two.nii: qform and sform disagree: .* 0.02 mm apart"):
+        read_image(disagree)
+
+
+def test_gantry_tilted_dicom_series_is_refused(tmp_path):
+    from malformed_readers import _dicom
+
+    straight = _dicom(tmp_path / "straight", [(1.0, 2.0, 1.5 * z) for z in range(4)])
+    assert read_image(straight).affine.spacing.tolist() == pytest.approx([0.123456, 0.123456, 1.5])
+    tilted = _dicom(tmp_path / "tilted", [(1.0, 2.0 + 0.1 * z, 1.5 * z) for z in range(4)])
+    with pytest.raises(SegmorphError, match=r"tilted: gantry tilt: .* \(3.81 degrees\)"):
+        read_image(tilted)
+
+
+def test_values_overflowing_float32_are_refused_even_without_the_finite_check(tmp_path):
+    values = np.ones((4, 4, 3))
+    values[0, 0, 0] = 1e30  # large but within float32: kept
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "large.nrrd"))
+    assert float(read_image(tmp_path / "large.nrrd").data.max()) == pytest.approx(1e30, rel=1e-6)
+    values[0, 0, 0] = 1e39
+    sitk.WriteImage(sitk.GetImageFromArray(values), str(tmp_path / "overflow.nrrd"))
+    with pytest.raises(SegmorphError, match="overflow.nrrd: image holds 1 voxel"):
+        read_image(tmp_path / "overflow.nrrd", check_finite=False)
+
+
+def test_uint64_labels_within_range_are_read(tmp_path):
+    sitk.WriteImage(sitk.GetImageFromArray(np.full((3, 4, 4), 7, np.uint64)), str(tmp_path / "labels.nii.gz"))
+    assert int(read_image(tmp_path / "labels.nii.gz", is_label=True).data.max()) == 7
+
+
+def test_special_files_are_refused_before_opening(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "pipe.nii.gz")
+    with pytest.raises(SegmorphError, match="pipe.nii.gz: not a regular file or folder: a FIFO"):
+        read_image(tmp_path / "pipe.nii.gz")
+    with pytest.raises(SegmorphError, match="pipe.nii.gz: not a regular file or folder"):
+        list_images([tmp_path / "pipe.nii.gz"])
+    with pytest.raises(SegmorphError, match="file name too long"):
+        list_images([tmp_path / ("x" * 256)])

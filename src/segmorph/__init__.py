@@ -15,7 +15,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from segmorph.threads import prefer_passive_waiting
+
 __version__ = "0.1.0"
+
+prefer_passive_waiting()  # before anything imports torch, which reads it once (see segmorph.threads)
 
 # Public name -> (module, attribute in that module).
 _EXPORTS: dict[str, tuple[str, str]] = {

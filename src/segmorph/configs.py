@@ -10,15 +10,17 @@ are parsed here too, so that the library and the command line read them alike.
 from __future__ import annotations
 
 import json
+import math
 import re
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from segmorph.errors import SegmorphError
+from segmorph.records import MAX_JSON_DEPTH, json_depth, read_json, read_text
 
 CONFIG_FILE = "config.json"
 """The settings a run was asked for, written to its run folder before training (registration, classification)."""
@@ -43,8 +45,8 @@ def parse_duration(value: str | float | int) -> float:
     if isinstance(value, bool):
         raise SegmorphError(f"invalid duration {value!r} (examples: 20m, 1h30m, 90s)")
     if isinstance(value, (int, float)):
-        if value < 0:
-            raise SegmorphError(f"invalid duration {value!r}: expected at least 0 seconds")
+        if not math.isfinite(value) or value < 0:
+            raise SegmorphError(f"invalid duration {value!r}: expected a finite number of seconds, at least 0")
         return float(value)
     text = str(value).strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
@@ -106,21 +108,25 @@ def load_overrides_file(path: str | Path) -> dict[str, Any]:
         SegmorphError: Missing or unreadable file, or not a mapping.
     """
     path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        return flatten(read_json(path, "config file"))
+    text = read_text(path, "config file")
+    if json_depth(text) > MAX_JSON_DEPTH or _indent_depth(text) > MAX_JSON_DEPTH:
+        raise SegmorphError(f"config file nests deeper than {MAX_JSON_DEPTH} levels", path)
     try:
-        text = path.read_text()
-        if path.suffix in (".yaml", ".yml"):
-            import yaml
+        import yaml
 
-            values = yaml.safe_load(text)
-        else:
-            values = json.loads(text)
-    except FileNotFoundError:
-        raise SegmorphError("config file not found", path) from None
-    except (OSError, ValueError, ImportError, _yaml_error()) as err:
+        values = yaml.safe_load(text)
+    except (ValueError, ImportError, RecursionError, _yaml_error()) as err:
         raise SegmorphError(f"cannot parse config file ({str(err).splitlines()[0]})", path) from None
     if not isinstance(values, dict):
         raise SegmorphError("config file must hold a mapping", path)
     return flatten(values)
+
+
+def _indent_depth(text: str) -> int:
+    """Distinct indentation widths of a YAML text: an upper bound on how deep its block mappings nest."""
+    return len({len(line) - len(line.lstrip(" -")) for line in text.splitlines() if line.strip()})
 
 
 def _yaml_error() -> type[Exception]:
@@ -270,6 +276,8 @@ def coerce(value: Any, kind: Any, key: str, name: str = "config") -> Any:
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(value, _TYPE_WORDS[float], key, name)
+        if not math.isfinite(value):
+            raise _wrong(value, "a finite number", key, name)
         return float(value)
     if kind is str:
         if not isinstance(value, str):
@@ -322,6 +330,17 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def check_allocation(values: float, message: str) -> None:
+    """Raise ``ValueError`` when an allocation of ``values`` numbers a setting asks for (a patch times its batch)
+    exceeds the voxel budget (:func:`segmorph.io.max_voxels`); ``message`` starts with the field's name, as for
+    :func:`check`."""
+    from segmorph.io import MAX_VOXELS_ENV, max_voxels
+
+    budget = max_voxels()
+    check(values <= budget, f"{message} ({values:,.0f} values) exceeds the memory budget of {budget:,} values "
+                            f"(set {MAX_VOXELS_ENV} to change it)")  # fmt: skip
+
+
 def training_config(
     base: T, overrides: Mapping[str, Any] | None = None, config: str | Path | None = None, *, name: str = "config",
     time_budget: str | float | None = None, max_steps: int = 0, seed: int = 0,
@@ -351,4 +370,34 @@ def training_config(
         given["train.time_budget_s"] = 0.0
     given.update(load_overrides_file(config) if config is not None else {})
     given.update(overrides or {})
-    return apply_overrides(base, given, name)
+    return apply_naming_file(lambda values: apply_overrides(base, values, name), given, config)
+
+
+def apply_naming_file(apply: Callable[[dict[str, Any]], T], settings: Mapping[str, Any], config: str | Path | None) -> T:
+    """``apply(settings)``, where a refusal caused by a value read from the ``config`` file names that file.
+
+    ``settings`` holds the file's values and those given otherwise (which win). When ``apply`` refuses them,
+    it is tried once more without the values that came from the file: unless that fails in the same way, the
+    file is at fault and the error (``error: <config file>: <problem>``) names it.
+
+    Args:
+        apply: Builds the checked config from dotted settings (raises SegmorphError to refuse them).
+        settings: Dotted key -> value, the file's included.
+        config: The YAML/JSON file some of ``settings`` came from (None: no file, ``apply(settings)`` alone).
+
+    Example:
+        >>> apply_naming_file(lambda v: apply_overrides(config, v), {"train.batch_size": "four"}, "over.json")
+    """
+    try:
+        return apply(dict(settings))
+    except SegmorphError as err:
+        if config is None or err.path is not None:
+            raise
+        from_file = load_overrides_file(config)
+        others = {k: v for k, v in settings.items() if k not in from_file or from_file[k] != v}
+        try:
+            apply(others)
+        except SegmorphError as again:
+            if str(again) == str(err):  # refused for the same reason without the file: not the file's fault
+                raise err from None
+        raise SegmorphError(err.problem, config) from None

@@ -24,6 +24,7 @@ import SimpleITK as sitk
 import torch
 
 from segmorph.io import atomic_write_text
+from segmorph.records import read_json_if_present
 from segmorph.segmentation.datasets import DatasetSpec
 
 FINGERPRINT_METHOD = "sha256 over sorted 'relative path|size|sha256(contents)' of every data file"
@@ -116,8 +117,5 @@ def data_changed(record: dict[str, Any]) -> bool:
 
 
 def _read_record(path: Path) -> dict[str, Any] | None:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    """The run record being resumed, or None when there is none; a tampered one is refused, not replaced."""
+    return read_json_if_present(path, "run record")

@@ -398,8 +398,9 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
 
     parser = argparse.ArgumentParser(prog="segmorph")
     add_classify_arguments(parser.add_subparsers(dest="verb"))
-    args = parser.parse_args(["classify", "train", str(tmp_path), "--labels", "nope.csv", "--target", "lesion",
-                              "--out", str(tmp_path / "run"), "--time-budget", "2m", "--size", "96"])  # fmt: skip
+    (tmp_path / "data").mkdir()
+    args = parser.parse_args(["classify", "train", str(tmp_path / "data"), "--labels", "nope.csv", "--target",
+                              "lesion", "--out", str(tmp_path / "run"), "--time-budget", "2m", "--size", "96"])  # fmt: skip
     assert args.classify_verb == "train" and args.time_budget == 120.0 and args.size == (96,)
     with pytest.raises(SegmorphError, match="labels file not found"):
         run_classify(args)

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import re
 import shutil
+import subprocess
+import sys
+import textwrap
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,7 +22,9 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.uid import UID, generate_uid
 
+from malformed_dicom import element, item, nested_sequences, sequence, tiny_dicom
 from segmorph.cli.main import build_parser
+from segmorph.dicom import structure
 from segmorph.dicom.anonymize import (
     ACTIONS,
     PROFILE,
@@ -310,3 +317,184 @@ def test_cli_rejects_a_non_integer_shift(tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exit_info:
         _parse([str(tmp_path), "--out", str(tmp_path / "o"), "--shift-dates", "a week"])
     assert exit_info.value.code == 2
+
+
+# -- names beyond the profile table, unknown elements, renaming, structure limits -------------------------
+
+SECONDARY_REVIEWER, EVALUATOR = (0x0014, 0x0104), (0x0014, 0x2006)  # PN attributes outside the profile table
+LANGUAGE_CODES, REGIONS = (0x0008, 0x0006), (0x0008, 0x0063)  # sequences outside the profile table
+CREATOR = element((0x0009, 0x0010), "LO", b"SEGMORPH")
+
+
+def test_person_names_are_replaced_at_every_depth_public_or_private(tmp_path: Path) -> None:
+    assert all(pydicom.tag.Tag(t) not in PROFILE for t in (SECONDARY_REVIEWER, EVALUATOR, LANGUAGE_CODES, REGIONS))
+    private = sequence((0x0009, 0x1001), item(sequence((0x0009, 0x1002), item(element((0x0009, 0x1003), "PN", b"Doe^Private")))))
+    public = sequence(LANGUAGE_CODES, item(sequence(REGIONS, item(element(EVALUATOR, "PN", b"Doe^Nested")))))
+    top = element(SECONDARY_REVIEWER, "PN", b"Doe^Top")
+    source = tiny_dicom(tmp_path / "in" / "x.dcm", public + CREATOR + private + top)
+    anonymize_file(source, tmp_path / "out.dcm")
+    raw = (tmp_path / "out.dcm").read_bytes()
+    assert b"Doe" not in raw and b"Jane" not in raw
+    after = pydicom.dcmread(tmp_path / "out.dcm")
+    assert after[SECONDARY_REVIEWER].value == "ANONYMIZED"  # a dummy: the attribute stays for its IOD
+    assert after[LANGUAGE_CODES][0][REGIONS][0][EVALUATOR].value == "ANONYMIZED"
+    assert not any(e.tag.is_private for e in _elements(after))
+
+
+def test_person_names_encoded_as_un_are_handled(tmp_path: Path) -> None:
+    """Short UN values whose dictionary VR is PN are decoded and replaced; long ones, left as bytes, removed."""
+    short = element(SECONDARY_REVIEWER, "UN", b"Doe^Short")
+    long = element(EVALUATOR, "UN", b"Doe^Long" + b" " * 0x10000)
+    patient = element((0x0010, 0x0010), "UN", b"Doe^Patient")
+    source = tiny_dicom(tmp_path / "in" / "x.dcm", short + long + patient)
+    source.write_bytes(source.read_bytes().replace(element((0x0010, 0x0010), "PN", b"Doe^Jane"), b""))
+    assert pydicom.dcmread(source)[0x00100010].value == "Doe^Patient"
+    anonymize_file(source, tmp_path / "out.dcm")
+    assert b"Doe" not in (tmp_path / "out.dcm").read_bytes()
+    after = pydicom.dcmread(tmp_path / "out.dcm")
+    assert after[SECONDARY_REVIEWER].value == "ANONYMIZED" and EVALUATOR not in after
+    assert after.PatientName == ""
+
+
+def test_unknown_public_elements_are_removed(tmp_path: Path) -> None:
+    unknown_patient, unknown_other = (0x0010, 0x9999), (0x0018, 0x9999)
+    for tag in (unknown_patient, unknown_other):
+        with pytest.raises(KeyError):
+            pydicom.datadict.get_entry(pydicom.tag.Tag(tag))
+    extra = element(unknown_patient, "LO", b"Jane Doe, born 1970") + element(unknown_other, "UN", b"Jane Doe")
+    source = tiny_dicom(tmp_path / "in" / "x.dcm", extra)
+    anonymize_file(source, tmp_path / "out.dcm")
+    after = pydicom.dcmread(tmp_path / "out.dcm")
+    assert unknown_patient not in after and unknown_other not in after
+    assert b"Jane" not in (tmp_path / "out.dcm").read_bytes()
+    assert after.PatientIdentityRemoved == "YES" and after.Modality == "MR"  # known attributes stay
+
+
+def _series_file(folder: Path, name: str, study: str, series: str, instance: int, number: int) -> None:
+    tiny_dicom(folder / name, StudyInstanceUID=study, SeriesInstanceUID=series,
+               SOPInstanceUID=f"{series}.{instance}", InstanceNumber=number)  # fmt: skip
+
+
+def _rename_run(source: Path, out: Path, salt: str) -> list[str]:
+    anonymize_folder(source, out, AnonymizeOptions(uid_salt=salt, rename=True))
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+
+
+def test_rename_writes_pseudonymous_consistent_paths(tmp_path: Path) -> None:
+    source = tmp_path / "Doe_Jane_19700101"
+    head, knee = "1.2.826.0.1.3680043.2.1125.5.1", "1.2.826.0.1.3680043.2.1125.5.2"
+    for instance, number in enumerate([3, 1, 2]):
+        _series_file(source / "Head_Smith", f"IM_Jane_{'abc'[instance]}.dcm", head, head + ".7", instance, number)
+    _series_file(source / "Knee_Smith" / "Jane_knee", "Jane_scan.dcm", knee, knee + ".7", 0, 1)
+    _series_file(source / "Knee_Smith" / "later", "Doe_other.dcm", knee, knee + ".8", 0, 1)
+    paths = _rename_run(source, tmp_path / "out", "salt")
+    inputs = [str(p.relative_to(tmp_path)) for p in source.rglob("*.dcm")]
+    fragments = {t.lower() for name in inputs for t in re.split(r"[^A-Za-z0-9]+", name) if len(t) >= 3} - {"dcm"}
+    assert len(paths) == 5 and {"doe", "jane", "smith", "head", "knee", "19700101"} <= fragments
+    assert not [(f, p) for p in paths for f in fragments if f in p.lower()]
+    studies: dict[str, set[str]] = defaultdict(set)
+    series: dict[str, set[str]] = defaultdict(set)
+    names: dict[str, list[str]] = defaultdict(list)
+    for path in paths:
+        ds = pydicom.dcmread(tmp_path / "out" / path)
+        study_folder, series_folder, name = Path(path).parts
+        studies[ds.StudyInstanceUID].add(study_folder)
+        series[ds.SeriesInstanceUID].add(series_folder)
+        names[series_folder].append(name)
+        assert re.fullmatch(r"study_[0-9a-f]{12}", study_folder) and re.fullmatch(r"series_[0-9a-f]{12}", series_folder)
+    assert len(studies) == 2 and all(len(folders) == 1 for folders in studies.values())
+    assert len(series) == 3 and all(len(folders) == 1 for folders in series.values())
+    assert len({next(iter(f)) for f in series.values()}) == 3
+    assert sorted(sorted(n) for n in names.values()) == [["0001.dcm"], ["0001.dcm"], ["0001.dcm", "0002.dcm", "0003.dcm"]]
+    assert _rename_run(source, tmp_path / "again", "salt") == paths  # repeatable with the salt
+    assert set(_rename_run(source, tmp_path / "other", "pepper")).isdisjoint(paths)
+
+
+def test_rename_numbers_follow_instance_number(tmp_path: Path) -> None:
+    uid = "1.2.826.0.1.3680043.2.1125.5.3"
+    for instance, number in enumerate([3, 1, 2]):
+        _series_file(tmp_path / "in", f"f{instance}.dcm", uid, uid + ".1", instance, number)
+    paths = _rename_run(tmp_path / "in", tmp_path / "out", "s")
+    assert [pydicom.dcmread(tmp_path / "out" / p).InstanceNumber for p in paths] == [1, 2, 3]
+
+
+def test_cli_rename_and_help_say_what_is_not_removed(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tiny_dicom(tmp_path / "in" / "Doe_Jane.dcm")
+    args = _parse([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--rename"])
+    assert args.handler(args) == 0
+    assert [p.name for p in (tmp_path / "out").rglob("*.dcm")] == ["0001.dcm"]
+    help_text = build_parser()._subparsers._group_actions[0].choices["anonymize"].format_help()
+    assert "burned into the pixels" in help_text and "--rename" in help_text
+    assert f"deeper than {structure.MAX_SEQUENCE_DEPTH} levels" in help_text
+    assert f"{structure.MAX_ELEMENTS:,} elements" in help_text
+
+
+def test_nesting_up_to_the_limit_is_anonymized(tmp_path: Path) -> None:
+    assert pydicom.tag.Tag(LANGUAGE_CODES) not in PROFILE
+    source = tiny_dicom(tmp_path / "in" / "deep.dcm", nested_sequences(structure.MAX_SEQUENCE_DEPTH, LANGUAGE_CODES))
+    anonymize_file(source, tmp_path / "out.dcm")
+    ds, depth = pydicom.dcmread(tmp_path / "out.dcm"), 0
+    while LANGUAGE_CODES in ds:
+        ds, depth = ds[LANGUAGE_CODES][0], depth + 1
+    assert depth == structure.MAX_SEQUENCE_DEPTH
+
+
+@pytest.mark.skipif(not Path("/proc/self/statm").exists(), reason="needs /proc to size the address-space limit")
+def test_depth_bomb_fails_quickly_with_one_line_under_a_memory_limit(tmp_path: Path) -> None:
+    """The 44 KB shape that grew to many GB: 3000 nested defined-length sequences, in a child limited to +1 GiB."""
+    tiny_dicom(tmp_path / "in" / "bomb.dcm", nested_sequences(3000))
+    script = textwrap.dedent("""
+        import resource, sys
+        from segmorph.cli.main import main
+        with open("/proc/self/statm") as handle:
+            used = int(handle.read().split()[0]) * resource.getpagesize()
+        resource.setrlimit(resource.RLIMIT_AS, (used + (1 << 30), used + (1 << 30)))
+        sys.exit(main(sys.argv[1:]))
+    """)
+    start = time.monotonic()
+    argv = ["anonymize", str(tmp_path / "in"), "--out", str(tmp_path / "out")]
+    result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300)
+    lines = result.stderr.splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr[-2000:]
+    assert lines[0].startswith("error: ") and "bomb.dcm" in lines[0] and "nested deeper than 64 levels" in lines[0]
+    assert not (tmp_path / "out").exists()
+    assert time.monotonic() - start < 60
+
+
+def test_element_count_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(structure, "MAX_ELEMENTS", 40)
+    items = b"".join(item(element((0x0040, 0xA160), "UT", b"xx")) for _ in range(50))  # 100 elements in all
+    source = tiny_dicom(tmp_path / "in" / "wide.dcm", sequence(LANGUAGE_CODES, items))
+    with pytest.raises(SegmorphError, match="more than 40 data elements") as err:
+        anonymize_file(source, tmp_path / "out.dcm")
+    assert err.value.path == str(source) and not (tmp_path / "out.dcm").exists()
+
+
+def test_deflated_files_are_read_and_inflation_is_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    source = _copy("image_dfl.dcm", tmp_path / "in")
+    anonymize_file(source, tmp_path / "out.dcm")
+    assert pydicom.dcmread(tmp_path / "out.dcm").PatientIdentityRemoved == "YES"
+    monkeypatch.setattr(structure, "MAX_INFLATED_BYTES", 1000)
+    with pytest.raises(SegmorphError, match="inflates beyond 1000 bytes"):
+        anonymize_file(source, tmp_path / "out2.dcm")
+
+
+def test_a_file_without_preamble_beside_good_ones_is_skipped_with_a_note(tmp_path: Path) -> None:
+    tiny_dicom(tmp_path / "in" / "good.dcm")
+    data = tiny_dicom(tmp_path / "bare.dcm").read_bytes()
+    (tmp_path / "in" / "bare.dcm").write_bytes(data[128:])  # DICM at byte 0
+    report = anonymize_folder(tmp_path / "in", tmp_path / "out")
+    assert [p.name for p in report.written] == ["good.dcm"]
+    assert report.skipped == ["bare.dcm: skipped, not a DICOM Part 10 file (no DICM prefix)"]
+
+
+def test_structure_check_accepts_every_valid_bundled_file() -> None:
+    """Every Part 10 file bundled with pydicom that pydicom reads whole passes; the truncated ones are refused."""
+    folder = Path(get_testdata_file("CT_small.dcm")).parent
+    refused = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.read_bytes()[128:132] == b"DICM"):
+        try:
+            structure.check_structure(path)
+        except SegmorphError:
+            refused.append(path.name)
+    assert len(refused) < 5 and {"MR_truncated.dcm", "rtplan_truncated.dcm"} <= set(refused), refused

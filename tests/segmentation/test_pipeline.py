@@ -57,10 +57,12 @@ def test_predict_continue_skips_done_cases(trained_run, tmp_path):
     for name in ("a", "b"):
         write_image(image, tmp_path / "scans" / f"{name}.nii.gz")
     out = tmp_path / "masks"
-    out.mkdir()
-    (out / "a.nii.gz").write_bytes(b"placeholder")
+    _, done = sphere_case(seed=9)  # a complete mask already there is kept as it is
+    write_image(done, out / "a.nii.gz")
+    kept = (out / "a.nii.gz").read_bytes()
+    (out / "b.nii.gz").write_bytes(b"torn")  # a half-written one is not "done": it is segmented again
     assert main(["predict", str(trained_run), str(tmp_path / "scans"), "--out", str(out), "--continue", "--quiet"]) == 0
-    assert (out / "a.nii.gz").read_bytes() == b"placeholder"
+    assert (out / "a.nii.gz").read_bytes() == kept
     assert read_image(out / "b.nii.gz", is_label=True).spatial_shape == image.spatial_shape
 
 

@@ -20,7 +20,7 @@ import torch
 from segmorph.classification.config import ClassifierConfig, classifier_config
 from segmorph.classification.pipeline import ClassifyRequest, image_probabilities, load_classifier
 from segmorph.classification.pipeline import train_classifier as train_from_request
-from segmorph.configs import CONFIG_FILE, load_overrides_file
+from segmorph.configs import CONFIG_FILE
 from segmorph.image import Image
 from segmorph.metrics.classification import predict_classes
 
@@ -90,7 +90,7 @@ def train_classifier(
     out = Path(out)
     base = None
     if resume and (out / CONFIG_FILE).is_file():
-        base = classifier_config(load_overrides_file(out / CONFIG_FILE))
+        base = classifier_config(config=out / CONFIG_FILE)  # an error in it names the file
     settings = classifier_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed, base=base)
     request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
                                   file_column=file_column, device=device, resume=resume,

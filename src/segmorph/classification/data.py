@@ -23,7 +23,7 @@ Network inputs (:func:`prepare_image`), in this order:
 
 from __future__ import annotations
 
-import csv
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,6 +36,7 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import list_images, read_image
 from segmorph.progress import track
+from segmorph.records import read_csv
 
 SIZE_MULTIPLE = 8  # input sizes are rounded to this, so a few poolings divide them evenly
 DEFAULT_MAX_SIDE = {2: 128, 3: 64}  # longest input side when chosen from the data (CPU-sized)
@@ -128,27 +129,45 @@ def load_labels_csv(
             the message names the file (and row).
     """
     root, csv_path = Path(root), Path(csv_path)
-    if not csv_path.is_file():
+    if not csv_path.is_file() and not csv_path.is_dir():
         raise SegmorphError("labels file not found", csv_path)
-    with csv_path.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        for role, name in (("file", file_column), ("target", target), ("group", group)):
-            if name is not None and name not in columns:
-                raise SegmorphError(f"no {role} column {name!r} (columns: {', '.join(columns)})", csv_path)
-        rows = list(reader)
-    if not rows:
+    table = read_csv(csv_path, kind="labels file", allow_empty=True)
+    for role, name in (("file", file_column), ("target", target), ("group", group)):
+        if name is not None and name not in table.columns:
+            raise SegmorphError(f"no {role} column {name!r} (columns: {', '.join(table.columns)})", csv_path)
+    if not table.rows:
         raise SegmorphError("labels file has no rows", csv_path)
-    values = [_cell(row, target, number, csv_path) for number, row in enumerate(rows, start=2)]
-    names = tuple(class_names) if class_names else sorted_class_names(values)
-    items = []
-    for number, (row, value) in enumerate(zip(rows, values), start=2):
+    rows, lines = table.rows, table.lines
+    values = [class_value(_cell(row, target, number, csv_path)) for number, row in zip(lines, rows)]
+    names = tuple(class_value(n) for n in class_names) if class_names else sorted_class_names(values)
+    items, seen = [], {}
+    for number, row, value in zip(lines, rows, values):
         if value not in names:
             raise SegmorphError(f"row {number}: unknown class {value!r} (expected one of {', '.join(names)})", csv_path)
         path = _image_path(root, _cell(row, file_column, number, csv_path), csv_path, number)
+        key = path.resolve()
+        if key in seen:
+            first_line, first_value = seen[key]
+            same = "again" if first_value == value else f"with class {value!r}, and with {first_value!r}"
+            raise SegmorphError(f"row {number}: image {_cell(row, file_column, number, csv_path)!r} is listed {same} "
+                                f"on row {first_line}", csv_path)  # fmt: skip
+        seen[key] = (number, value)
         group_name = _cell(row, group, number, csv_path) if group else f"image:{number}"
         items.append(LabelledImage(path, names.index(value), group_name))
     return ClassificationDataset(root, tuple(items), names)
+
+
+def class_value(text: str) -> str:
+    """A class as written in a labels CSV, with numbers in one form: ``0``, ``0.0`` and ``+0`` are all ``"0"``,
+    ``1.50`` is ``"1.5"``; other text is kept (stripped)."""
+    text = str(text).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def _cell(row: dict, column: str, number: int, csv_path: Path) -> str:

@@ -62,6 +62,7 @@ from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
 from segmorph.nn import build_network, count_parameters
 from segmorph.nn.classifiers import Ensemble
+from segmorph.outputs import Output, check_outputs, check_run_folder
 from segmorph.progress import console, track
 from segmorph.provenance import data_changed, files_fingerprint, write_run_record
 
@@ -209,6 +210,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
         raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
     if not 0.0 <= request.shift < 0.5:
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
+    check_run_folder(out, request.dataset, request.labels)
     dataset = load_classification_dataset(request)
     train_index, val_index = split_dataset(dataset, request)
     spec, net = _input_and_network(request, dataset, out)
@@ -488,9 +490,13 @@ def predict_classifier(
         One dict per image: ``file``, ``predicted`` (class name; two classes: ``p_<positive> >= threshold``),
         ``p_<class>`` for every class, and ``cam`` (the overlay path, when written).
     """
+    paths = list_images(image_paths)
+    outputs = [] if out_csv is None else [Output.file(out_csv)]
+    if cam_dir is not None:
+        outputs += [Output.folder(cam_dir), *(Output.file(Path(cam_dir) / f"{strip_suffix(p)}_cam.png", p) for p in paths)]
+    check_outputs(outputs, inputs=[run_dir, *image_paths, *paths])  # before the model loads
     model, facts = load_classifier(run_dir, device)
     names, threshold = facts["class_names"], facts["threshold"]
-    paths = list_images(image_paths)
     rows = []
     for path in track(paths, "classify", total=len(paths), enabled=show_progress):
         image = read_image(path)

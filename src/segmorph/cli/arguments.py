@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import re
+import sys
 
 from segmorph.configs import parse_duration as duration_seconds
 from segmorph.errors import SegmorphError
@@ -65,9 +67,38 @@ def flag_overrides(args: argparse.Namespace, flags: dict[str, str]) -> dict[str,
     return {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
 
 
+# C0 controls, DEL, C1 controls, the Unicode line and paragraph separators, and the bidirectional-text
+# controls that reorder what a terminal shows
+CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    return ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
 def printable(text: str) -> str:
-    """``text`` with the undecodable bytes of file names (Linux names need not be UTF-8) shown as ``\\xff``."""
+    """``text`` made safe to print as (part of) one line: what a file name may hold that a terminal must not see.
+
+    Control characters (newline, carriage return, tab, ESC and the other C0 controls, DEL, the C1 controls,
+    the Unicode line separators and bidirectional controls) are shown escaped (``\\n``, ``\\x1b``, ``\\u2028``),
+    and the undecodable bytes of file names (Linux names need not be UTF-8) as ``\\xff``; other text,
+    non-ASCII letters included, is kept. Every line the command line prints goes through it (:func:`say`,
+    and the ``error:`` line of :mod:`segmorph.cli.main`).
+
+    Example:
+        >>> printable("scan\\n\\x1b[2J.nii.gz")
+        'scan\\\\n\\\\x1b[2J.nii.gz'
+    """
     try:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
     except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return CONTROL_CHARACTERS.sub(_escape, text)
+
+
+def say(line: str, err: bool = False) -> None:
+    """Print one line of a verb's output (stdout; stderr with ``err``), escaped by :func:`printable`."""
+    print(printable(line), file=sys.stderr if err else sys.stdout)

@@ -11,10 +11,9 @@ import argparse
 from pathlib import Path
 
 from segmorph.classification.config import SELECTIONS
-from segmorph.cli.arguments import flag_overrides, parse_duration, parse_size, verb_parser
+from segmorph.cli.arguments import flag_overrides, parse_duration, parse_size, say, verb_parser
 from segmorph.errors import SegmorphError
 from segmorph.nn.registry import network_names
-from segmorph.progress import console
 
 EXAMPLES = {
     "train": (
@@ -175,7 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
         resume=args.resume, show_progress=not args.quiet,
     )  # fmt: skip
-    console.print(train_summary_line(result.summary, args.out), highlight=False)
+    say(train_summary_line(result.summary, args.out), err=True)
     return 0
 
 
@@ -194,7 +193,7 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     rows = predict_classifier(args.run, args.images, args.out, args.cam, args.device, show_progress=not args.quiet)
     extra = f" and {len(rows)} Grad-CAM overlays to {args.cam}" if args.cam else ""
-    console.print(f"classified {len(rows)} images: wrote {args.out}{extra}", highlight=False)
+    say(f"classified {len(rows)} images: wrote {args.out}{extra}", err=True)
     return 0
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.cli.arguments import verb_parser
+from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
     'info': 'segmorph info scan.nii.gz',
@@ -31,10 +31,10 @@ def run_info(args: argparse.Namespace) -> int:
         finite = values[np.isfinite(values)]
         low, high = (float(finite.min()), float(finite.max())) if finite.size else (float("nan"),) * 2
         fmt = lambda a: "(" + ", ".join(f"{v:.6g}" for v in np.ravel(a)) + ")"  # noqa: E731
-        print(f"{path}")
-        print(f"  shape      {image.spatial_shape} x {image.num_channels} channel(s)  (axes I, J[, K])")
-        print(f"  spacing    {fmt(image.affine.spacing)} mm")
-        print(f"  origin     {fmt(image.affine.origin)} mm (LPS)")
-        print(f"  direction  {fmt(image.affine.direction)}")
-        print(f"  dtype      {values.dtype}  range [{low:.6g}, {high:.6g}]  non-finite voxels {values.size - finite.size}")
+        say(f"{path}")
+        say(f"  shape      {image.spatial_shape} x {image.num_channels} channel(s)  (axes I, J[, K])")
+        say(f"  spacing    {fmt(image.affine.spacing)} mm")
+        say(f"  origin     {fmt(image.affine.origin)} mm (LPS)")
+        say(f"  direction  {fmt(image.affine.direction)}")
+        say(f"  dtype      {values.dtype}  range [{low:.6g}, {high:.6g}]  non-finite voxels {values.size - finite.size}")
     return 0

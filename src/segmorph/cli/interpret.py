@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import verb_parser
-from segmorph.progress import console
+from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
     'explain': 'segmorph explain runs/hippo scans/case_004.nii.gz --out explain/ --classes 1 2 --tta 8',
@@ -43,5 +42,5 @@ def run_explain(args: argparse.Namespace) -> int:
 
     options = ExplainOptions(tuple(args.classes), args.tta, args.seed, not args.no_cam, args.layer, args.checkpoint)
     written = explain_files(args.run, args.scans, args.out, options, args.device, show_progress=not args.quiet)
-    console.print(f"explained {len(written)} scan(s) in {args.out}", highlight=False)
+    say(f"explained {len(written)} scan(s) in {args.out}", err=True)
     return 0

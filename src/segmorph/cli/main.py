@@ -1,18 +1,26 @@
 """``segmorph``: the command line. Each capability's module adds its verbs and attaches their handlers.
 
-Exit codes: 0 success; 1 bad input or a failed step (one line ``error: <file>: <problem>``);
-2 usage errors (argparse).
+Exit codes: 0 success; 1 bad input or a failed step (one line ``error: <file>: <problem>``, control
+characters in it escaped by :func:`segmorph.cli.arguments.printable`); 2 usage errors (argparse); 130
+interrupted (Ctrl-C); 141 (128 + SIGPIPE, what ``cat`` and ``ls`` give) when the program reading the output
+stopped reading early (``segmorph info scan.nii.gz | head -3``): the rest of the output is dropped quietly,
+without a traceback.
+
+Every verb takes ``--threads N``: torch's CPU threads for the work (default: the physical cores this process
+may use, see :mod:`segmorph.threads`), set before the verb starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
 from segmorph.cli import classification, dicom, info, interpret, registration, report, segmentation
 from segmorph.cli.arguments import printable
 from segmorph.errors import SegmorphError
+from segmorph.threads import set_threads
 
 CAPABILITIES = (segmentation, info, registration, dicom, classification, report, interpret)
 
@@ -24,7 +32,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="verb")
     for capability in CAPABILITIES:
         capability.add_verbs(sub)
+    for verb in leaf_parsers(parser):
+        verb.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                          help="CPU threads for torch (default: the physical cores this process may use)")
     return parser
+
+
+def leaf_parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """The parsers of the verbs themselves (``classify train``, not ``classify``), each once."""
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [parser]
+    found: dict[int, argparse.ArgumentParser] = {}
+    for action in subs:
+        for child in action.choices.values():  # aliases map to the same parser
+            for leaf in leaf_parsers(child):
+                found.setdefault(id(leaf), leaf)
+    return list(found.values())
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -40,13 +75,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return args.handler(args)
+        set_threads(args.threads)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, so that a closed pipe is met inside this try and not at exit
+        return code
     except SegmorphError as err:
         print(f"error: {printable(str(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        discard_stdout()
+        return 141
+
+
+def discard_stdout() -> None:
+    """Point stdout at the null device, so that the output still buffered is dropped, not flushed at exit
+    into the closed pipe (which prints ``Exception ignored ... BrokenPipeError``)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (captured in a test): nothing is flushed
+        pass
 
 
 if __name__ == "__main__":

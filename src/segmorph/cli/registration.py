@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.cli.arguments import flag_overrides, parse_duration, verb_parser
+from segmorph.cli.arguments import flag_overrides, parse_duration, say, verb_parser
 from segmorph.errors import SegmorphError
-from segmorph.progress import console
 from segmorph.registration.atlas import FUSIONS, METHODS
 from segmorph.registration.learned.config import PREALIGNMENTS
 from segmorph.registration.similarity import SIMILARITIES
@@ -143,6 +142,13 @@ def run_register(args: argparse.Namespace) -> int:
         raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
     if args.method == "structures" and args.fixed_structures is None and args.moving_structures is None:
         raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
+    model_dir = args.model if args.method == "learned" else None
+    if args.pairs is not None and not (args.fixed or args.moving):  # outputs checked before the model loads
+        run.check_pairs_outputs(args.pairs, args.out, run.pair_requests(args.pairs, args.out), model_dir)
+    elif args.pairs is None and args.fixed is not None and args.moving is not None:
+        run.check_pair_outputs(run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels,
+                                               fixed_structures=args.fixed_structures,
+                                               moving_structures=args.moving_structures), model_dir)  # fmt: skip
     model = run.load_model(args.model, args.device, args.passes) if args.method == "learned" else None
     if args.pairs is not None:
         if args.fixed or args.moving:
@@ -156,11 +162,11 @@ def run_register(args: argparse.Namespace) -> int:
         records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
                                      args.overlays, progress=not args.quiet, prealign=args.prealign,
                                      device=args.device)  # fmt: skip
-        dice = [r["metrics"]["mean_dice"] for r in records if "metrics" in r]
+        dice = [r["metrics"]["mean_dice"] for r in records if "mean_dice" in r.get("metrics", {})]
         seconds = np.mean([r["seconds"] for r in records])
         extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
-        console.print(f"registered {len(records)} pairs, {seconds:.2f} s per pair{extra}; summary {args.out / 'summary.csv'}",
-                      highlight=False)  # fmt: skip
+        say(f"registered {len(records)} pairs, {seconds:.2f} s per pair{extra}; summary {args.out / 'summary.csv'}",
+            err=True)  # fmt: skip
         return 0
     if args.fixed is None or args.moving is None:
         raise SegmorphError("give FIXED and MOVING images, or --pairs CSV")
@@ -174,7 +180,7 @@ def run_register(args: argparse.Namespace) -> int:
         if "mean_dice" in metrics:
             line += f", mean Dice {metrics['mean_dice']:.4f}"
         line += f", folding {metrics['folding_percent']:.3f}%"
-    console.print(f"{line}; folder {args.out}", highlight=False)
+    say(f"{line}; folder {args.out}", err=True)
     return 0
 
 
@@ -199,8 +205,8 @@ def run_train_registration(args: argparse.Namespace) -> int:
         args.dataset, args.out, segmentation_model=args.segmentation_model, overrides=overrides, config=args.config,
         device=args.device, resume=args.resume, show_progress=not args.quiet,
     )  # fmt: skip
-    console.print(f"best monitor {result.monitor_score} {result.best_monitor_score:.4f} after {result.steps} steps; "
-                  f"run folder {args.out}", highlight=False)  # fmt: skip
+    say(f"best monitor {result.monitor_score} {result.best_monitor_score:.4f} after {result.steps} steps; "
+        f"run folder {args.out}", err=True)  # fmt: skip
     return 0
 
 
@@ -208,7 +214,7 @@ def run_warp(args: argparse.Namespace) -> int:
     from segmorph.registration.run import warp_file
 
     warped = warp_file(args.image, args.transform, args.out, args.labels, args.reference, args.interpolation)
-    console.print(f"wrote {args.out} {warped.spatial_shape}", highlight=False)
+    say(f"wrote {args.out} {warped.spatial_shape}", err=True)
     return 0
 
 
@@ -218,11 +224,11 @@ def run_evaluate_registration(args: argparse.Namespace) -> int:
     landmarks = tuple(args.landmarks) if args.landmarks else None
     metrics = evaluate_registration(args.reg_dir, args.fixed_labels, args.fixed_image, landmarks)
     for row in metrics.get("labels", []):
-        print(f"{row['name']:>10}  Dice {row['dice']:.4f}  HD95 {row['hd95']:.2f} mm")
-    print(f"folding {metrics['folding_percent']:.4f}%  std log|J| {metrics['log_jacobian_std']:.4f}")
+        say(f"{row['name']:>10}  Dice {row['dice']:.4f}  HD95 {row['hd95']:.2f} mm")
+    say(f"folding {metrics['folding_percent']:.4f}%  std log|J| {metrics['log_jacobian_std']:.4f}")
     if "tre" in metrics:
         tre = metrics["tre"]
-        print(f"TRE {tre['mean_mm']:.2f} mm (before {tre['before_mean_mm']:.2f} mm, {tre['count']} landmarks)")
+        say(f"TRE {tre['mean_mm']:.2f} mm (before {tre['before_mean_mm']:.2f} mm, {tre['count']} landmarks)")
     return 0
 
 
@@ -237,10 +243,10 @@ def run_atlas(args: argparse.Namespace) -> int:
         args.scan, args.atlases, args.out, method, args.fusion, args.model, args.reference,
         progress=not args.quiet, device=args.device,
     )  # fmt: skip
-    console.print(f"wrote {summary['out']} ({len(summary['atlases'])} atlases, {args.fusion} fusion)", highlight=False)
+    say(f"wrote {summary['out']} ({len(summary['atlases'])} atlases, {args.fusion} fusion)", err=True)
     for value, dice in summary["dice"].items():
         per_atlas = ", ".join(f"{entry['dice'][value]:.3f}" for entry in summary["atlases"])
-        console.print(f"label {value}: Dice {dice:.3f} (atlases: {per_atlas})", highlight=False)
+        say(f"label {value}: Dice {dice:.3f} (atlases: {per_atlas})", err=True)
     if summary["metrics_file"]:
-        console.print(f"wrote {summary['metrics_file']}", highlight=False)
+        say(f"wrote {summary['metrics_file']}", err=True)
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import verb_parser
+from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
     'report': 'segmorph report runs/hippo --out hippo_report.html --cases 12',
@@ -33,5 +33,5 @@ def run_report(args: argparse.Namespace) -> int:
     from segmorph.report import build_report
 
     path = build_report(args.run_dir, args.out, args.cases)
-    print(f"report written to {path}")
+    say(f"report written to {path}")
     return 0

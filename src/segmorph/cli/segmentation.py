@@ -6,9 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_spacing, time_budget, verb_parser
+from segmorph.cli.arguments import parse_duration, parse_spacing, say, time_budget, verb_parser
 from segmorph.errors import SegmorphError
-from segmorph.progress import console
 
 EXAMPLES = {
     'train': 'segmorph train ../shared/datasets/msd_hippocampus --out runs/hippo --time-budget 20m',
@@ -142,7 +141,7 @@ def _request(args: argparse.Namespace, out: Path, **extra):
     return TrainRequest(
         dataset=args.dataset, out=out, time_budget_s=time_budget(args, DEFAULT_TIME_BUDGET_S), max_steps=args.max_steps, device=args.device,
         overrides=_overrides(args), target_spacing=args.spacing, images_dir=args.images, labels_dir=args.labels,
-        seed=args.seed, **extra,
+        seed=args.seed, config_file=args.config, **extra,
     )  # fmt: skip
 
 
@@ -157,17 +156,16 @@ def run_train(args: argparse.Namespace) -> int:
         resume=args.resume, validate=not args.no_validate, show_progress=not args.quiet, images_dir=args.images,
         labels_dir=args.labels, cache_dir=args.cache,
     )  # fmt: skip
-    console.print(
-        f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
-        f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}",
-        highlight=False,
-    )
+    say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
+        f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
     return 0
 
 
 def run_plan(args: argparse.Namespace) -> int:
+    from segmorph.outputs import check_outputs
     from segmorph.segmentation.pipeline import plan_dataset
 
+    check_outputs([args.out], inputs=[args.dataset])  # never over dataset.json
     _, plan = plan_dataset(_request(args, args.out))
     plan.save(args.out)
     print(json.dumps(plan.to_dict(), indent=2))
@@ -176,8 +174,10 @@ def run_plan(args: argparse.Namespace) -> int:
 
 def run_predict(args: argparse.Namespace) -> int:
     from segmorph.segmentation.api import Segmenter
-    from segmorph.segmentation.predict import predict_files
+    from segmorph.segmentation.predict import predict_files, prediction_targets
 
+    # outputs are checked before the model loads (predict_files checks again, for its other callers)
+    prediction_targets(args.run, args.scans, args.out, args.suffix, args.overlays, args.probabilities)
     segmenter = Segmenter(
         args.run, args.device, checkpoint=args.checkpoint, mirror=not args.no_mirror, overlap=args.overlap,
         largest_component=args.largest_component, amp=args.amp, compile=args.compile, batch_size=args.batch_size,
@@ -186,7 +186,7 @@ def run_predict(args: argparse.Namespace) -> int:
         segmenter.predictor, args.scans, args.out, skip_existing=args.skip_existing, overlays=args.overlays,
         save_probabilities=args.probabilities, suffix=args.suffix, show_progress=not args.quiet,
     )  # fmt: skip
-    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    say(f"wrote {len(written)} masks to {args.out}", err=True)
     return 0
 
 
@@ -194,19 +194,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from segmorph.segmentation.evaluate import evaluate_folders
 
     evaluate_folders(args.predictions, args.references, args.out)
-    console.print(f"wrote {args.out} and {args.out.with_suffix('.json')}", highlight=False)
+    say(f"wrote {args.out} and {args.out.with_suffix('.json')}", err=True)
     return 0
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from segmorph.segmentation.export import export_model
-    from segmorph.segmentation.predict import PredictOptions, Predictor
+    from segmorph.segmentation.export import export_run
 
-    predictor = Predictor(args.run, "cpu", PredictOptions(checkpoint=args.checkpoint))
-    plan = predictor.plan
-    shape = (1, len(plan.channel_names), *plan.train.patch_size)
-    export_model(predictor.model, shape, args.format, args.out)
-    console.print(f"wrote {args.out} ({args.format}, input shape {list(shape)})", highlight=False)
+    _, shape = export_run(args.run, args.format, args.out, args.checkpoint)
+    say(f"wrote {args.out} ({args.format}, input shape {list(shape)})", err=True)
     return 0
 
 
@@ -228,7 +224,7 @@ def run_baseline(args: argparse.Namespace) -> int:
     if args.largest_component:
         params["largest_component"] = True
     written = segment_folder(list_images(args.scans), args.out, args.method, **params)
-    console.print(f"wrote {len(written)} masks to {args.out}", highlight=False)
+    say(f"wrote {len(written)} masks to {args.out}", err=True)
     return 0
 
 

@@ -1,7 +1,14 @@
 """De-identify DICOM files with the Basic Application Level Confidentiality Profile (DICOM PS3.15 Annex E).
 
 Every file under a folder is read with pydicom, cleaned, and written atomically under the output folder at
-the same relative path (folder and file names are kept as given: rename them first if they identify anyone).
+the same relative path; folder and file names are kept as given unless ``rename`` is set, which writes
+``study_<hash>/series_<hash>/<number>.dcm`` instead (hashes of the new, salted UIDs; instances numbered in each
+series by InstanceNumber; no table of the original names is written anywhere).
+
+Before pydicom parses a file, :func:`segmorph.dicom.structure.check_structure` walks its bytes without recursion
+and refuses it (one error naming the file) when sequences nest deeper than ``MAX_SEQUENCE_DEPTH`` (64) levels,
+it holds more than ``MAX_ELEMENTS`` (1,000,000) elements, or its structure is broken (a length beyond the end
+of the file, a sequence without its delimiter...).
 
 What happens to each data element, inside sequence items too:
 
@@ -10,7 +17,12 @@ What happens to each data element, inside sequence items too:
   action that is valid in every IOD, because Type 1 attributes must keep a value and Type 2 ones must stay present:
   ``X/Z`` -> ``Z``; ``X/D``, ``X/Z/D`` and ``Z/D`` -> ``D``; ``X/Z/U*`` -> keep the sequence and replace the
   UIDs inside it. Attributes not in the table are kept, as the profile allows (dates excepted, below).
-- Private elements, curves (groups 50xx), overlays (groups 60xx, whole planes) and group lengths are removed.
+- Private elements, curves (groups 50xx), overlays (groups 60xx, whole planes) and group lengths are removed,
+  and so is every public element that is not in the DICOM data dictionary (its content is unknown), such as
+  unknown elements of the patient group (0010,xxxx).
+- Person names beyond the table: every other element whose value representation is PN (known or not, at any
+  depth) gets ``D`` (a dummy name). An element encoded as ``UN`` whose dictionary VR is PN, SQ or text and that
+  pydicom left undecoded is removed.
 - UIDs: each original UID maps to ``2.25.<UUID>``, a name-based UUID (``uuid5``) of the UID in a namespace
   drawn from a secret salt. One run uses one salt, so references between files stay consistent (same study,
   same new StudyInstanceUID) while two runs differ unless they share ``uid_salt``. The file meta header is
@@ -22,8 +34,10 @@ What happens to each data element, inside sequence items too:
   with Modified Dates option (113107) is recorded. The shift itself is written nowhere.
 - PatientIdentityRemoved, DeidentificationMethod, DeidentificationMethodCodeSequence (113100, and 113107 when
   shifting) and LongitudinalTemporalInformationModified are set.
-- Pixel data are never changed: a warning is returned when BurnedInAnnotation is YES, or when it is absent and
-  the modality or SOP class often carries burned-in text (ultrasound, secondary capture, angiography...).
+- Not removed: text burned into the pixels (pixel data are never changed; a warning is returned when
+  BurnedInAnnotation is YES, or when it is absent and the modality or SOP class often carries burned-in text:
+  ultrasound, secondary capture, angiography...), identifying text in standard free-text attributes outside the
+  table (the profile keeps them), and file and folder names unless ``rename`` is set.
 """
 
 from __future__ import annotations
@@ -33,13 +47,14 @@ import hashlib
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
 
 import pydicom
-from pydicom.datadict import tag_for_keyword
+from pydicom.datadict import dictionary_VR, get_entry, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.multival import MultiValue
@@ -47,8 +62,10 @@ from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID
 
+from segmorph.dicom.structure import check_structure
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_bytes
+from segmorph.outputs import Output, check_outputs
 
 # PS3.15 Table E.1-1, Basic Profile column, by action code. Curves and overlays (repeating groups) are
 # handled by _is_curve_or_overlay; the file meta MediaStorageSOPInstanceUID is rebuilt from SOPInstanceUID.
@@ -208,6 +225,10 @@ DICOMDIR_CLASS = "1.2.840.10008.1.3.10"
 _DUMMY = {"DA": "19000101", "DT": "19000101000000", "TM": "000000", "AS": "000Y", "IS": "0", "DS": "0"}
 _NUMERIC = ("US", "SS", "UL", "SL", "UV", "SV", "FL", "FD", "AT")
 _BINARY = ("OB", "OW", "OF", "OD", "OL", "OV", "UN")
+# Dictionary VRs whose value, left undecoded as UN, may hold text (names, dates, nested data sets).
+_UNDECODED_REMOVED = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "PN", "SH", "SQ", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
 
 
 @dataclass(frozen=True)
@@ -217,10 +238,13 @@ class AnonymizeOptions:
     Args:
         shift_dates_days: Shift every date by this many days (may be negative) instead of emptying dates.
         uid_salt: Secret that makes new UIDs repeatable across runs; None draws a fresh one per run.
+        rename: Write pseudonymous paths ``study_<hash>/series_<hash>/<number>.dcm`` instead of the input's
+            relative paths (which may hold names or dates); repeatable across runs with the same ``uid_salt``.
     """
 
     shift_dates_days: int | None = None
     uid_salt: str | None = None
+    rename: bool = False
 
 
 @dataclass
@@ -247,6 +271,10 @@ class _Context:
         """A ``2.25`` UID (the integer of a UUID, PS3.5 B.2) that depends only on the original and the salt."""
         original = str(original).strip("\0 ")
         return f"2.25.{uuid.uuid5(self.namespace, original).int}" if original else original
+
+    def pseudonym(self, uid: str) -> str:
+        """12 hex digits that stand for ``uid`` in file names: a hash of its new UID (so salted)."""
+        return hashlib.sha256(self.new_uid(uid).encode("ascii")).hexdigest()[:12]
 
 
 def anonymize_file(source: str | Path, destination: str | Path, options: AnonymizeOptions | None = None) -> list[str]:
@@ -276,43 +304,89 @@ def anonymize_folder(
     Files without the DICOM Part 10 ``DICM`` prefix and DICOMDIR indexes are skipped with a note (rebuild a
     DICOMDIR from the output). All files share one UID salt, so references between them stay consistent.
     Every file is read and checked before the first is written (each is read twice), so a corrupt file
-    leaves ``out_dir`` as it was.
+    leaves ``out_dir`` as it was. With ``options.rename`` the outputs get pseudonymous paths (see the module
+    docstring) and warnings name those paths rather than the input's.
 
     Raises:
         SegmorphError: ``source_dir`` is missing or holds no DICOM file; ``out_dir`` is ``source_dir`` or inside
-            it; a DICOM file is corrupt (naming it).
+            it; a DICOM file is corrupt or beyond the structure limits (naming it).
+
+    Example:
+        >>> report = anonymize_folder("dicom_in", "dicom_anon", AnonymizeOptions(rename=True))  # doctest: +SKIP
     """
     source_dir, out_dir = Path(source_dir), Path(out_dir)
+    options = options or AnonymizeOptions()
     files = _list_files(source_dir, out_dir)
-    context = _Context.from_options(options or AnonymizeOptions())
+    context = _Context.from_options(options)
     report = AnonymizeReport()
-    instances = []
+    instances: list[tuple[Path, _Identity]] = []
     for path in files:  # read and check every file before writing any: a corrupt one leaves no partial output
         relative = path.relative_to(source_dir)
         if not _has_dicm_prefix(path):
             report.skipped.append(f"{relative}: skipped, not a DICOM Part 10 file (no DICM prefix)")
-        elif _is_dicomdir(_read(path)):
+            continue
+        ds = _read(path)
+        if _is_dicomdir(ds):
             report.skipped.append(f"{relative}: skipped, a DICOMDIR index (rebuild it from the anonymized files)")
         else:
-            instances.append(path)
-    for path in instances:
-        relative = path.relative_to(source_dir)
-        warnings = _anonymize(_read(path), path, out_dir / relative, context)
-        report.written.append(out_dir / relative)
-        report.warnings.extend(f"{relative}: {message}" for message in warnings)
+            _sop_uids(ds, path)  # checked here too, so that such a file stops the run before any output
+            instances.append((path, _Identity.of(ds)))
+    if options.rename:
+        targets = _pseudonymous_paths([identity for _, identity in instances], context)
+    else:
+        targets = [path.relative_to(source_dir) for path, _ in instances]
+    for (path, _), target in zip(instances, targets, strict=True):
+        found = _anonymize(_read(path), path, out_dir / target, context)
+        report.written.append(out_dir / target)
+        shown = target if options.rename else path.relative_to(source_dir)
+        report.warnings.extend(f"{shown}: {message}" for message in found)
     if not report.written:
         raise SegmorphError(f"folder holds no DICOM files ({len(report.skipped)} other files skipped)", source_dir)
     return report
 
 
+@dataclass(frozen=True)
+class _Identity:
+    """What places an instance in a renamed output: its original study, series and instance UIDs and number."""
+
+    study: str
+    series: str
+    instance: str
+    number: int
+
+    @classmethod
+    def of(cls, ds: Dataset) -> _Identity:
+        try:
+            number = int(str(ds.get("InstanceNumber", "") or 0).strip() or 0)
+        except ValueError:
+            number = 0
+        uids = (
+            str(ds.get(keyword, "") or "") for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+        )
+        return cls(*uids, number)
+
+
+def _pseudonymous_paths(identities: list[_Identity], context: _Context) -> list[Path]:
+    """``study_<hash>/series_<hash>/<number>.dcm`` per instance: hashes of the salted new UIDs, and numbers
+    1, 2, ... in each series in the order of InstanceNumber (then of the new SOP Instance UID)."""
+    series: dict[tuple[str, str], list[int]] = {}
+    for index, identity in enumerate(identities):
+        series.setdefault((identity.study, identity.series), []).append(index)
+    paths = [Path()] * len(identities)
+    for (study, series_uid), members in series.items():
+        members.sort(key=lambda i: (identities[i].number, context.new_uid(identities[i].instance)))
+        folder = Path(f"study_{context.pseudonym(study)}") / f"series_{context.pseudonym(series_uid)}"
+        width = max(4, len(str(len(members))))
+        for number, index in enumerate(members, start=1):
+            paths[index] = folder / f"{number:0{width}d}.dcm"
+    return paths
+
+
 def _list_files(source_dir: Path, out_dir: Path) -> list[Path]:
     if not source_dir.is_dir():
         raise SegmorphError("no such folder" if not source_dir.exists() else "not a folder", source_dir)
-    source, out = source_dir.resolve(), out_dir.resolve()
-    if out == source or source in out.parents:
-        raise SegmorphError(f"output folder must not be the input folder or inside it ({source_dir})", out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise SegmorphError("output exists and is not a folder", out_dir)
+    # the output folder may be neither the input folder nor inside it (nor a file, nor unwritable)
+    check_outputs([Output.folder(out_dir)], inputs=[source_dir], outside=[source_dir])
     files = sorted(p for p in source_dir.rglob("*") if p.is_file())
     if not files:
         raise SegmorphError("folder holds no files", source_dir)
@@ -349,9 +423,14 @@ def _anonymize(ds: pydicom.FileDataset, source: Path, destination: Path, context
 
 
 def _read(path: Path) -> pydicom.FileDataset:
+    """Check the structure (bounded), then parse every element that will be kept, so corruption surfaces here."""
+    check_structure(path)
     try:
-        ds = pydicom.dcmread(path)
-        ds.walk(lambda _ds, _elem: None)  # parse every element now, so corruption surfaces here
+        with warnings.catch_warnings():  # pydicom warns about oddities it works around; errors are raised below
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(path)
+            for _ in _kept_elements(ds):
+                pass
     except Exception as err:  # pydicom raises many types on corrupt input
         raise SegmorphError(f"corrupt DICOM file ({type(err).__name__}: {err})", path) from err
     shortfall = _pixel_shortfall(ds)
@@ -375,10 +454,7 @@ def _pixel_shortfall(ds: Dataset) -> str:
 def _new_file_meta(ds: Dataset, source: Path, context: _Context) -> FileMetaDataset:
     """A fresh meta header (no source AE titles or private meta) pointing at the new SOP Instance UID."""
     old = getattr(ds, "file_meta", FileMetaDataset())
-    instance = ds.get("SOPInstanceUID") or old.get("MediaStorageSOPInstanceUID")
-    sop_class = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
-    if not instance or not sop_class:
-        raise SegmorphError("corrupt DICOM file (no SOP Class UID or SOP Instance UID)", source)
+    sop_class, instance = _sop_uids(ds, source)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = context.new_uid(instance)
@@ -388,6 +464,16 @@ def _new_file_meta(ds: Dataset, source: Path, context: _Context) -> FileMetaData
     return meta
 
 
+def _sop_uids(ds: Dataset, source: Path) -> tuple[str, str]:
+    """The SOP Class and SOP Instance UIDs (from the data set, else the meta header); refused when missing."""
+    old = getattr(ds, "file_meta", FileMetaDataset())
+    instance = ds.get("SOPInstanceUID") or old.get("MediaStorageSOPInstanceUID")
+    sop_class = ds.get("SOPClassUID") or old.get("MediaStorageSOPClassUID")
+    if not instance or not sop_class:
+        raise SegmorphError("corrupt DICOM file (no SOP Class UID or SOP Instance UID)", source)
+    return sop_class, instance
+
+
 def _syntax_from_encoding(ds: Dataset) -> UID:
     implicit, little = getattr(ds, "original_encoding", (False, True))
     if not little:
@@ -395,19 +481,57 @@ def _syntax_from_encoding(ds: Dataset) -> UID:
     return pydicom.uid.ImplicitVRLittleEndian if implicit else pydicom.uid.ExplicitVRLittleEndian
 
 
+def _kept_elements(ds: Dataset) -> Iterator[tuple[Dataset, DataElement]]:
+    """(data set, element) for every element at every depth, parents first, without recursion.
+
+    Elements that :func:`_removed_unread` selects are never decoded (pydicom would guess their meaning), and
+    a sequence's items are visited only if the sequence is still in its data set when its turn comes.
+    """
+    stack = [ds]
+    while stack:
+        current = stack.pop()
+        for tag in list(current.keys()):
+            if tag not in current or _removed_unread(tag):
+                continue
+            elem = current[tag]
+            yield current, elem
+            if elem.VR == "SQ" and tag in current:
+                stack.extend(reversed(list(elem.value)))
+
+
+def _removed_unread(tag: BaseTag) -> bool:
+    """Private elements, group lengths, curves, overlays and public elements unknown to the dictionary."""
+    if tag.is_private or tag.element == 0 or _is_curve_or_overlay(tag):
+        return True
+    try:
+        get_entry(tag)
+    except KeyError:
+        return True
+    return False
+
+
 def _clean(ds: Dataset, context: _Context) -> None:
-    """Apply the profile to ``ds`` in place, then to the items of every sequence that remains."""
-    for elem in list(ds):
-        tag = elem.tag
-        if tag.is_private or tag.element == 0 or _is_curve_or_overlay(tag):
-            del ds[tag]
-            continue
-        # Beyond the table: other dates get D too, so that no real date survives unless shifted.
-        action = ACTIONS.get(tag) or ("D" if elem.VR in ("DA", "DT") else None)
-        _apply(ds, elem, action, context)
-        if tag in ds and elem.VR == "SQ":
-            for item in elem.value:
-                _clean(item, context)
+    """Apply the profile to ``ds`` and every data set in its sequences, in place (see the module docstring)."""
+    stack = [ds]
+    while stack:
+        current = stack.pop()
+        for tag in list(current.keys()):  # tags only: removed elements are never decoded
+            if _removed_unread(tag):
+                del current[tag]
+        for elem in list(current):
+            _apply(current, elem, _action(elem), context)
+            if elem.VR == "SQ" and elem.tag in current:
+                stack.extend(elem.value)
+
+
+def _action(elem: DataElement) -> str | None:
+    """The table's action for ``elem``; beyond it, D for dates and person names, X for undecoded text."""
+    action = ACTIONS.get(elem.tag)
+    if elem.VR == "UN" and dictionary_VR(elem.tag) in _UNDECODED_REMOVED:
+        return "X"  # a long value pydicom left as bytes: it cannot be cleaned, so it goes
+    if action is None and elem.VR in ("DA", "DT", "PN"):
+        return "D"  # no real date or name survives unless dates are shifted
+    return action
 
 
 def _is_curve_or_overlay(tag: BaseTag) -> bool:

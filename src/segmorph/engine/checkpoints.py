@@ -13,6 +13,7 @@ import torch
 
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_bytes
+from segmorph.records import parse_json
 
 
 def save_checkpoint(path: str | Path, model_state: dict, config: dict[str, Any], **extra_states: Any) -> Path:
@@ -51,8 +52,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({reason})", path) from None
     if not isinstance(payload, dict) or "model" not in payload or "config_json" not in payload:
         raise SegmorphError("not a segmorph checkpoint (no model weights and config)", path)
+    if not isinstance(payload["model"], dict) or not isinstance(payload["config_json"], str):
+        raise SegmorphError("not a segmorph checkpoint (its weights are not a state dict or its config not text)", path)
+    try:
+        config = parse_json(payload["config_json"], path, "checkpoint config")
+    except SegmorphError as err:
+        raise SegmorphError(f"the config stored in the checkpoint: {err.problem}", path) from None
     extras = {k: v for k, v in payload.items() if k not in ("model", "config_json")}
-    return payload["model"], json.loads(payload["config_json"]), extras
+    return payload["model"], config, extras
+
+
+def check_network_fits(config: dict[str, Any], expected: dict[str, Any], path: str | Path) -> None:
+    """Refuse a checkpoint whose stored network does not fit the run that uses it (e.g. a 2D network in a 3D run).
+
+    Args:
+        config: The checkpoint's config (as :func:`load_checkpoint` returns it), with a ``network`` mapping.
+        expected: Network arguments the run needs, e.g. ``{"ndim": 3, "in_channels": 1, "num_classes": 2}``.
+        path: The checkpoint, named in the error.
+
+    Raises:
+        SegmorphError: No ``network`` mapping, or an argument that differs from ``expected``.
+    """
+    network = config.get("network")
+    if not isinstance(network, dict):
+        raise SegmorphError("checkpoint config holds no network settings", path)
+    for key, value in expected.items():
+        if network.get(key) != value:
+            raise SegmorphError(f"checkpoint's network has {key} {network.get(key)!r}, the run needs {value!r}", path)
 
 
 @contextlib.contextmanager

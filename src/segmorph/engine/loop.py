@@ -12,6 +12,7 @@ import copy
 import csv
 import io as _io
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +22,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from segmorph.configs import check, refuse_unknown_keys
+from segmorph.configs import check, check_allocation, refuse_unknown_keys
 from segmorph.engine import distributed as dist
 from segmorph.engine.autocast import precision_name
 from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
@@ -107,6 +108,8 @@ class TrainConfig:
             check(0.0 <= getattr(self, name) <= 1.0, f"{name}: expected a fraction in [0, 1], got {getattr(self, name)}")
         check(all(int(p) >= 1 for p in self.patch_size), f"patch_size: expected positive sizes, got {list(self.patch_size)}")
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        check_allocation(math.prod(self.patch_size) * self.batch_size,
+                         f"patch_size: {list(self.patch_size)} x batch_size {self.batch_size}")  # fmt: skip
 
     def to_dict(self) -> dict:
         return asdict(self)

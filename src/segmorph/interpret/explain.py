@@ -54,6 +54,7 @@ from segmorph.geometry import Affine
 from segmorph.image import Image, Sample
 from segmorph.interpret.gradcam import default_segmentation_layer, save_cam_overlay, segmentation_grad_cam
 from segmorph.io import atomic_write_text, list_images, mask_file_name, read_image, write_image
+from segmorph.outputs import Output, check_outputs
 from segmorph.progress import track
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.predict import PredictOptions, Predictor, most_likely_class
@@ -344,6 +345,8 @@ def explain_files(
     if not run_dir.is_dir():
         raise SegmorphError("no such run folder", run_dir)
     scans = list_images(inputs)
+    outputs = [Output.folder(out_dir), *(Output.tree(Path(out_dir) / mask_file_name(s, ""), s) for s in scans)]
+    check_outputs(outputs, inputs=[run_dir, *inputs, *scans])  # before the model loads
     predictor = Predictor(run_dir, device, PredictOptions(checkpoint=options.checkpoint))
     draw_variants(options.tta, predictor.plan.ndim, options.seed)  # refuse bad options before any work
     try:

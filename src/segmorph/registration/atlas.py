@@ -30,6 +30,7 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
 from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics, dice_score
+from segmorph.outputs import check_outputs
 from segmorph.progress import track
 from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.pairs import normalise_intensity
@@ -378,6 +379,8 @@ def run_atlas_segment(
     pairs = [parse_atlas_spec(spec) for spec in atlas_specs]
     if not pairs:
         raise SegmorphError("no atlases given; pass at least one IMAGE:LABELS pair")
+    outputs = [out_path] + ([metrics_path(out_path)] if reference_path is not None else [])
+    check_outputs(outputs, inputs=[scan_path, reference_path, model_dir, *(p for pair in pairs for p in pair)])
     scan = read_image(scan_path)
     atlases = [(read_image(image), read_image(labels, is_label=True)) for image, labels in pairs]
     reference = None if reference_path is None else read_image(reference_path, is_label=True)

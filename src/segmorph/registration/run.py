@@ -23,9 +23,11 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
 from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics
+from segmorph.outputs import Output, check_outputs
+from segmorph.records import read_csv, read_csv_lines
 from segmorph.registration.api import check_pair, measure_deformation, register
 from segmorph.registration.spatial import INTERPOLATIONS, LABEL_INTERPOLATIONS
-from segmorph.registration.transform import Transform, load_transform, save_transform
+from segmorph.registration.transform import Transform, load_transform, read_fixed_grid, save_transform
 
 WARPED_IMAGE = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
@@ -57,8 +59,27 @@ def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
     return labels
 
 
+PAIR_FILES = (WARPED_IMAGE, WARPED_LABELS, "transform.json", "affine.tfm", "displacement.nii.gz", "velocity.nii.gz",
+              "metrics.json", "registration.json", "views.png", "grid.png", "jacobian.png", "labels.png")  # fmt: skip
+"""Files a registration folder may hold (checked against the inputs before a pair is registered)."""
+
+
+def pair_outputs(out: Path) -> list[Output]:
+    """The outputs of one registration folder: the folder and the files :func:`register_pair` may write."""
+    return [Output.folder(out), *(Output.file(Path(out) / name) for name in PAIR_FILES)]
+
+
+def check_pair_outputs(request: PairRequest, model_dir: str | Path | None = None) -> None:
+    """Refuse, before any work, a registration folder that is (or would overwrite) one of the pair's inputs,
+    a file of the model's run folder, a file, or not writable (see :func:`segmorph.outputs.check_outputs`)."""
+    inputs = [request.fixed, request.moving, request.moving_labels, request.fixed_labels, request.fixed_structures,
+              request.moving_structures, model_dir]  # fmt: skip
+    check_outputs(pair_outputs(Path(request.out)), inputs=inputs)
+
+
 def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     """Register one pair and write its folder; returns the registration record (with metrics)."""
+    check_pair_outputs(request, getattr(model, "run_dir", None))
     fixed, moving = read_image(request.fixed), read_image(request.moving)
     check_pair(fixed, moving, request.fixed, request.moving)
     moving_labels = read_labels_like(request.moving_labels, moving, request.moving) if request.moving_labels else None
@@ -137,19 +158,23 @@ def deformation_quality(transform: Transform, fixed: Image) -> dict[str, float]:
 
 def read_landmarks(path: Path) -> np.ndarray:
     """Points in mm from a CSV with columns x,y,z (LPS world; a header row is optional), ``(N, n)``."""
-    try:
-        rows = [r for r in csv.reader(path.read_text().splitlines()) if r and any(c.strip() for c in r)]
-    except OSError as err:
-        raise SegmorphError(f"cannot read landmarks ({err.strerror})", path) from None
-    if rows and not _is_number(rows[0][0]):
+    rows = read_csv_lines(path, "landmarks file")
+    if rows and not _is_number(rows[0][1][0]):
         rows = rows[1:]
-    try:
-        points = np.array([[float(v) for v in r] for r in rows], dtype=np.float64)
-    except ValueError:
-        raise SegmorphError("landmarks must be rows of numbers x,y,z in mm", path) from None
-    if points.ndim != 2 or points.shape[0] == 0 or points.shape[1] not in (2, 3):
-        raise SegmorphError(f"expected rows of 2 or 3 coordinates, got shape {points.shape}", path)
-    return points
+    points = []
+    for line, cells in rows:
+        try:
+            point = [float(v) for v in cells]
+        except ValueError:
+            raise SegmorphError(f"line {line}: landmarks must be rows of numbers x,y,z in mm", path) from None
+        if not np.isfinite(point).all():
+            raise SegmorphError(f"line {line}: landmarks must be finite numbers x,y,z in mm, got {','.join(cells)}",
+                                path)  # fmt: skip
+        points.append(point)
+    if not points or len({len(p) for p in points}) != 1 or len(points[0]) not in (2, 3):
+        raise SegmorphError(f"expected rows of 2 or 3 coordinates, got {sorted({len(p) for p in points})} values per row",
+                            path)  # fmt: skip
+    return np.array(points, dtype=np.float64)
 
 
 def _is_number(text: str) -> bool:
@@ -175,6 +200,8 @@ def evaluate_registration(reg_dir: Path, fixed_labels: Path | None = None, fixed
                           landmarks: tuple[Path, Path] | None = None) -> dict[str, Any]:  # fmt: skip
     """Score a registration folder: labels against ``fixed_labels``, folding, TRE; writes metrics.json."""
     reg_dir = Path(reg_dir)
+    landmark_files = landmarks or ()
+    check_outputs([reg_dir / "metrics.json"], inputs=[fixed_labels, fixed_image, *landmark_files])
     transform = load_transform(reg_dir)
     grid_source = fixed_image or fixed_labels or reg_dir / WARPED_IMAGE
     grid = read_image(grid_source, is_label=grid_source == fixed_labels)
@@ -194,8 +221,10 @@ def warp_file(source: Path, transform_path: Path, out: Path, labels: bool, refer
     """Resample an image or label map with a saved transform onto the fixed grid and write it.
 
     The fixed grid is ``reference`` when given, else the grid stored with the transform
-    (``transform.json``'s ``fixed_grid``, or the grid of a displacement field file).
+    (``transform.json``'s ``fixed_grid``, or the grid of a displacement field file). ``out`` may be none of
+    these inputs nor a file of the transform folder (checked before anything is read).
     """
+    check_outputs([Path(out)], inputs=[source, transform_path, reference])
     transform = load_transform(transform_path)
     affine, shape = _fixed_grid(transform_path, reference)
     if transform.ndim not in (None, affine.ndim):
@@ -213,18 +242,12 @@ def warp_file(source: Path, transform_path: Path, out: Path, labels: bool, refer
 
 
 def _fixed_grid(transform_path: Path, reference: Path | None):
-    from segmorph.geometry import Affine
-
     if reference is not None:
         image = read_image(reference, check_finite=False)
         return image.affine, image.spatial_shape
     record = transform_path / "transform.json" if transform_path.is_dir() else None
     if record is not None and record.exists():
-        try:
-            grid = json.loads(record.read_text())["fixed_grid"]
-            return Affine.from_dict(grid), tuple(int(s) for s in grid["shape"])
-        except (KeyError, TypeError, ValueError) as err:
-            raise SegmorphError(f"malformed transform record: no valid fixed_grid ({err})", record) from None
+        return read_fixed_grid(record)
     if transform_path.is_file() and transform_path.suffix.lower() not in (".tfm", ".txt", ".mat"):
         field = read_image(transform_path)
         return field.affine, field.spatial_shape
@@ -236,14 +259,9 @@ def _fixed_grid(transform_path: Path, reference: Path | None):
 
 def read_pairs_csv(path: Path) -> list[dict[str, Path | None]]:
     """Rows of ``fixed,moving[,fixed_labels,moving_labels]`` (header row required); paths relative to the CSV."""
-    try:
-        rows = list(csv.DictReader(path.read_text().splitlines()))
-    except OSError as err:
-        raise SegmorphError(f"cannot read pairs ({err.strerror})", path) from None
-    if not rows or not {"fixed", "moving"} <= set(rows[0]):
-        raise SegmorphError("expected a header with columns fixed,moving[,fixed_labels,moving_labels]", path)
+    table = read_csv(path, ("fixed", "moving"), "pairs CSV")
     pairs = []
-    for number, row in enumerate(rows, start=2):
+    for number, row in zip(table.lines, table.rows):
         entry = {}
         for key in ("fixed", "moving", "fixed_labels", "moving_labels"):
             value = (row.get(key) or "").strip()
@@ -257,18 +275,48 @@ def read_pairs_csv(path: Path) -> list[dict[str, Path | None]]:
 def register_pairs(pairs_csv: Path, out: Path, method: str, model=None, refine: int = 0, similarity: str = "ncc",
                    pictures: bool = False, progress: bool = True, prealign: str | None = None,
                    device: str = "cpu") -> list[dict]:  # fmt: skip
-    """Register every pair of a CSV (the model loaded once); one folder per pair plus ``summary.csv``."""
+    """Register every pair of a CSV (the model loaded once); one folder per pair plus ``summary.csv``.
+
+    Every output is checked against every input before the first pair is registered. When a pair fails, the
+    pairs before it keep their folders and ``summary.csv`` lists them (what finished), and the error is raised,
+    naming the failed pair's file; nothing is written when the first pair fails.
+    """
     from segmorph.progress import track
 
-    pairs = read_pairs_csv(pairs_csv)
-    records = []
-    for index, pair in enumerate(track(pairs, "register", len(pairs), enabled=progress)):
-        folder = out / f"pair_{index:03d}_{strip_suffix(pair['fixed'].name)}_{strip_suffix(pair['moving'].name)}"
-        request = PairRequest(pair["fixed"], pair["moving"], folder, pair["moving_labels"], pair["fixed_labels"],
-                              method, refine, similarity, pictures, prealign, device=device)  # fmt: skip
-        records.append({"folder": folder.name, **register_pair(request, model)})
-    atomic_write_text(out / "summary.csv", _summary_csv(records))
+    requests = pair_requests(pairs_csv, out, method, refine, similarity, pictures, prealign, device)
+    check_pairs_outputs(pairs_csv, out, requests, getattr(model, "run_dir", None))
+    records: list[dict] = []
+    try:
+        for request in track(requests, "register", len(requests), enabled=progress):
+            records.append({"folder": request.out.name, **register_pair(request, model)})
+    finally:
+        if records:
+            atomic_write_text(Path(out) / "summary.csv", _summary_csv(records))
     return records
+
+
+def pair_requests(pairs_csv: Path, out: Path, method: str = "deformable", refine: int = 0, similarity: str = "ncc",
+                  pictures: bool = False, prealign: str | None = None, device: str = "cpu") -> list[PairRequest]:  # fmt: skip
+    """One :class:`PairRequest` per row of a pairs CSV, each with its folder ``out/pair_<i>_<fixed>_<moving>``."""
+    requests = []
+    for index, pair in enumerate(read_pairs_csv(Path(pairs_csv))):
+        folder = Path(out) / f"pair_{index:03d}_{strip_suffix(pair['fixed'].name)}_{strip_suffix(pair['moving'].name)}"
+        requests.append(PairRequest(pair["fixed"], pair["moving"], folder, pair["moving_labels"], pair["fixed_labels"],
+                                    method, refine, similarity, pictures, prealign, device=device))  # fmt: skip
+    return requests
+
+
+def check_pairs_outputs(pairs_csv: Path, out: Path, requests: list[PairRequest],
+                        model_dir: str | Path | None = None) -> None:  # fmt: skip
+    """Refuse, before any work, ``--pairs`` outputs (the folder, each pair's folder and files, ``summary.csv``)
+    that would overwrite the CSV, an image or label map of any pair, or a file of the model's run folder."""
+    outputs = [Output.folder(out), Output.file(Path(out) / "summary.csv")]
+    for request in requests:
+        outputs += pair_outputs(request.out)
+    inputs = [pairs_csv, model_dir]
+    for r in requests:
+        inputs += [r.fixed, r.moving, r.fixed_labels, r.moving_labels]
+    check_outputs(outputs, inputs=inputs)
 
 
 def _summary_csv(records: list[dict]) -> str:

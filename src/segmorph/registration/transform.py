@@ -24,7 +24,15 @@ import torch
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, grids_match
-from segmorph.io import atomic_write_text, read_affine_transform, read_image, write_affine_transform, write_image
+from segmorph.io import (
+    atomic_write_text,
+    check_voxel_budget,
+    read_affine_transform,
+    read_image,
+    write_affine_transform,
+    write_image,
+)
+from segmorph.records import read_json
 from segmorph.registration import spatial
 
 TRANSFORM_JSON = "transform.json"
@@ -256,39 +264,125 @@ def load_transform(path: str | Path) -> Transform:
     if not path.exists():
         raise SegmorphError("no such transform file or folder", path)
     if path.suffix.lower() in (".tfm", ".txt", ".mat"):
-        return Transform.from_matrix(read_affine_transform(path))
+        return Transform.from_matrix(check_matrix(read_affine_transform(path), "matrix", path))
+    return Transform([_field_step(path, None)])
+
+
+def _field_step(path: Path, velocity_path: Path | None, where: str = "", record: Path | None = None) -> FieldStep:
+    """A displacement field file (and its velocity) as a step: one vector component per spatial axis."""
     field = read_image(path)
     if field.num_channels != field.ndim:
-        raise SegmorphError(f"a displacement field needs {field.ndim} components, found {field.num_channels}", path)
-    return Transform([FieldStep(field.affine, field.data.float())])
+        raise SegmorphError(f"{where}a displacement field needs {field.ndim} components, {path.name} has "
+                            f"{field.num_channels}", record or path)  # fmt: skip
+    velocity = None
+    if velocity_path is not None:
+        velocity = read_image(velocity_path).data.float()
+        if velocity.shape != field.data.shape:
+            raise SegmorphError(f"{where}velocity {velocity_path.name} has shape {tuple(velocity.shape)}, its field "
+                                f"{tuple(field.data.shape)}", record or velocity_path)  # fmt: skip
+    return FieldStep(field.affine, field.data.float(), velocity)
 
 
 def _load_folder(folder: Path) -> Transform:
     record_path = folder / TRANSFORM_JSON
-    if not record_path.exists():
+    if not record_path.exists() and not record_path.is_symlink():
         raise SegmorphError(f"no {TRANSFORM_JSON} here (expected a folder written by segmorph register)", folder)
-    try:
-        record = json.loads(record_path.read_text())
-        steps: list[Step] = []
-        for index, entry in enumerate(record["steps"]):
-            if entry["type"] == "matrix":
-                steps.append(_matrix_step(entry["matrix"], index, record_path))
-                continue
-            if entry["type"] != "field":
-                raise SegmorphError(f"steps[{index}]: unknown step type {entry['type']!r} (matrix or field)",
-                                    record_path)  # fmt: skip
-            field = read_image(folder / entry["displacement"])
-            velocity = read_image(folder / entry["velocity"]).data.float() if "velocity" in entry else None
-            steps.append(FieldStep(field.affine, field.data.float(), velocity))
-    except (KeyError, TypeError, ValueError) as err:
-        raise SegmorphError(f"malformed transform record ({err})", record_path) from None
+    record = _read_record(record_path)
+    entries = record.get("steps")
+    if not isinstance(entries, list):
+        raise SegmorphError("malformed transform record (steps: expected a list of steps)", record_path)
+    steps: list[Step] = []
+    for index, entry in enumerate(entries):
+        where = f"steps[{index}]: "
+        kind = entry.get("type") if isinstance(entry, dict) else None
+        if kind == "matrix":
+            steps.append(check_matrix(entry.get("matrix"), f"steps[{index}]", record_path))
+        elif kind == "field":
+            names = [entry.get("displacement"), *([entry["velocity"]] if "velocity" in entry else [])]
+            for name in names:
+                if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+                    raise SegmorphError(f"{where}field files must be named by a file name in the folder, got {name!r}",
+                                        record_path)  # fmt: skip
+            steps.append(_field_step(folder / names[0], folder / names[1] if len(names) > 1 else None, where,
+                                     record_path))  # fmt: skip
+        else:
+            raise SegmorphError(f"{where}unknown step type {kind!r} (matrix or field)", record_path)
+        ndim = steps[-1].shape[0] - 1 if isinstance(steps[-1], np.ndarray) else steps[-1].affine.ndim
+        if ndim != (steps[0].shape[0] - 1 if isinstance(steps[0], np.ndarray) else steps[0].affine.ndim):
+            raise SegmorphError(f"{where}a {ndim}D step in a {Transform(steps[:1]).ndim}D transform chain", record_path)
+    grid = record.get("fixed_grid")
+    grid_ndim = len(grid.get("spacing") or []) if isinstance(grid, dict) and isinstance(grid.get("spacing"), list) else 0
+    if steps and grid_ndim in (2, 3) and Transform(steps).ndim != grid_ndim:
+        raise SegmorphError(f"a {Transform(steps).ndim}D transform chain on a {grid_ndim}D fixed_grid", record_path)
     return Transform(steps)
 
 
-def _matrix_step(values: object, index: int, record_path: Path) -> np.ndarray:
-    """A matrix step of a transform record: a finite homogeneous 3x3 (2D) or 4x4 (3D) matrix."""
-    matrix = np.array(values, dtype=np.float64)
+def _read_record(record_path: Path) -> dict:
+    """``transform.json`` as an object (see :func:`segmorph.records.read_json`); its problems named as a record's."""
+    try:
+        return read_json(record_path, "transform record", finite=True)
+    except SegmorphError as err:
+        raise SegmorphError(f"malformed transform record ({err.problem})", record_path) from None
+
+
+MAX_SCALE = 1e3
+"""Largest stretch (and 1 / smallest) a matrix step may apply: beyond it a matrix is singular or absurd."""
+MAX_TRANSLATION_MM = 1e5
+"""Largest translation a matrix step may apply (100 m)."""
+
+
+def check_matrix(values: object, where: str, path: str | Path) -> np.ndarray:
+    """A homogeneous world matrix of a transform, checked: 3x3 (2D) or 4x4 (3D), finite, last row ``0 ... 0 1``,
+    not singular, stretching by at most :data:`MAX_SCALE` and moving by at most :data:`MAX_TRANSLATION_MM`.
+
+    Raises:
+        SegmorphError: Naming ``where`` (e.g. ``"steps[0]"``) and ``path``.
+    """
+    try:
+        matrix = np.array(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise SegmorphError(f"{where}: expected a 3x3 or 4x4 matrix of numbers", path) from None
     if matrix.shape not in ((3, 3), (4, 4)) or not np.isfinite(matrix).all():
-        raise SegmorphError(f"steps[{index}]: expected a finite 3x3 or 4x4 matrix, got shape {matrix.shape}",
-                            record_path)  # fmt: skip
+        raise SegmorphError(f"{where}: expected a finite 3x3 or 4x4 matrix, got shape {matrix.shape}", path)
+    n = len(matrix) - 1
+    if not np.allclose(matrix[n], np.eye(n + 1)[n], atol=1e-9):
+        raise SegmorphError(f"{where}: the last row of a homogeneous matrix must be {[0] * n + [1]}", path)
+    stretch = np.linalg.svd(matrix[:n, :n], compute_uv=False)
+    if stretch[-1] < 1 / MAX_SCALE or stretch[0] > MAX_SCALE:
+        state = "singular" if stretch[-1] < 1e-12 else "absurd"
+        raise SegmorphError(f"{where}: {state} matrix (it stretches by {stretch[-1]:.3g} to {stretch[0]:.3g}; "
+                            f"expected within 1/{MAX_SCALE:g} to {MAX_SCALE:g})", path)  # fmt: skip
+    if np.abs(matrix[:n, n]).max() > MAX_TRANSLATION_MM:
+        raise SegmorphError(f"{where}: absurd translation {matrix[:n, n].tolist()} mm", path)
     return matrix
+
+
+def read_fixed_grid(record_path: str | Path) -> tuple[Affine, tuple[int, ...]]:
+    """The fixed grid stored in a ``transform.json``: its geometry and shape, checked (finite, positive spacing,
+    a shape of positive sizes matching the geometry's dimensions, within the voxel budget).
+
+    Raises:
+        SegmorphError: ``malformed transform record: no valid fixed_grid (...)``, naming the file.
+    """
+    record_path = Path(record_path)
+    grid = _read_record(record_path).get("fixed_grid")
+
+    def refuse(problem: str) -> SegmorphError:
+        return SegmorphError(f"malformed transform record: no valid fixed_grid ({problem})", record_path)
+
+    if not isinstance(grid, dict):
+        raise refuse("expected an object with spacing, origin, direction and shape")
+    try:
+        affine = Affine.from_dict(grid)
+        shape = tuple(grid["shape"])
+    except KeyError as err:
+        raise refuse(f"missing key {err}") from None
+    except (TypeError, ValueError) as err:
+        raise refuse(str(err).splitlines()[0]) from None
+    if not np.isfinite(affine.matrix).all() or abs(np.linalg.det(affine.matrix)) < 1e-12:
+        raise refuse("its geometry is not finite or is singular")
+    if len(shape) != affine.ndim or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in shape):
+        raise refuse(f"shape: expected {affine.ndim} positive whole numbers, got {list(shape)}")
+    check_voxel_budget(float(np.prod(shape, dtype=np.float64)) * affine.ndim, f"fixed_grid shape {list(shape)}",
+                       record_path)  # fmt: skip
+    return affine, shape

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
+from segmorph.outputs import check_outputs
 from segmorph.report.classification import classification_report, is_classification_run
 from segmorph.report.html import Section, page
 from segmorph.report.registration import (
@@ -82,7 +83,13 @@ def build_report(run_dir: str | Path, out: str | Path, cases: int = 12) -> Path:
     if cases < 1:
         raise SegmorphError(f"cases: expected at least 1, got {cases}")
     run_dir = Path(run_dir)
+    check_outputs([Path(out)], inputs=[run_dir])  # never over a file of the run folder it reads
     kind, builder = _find(run_dir)
-    title, sections = builder(run_dir, cases)
+    try:
+        title, sections = builder(run_dir, cases)
+    except (AttributeError, TypeError, KeyError, IndexError, ValueError) as err:  # a record's inner layout tampered
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise SegmorphError(f"the run folder's records are not laid out as segmorph writes them ({detail})",
+                            run_dir) from None  # fmt: skip
     text = page(f"{title}: {run_dir.resolve().name}", f"{kind} run folder {run_dir.resolve()}", sections)
     return atomic_write_text(out, text)

@@ -2,31 +2,35 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 from pathlib import Path
 from typing import Any
 
+from segmorph.records import read_csv as read_csv_table
+from segmorph.records import read_json_if_present
 from segmorph.report.html import Markup, figure, note
 from segmorph.report.slices import figure_uri, file_uri, plt
 
 
-def read_json(path: Path) -> Any:
-    """The parsed JSON file, or None when it is missing or unreadable (a report shows what it can)."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A run folder's JSON record (an object), or None when it is missing (a report shows what it can).
+
+    Raises:
+        SegmorphError: The record is there but tampered: a folder, not UTF-8, invalid, too deep, or not an
+            object (see :func:`segmorph.records.read_json`).
+    """
+    return read_json_if_present(path, path.name)
 
 
 def read_csv(path: Path) -> list[dict[str, str]] | None:
-    """The rows of a CSV file with a header, or None when it is missing or unreadable."""
-    try:
-        with open(path, newline="", encoding="utf-8") as handle:
-            return list(csv.DictReader(handle))
-    except (OSError, ValueError, csv.Error):
+    """The rows of a run folder's CSV file with a header, or None when it is missing.
+
+    Raises:
+        SegmorphError: The file is there but not a UTF-8 CSV table (see :func:`segmorph.records.read_csv`).
+    """
+    if not path.exists() and not path.is_symlink():
         return None
+    return read_csv_table(path, kind=path.name, allow_empty=True).rows
 
 
 def number(text: Any) -> float:

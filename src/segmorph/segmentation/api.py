@@ -148,7 +148,8 @@ def _request(
         dataset=Path(dataset), out=Path(out), time_budget_s=time_budget_seconds(time_budget, max_steps),
         max_steps=max_steps, device=device, overrides=tuple(values.items()), target_spacing=_target_spacing(spacing),
         images_dir=None if images_dir is None else Path(images_dir),
-        labels_dir=None if labels_dir is None else Path(labels_dir), seed=seed, show_progress=show_progress, **extra,
+        labels_dir=None if labels_dir is None else Path(labels_dir), seed=seed, show_progress=show_progress,
+        config_file=None if config is None else Path(config), **extra,
     )  # fmt: skip
 
 

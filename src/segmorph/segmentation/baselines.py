@@ -20,6 +20,7 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import mask_file_name, read_image, write_image
+from segmorph.outputs import Output, check_outputs
 from segmorph.segmentation.postprocess import keep_largest_component
 
 
@@ -208,9 +209,8 @@ def segment_folder(inputs: list[Path], out_dir: Path, method: str, **params) -> 
         SegmorphError: Two inputs share a case id, or an input cannot be read or segmented.
     """
     names = [mask_file_name(Path(p)) for p in inputs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise SegmorphError(f"several inputs would write {', '.join(duplicates)}", out_dir)
+    outputs = [Output.folder(out_dir), *(Output.file(Path(out_dir) / n, p) for n, p in zip(names, inputs))]
+    check_outputs(outputs, inputs=inputs)  # before any image is read
     written = []
     for path, name in zip(map(Path, inputs), names):
         image = read_image(path)

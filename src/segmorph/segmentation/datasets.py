@@ -18,7 +18,6 @@ normalise (CT: dataset-wide clipping; rgb: pictures; anything else: per-image z-
 from __future__ import annotations
 
 import itertools
-import json
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ import torch
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample, check_same_grid
 from segmorph.io import PICTURE_SUFFIXES, image_suffix, read_image, strip_suffix
+from segmorph.records import read_json
 
 MODALITIES = ("CT", "MRI", "rgb", "other")
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("images", "masks"), ("image", "label"))
@@ -161,14 +161,7 @@ def infer_labels(spec: DatasetSpec) -> DatasetSpec:
 
 def _load_msd(root: Path) -> DatasetSpec:
     path = root / "dataset.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise SegmorphError(f"invalid JSON (line {err.lineno}, column {err.colno}: {err.msg})", path) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise SegmorphError(f"cannot read ({err})", path) from None
-    if not isinstance(meta, dict):
-        raise SegmorphError("expected a JSON object at the top level", path)
+    meta = read_json(path, "dataset.json")
     names = meta.get("channel_names", meta.get("modality"))
     if not isinstance(names, dict) or not names:
         raise SegmorphError("missing key 'modality' or 'channel_names' (a non-empty object)", path)

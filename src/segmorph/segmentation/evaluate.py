@@ -24,6 +24,7 @@ from segmorph.errors import SegmorphError
 from segmorph.image import check_same_grid
 from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix
 from segmorph.metrics.segmentation import METRIC_NAMES, ROW_KEYS, case_metrics
+from segmorph.outputs import check_outputs
 
 TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("recall", "Recall"),
                  ("hd95", "HD95 mm"), ("assd", "ASSD mm"))
@@ -183,6 +184,9 @@ def evaluate_folders(
             (within ``GRID_TOLERANCE_MM``) differs; the message names the file.
     """
     pairs, unmatched = pair_cases(Path(pred_dir), Path(ref_dir))
+    if out_csv is not None:  # the label maps read are the inputs: a metrics file may sit beside them
+        out_csv = Path(out_csv)
+        check_outputs([out_csv, out_csv.with_suffix(".json")], inputs=[p for _, *pair in pairs for p in pair])
     labels = _infer_labels(pairs) if labels is None else {int(k): v for k, v in labels.items() if int(k) != 0}
     if not labels:
         raise SegmorphError("labels: holds no foreground label", ref_dir)

@@ -19,10 +19,28 @@ from torch import nn
 
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_bytes
+from segmorph.outputs import check_outputs
 
 FORMATS = ("onnx", "torchscript")
 ONNX_OPSET = 17
 INSTALL_HINT = "pip install segmorph[export]"
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str = "best") -> tuple[Path, tuple[int, ...]]:
+    """Export a trained run's network (``segmorph export``), its input shape that of the plan's patch.
+
+    ``out`` is checked first (not a file of the run folder, its folder writable), before the model loads.
+
+    Returns:
+        The written path and the example input shape ``(1, C, *P)``.
+    """
+    from segmorph.segmentation.predict import PredictOptions, Predictor
+
+    check_outputs([Path(out)], inputs=[run_dir])
+    predictor = Predictor(run_dir, "cpu", PredictOptions(checkpoint=checkpoint))
+    plan = predictor.plan
+    shape = (1, len(plan.channel_names), *plan.train.patch_size)
+    return export_model(predictor.model, shape, fmt, out), shape
 
 
 def export_model(model: nn.Module, example_shape: Sequence[int], fmt: str, out: str | Path) -> Path:

@@ -11,11 +11,13 @@ from typing import Any
 
 import torch
 
+from segmorph.configs import apply_naming_file
 from segmorph.engine import distributed as dist
 from segmorph.engine.loop import FitResult
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.nn import build_network, count_parameters
+from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
@@ -38,6 +40,7 @@ class TrainRequest:
         num_folds: Number of cross-validation folds.
         val_cases: Explicit validation case ids (instead of ``fold``).
         overrides: Dotted plan keys to replace (``{"train.batch_size": 4}``).
+        config_file: The ``--config`` file some of ``overrides`` came from (an error caused by it names it).
         target_spacing: Voxel size in mm to plan for (ITK x, y, z order, or one value for all axes;
             default: the dataset's median spacing), e.g. ``(2.0,)`` for a fast low-resolution model.
         images_dir, labels_dir: Explicit folders for paired-folder datasets.
@@ -65,6 +68,7 @@ class TrainRequest:
     seed: int = 0
     validate_with_predictor: bool = True
     show_progress: bool = True
+    config_file: Path | None = None
 
 
 def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
@@ -80,7 +84,7 @@ def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
         raise SegmorphError(str(err), request.dataset) from None
     overrides = dict(request.overrides)
     overrides.setdefault("train.seed", request.seed)
-    return spec, apply_overrides(plan, overrides)
+    return spec, apply_naming_file(lambda values: apply_overrides(plan, values), overrides, request.config_file)
 
 
 def _require_foreground(spec: DatasetSpec, facts: dict[str, Any]) -> None:
@@ -108,6 +112,7 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
 
 def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     out = Path(request.out)
+    check_run_folder(out, request.dataset)
     if request.resume:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
         spec = spec if spec.labels else infer_labels(spec)

@@ -24,6 +24,7 @@ from segmorph.engine.loop import TrainConfig
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.nn.registry import change_network_config, check_network_config, network_names
+from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec
 from segmorph.segmentation.preprocess import PreprocessConfig
 
@@ -114,15 +115,20 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | Path) -> Plan:
+        """Read a plan.json, refusing a tampered one (see :mod:`segmorph.records`) with one line naming it:
+        non-finite numbers, missing or ill-typed keys, values out of range (a patch beyond the voxel budget too)."""
         path = Path(path)
+        values = read_json(path, "plan", finite=True)
         try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise SegmorphError("plan not found", path) from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise SegmorphError(f"invalid plan ({err})", path) from None
+            plan = cls.from_dict(values)
+        except KeyError as err:
+            raise SegmorphError(f"invalid plan (missing key {err})", path) from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as err:
+            raise SegmorphError(f"invalid plan ({str(err).splitlines()[0] if str(err) else type(err).__name__})",
+                                path) from None  # fmt: skip
         except SegmorphError as err:  # a check of the plan itself (its network, its patch)
             raise SegmorphError(f"invalid plan ({err.problem})", path) from None
+        return plan
 
 
 def make_plan(

@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint
+from segmorph.engine.checkpoints import check_network_fits, load_checkpoint, model_from_checkpoint
 from segmorph.engine.sliding_window import compile_for_inference, sliding_window_logits
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample
 from segmorph.io import list_images, mask_file_name, read_image, strip_suffix, write_image
 from segmorph.nn import build_network
+from segmorph.outputs import Output, check_outputs
 from segmorph.progress import track
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.postprocess import keep_largest_component
@@ -57,6 +58,8 @@ class Predictor:
         self.options = options
         checkpoint = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
+        check_network_fits(config, {"ndim": self.plan.ndim, "in_channels": len(self.plan.channel_names),
+                                    "num_classes": self.plan.num_classes}, checkpoint)  # fmt: skip
         with model_from_checkpoint(checkpoint):
             self.model = build_network(config["network"], deep_supervision=False)
             self.model.load_state_dict(state)
@@ -121,13 +124,13 @@ def predict_files(
         save_probabilities: Also write ``<case>_probabilities.nii.gz`` (K channels, float32).
         suffix: Force an output format (e.g. ``.nrrd``).
     """
-    scans = list_images(inputs)
+    run = run_dir.run_dir if isinstance(run_dir, Predictor) else Path(run_dir)
+    scans = prediction_targets(run, inputs, out_dir, suffix, overlays, save_probabilities)
     predictor = run_dir if isinstance(run_dir, Predictor) else Predictor(run_dir, device, options)
     out_dir = Path(out_dir)
     written = []
-    for scan in track(scans, "predict", total=len(scans), enabled=show_progress):
-        target = out_dir / mask_file_name(scan, suffix)
-        if skip_existing and target.exists():
+    for scan, target in track(scans, "predict", total=len(scans), enabled=show_progress):
+        if skip_existing and is_complete(target):
             continue
         image = read_image(scan)
         try:
@@ -142,3 +145,46 @@ def predict_files(
             overlay_slices(image.numpy(), mask.numpy()[0], out_dir / f"{strip_suffix(target)}_overlay.png", title=scan.name)
         written.append(write_image(mask, target))
     return written
+
+
+def prediction_targets(
+    run_dir: str | Path, inputs: Sequence[str | Path], out_dir: str | Path, suffix: str | None = None,
+    overlays: bool = False, save_probabilities: bool = False,
+) -> list[tuple[Path, Path]]:  # fmt: skip
+    """The scans of ``inputs`` and the mask each will be written to, checked before any work.
+
+    Refuses (see :func:`segmorph.outputs.check_outputs`) a mask, overlay or probability map that would
+    overwrite a scan, a file of the run folder or of a scan folder, or another output (two scans with one case
+    name, ``k.nii.gz`` beside ``k_0000.nii.gz``), an output folder that is an input folder or the run folder,
+    and an output folder that is a file or not writable. No image is read and no model loaded.
+
+    Returns:
+        ``(scan, mask path)`` pairs in input order.
+    """
+    scans = list_images(inputs)
+    out_dir = Path(out_dir)
+    targets = [(scan, out_dir / mask_file_name(scan, suffix)) for scan in scans]
+    outputs = [Output.folder(out_dir)]
+    for scan, target in targets:
+        outputs.append(Output.file(target, scan))
+        if save_probabilities:
+            outputs.append(Output.file(out_dir / f"{strip_suffix(target)}_probabilities.nii.gz", scan))
+        if overlays:
+            outputs.append(Output.file(out_dir / f"{strip_suffix(target)}_overlay.png", scan))
+    check_outputs(outputs, inputs=[run_dir, *inputs, *scans])
+    return targets
+
+
+def is_complete(mask: Path) -> bool:
+    """True when ``mask`` exists and reads back whole (``--continue`` skips only such cases).
+
+    Masks are renamed into place when complete, but a file left by another program, a copy cut short or a
+    crash of an older version may not be.
+    """
+    if not mask.is_file():
+        return False
+    try:
+        read_image(mask, is_label=True)
+    except SegmorphError:
+        return False
+    return True

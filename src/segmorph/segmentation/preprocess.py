@@ -35,7 +35,7 @@ from scipy import ndimage
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, Sample
-from segmorph.io import atomic_write_bytes
+from segmorph.io import atomic_write_bytes, check_voxel_budget
 from segmorph.segmentation.datasets import CaseFiles, DatasetSpec, load_sample
 
 NORMALIZATIONS = ("zscore", "ct", "rgb", "none")
@@ -126,6 +126,12 @@ def _summarise(spec: DatasetSpec, cases: list[dict], values: np.ndarray, counts:
     }
 
 
+MIN_SPACING_MM = 1e-5
+"""Smallest target spacing a plan may ask for (10 nm: beyond any scanner or microscope)."""
+MAX_SPACING_MM = 1e5
+"""Largest target spacing a plan may ask for (100 m)."""
+
+
 @dataclass(frozen=True)
 class PreprocessConfig:
     """How to preprocess every case of a dataset.
@@ -151,8 +157,9 @@ class PreprocessConfig:
     def __post_init__(self) -> None:
         if self.target_spacing is not None:
             spacing = tuple(float(s) for s in self.target_spacing)
-            if len(spacing) not in (2, 3) or min(spacing) <= 0:
-                raise ValueError(f"target_spacing: expected 2 or 3 positive values, got {spacing}")
+            if len(spacing) not in (2, 3) or not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+                raise ValueError(f"target_spacing: expected 2 or 3 positive values from {MIN_SPACING_MM:g} to "
+                                 f"{MAX_SPACING_MM:g} mm, got {spacing}")  # fmt: skip
             object.__setattr__(self, "target_spacing", spacing)
         object.__setattr__(self, "normalization", tuple(self.normalization))
         unknown = [n for n in self.normalization if n not in NORMALIZATIONS]
@@ -269,6 +276,8 @@ def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample,
     if target is not None and not np.allclose(target, affine.spacing, rtol=1e-3, atol=0):
         scale = np.asarray(target) / affine.spacing
         shape = resampled_shape(image.shape[1:], scale)
+        check_voxel_budget(float(np.prod(shape, dtype=np.float64)) * image.shape[0],
+                           f"case {sample.case_id} resampled to {list(target)} mm, shape {list(shape)},", where)  # fmt: skip
         image = resample_array(image, scale, shape, config.image_order)
         label = None if label is None else resample_array(label, scale, shape, 0)
         affine = affine.with_spacing(target)

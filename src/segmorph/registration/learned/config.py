@@ -3,9 +3,10 @@ the pre-alignments it offers."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
-from segmorph.configs import check, refuse_unknown_keys
+from segmorph.configs import check, check_allocation, refuse_unknown_keys
 from segmorph.registration.classical import (
     ClassicalConfig,
 )
@@ -97,6 +98,7 @@ class LearnedConfig:
               f"features: expected at least 2 positive channel counts, got {list(self.features)}")  # fmt: skip
         check(len(self.train_shape) in (2, 3) and min(self.train_shape) >= 8,
               f"train_shape: expected 2 or 3 sizes of at least 8 voxels, got {list(self.train_shape)}")  # fmt: skip
+        check_allocation(math.prod(self.train_shape), f"train_shape: {list(self.train_shape)}")
         check(self.ncc_window >= 1, f"ncc_window: expected at least 1 voxel, got {self.ncc_window}")
         for name in ("smoothness", "dice_weight", "pass_scale"):
             check(getattr(self, name) >= 0, f"{name}: expected at least 0, got {getattr(self, name)}")

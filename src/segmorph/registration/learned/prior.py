@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from segmorph.engine.autocast import autocast
-from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint
+from segmorph.engine.checkpoints import check_network_fits, load_checkpoint, model_from_checkpoint
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -47,6 +47,8 @@ class SegmentationPrior:
         self.device = torch.device(device)
         checkpoint = self.run_dir / "checkpoint_best.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
+        check_network_fits(config, {"ndim": self.plan.ndim, "in_channels": 1, "num_classes": self.plan.num_classes},
+                           checkpoint)  # fmt: skip
         with model_from_checkpoint(checkpoint):
             self.network = build_network(config["network"], deep_supervision=False)
             self.network.load_state_dict(state)

@@ -18,13 +18,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segmorph.configs import CONFIG_FILE, apply_overrides, config_to_dict, load_overrides_file, training_config
+from segmorph.configs import (
+    CONFIG_FILE,
+    apply_naming_file,
+    apply_overrides,
+    config_to_dict,
+    load_overrides_file,
+    training_config,
+)
 from segmorph.engine.loop import TrainConfig, fit_task
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import atomic_write_text
 from segmorph.metrics.segmentation import dice_score
 from segmorph.nn import count_parameters
+from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.registration import spatial
@@ -297,7 +305,8 @@ def train_registration_run(
     stored = out / CONFIG_FILE
     base = None
     if resume and stored.is_file():
-        base = apply_overrides(RegistrationTrainConfig(), load_overrides_file(stored), CONFIG_NAME)
+        base = apply_naming_file(lambda values: apply_overrides(RegistrationTrainConfig(), values, CONFIG_NAME),
+                                 load_overrides_file(stored), stored)  # fmt: skip
     settings = registration_train_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed,
                                          base=base)  # fmt: skip
     asked = {**(load_overrides_file(config) if config is not None else {}), **(overrides or {})}
@@ -323,6 +332,7 @@ def train_registration_run(
 def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     """Train a learned registration model; writes checkpoints, logs, run.json and summary.json (and config.json
     when the request carries its settings: see :func:`train_registration_run`, which checks them first)."""
+    check_run_folder(request.out, request.dataset, request.segmentation_run)
     spec = load_dataset(request.dataset)
     spec = spec if spec.labels else infer_labels(spec)
     split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed,
