@@ -1,10 +1,11 @@
 """Two segmorph processes at once: do they share the machine or collapse each other?
 
-Two workloads run (a) each alone, one after the other, and (b) both at once as two processes, under two
+Two workloads run (a) each alone, one after the other, and (b) both at once as two processes, under
 thread policies side by side:
 
-* ``current``: what ``segmorph`` does now (:mod:`segmorph.threads`): ``OMP_WAIT_POLICY=PASSIVE`` unless set,
-  threads = the physical cores the process may use;
+* ``current``: what ``segmorph`` does now (:mod:`segmorph.threads`): idle OpenMP workers spin briefly
+  (``GOMP_SPINCOUNT``) then sleep (``OMP_WAIT_POLICY=PASSIVE``), threads = the physical cores the process may use;
+* ``passive``: the same threads, idle workers sleeping at once (``OMP_WAIT_POLICY=PASSIVE`` alone);
 * ``old``: the previous default: torch's own thread count and OpenMP's own wait policy (idle workers spin
   for a while), obtained by loading torch before segmorph sets the policy.
 
@@ -63,13 +64,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", type=int, default=30, help="hippocampus pairs registered (default 30)")
     parser.add_argument("--workloads", nargs=2, default=["classify", "train"],
                         choices=["classify", "train", "register"], help="the two workloads (default classify train)")
-    parser.add_argument("--policies", nargs="+", default=["current", "old"], choices=["current", "old"])
+    parser.add_argument("--policies", nargs="+", default=["current", "old"], choices=["current", "passive", "old"])
     return parser.parse_args()
 
 
 def environment() -> dict[str, str]:
     """This source tree first on the path; no thread settings inherited from the caller."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    dropped = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO / "src"), os.environ.get("PYTHONPATH", "")) if p)
     return env
 
@@ -145,7 +147,8 @@ def fresh_outputs(workload: Workload) -> None:
 
 def start(workload: Workload, policy: str) -> tuple[subprocess.Popen, float]:
     fresh_outputs(workload)
-    process = subprocess.Popen(command(workload.argv, policy), env=environment(), stdout=subprocess.DEVNULL,
+    env = {**environment(), **({"OMP_WAIT_POLICY": "PASSIVE"} if policy == "passive" else {})}
+    process = subprocess.Popen(command(workload.argv, policy), env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)  # fmt: skip
     return process, time.perf_counter()
 

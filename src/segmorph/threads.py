@@ -5,10 +5,13 @@ Two segmorph processes on one machine must share it rather than fight over it. T
 * **The OpenMP wait policy.** By default an OpenMP worker that runs out of work spins on its core for a
   while before it sleeps, so that the next parallel region starts at once. Alone, that saves a little;
   beside another busy process, the spinning workers burn the time slices the other process needs, and both
-  slow down many times over. :func:`prefer_passive_waiting` sets ``OMP_WAIT_POLICY=PASSIVE`` (idle workers
-  sleep) unless the user set a policy. The OpenMP runtime reads it once, when torch loads it, so
-  ``segmorph/__init__.py`` calls it before anything imports torch: the command line and the Python API
-  (``import segmorph``) both get it.
+  slow down many times over; an idle worker that sleeps at once instead makes every parallel region wait for
+  a wake-up, which on a virtual machine costs a single process much of its speed. :func:`prefer_passive_waiting`
+  takes the middle: idle workers spin briefly (``GOMP_SPINCOUNT`` :data:`SPIN_COUNT`, a few microseconds,
+  enough to bridge back-to-back parallel regions) and then sleep (``OMP_WAIT_POLICY=PASSIVE``), unless the user
+  set either variable. The OpenMP runtime reads them once, when torch loads it, so ``segmorph/__init__.py``
+  calls it before anything imports torch: the command line and the Python API (``import segmorph``) both get
+  it. ``benchmarks/overload.py`` measures the policies against each other.
 * **The number of threads.** :func:`default_threads` is the number of physical cores this process may run on
   (its CPU affinity and its cgroup CPU quota count too), never the machine's logical CPUs; ``--threads N``
   (:func:`set_threads`) chooses another number.
@@ -27,16 +30,27 @@ import os
 from pathlib import Path
 
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
+SPIN_COUNT_VARIABLE = "GOMP_SPINCOUNT"
+# Spins of an idle worker before it sleeps. GNU OpenMP's own default is 300,000 (a full time slice's worth
+# when two processes share the cores); 0 (passive) makes every parallel region wait for a wake-up. A few
+# thousand keeps a lone process close to its spinning speed and two processes close to a fair share
+# (benchmarks/RESULTS.md, "Two processes at once").
+SPIN_COUNT = 3000
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")
 
 
 def prefer_passive_waiting() -> None:
-    """Set ``OMP_WAIT_POLICY=PASSIVE`` in this process's environment unless a policy is set already.
+    """Set ``OMP_WAIT_POLICY=PASSIVE`` and ``GOMP_SPINCOUNT`` (:data:`SPIN_COUNT`) in this process's environment
+    unless the user set either.
 
-    Takes effect only when it runs before the OpenMP runtime starts (before torch is imported); child
-    processes inherit it in any case.
+    ``GOMP_SPINCOUNT`` is GNU OpenMP's (the runtime of PyPI's torch on Linux); an explicit spin count takes
+    precedence over the passive policy's zero there. Takes effect only when it runs before the OpenMP runtime
+    starts (before torch is imported); child processes inherit it in any case.
     """
-    os.environ.setdefault(WAIT_POLICY_VARIABLE, "PASSIVE")
+    if WAIT_POLICY_VARIABLE in os.environ or SPIN_COUNT_VARIABLE in os.environ:
+        return
+    os.environ[WAIT_POLICY_VARIABLE] = "PASSIVE"
+    os.environ[SPIN_COUNT_VARIABLE] = str(SPIN_COUNT)
 
 
 def usable_cpus() -> list[int]:

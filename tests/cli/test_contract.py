@@ -34,7 +34,7 @@ ESCAPED = "scan\\n\\x1b[2J\\x1b]0;owned\\x07\\r\\t\\x7f\\x9b.nii.gz"
 
 def _environment(**extra: str) -> dict[str, str]:
     path = os.pathsep.join(p for p in (str(SRC), os.environ.get("PYTHONPATH", "")) if p)
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "OMP_NUM_THREADS")}
     return {**env, "PYTHONPATH": path, **extra}
 
 
@@ -132,9 +132,10 @@ def test_default_threads_follow_the_cpus_the_process_may_use(tmp_path):
     assert result.stdout.split()[-2:] == ["0", "1"], result.stderr
 
 
-@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+@pytest.mark.parametrize(("given", "expected"), [(None, ("PASSIVE", "3000")), ("ACTIVE", ("ACTIVE", None))])
 def test_openmp_wait_policy_is_set_before_torch_is_imported(given, expected):
-    """The OpenMP runtime reads OMP_WAIT_POLICY once, when torch loads it: record it at that moment."""
+    """The OpenMP runtime reads OMP_WAIT_POLICY and GOMP_SPINCOUNT once, when torch loads it: record them at that
+    moment. A policy the user set is kept, and then no spin count is added."""
     result = _python(
         """
         import importlib.abc, os, sys
@@ -143,7 +144,7 @@ def test_openmp_wait_policy_is_set_before_torch_is_imported(given, expected):
         class Watch(importlib.abc.MetaPathFinder):
             def find_spec(self, name, path, target=None):
                 if name == "torch" and not seen:
-                    seen.append(os.environ.get("OMP_WAIT_POLICY"))
+                    seen.append((os.environ.get("OMP_WAIT_POLICY"), os.environ.get("GOMP_SPINCOUNT")))
                 return None
 
         sys.meta_path.insert(0, Watch())
