@@ -1,7 +1,7 @@
 """Malformed-input cases: hostile image files: degenerate geometry, lying gzip streams, memory bombs, odd pixel types, odd paths (classes 2, 3, 6).
 
 Each case is a :class:`malformed.BadInput`; :func:`malformed.corpus` gathers ``CASES``. Every file stays a few
-KB: a memory bomb here is a header declaring more than any default voxel budget (``segmorph.io.MAX_VOXELS``)
+KB: a memory bomb here is a header declaring more than any default voxel budget (``segmorph.readchecks.MAX_VOXELS``)
 or more than its file can hold; the real 1 MB bombs run in tests/test_memory_bomb.py.
 """
 

@@ -127,16 +127,16 @@ def test_voxel_budget_covers_nifti_headers_and_dicom_series(tmp_path, monkeypatc
 
 
 def test_default_budget_follows_the_memory_the_process_may_use(monkeypatch):
-    from segmorph import io
+    from segmorph import readchecks
 
     monkeypatch.delenv("SEGMORPH_MAX_VOXELS", raising=False)
-    monkeypatch.setattr(io, "usable_memory_bytes", lambda: 32 * 1000)
-    assert io.max_voxels() == 1000
-    io.check_voxel_budget(1000, "patch", "plan.json")
+    monkeypatch.setattr(readchecks, "usable_memory_bytes", lambda: 32 * 1000)
+    assert readchecks.max_voxels() == 1000
+    readchecks.check_voxel_budget(1000, "patch", "plan.json")
     with pytest.raises(SegmorphError, match=r"plan.json: patch \(1,001 values\) is too large to load"):
-        io.check_voxel_budget(1001, "patch", "plan.json")
+        readchecks.check_voxel_budget(1001, "patch", "plan.json")
     with pytest.raises(SegmorphError, match="too large to load"):
-        io.check_voxel_budget(float("inf"), "patch", "plan.json")
+        readchecks.check_voxel_budget(float("inf"), "patch", "plan.json")
 
 
 @pytest.mark.parametrize(
@@ -152,7 +152,7 @@ def test_default_budget_follows_the_memory_the_process_may_use(monkeypatch):
     ],
 )
 def test_degenerate_geometry_is_refused(spacing, origin, direction, problem):
-    from segmorph.io import check_geometry
+    from segmorph.readchecks import check_geometry
 
     with pytest.raises(SegmorphError, match=f"x.nrrd: degenerate geometry: .*{problem}"):
         check_geometry(spacing, origin, np.asarray(direction).ravel(), "x.nrrd")

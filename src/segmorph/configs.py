@@ -332,9 +332,9 @@ def check(condition: bool, message: str) -> None:
 
 def check_allocation(values: float, message: str) -> None:
     """Raise ``ValueError`` when an allocation of ``values`` numbers a setting asks for (a patch times its batch)
-    exceeds the voxel budget (:func:`segmorph.io.max_voxels`); ``message`` starts with the field's name, as for
+    exceeds the voxel budget (:func:`segmorph.readchecks.max_voxels`); ``message`` starts with the field's name, as for
     :func:`check`."""
-    from segmorph.io import MAX_VOXELS_ENV, max_voxels
+    from segmorph.readchecks import MAX_VOXELS_ENV, max_voxels
 
     budget = max_voxels()
     check(values <= budget, f"{message} ({values:,.0f} values) exceeds the memory budget of {budget:,} values "

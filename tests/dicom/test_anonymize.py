@@ -26,12 +26,11 @@ from malformed_dicom import element, item, nested_sequences, sequence, tiny_dico
 from segmorph.cli.main import build_parser
 from segmorph.dicom import structure
 from segmorph.dicom.anonymize import (
-    ACTIONS,
-    PROFILE,
     AnonymizeOptions,
     anonymize_file,
     anonymize_folder,
 )
+from segmorph.dicom.profile import ACTIONS, PROFILE
 from segmorph.errors import SegmorphError
 
 # Bundled with pydicom (no download): private tags, overlays, curves/waveforms, SR and SEG sequences, RT.

@@ -26,12 +26,12 @@ from segmorph.geometry import Affine
 from segmorph.image import Image, grids_match
 from segmorph.io import (
     atomic_write_text,
-    check_voxel_budget,
     read_affine_transform,
     read_image,
     write_affine_transform,
     write_image,
 )
+from segmorph.readchecks import check_voxel_budget
 from segmorph.records import read_json
 from segmorph.registration import spatial
 

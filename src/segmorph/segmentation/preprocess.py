@@ -35,7 +35,8 @@ from scipy import ndimage
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, Sample
-from segmorph.io import atomic_write_bytes, check_voxel_budget
+from segmorph.io import atomic_write_bytes
+from segmorph.readchecks import check_voxel_budget
 from segmorph.segmentation.datasets import CaseFiles, DatasetSpec, load_sample
 
 NORMALIZATIONS = ("zscore", "ct", "rgb", "none")
