@@ -359,11 +359,14 @@ def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: in
     return train, [c for i, c in enumerate(ids) if i in val_index]
 
 
-def split_from_list(case_ids: Sequence[str], val_ids: Iterable[str]) -> tuple[list[str], list[str]]:
-    """Split with an explicit validation list; every validation id must be a known case."""
+def split_from_list(
+    case_ids: Sequence[str], val_ids: Iterable[str], dataset: str | Path | None = None
+) -> tuple[list[str], list[str]]:
+    """Split with an explicit validation list; every validation id must be a known case of ``dataset``
+    (the folder the error names)."""
     ids = sorted(set(case_ids))
     val = set(val_ids)
     unknown = sorted(val - set(ids))
     if unknown:
-        raise SegmorphError(f"validation ids not in the dataset: {', '.join(unknown[:10])}")
+        raise SegmorphError(f"validation ids not in the dataset: {', '.join(unknown[:10])}", dataset)
     return [c for c in ids if c not in val], sorted(val)

@@ -145,7 +145,7 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
 
 def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
     if request.val_cases:
-        return split_from_list(spec.case_ids, request.val_cases)
+        return split_from_list(spec.case_ids, request.val_cases, request.dataset)
     return split_cases(spec.case_ids, request.fold, request.num_folds, request.seed)
 
 

@@ -65,6 +65,7 @@ class LearnedRegistration:
         self.network = network.to(self.device).eval()
         self.config = config
         self.prior = prior
+        self.source: Path | None = None  # the checkpoint it was loaded from, named in its errors
         if config.prior_classes and prior is None:
             raise ValueError("prior: this model needs its segmentation prior")
 
@@ -87,7 +88,9 @@ class LearnedRegistration:
             from segmorph.registration.learned.prior import PRIOR_FOLDER, SegmentationPrior
 
             prior = SegmentationPrior(run_dir / PRIOR_FOLDER, device)
-        return cls(network, config, device, prior)
+        model = cls(network, config, device, prior)
+        model.source = path
+        return model
 
     def prealign(self, fixed: Image, moving: Image, kind: str | None = None,
                  maps: PriorMaps | None = None) -> np.ndarray:  # fmt: skip
@@ -193,7 +196,8 @@ class LearnedRegistration:
                 (see :meth:`guided_by`); other models ignore them.
         """
         if fixed.ndim != self.network.config["ndim"]:
-            raise SegmorphError(f"the model registers {self.network.config['ndim']}D images, got {fixed.ndim}D")
+            raise SegmorphError(f"the model registers {self.network.config['ndim']}D images, got {fixed.ndim}D",
+                                self.source)  # fmt: skip
         maps = self.prior_maps(fixed, moving)
         matrix = self.prealign(fixed, moving, prealign, maps) if matrix is None else matrix
         shift = _voxel_shift(matrix, fixed, moving)
