@@ -32,8 +32,10 @@ LAYOUT = {
     "interpret": ["gradcam", "explain"],
     "dicom": ["anonymize"],
     "report": [],
+    "qc": ["quality"],
+    "processing": ["filters", "steps", "files"],
     "cli": ["main", "arguments", "segmentation", "registration", "classification", "dicom", "report", "interpret",
-            "info"],
+            "info", "quality", "processing"],
 }  # fmt: skip
 
 

@@ -38,10 +38,13 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "Sample": ("segmorph.image", "Sample"),
     "Affine": ("segmorph.geometry", "Affine"),
     "SegmorphError": ("segmorph.errors", "SegmorphError"),
+    "check_dataset": ("segmorph.qc.quality", "check_dataset"),
+    "enhance": ("segmorph.processing.steps", "enhance"),
 }
 
 __all__ = [
-    "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "evaluate", "plan",
+    "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "check_dataset", "enhance",
+    "evaluate", "plan",
     "read_image", "register", "train", "train_classifier", "train_registration", "write_image",
 ]  # fmt: skip
 
@@ -51,6 +54,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names come f
     from segmorph.geometry import Affine
     from segmorph.image import Image, Sample
     from segmorph.io import read_image, write_image
+    from segmorph.processing.steps import enhance
+    from segmorph.qc.quality import check_dataset
     from segmorph.registration.api import register
     from segmorph.registration.learned.training import train_registration_run as train_registration
     from segmorph.registration.transform import Transform

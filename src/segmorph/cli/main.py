@@ -17,12 +17,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from segmorph.cli import classification, dicom, info, interpret, registration, report, segmentation
+from segmorph.cli import classification, dicom, info, interpret, processing, quality, registration, report, segmentation
 from segmorph.cli.arguments import printable
 from segmorph.errors import SegmorphError
 from segmorph.threads import set_threads
 
-CAPABILITIES = (segmentation, info, registration, dicom, classification, report, interpret)
+CAPABILITIES = (segmentation, info, registration, dicom, classification, report, interpret, quality, processing)
 
 
 def build_parser() -> argparse.ArgumentParser:
