@@ -39,7 +39,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path, checkpoint: str =
     check_outputs([Path(out)], inputs=[run_dir])
     predictor = Predictor(run_dir, "cpu", PredictOptions(checkpoint=checkpoint))
     plan = predictor.plan
-    shape = (1, len(plan.channel_names), *plan.train.patch_size)
+    shape = (1, plan.network_channels, *plan.train.patch_size)
     return export_model(predictor.model, shape, fmt, out), shape
 
 

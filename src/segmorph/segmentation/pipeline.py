@@ -183,7 +183,7 @@ def _write_provenance(
     facts = {
         "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
         "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
-        "train_cases": train_ids, "val_cases": val_ids,
+        "train_cases": train_ids, "val_cases": val_ids, "preprocess_steps": list(plan.preprocess.steps),
     }  # fmt: skip
     record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):

@@ -26,7 +26,7 @@ from segmorph.io import atomic_write_text
 from segmorph.nn.registry import change_network_config, check_network_config, network_names
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec
-from segmorph.segmentation.preprocess import PreprocessConfig
+from segmorph.segmentation.preprocess import PreprocessConfig, channels_after_steps
 
 # Patch voxel budgets: what one step can afford. The CPU budgets were sized on a 2-core CPU with bf16
 # autocast; a CPU without fast bf16 trains in float32 and takes several times longer per patch (step times
@@ -44,9 +44,9 @@ class Plan:
     Attributes:
         ndim: 2 or 3 spatial dimensions of the network.
         labels: Label value -> name (0 = background).
-        channel_names: Names of the input channels.
+        channel_names: Names of the scan's channels (before ``preprocess.steps``).
         modalities: Modality per channel (CT, MRI, rgb, other).
-        preprocess: Crop, resampling and normalisation.
+        preprocess: Enhance steps, crop, resampling and normalisation (per channel the steps give).
         network: Constructor arguments of the network (``{"name": "unet", ...}``).
         train: Training settings.
         median_shape: Median preprocessed case shape in voxels (informative).
@@ -78,6 +78,21 @@ class Plan:
             )
         if len(self.train.patch_size) != self.ndim:
             raise SegmorphError(f"train.patch_size {list(self.train.patch_size)} must have {self.ndim} values")
+        try:
+            channels = self.network_channels
+        except SegmorphError as err:
+            raise SegmorphError(f"plan: preprocess.steps: {err.problem}") from None
+        if len(self.preprocess.normalization) != channels:
+            raise SegmorphError(f"plan: preprocess.normalization has {len(self.preprocess.normalization)} entries for "
+                                f"{channels} channel(s) (the scan's {len(self.channel_names)} after preprocess.steps)")  # fmt: skip
+        if self.network.get("in_channels", channels) != channels:
+            raise SegmorphError(f"plan: network.in_channels is {self.network['in_channels']}, the channel(s) after "
+                                f"preprocess.steps are {channels}")  # fmt: skip
+
+    @property
+    def network_channels(self) -> int:
+        """Channels the network takes: the scan's channels after ``preprocess.steps`` (``channel:green`` -> 1)."""
+        return len(channels_after_steps(self.preprocess.steps, len(self.channel_names)))
 
     @property
     def num_classes(self) -> int:
@@ -243,6 +258,7 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
     Raises:
         SegmorphError: Unknown key, wrong type, or a value the plan or its network refuses.
     """
+    overrides = _with_channels_of_steps(plan, overrides)
     network = {k.partition(".")[2]: v for k, v in overrides.items() if k.startswith("network.")}
     rest = {k: v for k, v in overrides.items() if not k.startswith("network.")}
     if network:
@@ -256,6 +272,37 @@ def apply_overrides(plan: Plan, overrides: dict[str, Any]) -> Plan:
         except ValueError as err:
             raise SegmorphError(network_error(err)) from None
     return apply_config_overrides(plan, rest, "plan")
+
+
+def _with_channels_of_steps(plan: Plan, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` plus the per-channel settings a change of ``preprocess.steps`` implies.
+
+    A ``channel`` step (``channel:green``) leaves fewer channels: the plan's normalisation and CT statistics
+    keep the entries of the channels left, and ``network.in_channels`` their count (unless set too).
+    """
+    steps = overrides.get("preprocess.steps")
+    if not isinstance(steps, (list, tuple)) or not all(isinstance(s, str) for s in steps):
+        return overrides  # not changed, or of a type the config refuses in one line itself
+    try:
+        before = channels_after_steps(plan.preprocess.steps, len(plan.channel_names))
+        after = channels_after_steps(steps, len(plan.channel_names))
+    except SegmorphError as err:
+        raise SegmorphError(f"plan: preprocess.steps: {err.problem}") from None
+    if after == before:
+        return overrides
+    position = {channel: i for i, channel in enumerate(before)}
+    if not set(after) <= set(position):
+        raise SegmorphError(f"plan: preprocess.steps: the plan's current steps leave channels {list(before)}; "
+                            f"cannot bring back channels {sorted(set(after) - set(position))}")  # fmt: skip
+    config = plan.preprocess
+    derived = {"preprocess.normalization": [config.normalization[position[c]] for c in after],
+               "network.in_channels": len(after)}  # fmt: skip
+    if config.ct_stats is not None:
+        derived["preprocess.ct_stats"] = [config.ct_stats[position[c]] if position[c] < len(config.ct_stats) else None
+                                          for c in after]  # fmt: skip
+    if "in_channels" not in plan.network:
+        del derived["network.in_channels"]
+    return {**derived, **overrides}
 
 
 def with_budget(plan: Plan, time_budget_s: float | None = None, max_steps: int | None = None) -> Plan:

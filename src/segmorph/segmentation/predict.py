@@ -58,7 +58,7 @@ class Predictor:
         self.options = options
         checkpoint = self.run_dir / f"checkpoint_{options.checkpoint}.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
-        check_network_fits(config, {"ndim": self.plan.ndim, "in_channels": len(self.plan.channel_names),
+        check_network_fits(config, {"ndim": self.plan.ndim, "in_channels": self.plan.network_channels,
                                     "num_classes": self.plan.num_classes}, checkpoint)  # fmt: skip
         with model_from_checkpoint(checkpoint):
             self.model = build_network(config["network"], deep_supervision=False)

@@ -1,6 +1,8 @@
 """Preprocessing that records how to undo itself (crop, normalise, resample), as in nnU-Net.
 
-Steps of :func:`preprocess_sample`, in nnU-Net's order:
+Steps of :func:`preprocess_sample`, in nnU-Net's order, after the plan's enhance steps
+(``PreprocessConfig.steps``, see :mod:`segmorph.processing.steps`), which run first on the case in its
+original geometry, so training, prediction, explanation and the prior all see the same enhanced image:
 
 1. **Crop** (``crop_to_nonzero``) to the bounding box of voxels where any channel is non-zero; label
    voxels outside the box are dropped (the undo fills them with background).
@@ -36,6 +38,7 @@ from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, Sample
 from segmorph.io import atomic_write_bytes
+from segmorph.processing.steps import enhance, parse_steps
 from segmorph.readchecks import check_voxel_budget
 from segmorph.segmentation.datasets import CaseFiles, DatasetSpec, load_sample
 
@@ -147,6 +150,9 @@ class PreprocessConfig:
         image_order: Spline order for images when resampling (1 linear, 3 cubic); labels are nearest.
         ct_stats: Per channel, a dict with ``mean``, ``std``, ``percentile_00_5``, ``percentile_99_5``
             (an entry of ``fingerprint(...)["intensity"]`` fits) for ``"ct"`` channels, None elsewhere.
+        steps: Enhance steps (``("channel:green", "clahe")``, ``("n4",)``; see :mod:`segmorph.processing.steps`)
+            applied to each case in its original geometry before cropping; ``normalization`` and ``ct_stats``
+            describe the channels the steps give (``channel:green`` leaves one). Empty: none (older plans).
     """
 
     target_spacing: tuple[float, ...] | None
@@ -154,8 +160,16 @@ class PreprocessConfig:
     crop_to_nonzero: bool = False
     image_order: int = 3
     ct_stats: tuple[dict[str, float] | None, ...] | None = None
+    steps: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.steps, (list, tuple)) or not all(isinstance(step, str) for step in self.steps):
+            raise ValueError(f"steps: expected a list of step texts such as ['channel:green', 'clahe'], got {self.steps!r}")
+        object.__setattr__(self, "steps", tuple(step.strip() for step in self.steps))
+        try:
+            parse_steps(list(self.steps))
+        except SegmorphError as err:
+            raise ValueError(f"steps: {err.problem}") from None
         if self.target_spacing is not None:
             spacing = tuple(float(s) for s in self.target_spacing)
             if len(spacing) not in (2, 3) or not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
@@ -181,6 +195,7 @@ class PreprocessConfig:
         values["target_spacing"] = None if self.target_spacing is None else list(self.target_spacing)
         values["normalization"] = list(self.normalization)
         values["ct_stats"] = None if self.ct_stats is None else list(self.ct_stats)
+        values["steps"] = list(self.steps)
         return values
 
     @classmethod
@@ -242,6 +257,31 @@ class UndoRecord:
         )
 
 
+def channels_after_steps(steps: Sequence[str], channels: int) -> tuple[int, ...]:
+    """Which input channels the enhance ``steps`` leave, in order (``channel:green`` on 3 channels -> ``(1,)``).
+
+    Args:
+        steps: Step texts (see :mod:`segmorph.processing.steps`); only ``channel`` changes the channel count.
+        channels: Number of channels of the case before the steps.
+
+    Returns:
+        0-based indices into the case's channels, one per channel after the steps.
+
+    Raises:
+        SegmorphError: A bad step, or a ``channel`` step asking for a channel the image does not have.
+    """
+    kept = tuple(range(channels))
+    for step in parse_steps(list(steps)):
+        if step.name == "channel":
+            argument = step.text.partition(":")[2].strip().lower()
+            index = {"red": 0, "green": 1, "blue": 2}.get(argument)
+            index = int(argument) if index is None else index
+            if index >= len(kept):
+                raise SegmorphError(f"step {step.text!r}: channel {index} asked of an image with {len(kept)} channel(s)")
+            kept = (kept[index],)
+    return kept
+
+
 def nonzero_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Bounding box ``(start, stop)`` of voxels where any channel of ``(C, *S)`` is non-zero (whole grid if none)."""
     mask = (image != 0).any(axis=0)
@@ -252,14 +292,23 @@ def nonzero_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample, UndoRecord]:
-    """Crop, normalise and resample one case (label optional).
+    """Enhance (``config.steps``), crop, normalise and resample one case (label optional).
+
+    The steps run first, on the image in its original geometry (the label is not touched); the
+    :class:`UndoRecord` refers to that original grid, which the steps keep.
 
     Returns:
         The preprocessed Sample (image ``(C, *S_pre)`` float32 with its new geometry, label ``(1, *S_pre)``
         int64 or None) and the :class:`UndoRecord` that maps results back to the original grid.
     """
-    image, affine = np.asarray(sample.image.numpy(), dtype=np.float32), sample.image.affine  # no copy: never written
     where = (sample.meta.get("image_paths") or [None])[0]
+    source = sample.image
+    if config.steps:
+        try:
+            source = enhance(source, list(config.steps))
+        except SegmorphError as err:
+            raise SegmorphError(f"case {sample.case_id}: preprocess.steps: {err.problem}", err.path or where) from None
+    image, affine = np.asarray(source.numpy(), dtype=np.float32), sample.image.affine  # no copy: never written
     if len(config.normalization) != image.shape[0]:
         raise SegmorphError(f"config has {len(config.normalization)} normalization entries, case "
                             f"{sample.case_id} has {image.shape[0]} channels", where)
@@ -457,7 +506,10 @@ def labels_to_original(scores: torch.Tensor, record: UndoRecord) -> Image:
 
 def cache_key(case: CaseFiles, config: PreprocessConfig) -> str:
     """Hash of the config and the case's source files (path, mtime, size): a change re-runs the case."""
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "config": config.to_dict()}, sort_keys=True).encode())
+    values = config.to_dict()
+    if not values["steps"]:
+        del values["steps"]  # caches made before steps existed stay valid
+    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "config": values}, sort_keys=True).encode())
     for path in (*case.images, case.label):
         if path is not None:
             stat = Path(path).stat()

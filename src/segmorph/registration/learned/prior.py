@@ -3,7 +3,8 @@
 A registration network that also sees where the structures are learns to align them far faster
 than one that must discover them from intensities. The prior runs the segmentation run's network
 once over a whole volume (no sliding window, no mirroring: registration grids are small), after
-the run's own intensity normalisation restricted to non-zero voxels, so zero padding around a
+the run's enhance steps (``preprocess.steps``, on the whole volume as its preprocessing applies them) and
+its own intensity normalisation restricted to non-zero voxels, so zero padding around a
 cropped scan does not shift the statistics. The volume is resampled to the run's target spacing as
 its preprocessing does, and the probabilities back as its predictor does: a run planned at a coarse
 spacing (``segmorph train --spacing 2``) makes a prior several times cheaper, and the registration
@@ -26,6 +27,7 @@ from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network
+from segmorph.processing.steps import enhance
 from segmorph.registration.classical import weighted_centre
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.preprocess import linear_resample, normalize, resample_array, resampled_shape
@@ -65,6 +67,14 @@ class SegmentationPrior:
         mask = array[0] != 0
         return torch.from_numpy(normalize(array, self.plan.preprocess, mask if mask.any() else None))
 
+    def enhanced(self, volume: torch.Tensor, spacing: Sequence[float]) -> torch.Tensor:
+        """The run's enhance steps (``plan.preprocess.steps``) applied to one ``(1, *S)`` volume of voxel size
+        ``spacing`` (mm per array axis); the volume itself when the plan has none."""
+        if not self.plan.preprocess.steps:
+            return volume
+        image = Image(volume.detach().cpu().float(), Affine.from_geometry([float(s) for s in spacing]))
+        return enhance(image, list(self.plan.preprocess.steps)).data
+
     @torch.inference_mode()
     def probabilities(self, volumes: torch.Tensor, spacing: Sequence[float], margin: int = 1) -> torch.Tensor:
         """Softmax probabilities ``(B, K, *S)`` for volumes ``(B, 1, *S)`` of voxel size ``spacing`` (mm).
@@ -72,7 +82,7 @@ class SegmentationPrior:
         Only the box holding every volume's non-zero voxels (plus ``margin``) goes through the
         network, resampled to the run's target spacing; outside it the probabilities say background.
         """
-        batch = torch.stack([self.normalise(v) for v in volumes])
+        batch = torch.stack([self.normalise(self.enhanced(v, spacing)) for v in volumes])
         box = content_box(volumes, margin)
         out = torch.zeros(batch.shape[0], self.num_classes, *batch.shape[2:])
         out[:, 0] = 1.0
