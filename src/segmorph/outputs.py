@@ -89,7 +89,7 @@ def check_outputs(
         SegmorphError: Naming the output, and the input it would overwrite or the output it collides with.
     """
     planned = [o if isinstance(o, Output) else Output.file(o) for o in outputs]
-    readers = [_input(Path(p)) for p in inputs if p is not None]
+    readers = _Readers([_input(Path(p)) for p in inputs if p is not None])
     own = [os.path.realpath(o.path) for o in planned if o.kind == "folder"]
     seen: dict[str, Output] = {}
     probed: set[str] = set()
@@ -135,11 +135,35 @@ def _own_output(real: str, folder: str, own: list[str]) -> bool:
     return any(_inside(real, out) and out != folder and _inside(out, folder) for out in own)
 
 
-def _check_against_inputs(output: Output, real: str, readers: list[_Input], own: list[str]) -> None:
+class _Readers:
+    """The inputs, sorted once and indexed, so that checking many outputs against many inputs stays linear:
+    an output file is looked up among the input files by real path and inode, and compared one by one only
+    with the input folders (few)."""
+
+    def __init__(self, readers: list[_Input]) -> None:
+        self.all = readers
+        self.folders_first = sorted(readers, key=lambda r: not r.is_dir)
+        self.files_first = sorted(readers, key=lambda r: r.is_dir)
+        files = [r for r in readers if not r.is_dir]
+        self.folders = [r for r in readers if r.is_dir]
+        self.by_real = {r.real: r for r in reversed(files)}  # the first of equal entries wins, as in a scan
+        self.by_inode = {(r.stat.st_dev, r.stat.st_ino): r for r in reversed(files) if r.stat is not None}
+
+    def candidates(self, output: Output, real: str, stat: os.stat_result | None) -> list[_Input]:
+        """The inputs :func:`_check_against_inputs` must look at, in the order it reports them: an output file
+        that is an input file is named as such (input files first), an output folder that is an input folder
+        as such (input folders first), rather than as the folder that holds them."""
+        if output.kind == "folder":
+            return self.folders_first
+        if output.kind == "tree":
+            return self.files_first
+        found = self.by_real.get(real) or (self.by_inode.get((stat.st_dev, stat.st_ino)) if stat else None)
+        return ([found] if found else []) + self.folders
+
+
+def _check_against_inputs(output: Output, real: str, readers: _Readers, own: list[str]) -> None:
     stat = _stat(output.path)
-    # an output file that is an input file is named as such (input files first), an output folder that is an
-    # input folder as such (input folders first), rather than as the folder that holds them
-    for source in sorted(readers, key=lambda r: r.is_dir != (output.kind == "folder")):
+    for source in readers.candidates(output, real, stat):
         same = real == source.real or (
             stat is not None and source.stat is not None and (stat.st_dev, stat.st_ino) == (source.stat.st_dev, source.stat.st_ino)
         )  # fmt: skip
@@ -155,15 +179,13 @@ def _check_against_inputs(output: Output, real: str, readers: list[_Input], own:
                 and not _own_output(real, source.real, own)):
             raise SegmorphError(f"output would overwrite a file of the input folder {source.path}", output.path)
     if stat is not None and output.kind == "file" and stat.st_nlink > 1:
-        _check_hard_links(output, real, stat, readers)
+        _check_hard_links(output, real, stat, readers.folders)
 
 
-def _check_hard_links(output: Output, real: str, stat: os.stat_result, readers: list[_Input]) -> None:
+def _check_hard_links(output: Output, real: str, stat: os.stat_result, folders: list[_Input]) -> None:
     """An existing output with several names may be a hard link to a file inside an input folder."""
     key = (stat.st_dev, stat.st_ino)
-    for source in readers:
-        if not source.is_dir:
-            continue
+    for source in folders:
         for folder, _, names in os.walk(source.path):
             for name in names:
                 found = _stat(Path(folder) / name)

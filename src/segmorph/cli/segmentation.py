@@ -173,18 +173,17 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from segmorph.segmentation.api import Segmenter
-    from segmorph.segmentation.predict import predict_files, prediction_targets
+    from segmorph.segmentation.predict import PredictOptions, predict_files
 
-    # outputs are checked before the model loads (predict_files checks again, for its other callers)
-    prediction_targets(args.run, args.scans, args.out, args.suffix, args.overlays, args.probabilities)
-    segmenter = Segmenter(
-        args.run, args.device, checkpoint=args.checkpoint, mirror=not args.no_mirror, overlap=args.overlap,
-        largest_component=args.largest_component, amp=args.amp, compile=args.compile, batch_size=args.batch_size,
+    options = PredictOptions(
+        mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
+        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
     )  # fmt: skip
+    # predict_files checks every output before it loads the model, then segments each scan as Segmenter does
     written = predict_files(
-        segmenter.predictor, args.scans, args.out, skip_existing=args.skip_existing, overlays=args.overlays,
-        save_probabilities=args.probabilities, suffix=args.suffix, show_progress=not args.quiet,
+        args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,
+        overlays=args.overlays, save_probabilities=args.probabilities, suffix=args.suffix,
+        show_progress=not args.quiet,
     )  # fmt: skip
     say(f"wrote {len(written)} masks to {args.out}", err=True)
     return 0

@@ -278,15 +278,9 @@ class Segmenter:
         overlap: float = 0.5, largest_component: bool = False, amp: bool = False, compile: bool = False,
         batch_size: int = 4,
     ) -> None:  # fmt: skip
-        if checkpoint not in ("best", "last"):
-            raise SegmorphError(f"checkpoint: expected 'best' or 'last', got {checkpoint!r}")
-        if not 0 <= overlap < 1:
-            raise SegmorphError(f"overlap: expected a fraction in [0, 1), got {overlap}")
-        if batch_size < 1:
-            raise SegmorphError(f"batch_size: expected at least 1, got {batch_size}")
         self.run_dir = Path(run_dir)
         self.device = device
-        options = PredictOptions(
+        options = PredictOptions(  # checks its own values
             mirror=mirror, overlap=overlap, batch_size=batch_size, largest_component=largest_component, amp=amp,
             checkpoint=checkpoint, compile=compile,
         )  # fmt: skip

@@ -47,6 +47,14 @@ class PredictOptions:
     checkpoint: str = "best"
     compile: bool = False
 
+    def __post_init__(self) -> None:
+        if self.checkpoint not in ("best", "last"):
+            raise SegmorphError(f"checkpoint: expected 'best' or 'last', got {self.checkpoint!r}")
+        if not 0 <= self.overlap < 1:
+            raise SegmorphError(f"overlap: expected a fraction in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise SegmorphError(f"batch_size: expected at least 1, got {self.batch_size}")
+
 
 class Predictor:
     """Segment scans with the model saved in a run folder (plan.json + checkpoint)."""
