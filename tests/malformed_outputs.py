@@ -126,7 +126,7 @@ def predict_out_in_a_read_only_folder(tmp: Path, run: Path | None) -> Prepared:
 
 def baseline_into_input_folder(tmp: Path, run: Path | None) -> Prepared:
     scans = _scans(tmp / "scans", "a.nii.gz", "b.nii.gz")
-    return Prepared(["baseline", str(scans), "--out", str(scans)], "a.nii.gz")
+    return Prepared(["baseline", str(scans), "--out", str(scans)], "scans")
 
 
 def baseline_two_scans_one_case_name(tmp: Path, run: Path | None) -> Prepared:
@@ -300,7 +300,7 @@ CASES: tuple[BadInput, ...] = (
     BadInput("out_predict_out_symlinked_to_input_folder", predict_out_symlinked_to_the_input_folder, IS_INPUT_FOLDER),
     BadInput("out_predict_read_only_folder", predict_out_in_a_read_only_folder, "permission denied",
              skip_reason=_reads_despite_chmod),  # fmt: skip
-    BadInput("out_baseline_into_input_folder", baseline_into_input_folder, HOLDS_INPUT),
+    BadInput("out_baseline_into_input_folder", baseline_into_input_folder, IS_INPUT_FOLDER),
     BadInput("out_baseline_two_scans_one_case_name", baseline_two_scans_one_case_name, COLLIDE),
     BadInput("out_baseline_mask_hard_linked_to_input", baseline_mask_hard_linked_to_an_input, OVERWRITE),
     BadInput("out_explain_into_input_folder", explain_into_input_folder, IS_INPUT_FOLDER),

@@ -24,7 +24,7 @@ LAYOUT = {
     "engine": ["loop", "schedules", "checkpoints", "distributed", "autocast", "sliding_window"],
     "metrics": ["segmentation", "classification", "registration"],
     "segmentation": ["datasets", "preprocess", "plan", "task", "losses", "pipeline", "predict", "postprocess",
-                     "evaluate", "baselines", "export", "demo"],
+                     "evaluate", "baselines", "baseline_files", "export", "demo"],
     "registration": ["transform", "spatial", "similarity", "regularize", "classical", "pairs", "structure", "atlas",
                      "run", "pictures"],
     "registration/learned": ["config", "network", "model", "prior", "training"],

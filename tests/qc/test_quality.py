@@ -15,7 +15,14 @@ from segmorph.cli.main import main
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.io import write_image
-from segmorph.qc.quality import check_dataset, difference_hash, orientation_code, robust_z
+from segmorph.qc.quality import (
+    NEAR_BITS,
+    check_dataset,
+    difference_hash,
+    orientation_code,
+    residual_correlation,
+    robust_z,
+)
 
 SHAPE = (24, 20, 12)
 
@@ -59,11 +66,13 @@ def report(dataset):
 def test_exact_and_near_duplicates_are_found(report):
     assert report.layout == "msd"
     assert report.exact_groups == [["case_001", "case_008"]]
-    assert [(a, b) for a, b, _ in report.near_pairs] == [("case_002", "case_009")]
-    assert report.near_pairs[0][2] <= report.near_bits
+    assert [(p.case_a, p.case_b) for p in report.near_pairs] == [("case_002", "case_009")]
+    pair = report.near_pairs[0]
+    assert pair.bits <= report.near_bits and report.near_correlation <= pair.correlation <= 1
     by_id = {case.case_id: case for case in report.cases}
     assert "exact duplicate of case_008" in by_id["case_001"].flags
-    assert any(f.startswith("near-duplicate of case_002") for f in by_id["case_009"].flags)
+    assert (f"near-duplicate of case_002 ({pair.bits} hash bits differ, residual correlation {pair.correlation:.3f})"
+            in by_id["case_009"].flags)  # fmt: skip
 
 
 def test_intensity_and_label_volume_outliers_are_flagged_with_their_reason(report):
@@ -85,7 +94,8 @@ def test_geometry_and_label_columns_on_an_oblique_grid(report):
     values, counts = np.unique(label.numpy(), return_counts=True)
     assert case.label_values == tuple(int(v) for v in values) == (0, 1, 2)
     assert case.label_voxels == {1: int(counts[1]), 2: int(counts[2])}
-    np.testing.assert_allclose(case.label_volumes[1], counts[1] * 0.8 * 1.1 * 2.5, rtol=1e-6)  # float32 spacing in NIfTI
+    # float32 spacing in NIfTI
+    np.testing.assert_allclose(case.label_volumes[1], counts[1] * 0.8 * 1.1 * 2.5, rtol=1e-6)
     row = case.row()
     assert (row["shape_I"], row["shape_J"], row["shape_K"]) == ("24", "20", "12")
     assert (row["spacing_I"], row["spacing_K"], row["orientation"]) == ("0.8", "2.5", "LPS")
@@ -106,6 +116,53 @@ def test_difference_hash_ignores_brightness_and_robust_z_uses_the_mad():
     z = robust_z([1, 2, 3, 4, 100])
     assert z[2] == 0 and z[4] == pytest.approx(0.6745 * 97 / 1)
     assert np.all(robust_z([5, 5, 5, 5]) == 0)
+
+
+def _fundus_like(seed: int, size: int = 128) -> np.ndarray:
+    """A fundus-like picture: the same bright, unevenly lit disc on black for every seed, with four dark
+    lines (2 pixels wide, 30 grey levels deep) placed by the seed."""
+    rng = np.random.default_rng(seed)
+    i, j = np.mgrid[:size, :size].astype(float)
+    radius = np.hypot(i - (size - 1) / 2, j - (size - 1) / 2) / (0.45 * size)
+    image = np.where(radius < 1, 150 + 140 * (0.4 * j / size - radius**2), 0.0)
+    for _ in range(4):
+        start, end = rng.uniform(0.1 * size, 0.9 * size, (2, 2))
+        step = end - start
+        t = np.clip(((i - start[0]) * step[0] + (j - start[1]) * step[1]) / (step @ step), 0, 1)
+        on_line = np.hypot(i - start[0] - t * step[0], j - start[1] - t * step[1]) < 2.0
+        image[on_line & (radius < 1)] -= 30
+    return np.clip(np.round(image), 0, 255).astype(np.uint8)
+
+
+def test_fundus_like_pictures_are_near_duplicates_only_of_their_own_copy(tmp_path):
+    root = tmp_path / "fundus"
+    eyes = [_fundus_like(seed) for seed in range(5)]
+    for index, eye in enumerate(eyes):
+        _png(root / f"eye_{index}.png", eye)
+    # the copy of eye_0: shifted by one pixel, darker with a raised black level, saved as JPEG (quality 75)
+    copy = np.clip(np.round(0.8 * np.roll(eyes[0].astype(float), 1, axis=1) + 20), 0, 255).astype(np.uint8)
+    sitk.WriteImage(sitk.GetImageFromArray(copy), str(root / "copy.jpg"), True, 75)
+    hashes = [difference_hash(eye.T[None]) for eye in eyes]
+    hash_bits = [int(np.sum(a != b)) for k, a in enumerate(hashes) for b in hashes[k + 1 :]]
+    assert max(hash_bits) <= NEAR_BITS  # the shared disc alone makes every two eyes hash candidates
+    report = check_dataset(root, show_progress=False)
+    assert report.layout == "images" and report.exact_groups == []
+    assert [(p.case_a, p.case_b) for p in report.near_pairs] == [("copy", "eye_0")]
+    assert report.near_pairs[0].correlation > 0.95
+    assert {case.case_id for case in report.flagged} == {"copy", "eye_0"}
+
+
+def test_residual_correlation_removes_the_shared_layout():
+    rng = np.random.default_rng(3)
+    layout = np.hypot(*np.mgrid[-8:8, -8:8]) < 6  # a disc shared by every thumbnail
+    own = rng.normal(0, 0.1, (2, 16, 16))
+    a, b = layout + own[0], layout + own[1]
+    plain = np.corrcoef(a.ravel(), b.ravel())[0, 1]  # with no other case nothing is removed
+    np.testing.assert_allclose(residual_correlation(np.stack([a, b]), [0], [1]), plain)
+    assert np.corrcoef(a.ravel(), (layout - own[0]).ravel())[0, 1] > 0.9  # the plain correlation sees the disc
+    thumbnails = np.stack([a, 2 * layout + own[0], layout - own[0], layout.astype(float)])
+    np.testing.assert_allclose(residual_correlation(thumbnails, [0, 0], [1, 2]), [1.0, -1.0], atol=1e-9)
+    assert residual_correlation(np.zeros((2, 4, 4)), [0], [1])[0] == 1.0
 
 
 def _png(path, array):
@@ -152,3 +209,5 @@ def test_errors_are_one_line(tmp_path, capfd):
     assert len(err) == 1 and err[0].startswith("error: ") and "missing" in err[0]
     with pytest.raises(SegmorphError, match="z_limit"):
         check_dataset(tmp_path, z_limit=0)
+    with pytest.raises(SegmorphError, match="near_correlation"):
+        check_dataset(tmp_path, near_correlation=1.5)

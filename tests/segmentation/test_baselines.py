@@ -13,7 +13,8 @@ from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import read_image, write_image
 from segmorph.metrics.segmentation import dice_score
-from segmorph.segmentation.baselines import otsu, postprocess, region_grow, segment, segment_folder
+from segmorph.segmentation.baseline_files import segment_folder
+from segmorph.segmentation.baselines import otsu, postprocess, region_grow, segment
 from segmorph.segmentation.postprocess import keep_largest_component
 
 SPACING = (0.8, 1.0, 2.0)

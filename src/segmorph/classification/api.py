@@ -56,7 +56,7 @@ def train_classifier(
     dataset: str | Path, out: str | Path, *, labels: str | Path | None = None, target: str = "label",
     group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
     overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
-    resume: bool = False, show_progress: bool = True, file_column: str = "file",
+    resume: bool = False, show_progress: bool = True, file_column: str = "file", check: bool = True,
 ) -> ClassifierResult:  # fmt: skip
     """Train an image classifier on a dataset into the run folder ``out``.
 
@@ -80,6 +80,8 @@ def train_classifier(
         resume: Continue the run in ``out`` from its last checkpoint.
         show_progress: Progress bars and a summary line.
         file_column: CSV column holding image paths (relative to ``dataset``).
+        check: Run the dataset quality check first (:func:`segmorph.qc.quality.check_before_training`; not
+            on ``resume``): one warning line when it flags images; it never changes the data.
 
     Returns:
         Steps, time, validation AUC, balanced accuracy, the threshold and the settings.
@@ -94,7 +96,7 @@ def train_classifier(
     settings = classifier_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed, base=base)
     request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
                                   file_column=file_column, device=device, resume=resume,
-                                  show_progress=show_progress)  # fmt: skip
+                                  show_progress=show_progress, check=check)  # fmt: skip
     summary = train_from_request(request, settings)
     fit, validation = summary["fit"], summary["validation"]
     return ClassifierResult(
@@ -107,7 +109,7 @@ def train_classifier(
 def request_from_config(
     dataset: str | Path, out: str | Path, config: ClassifierConfig, *, labels: str | Path | None = None,
     target: str = "label", group: str | None = None, file_column: str = "file", device: str = "cpu",
-    resume: bool = False, show_progress: bool = True,
+    resume: bool = False, show_progress: bool = True, check: bool = True,
 ) -> ClassifyRequest:  # fmt: skip
     """The :class:`ClassifyRequest` of checked settings (:class:`~segmorph.classification.config.ClassifierConfig`)
     and the dataset's description (labels CSV and its columns; see :class:`ClassifyRequest`)."""
@@ -122,7 +124,7 @@ def request_from_config(
         amp=train.amp, augment=train.augment, label_smoothing=train.label_smoothing, mixup=train.mixup,
         ema_decay=train.ema_decay, tail_average=train.tail_average, select=train.select,
         refresh_batch_norm=train.refresh_batch_norm, ensemble=train.ensemble, mirror=scoring.mirror,
-        shift=scoring.shift, device=device, resume=resume, show_progress=show_progress,
+        shift=scoring.shift, device=device, resume=resume, show_progress=show_progress, check=check,
     )  # fmt: skip
 
 

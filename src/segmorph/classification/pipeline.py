@@ -65,6 +65,7 @@ from segmorph.nn.classifiers import Ensemble
 from segmorph.outputs import Output, check_outputs, check_run_folder
 from segmorph.progress import console, track
 from segmorph.provenance import data_changed, files_fingerprint, write_run_record
+from segmorph.qc.quality import check_before_training
 
 MODEL_FILE = "classifier.pt"
 
@@ -119,6 +120,8 @@ class ClassifyRequest:
         ensemble: Members trained one after another, each for its share of the budget (1: one network).
         resume: Continue the run in ``out`` from its last checkpoint (same data and settings).
         show_progress: Progress bars and a summary line.
+        check: Run the dataset quality check (:func:`segmorph.qc.quality.check_before_training`) before
+            training (not on ``resume``): one warning line when it flags images; it never changes the data.
     """
 
     dataset: Path
@@ -157,6 +160,7 @@ class ClassifyRequest:
     ensemble: int = 1
     resume: bool = False
     show_progress: bool = True
+    check: bool = True
 
 
 def load_classification_dataset(request: ClassifyRequest) -> ClassificationDataset:
@@ -212,13 +216,16 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
     check_run_folder(out, request.dataset, request.labels)
     dataset = load_classification_dataset(request)
+    quality = {"ran": False, "flagged_cases": []}
+    if request.check and not request.resume:
+        quality = check_before_training(request.dataset, request.labels, request.target, request.file_column)
     train_index, val_index = split_dataset(dataset, request)
     spec, net = _input_and_network(request, dataset, out)
     train_config = _train_config(request, spec)
     out.mkdir(parents=True, exist_ok=True)
     if config is not None:
         atomic_write_text(out / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2) + "\n")
-    _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config)
+    _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config, quality)
     images = load_inputs(dataset.paths, spec, request.show_progress)
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
     augment = classification_augment_config(spec.ndim, request.augment)
@@ -410,9 +417,10 @@ def _summary_line(request, spec, model, dataset, train_index, val_index) -> str:
 
 def _write_provenance(
     out: Path, request: ClassifyRequest, dataset: ClassificationDataset, train_index: list[int], val_index: list[int],
-    spec: InputSpec, net: dict, train_config: TrainConfig,
+    spec: InputSpec, net: dict, train_config: TrainConfig, quality: dict[str, Any],
 ) -> None:  # fmt: skip
-    """``run.json`` (see :mod:`segmorph.provenance`): the fingerprint covers the labels CSV and every image."""
+    """``run.json`` (see :mod:`segmorph.provenance`): the fingerprint covers the labels CSV and every image;
+    ``quality_check`` holds whether the dataset check ran and the cases it flagged."""
 
     def files(indices: list[int]) -> list[str]:
         return [_relative(dataset.items[i].path, dataset.root) for i in indices]
@@ -424,6 +432,7 @@ def _write_provenance(
         "train": train_config.to_dict(),
         "split": {"kind": "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}",
                   "train": files(train_index), "val": files(val_index)},
+        "quality_check": quality,
     }  # fmt: skip
     data_files = dataset.paths
     if request.labels is not None:

@@ -104,6 +104,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="seed of the train/validation split alone (default: --seed), to train one split with several seeds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -153,6 +154,7 @@ def train_request(args: argparse.Namespace):
     return request_from_config(
         args.dataset, args.out, settings, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, device=args.device, resume=args.resume, show_progress=not args.quiet,
+        check=not args.no_check,
     )  # fmt: skip
 
 
@@ -172,7 +174,7 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train_classifier(
         args.dataset, args.out, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
-        resume=args.resume, show_progress=not args.quiet,
+        resume=args.resume, show_progress=not args.quiet, check=not args.no_check,
     )  # fmt: skip
     say(train_summary_line(result.summary, args.out), err=True)
     return 0

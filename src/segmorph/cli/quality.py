@@ -29,14 +29,16 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
                         "beside it (same name, .png)")
     parser.add_argument("--z-limit", type=float, default=None, help="robust z-score beyond which a case is an outlier "
                         "(default 3.5)")
-    parser.add_argument("--near-bits", type=int, default=None, help="near-duplicates differ in at most this many of "
-                        "the 256 difference-hash bits (default 20)")
+    parser.add_argument("--near-bits", type=int, default=None, help="near-duplicate candidates differ in at most this "
+                        "many of the 256 difference-hash bits (default 20)")
+    parser.add_argument("--near-correlation", type=float, default=None, help="a candidate is a near-duplicate when the "
+                        "two thumbnails, less what every case shares, correlate at least this much (default 0.9)")
     parser.set_defaults(handler=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
     from segmorph.outputs import check_outputs
-    from segmorph.qc.quality import NEAR_BITS, Z_LIMIT, check_dataset, flagged_table, plot_flagged
+    from segmorph.qc.quality import NEAR_BITS, NEAR_CORRELATION, Z_LIMIT, check_dataset, flagged_table, plot_flagged
 
     labels_csv, labels_dir = args.labels, None
     if args.labels is not None and ((args.dataset / args.labels).is_dir() or args.labels.is_dir()):
@@ -51,6 +53,7 @@ def run_check(args: argparse.Namespace) -> int:
         images_dir=args.images, labels_dir=labels_dir,
         z_limit=Z_LIMIT if args.z_limit is None else args.z_limit,
         near_bits=NEAR_BITS if args.near_bits is None else args.near_bits,
+        near_correlation=NEAR_CORRELATION if args.near_correlation is None else args.near_correlation,
     )  # fmt: skip
     _print_table(report, flagged_table(report))
     if args.out is not None:

@@ -15,7 +15,8 @@ EXAMPLES = {
 def add_verbs(sub: argparse._SubParsersAction) -> None:
     """``segmorph report``."""
     parser = verb_parser(sub, "report", "Write one self-contained HTML page about a run folder (segmentation, "
-                         "registration or classification): metrics, curves, worst cases with a slice slider.",
+                         "registration, classification, enhance or baseline): metrics, curves, worst cases with a "
+                         "slice slider.",
                          EXAMPLES["report"])  # fmt: skip
     _add_report(parser)
     parser.set_defaults(handler=run_report)
@@ -23,7 +24,8 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
 
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path,
-                   help="folder from segmorph train, register, train-registration or classify train")  # fmt: skip
+                   help="folder from segmorph train, register, train-registration, classify train, enhance "
+                        "(enhance.json) or baseline (baseline.json)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--cases", type=int, default=12, help="worst cases, pairs or images to draw (default 12)")
 

@@ -29,7 +29,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
         ("predict", "Segment scans with a trained run; masks keep each scan's geometry.", _add_predict, run_predict),
         ("evaluate", "Score predicted masks against reference masks.", _add_evaluate, run_evaluate),
         ("export", "Export a trained run's network to ONNX or TorchScript.", _add_export, run_export),
-        ("baseline", "Classical segmentation (Otsu, region growing) for comparison.", _add_baseline, run_baseline),
+        ("baseline", "Classical segmentation (Otsu, region growing, level sets, vesselness) for comparison.", _add_baseline, run_baseline),
         ("demo", "Train briefly, predict and evaluate on the hippocampus data.", _add_demo, run_demo),
     )
     for name, help_text, add_arguments, handler in verbs:
@@ -65,6 +65,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")
     p.add_argument("--no-validate", action="store_true", help="skip the final full-resolution validation")
+    p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -109,15 +110,40 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _add_baseline(p: argparse.ArgumentParser) -> None:
-    p.add_argument("scans", nargs="+", type=Path)
-    p.add_argument("--method", choices=("otsu", "region_grow"), default="otsu")
-    p.add_argument("--out", type=Path, required=True, help="output folder for masks")
-    p.add_argument("--classes", type=int, default=2, help="Otsu classes (2: one threshold; more: multi-Otsu)")
-    p.add_argument("--seed-point", dest="seeds", action="append", default=[], metavar="I,J[,K]",
-                   help="region-growing seed voxel index (repeatable)")  # fmt: skip
-    p.add_argument("--tolerance", type=float, help="region growing: intensity tolerance around the seed mean")
-    p.add_argument("--fill-holes", action="store_true")
-    p.add_argument("--largest-component", action="store_true")
+    from segmorph.segmentation.baselines import LEVEL_SET_MODELS, METHODS
+
+    p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
+    p.add_argument("--method", choices=tuple(METHODS), default="otsu",
+                   help="otsu; region_grow, confidence_connected, level_set (seeded); vessels (vesselness + threshold)")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True, help="output folder for masks (and baseline.json, metrics.csv)")
+    p.add_argument("--steps", action="append", default=[], metavar="STEP[,STEP...]",
+                   help="enhance steps run first, e.g. channel:green,clahe or denoise:anisotropic (see segmorph enhance)")  # fmt: skip
+    p.add_argument("--mask", metavar="FILE|DIR|auto",
+                   help="region of interest: a mask for every scan, a folder matched by case name, or auto (the "
+                        "bright field of view); statistics come from inside it and results are 0 outside it")  # fmt: skip
+    p.add_argument("--reference", type=Path, metavar="DIR",
+                   help="reference masks matched by case name: write metrics.csv (foreground vs foreground)")  # fmt: skip
+    seeds = p.add_argument_group("seeded methods (region_grow, confidence_connected, level_set)")
+    seeds.add_argument("--seed-point", dest="seeds", action="append", default=[], metavar="I,J[,K]",
+                       help="seed voxel index for every scan (repeatable)")  # fmt: skip
+    seeds.add_argument("--seed-masks", type=Path, metavar="FILE|DIR",
+                       help="masks matched by case name: each scan's seed is the mask voxel nearest its centre")  # fmt: skip
+    seeds.add_argument("--tolerance", type=float, help="region_grow: intensity tolerance around the region mean")
+    seeds.add_argument("--multiplier", type=float, help="confidence_connected: window width in standard deviations (2.5)")
+    seeds.add_argument("--iterations", type=int, help="confidence_connected: statistics updates (4); level_set: iterations (8)")
+    seeds.add_argument("--level-set", dest="level_set", choices=LEVEL_SET_MODELS, help="level_set: model (geodesic)")
+    seeds.add_argument("--radius", type=float, metavar="MM", help="level_set: radius of the starting ball (2 mm)")
+    vessel = p.add_argument_group("otsu and vessels")
+    vessel.add_argument("--classes", type=int, help="otsu: classes (2: one threshold; more: multi-Otsu)")
+    vessel.add_argument("--threshold", help="vessels: otsu (default), top:P (strongest P%% of the mask) or a number")
+    vessel.add_argument("--sigmas", metavar="S[,S...]", help="vessels: scales in voxels (default 1,2,3)")
+    vessel.add_argument("--bright", action="store_true", help="vessels: bright vessels on a dark background")
+    vessel.add_argument("--vesselness", choices=("sato", "frangi"), help="vessels: the filter (sato)")
+    post = p.add_argument_group("clean-up")
+    post.add_argument("--opening", type=float, metavar="MM", help="morphological opening radius in mm")
+    post.add_argument("--closing", type=float, metavar="MM", help="morphological closing radius in mm")
+    post.add_argument("--fill-holes", action="store_true")
+    post.add_argument("--largest-component", action="store_true")
 
 
 def _add_demo(p: argparse.ArgumentParser) -> None:
@@ -154,7 +180,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_folds=args.folds, val_cases=tuple(args.val_cases), spacing=args.spacing,
         overrides=parse_overrides(args.overrides), config=args.config, device=args.device, seed=args.seed,
         resume=args.resume, validate=not args.no_validate, show_progress=not args.quiet, images_dir=args.images,
-        labels_dir=args.labels, cache_dir=args.cache,
+        labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check,
     )  # fmt: skip
     say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
         f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
@@ -205,26 +231,65 @@ def run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_baseline(args: argparse.Namespace) -> int:
-    from segmorph.io import list_images
-    from segmorph.segmentation.baselines import segment_folder
+_BASELINE_PARAMS = {  # CLI attribute -> (methods that take it, parameter name)
+    "classes": (("otsu",), "classes"),
+    "tolerance": (("region_grow",), "tolerance"),
+    "multiplier": (("confidence_connected",), "multiplier"),
+    "iterations": (("confidence_connected", "level_set"), "iterations"),
+    "level_set": (("level_set",), "model"),
+    "radius": (("level_set",), "radius_mm"),
+    "threshold": (("vessels",), "threshold"),
+    "vesselness": (("vessels",), "vesselness"),
+    "opening": (None, "opening_mm"),
+    "closing": (None, "closing_mm"),
+}
 
+
+def baseline_params(args: argparse.Namespace) -> dict:
+    """The method and clean-up parameters given on the command line; one that the method does not take
+    is refused naming the option."""
     params: dict = {}
-    if args.method == "otsu":
-        params["classes"] = args.classes
-    else:
-        if not args.seeds:
-            raise SegmorphError("region_grow needs at least one --seed-point")
+    for attribute, (methods, name) in _BASELINE_PARAMS.items():
+        value = getattr(args, attribute)
+        if value is None:
+            continue
+        if methods is not None and args.method not in methods:
+            option = "--" + attribute.replace("_", "-")
+            raise SegmorphError(f"{option} does not apply to --method {args.method} (it is for {', '.join(methods)})")
+        params[name] = value
+    if args.sigmas is not None:
+        params["sigmas"] = [_number(v, "--sigmas") for v in args.sigmas.split(",")]
+    if args.bright:
+        params["dark"] = False
+    if args.seeds:
         params["seeds"] = [_seed_point(s) for s in args.seeds]
-        if args.tolerance is not None:
-            params["tolerance"] = args.tolerance
-    if args.fill_holes:
-        params["fill_holes"] = True
-    if args.largest_component:
-        params["largest_component"] = True
-    written = segment_folder(list_images(args.scans), args.out, args.method, **params)
+    params.update({k: True for k in ("fill_holes", "largest_component") if getattr(args, k)})
+    return params
+
+
+def run_baseline(args: argparse.Namespace) -> int:
+    from segmorph.processing.steps import parse_steps
+    from segmorph.segmentation.baseline_files import segment_folder
+
+    steps = [step for text in args.steps for step in parse_steps(text)]
+    mask = args.mask if args.mask in (None, "auto") else Path(args.mask)
+    written = segment_folder(args.scans, args.out, args.method, steps=steps,
+                             mask=mask, seed_masks=args.seed_masks, reference=args.reference,
+                             **baseline_params(args))  # fmt: skip
     say(f"wrote {len(written)} masks to {args.out}", err=True)
+    if args.reference is not None:
+        summary = json.loads((args.out / "metrics.json").read_text())
+        dice = summary["classes"]["1"]["dice"]
+        say(f"foreground Dice {dice['mean']:.4f} ± {dice['std']:.4f} over {summary['cases']} cases "
+            f"({args.out / 'metrics.csv'})")  # fmt: skip
     return 0
+
+
+def _number(text: str, option: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise SegmorphError(f"{option}: expected numbers separated by commas, got {text!r}") from None
 
 
 def _seed_point(text: str) -> tuple[int, ...]:

@@ -1,8 +1,10 @@
 """``enhance`` on files: image files, folders of images and DICOM series in, enhanced images (and
-before/after pictures) out, one per input, every output checked before any work."""
+before/after pictures) out, one per input, and ``enhance.json``, the record of the steps and cases that
+``segmorph report`` reads; every output is checked before any work."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,11 +13,21 @@ import torch
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
-from segmorph.io import PICTURE_SUFFIXES, image_suffix, list_images, mask_file_name, read_image, write_image
+from segmorph.io import (
+    PICTURE_SUFFIXES,
+    atomic_write_text,
+    image_suffix,
+    list_images,
+    mask_file_name,
+    read_image,
+    write_image,
+)
 from segmorph.outputs import Output, check_outputs
 from segmorph.processing.steps import Step, enhance, parse_steps
 
-__all__ = ["enhance_files", "enhanced_name", "write_preview"]
+__all__ = ["RECORD_NAME", "enhance_files", "enhanced_name", "write_preview"]
+
+RECORD_NAME = "enhance.json"
 
 
 def enhanced_name(source: str | Path, suffix: str | None = None) -> str:
@@ -46,7 +58,9 @@ def enhance_files(
 
     Args:
         paths: Image files, folders of images and DICOM series folders.
-        out: Output folder (created); each result is named after its input (see :func:`enhanced_name`).
+        out: Output folder (created); each result is named after its input (see :func:`enhanced_name`). After
+            the last image, ``out/enhance.json`` records the run: ``{"kind": "enhance", "steps": [...],
+            "cases": [{"case", "input" (resolved absolute path), "output" (file name in out)}, ...]}``.
         steps: Processing steps (see :mod:`segmorph.processing.steps`).
         preview: Also write ``<case>_preview.png``, the input beside the result (middle slice along K in 3D).
         suffix: Output suffix (``.nii.gz``, ``.nrrd``, ``.png``...; default the input's).
@@ -68,6 +82,7 @@ def enhance_files(
     sources = list_images(paths)
     targets = [out / enhanced_name(source, suffix) for source in sources]
     planned: list[Output] = [Output.folder(out)] + [Output.file(t, s) for t, s in zip(targets, sources, strict=True)]
+    planned.append(Output.file(out / RECORD_NAME))
     if preview:
         planned += [Output.file(out / f"{mask_file_name(s, '')}_preview.png", s) for s in sources]
     check_outputs(planned, inputs=[*paths, *sources])
@@ -79,11 +94,20 @@ def enhance_files(
             result = enhance(image, parsed)
         except SegmorphError as err:
             raise SegmorphError(err.problem, source) from None
-        written.append(write_image(_for_picture(result) if image_suffix(target) in PICTURE_SUFFIXES else result, target))
+        as_picture = image_suffix(target) in PICTURE_SUFFIXES
+        written.append(write_image(_for_picture(result) if as_picture else result, target))
         if preview:
             write_preview(image, result, out / f"{mask_file_name(source, '')}_preview.png",
                           " > ".join(s.text for s in parsed))  # fmt: skip
+    atomic_write_text(out / RECORD_NAME, _record_text(parsed, sources, written))
     return written
+
+
+def _record_text(steps: Sequence[Step], sources: Sequence[Path], written: Sequence[Path]) -> str:
+    """``enhance.json``: the steps, and per case its name, resolved input path and output file name."""
+    cases = [{"case": mask_file_name(source, ""), "input": str(Path(source).resolve()), "output": target.name}
+             for source, target in zip(sources, written, strict=True)]  # fmt: skip
+    return json.dumps({"kind": "enhance", "steps": [s.text for s in steps], "cases": cases}, indent=2) + "\n"
 
 
 def _display(image: Image) -> np.ndarray:

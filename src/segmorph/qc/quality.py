@@ -21,9 +21,21 @@ Per case (a :class:`CaseQuality` row):
   mean; in 3D its middle slice along K) is resized with antialiasing (scikit-image) to
   ``hash_size x (hash_size + 1)`` pixels and each bit says whether a pixel is brighter than its right
   neighbour, ``hash_size²`` bits in all (256 by default). Two images whose hashes differ in at most
-  ``near_bits`` bits (default 20, about 8 % of the bits) are near-duplicates. dHash ignores brightness,
-  contrast and size, and a few bits change under noise or small edits; unrelated images differ in about
-  half the bits.
+  ``near_bits`` bits (default 20, about 8 % of the bits) are candidates. dHash ignores brightness, contrast
+  and size, and a few bits change under noise or small edits; unrelated images differ in about half the
+  bits, but images that share a layout (fundus photos: a bright disc on black) differ in far fewer, because
+  the layout sets most bits. So each candidate pair is confirmed on thumbnails: the same plane resized to
+  ``THUMB_SIZE x THUMB_SIZE`` (32 x 32) pixels, each the mean of the pixels it covers, smoothed by a Gaussian
+  (sigma 0.5 thumbnail pixels) and standardised (mean 0, standard deviation 1). The layout the dataset shares
+  is removed first: the reference of a pair is the mean thumbnail of all other cases, and from each of the two
+  thumbnails its least-squares fit by the reference and the reference's two gradients (the layout, also when
+  slightly moved) is subtracted; with no other case nothing is. The pair is a near-duplicate when the Pearson
+  correlation of the two residuals is at least ``near_correlation`` (default 0.9: each residual explains at
+  least 81 % of the other's variance), that is when the two images are far more alike than either is like the
+  rest of the dataset. The flag states the differing bits and this correlation. Recompression, brightness or
+  contrast changes and shifts up to about 0.5 % of the image size keep copies above 0.9; larger shifts lower
+  the correlation. When most cases are copies of one image the reference is that image, so those copies are
+  not confirmed (exact copies are still found by ``sha256``).
 * outliers: robust z-scores ``0.6745 (x - median) / MAD`` (Iglewicz & Hoaglin) over the dataset, on each
   spacing axis, each shape axis, the intensity range and the foreground volume. Ratios matter for these
   positive quantities, so the z-score is taken on ``log10`` of the value (rounded to 3 decimals, so float
@@ -39,21 +51,25 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import SimpleITK as sitk
-from skimage.transform import resize
+from scipy.ndimage import gaussian_filter
+from skimage.transform import resize, resize_local_mean
 
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image, grid_difference
 from segmorph.io import list_images, read_image, strip_suffix
-from segmorph.progress import track
+from segmorph.progress import console, track
 from segmorph.records import read_csv
 
 Z_LIMIT = 3.5  # Iglewicz & Hoaglin's cut-off for modified z-scores
 HASH_SIZE = 16  # dHash grid: HASH_SIZE**2 bits
-NEAR_BITS = 20  # near-duplicates differ in at most this many of the HASH_SIZE**2 bits
+NEAR_BITS = 20  # near-duplicate candidates differ in at most this many of the HASH_SIZE**2 bits
+THUMB_SIZE = 32  # side of the thumbnails that confirm near-duplicate candidates
+NEAR_CORRELATION = 0.9  # near-duplicates: residual thumbnails correlate at least this much (r² = 0.81)
 PERCENTILES = (1, 5, 50, 95, 99)
 TARGET_COLUMNS = ("label", "class", "target", "diagnosis")  # tried in order when no target column is given
 _MAD_SCALE = 0.6745  # MAD of a standard normal
@@ -97,6 +113,9 @@ class CaseQuality:
         sha256: Hash of the decoded voxel values, shape and dtype.
         dhash: Difference hash bits (``hash_size²`` booleans).
         flags: Reasons the case is flagged, one sentence each.
+        thumbnail: The hashed plane as a ``(THUMB_SIZE, THUMB_SIZE)`` thumbnail (axes I, J; see the module
+            doc), standardised (mean 0, standard deviation 1; zeros for a constant image); None when not
+            measured.
     """
 
     case_id: str
@@ -114,6 +133,7 @@ class CaseQuality:
     sha256: str
     dhash: np.ndarray = field(repr=False)
     flags: list[str] = field(default_factory=list)
+    thumbnail: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def intensity_range(self) -> float:
@@ -129,7 +149,7 @@ class CaseQuality:
         """The case as one CSV row (see :data:`CSV_COLUMNS`)."""
         axes = "IJK"
         row = {"case": self.case_id, "image": str(self.image), "label": "" if self.label is None else str(self.label),
-               "class": self.class_name, "channels": str(self.channels), "orientation": self.orientation}
+               "class": self.class_name, "channels": str(self.channels), "orientation": self.orientation}  # fmt: skip
         for i in range(3):
             row[f"shape_{axes[i]}"] = str(self.shape[i]) if i < len(self.shape) else ""
             row[f"spacing_{axes[i]}"] = f"{self.spacing[i]:.6g}" if i < len(self.spacing) else ""
@@ -151,6 +171,23 @@ CSV_COLUMNS = ("case", "image", "label", "class", "channels", "orientation", "sh
                "foreground_volume", "sha256", "flagged", "reasons")  # fmt: skip
 
 
+class NearPair(NamedTuple):
+    """Two near-duplicate cases (not exact duplicates).
+
+    Attributes:
+        case_a: The earlier case in dataset order.
+        case_b: The later case.
+        bits: Difference-hash bits that differ (at most ``near_bits``).
+        correlation: Pearson correlation of the two residual thumbnails (at least ``near_correlation``; see
+            the module doc).
+    """
+
+    case_a: str
+    case_b: str
+    bits: int
+    correlation: float
+
+
 @dataclass
 class QualityReport:
     """The result of :func:`check_dataset`.
@@ -161,20 +198,22 @@ class QualityReport:
             or ``"images"``.
         cases: One row per case, in dataset order.
         exact_groups: Groups of case ids with identical decoded images (each of 2 or more).
-        near_pairs: ``(case_a, case_b, differing bits)`` of near-duplicates not already exact duplicates.
+        near_pairs: Near-duplicates not already exact duplicates (:class:`NearPair`).
         hash_size: dHash grid side; the hashes have ``hash_size²`` bits.
-        near_bits: Hamming distance limit of near-duplicates.
+        near_bits: Hamming distance limit of near-duplicate candidates.
         z_limit: Robust z-score limit of outliers.
+        near_correlation: Residual thumbnail correlation limit of near-duplicates.
     """
 
     root: Path
     layout: str
     cases: list[CaseQuality]
     exact_groups: list[list[str]]
-    near_pairs: list[tuple[str, str, int]]
+    near_pairs: list[NearPair]
     hash_size: int = HASH_SIZE
     near_bits: int = NEAR_BITS
     z_limit: float = Z_LIMIT
+    near_correlation: float = NEAR_CORRELATION
 
     @property
     def flagged(self) -> list[CaseQuality]:
@@ -269,6 +308,7 @@ def check_dataset(
     hash_size: int = HASH_SIZE,
     near_bits: int = NEAR_BITS,
     show_progress: bool = True,
+    near_correlation: float = NEAR_CORRELATION,
 ) -> QualityReport:
     """Check every case of a dataset (read in place; nothing is written).
 
@@ -281,8 +321,10 @@ def check_dataset(
         labels_dir: Label folder of a paired-folder dataset.
         z_limit: Cases with a robust z-score beyond this are flagged (see the module doc).
         hash_size: dHash grid side (``hash_size²`` bits).
-        near_bits: Near-duplicates differ in at most this many hash bits.
+        near_bits: Near-duplicate candidates differ in at most this many hash bits.
         show_progress: Show a progress bar.
+        near_correlation: Candidates are near-duplicates when their residual thumbnails correlate at least
+            this much (-1 to 1; see the module doc).
 
     Returns:
         A :class:`QualityReport`: one row per case with its flags, exact-duplicate groups and
@@ -296,13 +338,15 @@ def check_dataset(
     if hash_size < 2 or near_bits < 0:
         raise SegmorphError(f"hash_size must be at least 2 and near_bits at least 0, got {hash_size}, {near_bits}",
                             path)  # fmt: skip
+    if not -1 <= near_correlation <= 1:
+        raise SegmorphError(f"near_correlation must be between -1 and 1, got {near_correlation}", path)
     layout, sources = find_cases(path, labels, target, file_column, images_dir, labels_dir)
     cases = [measure_case(source, hash_size) for source in track(sources, "checking cases", enabled=show_progress)]
     exact = _exact_groups(cases)
-    near = _near_pairs(cases, exact, near_bits)
+    near = _near_pairs(cases, exact, near_bits, near_correlation)
     _flag_duplicates(cases, exact, near)
     _flag_outliers(cases, z_limit)
-    return QualityReport(Path(path), layout, cases, exact, near, hash_size, near_bits, z_limit)
+    return QualityReport(Path(path), layout, cases, exact, near, hash_size, near_bits, z_limit, near_correlation)
 
 
 def orientation_code(affine: Affine) -> str:
@@ -325,11 +369,28 @@ def difference_hash(values: np.ndarray, hash_size: int = HASH_SIZE) -> np.ndarra
         values: ``(C, I, J[, K])`` voxel values; channels are averaged, a 3D image gives its middle K slice.
         hash_size: Side of the hash grid.
     """
-    plane = np.asarray(values, dtype=np.float64).mean(axis=0)
-    if plane.ndim == 3:
-        plane = plane[:, :, plane.shape[2] // 2]
-    small = resize(plane, (hash_size, hash_size + 1), order=1, anti_aliasing=True, preserve_range=True)
+    small = resize(_middle_plane(values), (hash_size, hash_size + 1), order=1, anti_aliasing=True,
+                   preserve_range=True)  # fmt: skip
     return (small[:, 1:] > small[:, :-1]).ravel()
+
+
+def _middle_plane(values: np.ndarray) -> np.ndarray:
+    """The channel mean of ``(C, I, J[, K])`` values, in 3D its middle K slice: ``(I, J)`` float64."""
+    values = np.asarray(values)
+    if values.ndim == 4:
+        values = values[..., values.shape[3] // 2]
+    return values.astype(np.float64).mean(axis=0)
+
+
+def _thumbnail(values: np.ndarray, size: int = THUMB_SIZE) -> np.ndarray:
+    """The middle plane as pixel means on a ``(size, size)`` grid, smoothed (Gaussian, sigma 0.5 pixels) and
+    standardised: float32, axes I, J."""
+    plane = _middle_plane(values)
+    if plane.max() == plane.min():
+        return np.zeros((size, size), dtype=np.float32)
+    small = gaussian_filter(resize_local_mean(plane, (size, size)), 0.5, mode="nearest")
+    small = small - small.mean()
+    return (small / small.std()).astype(np.float32)
 
 
 def measure_case(source: CaseSource, hash_size: int = HASH_SIZE) -> CaseQuality:
@@ -372,6 +433,7 @@ def measure_case(source: CaseSource, hash_size: int = HASH_SIZE) -> CaseQuality:
         spacing=tuple(float(s) for s in first.spacing), orientation=orientation_code(first.affine),
         intensity=intensity, label_values=label_values, label_voxels=voxels, label_volumes=volumes,
         sha256=digest.hexdigest(), dhash=difference_hash(values, hash_size), flags=flags,
+        thumbnail=_thumbnail(values),
     )  # fmt: skip
 
 
@@ -382,31 +444,94 @@ def _exact_groups(cases: Sequence[CaseQuality]) -> list[list[str]]:
     return [ids for ids in by_hash.values() if len(ids) > 1]
 
 
-def _near_pairs(cases: Sequence[CaseQuality], exact: list[list[str]], near_bits: int) -> list[tuple[str, str, int]]:
+def _near_pairs(
+    cases: Sequence[CaseQuality], exact: list[list[str]], near_bits: int, near_correlation: float
+) -> list[NearPair]:
+    """Hash candidates (at most ``near_bits`` apart) confirmed by their residual thumbnail correlation."""
     if len(cases) < 2:
         return []
-    bits = np.stack([case.dhash for case in cases]).astype(np.uint8)
+    bits = np.stack([case.dhash for case in cases]).astype(np.int32)
     # Hamming distances of all pairs: a pair differs where exactly one of the two has the bit set
-    distances = bits.sum(1)[:, None] + bits.sum(1)[None, :] - 2 * (bits.astype(np.int32) @ bits.T.astype(np.int32))
+    distances = bits.sum(1)[:, None] + bits.sum(1)[None, :] - 2 * (bits @ bits.T)
+    first, second = np.nonzero(np.triu(distances <= near_bits, k=1))
+    thumbnails = np.stack([_case_thumbnail(case) for case in cases])
+    correlations = residual_correlation(thumbnails, first, second)
     same_exact = {case_id: i for i, group in enumerate(exact) for case_id in group}
     pairs = []
-    for a, b in zip(*np.nonzero(np.triu(distances <= near_bits, k=1))):
+    for a, b, correlation in zip(first, second, correlations):
         ida, idb = cases[a].case_id, cases[b].case_id
         if ida in same_exact and same_exact.get(idb) == same_exact[ida]:
             continue
-        pairs.append((ida, idb, int(distances[a, b])))
+        if correlation >= near_correlation:
+            pairs.append(NearPair(ida, idb, int(distances[a, b]), float(correlation)))
     return pairs
 
 
-def _flag_duplicates(cases: Sequence[CaseQuality], exact: list[list[str]], near: list[tuple[str, str, int]]) -> None:
+def _case_thumbnail(case: CaseQuality) -> np.ndarray:
+    if case.thumbnail is None:
+        raise SegmorphError("case has no thumbnail for the near-duplicate check", case.image)
+    return case.thumbnail
+
+
+def residual_correlation(thumbnails: np.ndarray, first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Pearson correlation of pairs of thumbnails after removing the layout the other cases share.
+
+    The reference of the pair ``(a, b)`` is the mean of all other thumbnails; from each of the two, its
+    least-squares fit by the reference and the reference's gradients along I and J is subtracted (with no
+    other thumbnail, nothing). Two residuals that are both zero correlate 1; one zero residual, 0.
+
+    Args:
+        thumbnails: ``(cases, I, J)`` standardised thumbnails.
+        first, second: ``(pairs,)`` indices of the two thumbnails of each pair.
+
+    Returns:
+        ``(pairs,)`` correlations in [-1, 1].
+    """
+    stack = np.asarray(thumbnails, dtype=np.float64)
+    total, others = stack.sum(0), len(stack) - 2
+    result = np.empty(len(first))
+    for start in range(0, len(first), 1024):  # bounded memory: pairs x pixels x 3 at a time
+        a, b = np.asarray(first[start : start + 1024]), np.asarray(second[start : start + 1024])
+        left, right = stack[a].reshape(len(a), -1), stack[b].reshape(len(b), -1)
+        if others > 0:
+            reference = (total - stack[a] - stack[b]) / others
+            basis = np.stack([reference, *np.gradient(reference, axis=(1, 2))], axis=-1).reshape(len(a), -1, 3)
+            left, right = _remove_fit(left, basis), _remove_fit(right, basis)
+        result[start : start + len(a)] = _pearson(left, right)
+    return result
+
+
+def _remove_fit(values: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``(pairs, pixels)`` values minus their least-squares fit by ``(pairs, pixels, k)`` basis vectors."""
+    gram = np.einsum("npk,npl->nkl", basis, basis)
+    coefficients = np.einsum("nkl,nl->nk", np.linalg.pinv(gram, rcond=1e-10), np.einsum("npk,np->nk", basis, values))
+    return values - np.einsum("npk,nk->np", basis, coefficients)
+
+
+def _pearson(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """Row-wise Pearson correlation of ``(pairs, pixels)`` arrays (both rows constant: 1; one: 0)."""
+    left = left - left.mean(1, keepdims=True)
+    right = right - right.mean(1, keepdims=True)
+    scale = float(max(np.abs(left).max(initial=0), np.abs(right).max(initial=0), 1.0))
+    flat_left = np.abs(left).max(1, initial=0) <= 1e-9 * scale
+    flat_right = np.abs(right).max(1, initial=0) <= 1e-9 * scale
+    norms = np.sqrt((left * left).sum(1) * (right * right).sum(1))
+    dots = (left * right).sum(1)
+    out = (flat_left & flat_right).astype(np.float64)
+    np.divide(dots, norms, out=out, where=~(flat_left | flat_right))
+    return np.clip(out, -1.0, 1.0)
+
+
+def _flag_duplicates(cases: Sequence[CaseQuality], exact: list[list[str]], near: list[NearPair]) -> None:
     by_id = {case.case_id: case for case in cases}
     for group in exact:
         for case_id in group:
             others = ", ".join(o for o in group if o != case_id)
             by_id[case_id].flags.append(f"exact duplicate of {others}")
-    for a, b, distance in near:
-        by_id[a].flags.append(f"near-duplicate of {b} ({distance} hash bits differ)")
-        by_id[b].flags.append(f"near-duplicate of {a} ({distance} hash bits differ)")
+    for a, b, distance, correlation in near:
+        similarity = f"{distance} hash bits differ, residual correlation {correlation:.3f}"
+        by_id[a].flags.append(f"near-duplicate of {b} ({similarity})")
+        by_id[b].flags.append(f"near-duplicate of {a} ({similarity})")
 
 
 def robust_z(values: Sequence[float]) -> np.ndarray:
@@ -466,6 +591,64 @@ def _flag_outliers(cases: Sequence[CaseQuality], z_limit: float) -> None:
                 side = "above" if score > 0 else "below"
                 case.flags.append(f"outlier: {name} {show(float(value))} far {side} the median {show(median)} "
                                   f"(robust z {score:+.1f} on log10)")  # fmt: skip
+
+
+def summary_line(report: QualityReport, max_cases: int = 3, command: str | None = None) -> str | None:
+    """One line naming the flagged cases, or None when none is flagged.
+
+    Example: ``segmorph check flags 5 of 208 cases (case_017: <its first reason>; ...; and 2 more); run
+    segmorph check DATASET for the table``.
+
+    Args:
+        report: The check's result.
+        max_cases: At most this many cases are named (in report order), each with its first reason.
+        command: The command that prints the full table (default ``segmorph check <report.root>``).
+    """
+    flagged = report.flagged
+    if not flagged:
+        return None
+    named = [f"{case.case_id}: {case.flags[0]}" for case in flagged[: max(max_cases, 0)]]
+    if len(flagged) > len(named):
+        named.append(f"and {len(flagged) - len(named)} more")
+    command = command or f"segmorph check {report.root}"
+    return (f"segmorph check flags {len(flagged)} of {len(report.cases)} cases ({'; '.join(named)}); "
+            f"run {command} for the table")  # fmt: skip
+
+
+def check_before_training(
+    path: str | Path,
+    labels: str | Path | None = None,
+    target: str | None = None,
+    file_column: str = "file",
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """The dataset check as training runs it: read only, it prints one warning line and changes nothing.
+
+    When cases are flagged the line is :func:`summary_line`; when the check refuses the dataset (a
+    :class:`SegmorphError`) the line names the problem and training goes on.
+
+    Args:
+        path, labels, target, file_column, images_dir, labels_dir: As for :func:`check_dataset`, the same
+            layout training reads.
+
+    Returns:
+        Facts for ``run.json``: ``{"ran": True, "flagged_cases": [case ids]}``, or ``{"ran": False,
+        "flagged_cases": [], "problem": "<the check's error>"}`` when the check failed.
+    """
+    try:
+        report = check_dataset(path, labels, target, file_column, images_dir, labels_dir, show_progress=False)
+    except SegmorphError as err:
+        console.print(f"warning: segmorph check could not check the dataset: {err}", highlight=False, soft_wrap=True)
+        return {"ran": False, "flagged_cases": [], "problem": str(err)}
+    options = {"--images": images_dir, "--labels": labels_dir if labels is None else labels}
+    if labels is not None:
+        options.update({"--target": target, "--file-column": None if file_column == "file" else file_column})
+    command = " ".join(["segmorph check", str(path), *(f"{flag} {value}" for flag, value in options.items() if value)])
+    line = summary_line(report, command=command)
+    if line is not None:
+        console.print(f"warning: {line}", highlight=False, soft_wrap=True)
+    return {"ran": True, "flagged_cases": [case.case_id for case in report.flagged]}
 
 
 def flagged_table(report: QualityReport) -> list[tuple[str, str]]:

@@ -6,7 +6,9 @@ The kind of folder is told by its files:
 * ``summary.csv`` beside pair sub-folders: ``segmorph register --pairs``;
 * ``run.json`` with ``"kind": "registration"``: ``segmorph train-registration``;
 * ``classifier.pt`` or ``val_predictions.csv``: ``segmorph classify train`` (:mod:`segmorph.report.classification`);
-* ``plan.json`` with a summary, log or run record: ``segmorph train`` (:mod:`segmorph.report.segmentation`).
+* ``plan.json`` with a summary, log or run record: ``segmorph train`` (:mod:`segmorph.report.segmentation`);
+* ``enhance.json``: a ``segmorph enhance`` output folder (:mod:`segmorph.report.processing`);
+* ``baseline.json``: a ``segmorph baseline`` output folder, with ``metrics.csv`` when it had a reference.
 
 The page loads nothing from anywhere: pictures are PNG ``data:`` URIs, CSS and JavaScript are inline.
 It is written atomically (:func:`segmorph.io.atomic_write_text`).
@@ -22,6 +24,7 @@ from segmorph.io import atomic_write_text
 from segmorph.outputs import check_outputs
 from segmorph.report.classification import classification_report, is_classification_run
 from segmorph.report.html import Section, page
+from segmorph.report.processing import baseline_report, enhance_report, is_baseline_folder, is_enhance_folder
 from segmorph.report.registration import (
     is_pair_folder,
     is_training_run,
@@ -39,10 +42,13 @@ KINDS: tuple[tuple[str, Callable[[Path], bool], Builder], ...] = (
     ("registration training", is_training_run, training_report),
     ("classification", is_classification_run, classification_report),
     ("segmentation", is_segmentation_run, segmentation_report),
+    ("enhance", is_enhance_folder, enhance_report),
+    ("baseline", is_baseline_folder, baseline_report),
 )
 EXPECTED = ("expected a segmorph run folder: plan.json (segmorph train), transform.json (segmorph register), "
             "summary.csv with pair folders (register --pairs), run.json of train-registration, "
-            "or classifier.pt / val_predictions.csv (classify train)")  # fmt: skip
+            "classifier.pt / val_predictions.csv (classify train), enhance.json (segmorph enhance) "
+            "or baseline.json (segmorph baseline)")  # fmt: skip
 
 __all__ = ["build_report", "detect_kind"]
 
@@ -70,9 +76,10 @@ def build_report(run_dir: str | Path, out: str | Path, cases: int = 12) -> Path:
 
     Args:
         run_dir: A folder written by ``segmorph train``, ``register`` (one pair or ``--pairs``),
-            ``train-registration`` or ``classify train``.
+            ``train-registration``, ``classify train``, ``enhance`` or ``baseline``.
         out: The HTML file to write (atomically).
-        cases: How many of the worst validation cases, pairs or images to draw.
+        cases: How many of the worst validation cases, pairs or images to draw (enhance: the first cases,
+            input beside output; baseline: the worst by Dice, or the first without metrics).
 
     Returns:
         The path written.

@@ -173,6 +173,7 @@ def train(
     images_dir: str | Path | None = None,
     labels_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
+    check: bool = True,
 ) -> TrainResult:
     """Plan, preprocess, train and validate a segmentation model into the run folder ``out``.
 
@@ -197,6 +198,8 @@ def train(
         images_dir: Image folder of a paired-folder dataset (relative to ``dataset``).
         labels_dir: Label folder of a paired-folder dataset (relative to ``dataset``).
         cache_dir: Preprocessing cache (default ``out/preprocessed``).
+        check: Run the dataset quality check first (:func:`segmorph.qc.quality.check_before_training`; not
+            on ``resume``): one warning line when it flags cases; the data and the split are never changed.
 
     Returns:
         A :class:`TrainResult`.
@@ -214,7 +217,7 @@ def train(
         dataset, out, time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
         show_progress=show_progress, fold=fold, num_folds=num_folds, val_cases=tuple(val_cases), resume=resume,
-        cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate,
+        cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate, check=check,
     )  # fmt: skip
     return TrainResult.from_summary(request.out, train_segmentation(request))
 

@@ -20,6 +20,7 @@ from segmorph.nn import build_network, count_parameters
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
+from segmorph.qc.quality import check_before_training
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
 from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
@@ -49,6 +50,8 @@ class TrainRequest:
         seed: Seed for the split and training.
         validate_with_predictor: After training, segment the validation cases with the full
             predictor (original grid, mirroring) and score them with :mod:`segmorph.metrics.segmentation`.
+        check: Run the dataset quality check (:func:`segmorph.qc.quality.check_before_training`) before
+            training (not on ``resume``): one warning line when it flags cases; it never changes the data.
     """
 
     dataset: Path
@@ -69,6 +72,7 @@ class TrainRequest:
     validate_with_predictor: bool = True
     show_progress: bool = True
     config_file: Path | None = None
+    check: bool = True
 
 
 def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
@@ -121,11 +125,14 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
             console.print("warning: --resume keeps the run's plan.json; --spacing and --set are ignored", highlight=False)
     else:
         spec, plan = plan_dataset(request)
+    quality = {"ran": False, "flagged_cases": []}
+    if request.check and not request.resume and dist.is_main_process():
+        quality = check_before_training(request.dataset, images_dir=request.images_dir, labels_dir=request.labels_dir)
     train_ids, val_ids = _split(spec, request)
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         plan.save(out / "plan.json")
-        _write_provenance(out, spec, request, plan, train_ids, val_ids)
+        _write_provenance(out, spec, request, plan, train_ids, val_ids, quality)
     cases = _load_cases(spec, plan, request, train_ids + val_ids)
     torch.manual_seed(plan.train.seed)
     model = build_network(plan.network)
@@ -177,13 +184,16 @@ def _fit_summary(result: FitResult) -> dict[str, Any]:
 
 
 def _write_provenance(
-    out: Path, spec: DatasetSpec, request: TrainRequest, plan: Plan, train_ids: list[str], val_ids: list[str]
-) -> None:
-    """``run.json``: command, versions, seeds, data fingerprint and split (see :mod:`segmorph.provenance`)."""
+    out: Path, spec: DatasetSpec, request: TrainRequest, plan: Plan, train_ids: list[str], val_ids: list[str],
+    quality: dict[str, Any],
+) -> None:  # fmt: skip
+    """``run.json``: command, versions, seeds, data fingerprint, split and the dataset check's flagged cases
+    (see :mod:`segmorph.provenance`)."""
     facts = {
         "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
         "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
         "train_cases": train_ids, "val_cases": val_ids, "preprocess_steps": list(plan.preprocess.steps),
+        "quality_check": quality,
     }  # fmt: skip
     record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):
