@@ -21,7 +21,7 @@ CORE_MODULES = {"__init__", "__main__", "geometry", "image", "io", "errors", "co
 LAYOUT = {
     "nn": ["blocks", "unet", "fcn", "classifiers"],
     "transforms": [],
-    "engine": ["loop", "schedules", "checkpoints", "distributed", "autocast", "sliding_window"],
+    "engine": ["loop", "schedules", "checkpoints", "distributed", "autocast", "sliding_window", "tracking"],
     "metrics": ["segmentation", "classification", "registration"],
     "segmentation": ["datasets", "preprocess", "plan", "task", "losses", "pipeline", "predict", "postprocess",
                      "evaluate", "baselines", "baseline_files", "export", "demo"],
@@ -35,7 +35,7 @@ LAYOUT = {
     "qc": ["quality"],
     "processing": ["filters", "steps", "files"],
     "cli": ["main", "arguments", "segmentation", "registration", "classification", "dicom", "report", "interpret",
-            "info", "quality", "processing"],
+            "info", "quality", "processing", "view"],
 }  # fmt: skip
 
 

@@ -40,11 +40,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "SegmorphError": ("segmorph.errors", "SegmorphError"),
     "check_dataset": ("segmorph.qc.quality", "check_dataset"),
     "enhance": ("segmorph.processing.steps", "enhance"),
+    "baseline": ("segmorph.segmentation.baselines", "segment"),
 }
 
 __all__ = [
-    "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "check_dataset", "enhance",
-    "evaluate", "plan",
+    "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "baseline", "check_dataset",
+    "enhance", "evaluate", "plan",
     "read_image", "register", "train", "train_classifier", "train_registration", "write_image",
 ]  # fmt: skip
 
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names come f
     from segmorph.registration.learned.training import train_registration_run as train_registration
     from segmorph.registration.transform import Transform
     from segmorph.segmentation.api import Segmenter, evaluate, plan, train
+    from segmorph.segmentation.baselines import segment as baseline
 
 
 def __getattr__(name: str) -> Any:

@@ -38,6 +38,13 @@ from segmorph.readchecks import (
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COMPLEX_PIXEL_IDS = frozenset(getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64"))
+# NIfTI-1 datatype codes -> numpy name of one stored value (RGB24 and RGBA32 store uint8 components)
+NIFTI_DATATYPE_NAMES = {2: "uint8", 4: "int16", 8: "int32", 16: "float32", 32: "complex64", 64: "float64",
+                        128: "uint8", 256: "int8", 512: "uint16", 768: "uint32", 1024: "int64", 1280: "uint64",
+                        1536: "float128", 1792: "complex128", 2304: "uint8"}  # fmt: skip
+_SITK_COMPONENT_NAMES = {getattr(sitk, f"sitk{vector}{kind}"): kind.lower() for vector in ("", "Vector")
+                         for kind in ("UInt8", "Int8", "UInt16", "Int16", "UInt32", "Int32", "UInt64", "Int64",
+                                      "Float32", "Float64")}  # fmt: skip
 
 # ITK prints warnings (missing slices, no DICOM series found) straight to the process's stderr, outside
 # the one-line error contract; the conditions that matter are checked here and reported as SegmorphError.
@@ -71,6 +78,54 @@ def mask_file_name(source: str | Path, suffix: str | None = None) -> str:
     if suffix is None:
         suffix = ".png" if image_suffix(source) in PICTURE_SUFFIXES else ".nii.gz"
     return case + suffix
+
+
+def has_physical_spacing(path: str | Path) -> bool:
+    """Whether an image file's pixel size is a length in the scene: False for pictures (:data:`PICTURE_SUFFIXES`).
+
+    A picture stores no pixel size, or a print resolution (dots per inch) that measures nothing in the scene;
+    distances measured in it are counted in pixels (see :func:`distance_unit`). Scans (NIfTI, NRRD, MetaImage,
+    DICOM series folders) give their spacing in mm.
+    """
+    return image_suffix(path) not in PICTURE_SUFFIXES
+
+
+def distance_unit(path: str | Path) -> str:
+    """``"mm"`` for scans, ``"px"`` for pictures: the unit of distances measured in the image at ``path``."""
+    return "mm" if has_physical_spacing(path) else "px"
+
+
+def stored_pixel_type(path: str | Path) -> str:
+    """The type of one stored value of an image file or DICOM series folder, as numpy names it (``uint8``,
+    ``int16``, ``float32``), read from the header alone.
+
+    NIfTI: the header's datatype (SimpleITK reports integer voxels with a scale factor as float). Other formats:
+    the component type SimpleITK reads (a DICOM series: that of its first slice, rescale applied). Channels
+    (RGB, vectors) are not counted: an RGB PNG is ``uint8``.
+
+    Raises:
+        SegmorphError: The path is not a regular file or folder, or the header cannot be read.
+    """
+    path = Path(path)
+    check_input_path(path)
+    name = path
+    if path.is_dir():
+        series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(_sitk_name(path))
+        if not series:
+            raise SegmorphError("folder holds no DICOM series", path)
+        name = Path(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])[0])
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(_sitk_name(name))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
+    if image_suffix(path) in (".nii", ".nii.gz") and reader.HasMetaDataKey("datatype"):
+        stored = NIFTI_DATATYPE_NAMES.get(int(reader.GetMetaData("datatype")))
+        if stored:
+            return stored
+    pixel_id = reader.GetPixelID()
+    return _SITK_COMPONENT_NAMES.get(pixel_id) or sitk.GetPixelIDValueAsString(pixel_id)
 
 
 def _sitk_name(path: str | Path) -> str:

@@ -224,7 +224,7 @@ def run_evaluate_registration(args: argparse.Namespace) -> int:
     landmarks = tuple(args.landmarks) if args.landmarks else None
     metrics = evaluate_registration(args.reg_dir, args.fixed_labels, args.fixed_image, landmarks)
     for row in metrics.get("labels", []):
-        say(f"{row['name']:>10}  Dice {row['dice']:.4f}  HD95 {row['hd95']:.2f} mm")
+        say(f"{row['name']:>10}  Dice {row['dice']:.4f}  HD95 {row['hd95']:.2f} {row.get('unit', 'mm')}")
     say(f"folding {metrics['folding_percent']:.4f}%  std log|J| {metrics['log_jacobian_std']:.4f}")
     if "tre" in metrics:
         tre = metrics["tre"]
@@ -246,7 +246,8 @@ def run_atlas(args: argparse.Namespace) -> int:
     say(f"wrote {summary['out']} ({len(summary['atlases'])} atlases, {args.fusion} fusion)", err=True)
     for value, dice in summary["dice"].items():
         per_atlas = ", ".join(f"{entry['dice'][value]:.3f}" for entry in summary["atlases"])
-        say(f"label {value}: Dice {dice:.3f} (atlases: {per_atlas})", err=True)
+        name = summary.get("names", {}).get(value, f"label {value}")
+        say(f"{name}: Dice {dice:.3f} (atlases: {per_atlas})", err=True)
     if summary["metrics_file"]:
         say(f"wrote {summary['metrics_file']}", err=True)
     return 0

@@ -66,6 +66,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")
     p.add_argument("--no-validate", action="store_true", help="skip the final full-resolution validation")
     p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")
+    p.add_argument("--log", choices=("csv", "tensorboard"), default="csv",
+                   help="csv: train_log.csv (default); tensorboard: also event files in OUT/tensorboard "
+                        "(pip install segmorph[tensorboard])")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -85,6 +88,8 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
     p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays of a few slices")
+    p.add_argument("--view", action="store_true",
+                   help="also write OUT/view.html: every scan with its mask in one page (see segmorph view)")  # fmt: skip
     p.add_argument("--continue", dest="skip_existing", action="store_true", help="skip cases already written")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--format", dest="suffix", help="output suffix, e.g. .nii.gz (default), .nrrd, .mha")
@@ -100,6 +105,14 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("predictions", type=Path, help="folder of predicted masks")
     p.add_argument("references", type=Path, help="folder of reference masks (same case names)")
     p.add_argument("--out", type=Path, default=Path("metrics.csv"), help="CSV to write (a JSON summary goes beside)")
+    p.add_argument("--view", action="store_true",
+                   help="also write view.html beside --out: prediction and reference of every case, differences "
+                        "coloured, worst mean Dice first (see segmorph view)")  # fmt: skip
+    p.add_argument("--scans", type=Path, metavar="DIR",
+                   help="with --view: scans matched by case name, drawn under the masks (default: black)")  # fmt: skip
+    p.add_argument("--labels-from", type=Path, metavar="RUN_OR_DATASET",
+                   help="label names from a run folder's plan or a dataset.json (default: a dataset.json beside "
+                        "the references' folder, when it names every label)")  # fmt: skip
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
@@ -180,7 +193,7 @@ def run_train(args: argparse.Namespace) -> int:
         num_folds=args.folds, val_cases=tuple(args.val_cases), spacing=args.spacing,
         overrides=parse_overrides(args.overrides), config=args.config, device=args.device, seed=args.seed,
         resume=args.resume, validate=not args.no_validate, show_progress=not args.quiet, images_dir=args.images,
-        labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check,
+        labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check, log=args.log,
     )  # fmt: skip
     say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
         f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
@@ -205,6 +218,10 @@ def run_predict(args: argparse.Namespace) -> int:
         mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
         largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
     )  # fmt: skip
+    if args.view:
+        from segmorph.outputs import check_outputs
+
+        check_outputs([args.out / "view.html"], inputs=[args.run, *args.scans])
     # predict_files checks every output before it loads the model, then segments each scan as Segmenter does
     written = predict_files(
         args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,
@@ -212,14 +229,27 @@ def run_predict(args: argparse.Namespace) -> int:
         show_progress=not args.quiet,
     )  # fmt: skip
     say(f"wrote {len(written)} masks to {args.out}", err=True)
+    if args.view:
+        from segmorph.report.view_files import prediction_view
+
+        say(f"wrote {prediction_view(args.run, args.scans, args.out, args.suffix)}", err=True)
     return 0
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     from segmorph.segmentation.evaluate import evaluate_folders
 
-    evaluate_folders(args.predictions, args.references, args.out)
+    if args.scans is not None and not args.view:
+        raise SegmorphError("--scans goes with --view")
+    if args.view:
+        from segmorph.report.view_files import check_evaluation_view, evaluation_view
+
+        view = args.out.parent / "view.html"
+        check_evaluation_view(view, args.predictions, args.references, args.scans)
+    result = evaluate_folders(args.predictions, args.references, args.out, labels_from=args.labels_from)
     say(f"wrote {args.out} and {args.out.with_suffix('.json')}", err=True)
+    if args.view:
+        say(f"wrote {evaluation_view(result['rows'], args.predictions, args.references, view, args.scans)}", err=True)
     return 0
 
 

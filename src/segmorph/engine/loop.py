@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -145,7 +145,22 @@ class FitResult:
     precision: str = "float32"
 
 
-Callback = Callable[[EpochRecord], None]
+@runtime_checkable
+class Tracker(Protocol):
+    """Logs each epoch beside ``train_log.csv`` (e.g. :class:`segmorph.engine.tracking.TensorBoardLog`).
+
+    Given to :func:`fit_task` among the callbacks, it is called with :meth:`track` instead of the record,
+    and closed when training ends.
+    """
+
+    def track(self, step: int, row: dict[str, float], model: nn.Module, device: torch.device) -> None:
+        """Log one ``train_log.csv`` row (column -> value) at ``step``; ``model`` holds the validated weights."""
+        ...
+
+    def close(self) -> None: ...
+
+
+Callback = Callable[[EpochRecord], None] | Tracker
 
 
 class TrainTask(Protocol):
@@ -285,7 +300,7 @@ class TrainingLoop:
                 record = self._end_epoch(losses)
                 bar.update(self.progress(), self.step, record.train_loss, record.val_score, self._time_left())
                 for callback in callbacks if main else ():
-                    callback(record)
+                    self._notify(callback, record)
                 if self._finished():
                     break
                 if self._should_stop_early():
@@ -293,6 +308,8 @@ class TrainingLoop:
                     break
         if main:
             self._write_curves()
+        for tracker in (c for c in callbacks if isinstance(c, Tracker)):
+            tracker.close()
         return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason, dist.world_size(),
                          precision_name(self.device, self.config.amp))  # fmt: skip
 
@@ -355,17 +372,31 @@ class TrainingLoop:
         stop = bool(patience) and self.best_epoch >= 0 and self.epoch - self.best_epoch > patience
         return dist.any_true(stop, self.device)
 
+    def _validated_model(self) -> nn.Module:
+        return self.ema if self.ema is not None else self.model
+
     def _validate(self) -> list[float]:
-        model = self.ema if self.ema is not None else self.model
+        model = self._validated_model()
         model.eval()
         return [float(v) for v in self.task.validate(model, self.device)]
 
     # -- outputs -------------------------------------------------------------------------------
+    def _notify(self, callback: Callback, record: EpochRecord) -> None:
+        if isinstance(callback, Tracker):
+            values = [record.epoch, record.step, record.elapsed_s, record.lr, record.train_loss, record.val_score]
+            row = dict(zip(self._log_columns(), [*values, *record.val_scores]))
+            callback.track(record.step, row, self._validated_model(), self.device)
+        else:
+            callback(record)
+
+    def _log_columns(self) -> list[str]:
+        names = [f"val_{part}" for part in self.task.score_parts]
+        return ["epoch", "step", "elapsed_s", "lr", "train_loss", f"val_{self.task.score_key}", *names]
+
     def _write_log(self) -> None:
         buffer = _io.StringIO()
         writer = csv.writer(buffer)
-        names = [f"val_{part}" for part in self.task.score_parts]
-        writer.writerow(["epoch", "step", "elapsed_s", "lr", "train_loss", f"val_{self.task.score_key}", *names])
+        writer.writerow(self._log_columns())
         for r in self.history:
             writer.writerow([r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_score, *r.val_scores])
         atomic_write_text(self.run_dir / "train_log.csv", buffer.getvalue())

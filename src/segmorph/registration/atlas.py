@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
-from segmorph.io import atomic_write_text, image_suffix, read_image, strip_suffix, write_image
+from segmorph.io import atomic_write_text, distance_unit, image_suffix, read_image, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics, dice_score
 from segmorph.outputs import check_outputs
 from segmorph.progress import track
@@ -36,6 +36,7 @@ from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.similarity import box_sum
 from segmorph.registration.transform import Transform
+from segmorph.segmentation.evaluate import dataset_label_names, name_labels, read_label_names
 
 if TYPE_CHECKING:
     from segmorph.registration.learned.model import LearnedRegistration
@@ -355,16 +356,20 @@ def run_atlas_segment(
     progress: bool = True,
     config: ClassicalConfig | None = None,
     device: str = "cpu",
+    labels_from: str | Path | None = None,
 ) -> dict:
     """Files in, files out: read the scan and ``IMAGE:LABELS`` atlases, write the fused segmentation.
 
     The segmentation is written atomically to ``out_path``; with a reference, the metrics of every
-    label (:func:`~segmorph.metrics.segmentation.case_metrics`: Dice, HD95 in mm, ...) and each atlas's Dice go to
-    ``<out stem>_metrics.json`` beside it.
+    label (:func:`~segmorph.metrics.segmentation.case_metrics`: Dice, HD95 in mm, or px for pictures, ...) and each
+    atlas's Dice go to ``<out stem>_metrics.json`` beside it. Labels are named by ``labels_from`` (a run or dataset
+    folder, or a dataset.json), else by the dataset.json beside the reference's folder or the first atlas label
+    map's (MSD: ``labelsTr/..``) when it names every label, else ``label_<value>``.
 
     Returns:
-        A summary: ``out``, ``metrics_file`` (or None), ``dice`` (label → fused Dice), ``atlases``
-        (image, labels and Dice per atlas), ``metrics`` (the case_metrics rows, or None).
+        A summary: ``out``, ``metrics_file`` (or None), ``dice`` (label → fused Dice), ``names`` (label → name,
+        the labels scored), ``atlases`` (image, labels and Dice per atlas), ``metrics`` (the case_metrics rows,
+        or None).
 
     Raises:
         SegmorphError: A malformed or missing atlas spec (naming it), an unreadable image, an atlas
@@ -391,12 +396,25 @@ def run_atlas_segment(
         scan, atlases, method, fusion, model, config, reference, progress, [str(lab) for _, lab in pairs], device
     )  # fmt: skip
     write_image(result.labels, out_path)
+    known = _known_names(labels_from, reference_path, pairs[0][1])
     summary = {"scan": str(scan_path), "out": str(out_path), "method": method, "fusion": fusion,
-               "dice": result.dice, "metrics": None, "metrics_file": None,
+               "dice": result.dice, "names": name_labels(result.dice, known), "metrics": None, "metrics_file": None,
                "atlases": [{"image": str(i), "labels": str(lab)} for i, lab in pairs]}  # fmt: skip
     if reference is not None:
-        _write_metrics(summary, result, scan, reference, out_path)
+        _write_metrics(summary, result, scan, reference, out_path, distance_unit(reference_path))
     return summary
+
+
+def _known_names(labels_from: str | Path | None, reference_path: str | Path | None,
+                 atlas_labels: Path) -> dict[int, str] | None:  # fmt: skip
+    """Names of ``labels_from``, else of the dataset.json beside the reference's or the atlas labels' folder."""
+    if labels_from is not None:
+        return read_label_names(labels_from)
+    for path in (reference_path, atlas_labels):
+        names = None if path is None else dataset_label_names(Path(path).parent)
+        if names:
+            return names
+    return None
 
 
 def _load_model(model_dir: str | Path | None, device: str) -> LearnedRegistration:
@@ -405,9 +423,12 @@ def _load_model(model_dir: str | Path | None, device: str) -> LearnedRegistratio
     return LearnedRegistration.load(model_dir, device)
 
 
-def _write_metrics(summary: dict, result: AtlasSegmentation, scan: Image, reference: Image, out_path: Path) -> None:
-    labels = {value: f"label_{value}" for value in result.dice}
-    rows = case_metrics(result.labels.numpy()[0], reference.numpy()[0], scan.spacing, labels) if labels else []
+def _write_metrics(summary: dict, result: AtlasSegmentation, scan: Image, reference: Image, out_path: Path,
+                   unit: str = "mm") -> None:  # fmt: skip
+    labels = summary["names"]
+    spacing = scan.spacing if unit == "mm" else np.ones(scan.ndim)
+    rows = case_metrics(result.labels.numpy()[0], reference.numpy()[0], spacing, labels) if labels else []
+    rows = [{**row, "unit": unit} for row in rows]
     for entry, dice in zip(summary["atlases"], result.atlas_dice):
         entry["dice"] = dice
     summary["metrics"] = rows

@@ -9,11 +9,13 @@ it is. Only the first channel of an image is shown. Files are written atomically
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.colors import Normalize
+from matplotlib.lines import Line2D
 
 from segmorph.geometry import Affine
 from segmorph.image import Image
@@ -198,8 +200,11 @@ def plot_label_contours(
     path: str | Path,
     before_labels: Image | None = None,
     after_labels: Image | None = None,
+    label_names: Mapping[int, str] | None = None,
 ) -> Path:
     """Fixed label contours (solid) over the moving image before (row 1) and after (row 2) registration.
+
+    A legend below the panels gives each label's colour and name, and which line style is which image.
 
     Args:
         fixed_labels: ``(1, *S)`` integer labels of the fixed image.
@@ -208,10 +213,13 @@ def plot_label_contours(
         path: Output PNG.
         before_labels: Optional moving labels resampled like ``before``; contours dashed.
         after_labels: Optional moving labels warped like ``after``; contours dashed.
+        label_names: Label value -> name for the legend (0, the background, is never listed); a value
+            without a name is called ``label <value>``.
     """
     _check_same_grid(fixed_labels, before=before, after=after, before_labels=before_labels, after_labels=after_labels)
     reference = _views(fixed_labels.numpy()[0], fixed_labels.ndim)
-    figure, axes = plt.subplots(2, len(reference), figsize=(3.6 * len(reference), 7), squeeze=False)
+    size = (3.6 * len(reference), 7)
+    figure, axes = plt.subplots(2, len(reference), figsize=size, squeeze=False, layout="constrained")
     for row, (name, image, labels) in enumerate([("before", before, before_labels), ("after", after, after_labels)]):
         moved = [None] * len(reference) if labels is None else _views(labels.numpy()[0], labels.ndim)
         pictures = _views(_display(image), image.ndim)
@@ -221,7 +229,29 @@ def plot_label_contours(
             if moved_view is not None:
                 _draw_contours(axis, moved_view[2], "dashed")
     figure.suptitle("labels: fixed solid, moving dashed")
+    maps = [fixed_labels] + [m for m in (before_labels, after_labels) if m is not None]
+    values = {int(v) for m in maps for v in np.unique(m.numpy())}
+    handles = label_legend_handles(values, label_names, moving=len(maps) > 1)
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
     return save_figure(figure, path)
+
+
+def label_legend_handles(values: Iterable[int], names: Mapping[int, str] | None, moving: bool) -> list[Line2D]:
+    """Legend lines: one per foreground label (its contour colour and name), then the fixed and moving styles.
+
+    Args:
+        values: Label values present (0 and below are skipped).
+        names: Label value -> name; every named foreground value is listed, present or not.
+        moving: Add the dashed "moving" style line.
+    """
+    named = {int(v): str(n) for v, n in (names or {}).items() if int(v) > 0}
+    shown = sorted(named.keys() | {int(v) for v in values if int(v) > 0})
+    handles = [Line2D([], [], color=LABEL_COLOURS[min(v, len(LABEL_COLOURS) - 1)], linewidth=2,
+                      label=named.get(v, f"label {v}")) for v in shown]  # fmt: skip
+    handles.append(Line2D([], [], color="grey", linestyle="solid", label="fixed"))
+    if moving:
+        handles.append(Line2D([], [], color="grey", linestyle="dashed", label="moving"))
+    return handles
 
 
 def _draw_contours(axis: plt.Axes, labels: np.ndarray, style: str) -> None:
@@ -242,6 +272,7 @@ def save_registration_pictures(
     fixed_labels: Image | None = None,
     warped_labels: Image | None = None,
     moving_labels: Image | None = None,
+    label_names: Mapping[int, str] | None = None,
 ) -> list[Path]:
     """Write the pictures of one registration into ``folder``.
 
@@ -257,6 +288,7 @@ def save_registration_pictures(
         fixed_labels: Optional ``(1, *S)`` labels of the fixed image.
         warped_labels: Optional moving labels warped onto the fixed grid.
         moving_labels: Optional moving labels on the moving grid (for the "before" row).
+        label_names: Label value -> name for the legend of ``labels.png`` (default ``label <value>``).
 
     Returns:
         The paths written.
@@ -272,7 +304,9 @@ def save_registration_pictures(
     if fixed_labels is not None:
         before_labels = None if moving_labels is None else Transform.identity().warp(moving_labels, grid, shape)
         labels_path = folder / "labels.png"
-        written.append(plot_label_contours(fixed_labels, before, warped, labels_path, before_labels, warped_labels))
+        written.append(
+            plot_label_contours(fixed_labels, before, warped, labels_path, before_labels, warped_labels, label_names)
+        )
     return written
 
 

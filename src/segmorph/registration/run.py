@@ -13,6 +13,7 @@ import csv
 import io as _io
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -21,13 +22,14 @@ import numpy as np
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
-from segmorph.io import atomic_write_text, read_image, strip_suffix, write_image
+from segmorph.io import atomic_write_text, distance_unit, read_image, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics
 from segmorph.outputs import Output, check_outputs
 from segmorph.records import read_csv, read_csv_lines
 from segmorph.registration.api import check_pair, measure_deformation, register
 from segmorph.registration.spatial import INTERPOLATIONS, LABEL_INTERPOLATIONS
 from segmorph.registration.transform import Transform, load_transform, read_fixed_grid, save_transform
+from segmorph.segmentation.evaluate import dataset_label_names, name_labels, read_label_names
 
 WARPED_IMAGE = "warped.nii.gz"
 WARPED_LABELS = "warped_labels.nii.gz"
@@ -50,6 +52,15 @@ class PairRequest:
     fixed_structures: Path | None = None
     moving_structures: Path | None = None
     device: str = "cpu"
+    labels_from: Path | None = None  # a run or dataset folder naming the labels (default: see label_names_for)
+
+
+def label_names_for(fixed_labels: Path | None, labels_from: str | Path | None = None) -> dict[int, str] | None:
+    """Label value -> name: those of ``labels_from`` (a run or dataset folder, or a dataset.json), else those of
+    the ``dataset.json`` beside the folder of ``fixed_labels`` (MSD: ``labelsTr/..``), else None."""
+    if labels_from is not None:
+        return read_label_names(labels_from)
+    return None if fixed_labels is None else dataset_label_names(Path(fixed_labels).parent)
 
 
 def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
@@ -110,13 +121,16 @@ def register_pair(request: PairRequest, model=None) -> dict[str, Any]:
     if request.method == "learned" and model is not None:
         record["passes"] = model.passes_used(request.refine)
         record["label_guided"] = model.guided_by(moving_labels)
+    names = label_names_for(request.fixed_labels, request.labels_from) if fixed_labels is not None else None
     if fixed_labels is not None:
-        record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels)
+        unit = distance_unit(request.fixed_labels)
+        record["metrics"] = registration_metrics(transform, fixed, fixed_labels, warped_labels, names=names, unit=unit)
         atomic_write_text(out / "metrics.json", json.dumps(record["metrics"], indent=2) + "\n")
     if request.pictures:
         from segmorph.registration.pictures import save_registration_pictures
 
-        save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels, moving_labels)
+        save_registration_pictures(out, fixed, moving, warped, transform, fixed_labels, warped_labels, moving_labels,
+                                   label_names=names)  # fmt: skip
     atomic_write_text(out / "registration.json", json.dumps(record, indent=2) + "\n")
     return record
 
@@ -131,11 +145,13 @@ def _read_structures(request: PairRequest, fixed: Image, moving: Image) -> tuple
 
 
 def registration_metrics(transform: Transform, fixed: Image, fixed_labels: Image | None = None,
-                         warped_labels: Image | None = None, landmarks: tuple[Path, Path] | None = None) -> dict:  # fmt: skip
-    """Dice/HD95 per label, folding %, std of log det(J), and TRE when landmark files are given."""
+                         warped_labels: Image | None = None, landmarks: tuple[Path, Path] | None = None,
+                         names: Mapping[int, str] | None = None, unit: str = "mm") -> dict:  # fmt: skip
+    """Dice/HD95 per label (named and measured as in :func:`label_overlap`), folding %, std of log det(J), and TRE
+    when landmark files are given."""
     metrics: dict[str, Any] = {}
     if fixed_labels is not None and warped_labels is not None:
-        metrics["labels"] = label_overlap(warped_labels, fixed_labels)
+        metrics["labels"] = label_overlap(warped_labels, fixed_labels, names, unit)
         values = [row["dice"] for row in metrics["labels"]]
         metrics["mean_dice"] = float(np.mean(values)) if values else float("nan")
     metrics.update(deformation_quality(transform, fixed))
@@ -144,11 +160,20 @@ def registration_metrics(transform: Transform, fixed: Image, fixed_labels: Image
     return metrics
 
 
-def label_overlap(warped_labels: Image, fixed_labels: Image) -> list[dict]:
-    """One row per foreground label present in either map: Dice, HD95, ASSD, ... (see metrics.py)."""
+def label_overlap(warped_labels: Image, fixed_labels: Image, names: Mapping[int, str] | None = None,
+                  unit: str = "mm") -> list[dict]:  # fmt: skip
+    """One row per foreground label present in either map: Dice, HD95, ASSD, ... (see metrics.py) and ``unit``.
+
+    Args:
+        warped_labels: The moving labels warped onto the fixed grid.
+        fixed_labels: The fixed image's labels, same grid.
+        names: Label value -> name, used when it names every label present (else ``label_<value>``).
+        unit: ``mm`` (distances from the grid's spacing) or ``px`` (pictures: distances counted in pixels).
+    """
     pred, ref = warped_labels.numpy()[0], fixed_labels.numpy()[0]
-    labels = {int(v): f"label_{int(v)}" for v in np.union1d(np.unique(pred), np.unique(ref)) if v != 0}
-    return case_metrics(pred, ref, fixed_labels.spacing, labels)
+    labels = name_labels(np.union1d(np.unique(pred), np.unique(ref)).tolist(), names)
+    spacing = fixed_labels.spacing if unit == "mm" else np.ones(fixed_labels.ndim)
+    return [{**row, "unit": unit} for row in case_metrics(pred, ref, spacing, labels)] if labels else []
 
 
 def deformation_quality(transform: Transform, fixed: Image) -> dict[str, float]:
@@ -197,8 +222,13 @@ def target_registration_error(transform: Transform, fixed_points: Path, moving_p
 
 
 def evaluate_registration(reg_dir: Path, fixed_labels: Path | None = None, fixed_image: Path | None = None,
-                          landmarks: tuple[Path, Path] | None = None) -> dict[str, Any]:  # fmt: skip
-    """Score a registration folder: labels against ``fixed_labels``, folding, TRE; writes metrics.json."""
+                          landmarks: tuple[Path, Path] | None = None,
+                          labels_from: str | Path | None = None) -> dict[str, Any]:  # fmt: skip
+    """Score a registration folder: labels against ``fixed_labels``, folding, TRE; writes metrics.json.
+
+    Labels are named by ``labels_from`` (a run or dataset folder), else by the dataset.json beside the folder of
+    ``fixed_labels`` (:func:`label_names_for`); distances are in mm, or px for picture label maps.
+    """
     reg_dir = Path(reg_dir)
     landmark_files = landmarks or ()
     check_outputs([reg_dir / "metrics.json"], inputs=[fixed_labels, fixed_image, *landmark_files])
@@ -211,7 +241,9 @@ def evaluate_registration(reg_dir: Path, fixed_labels: Path | None = None, fixed
         if not (reg_dir / WARPED_LABELS).exists():
             raise SegmorphError(f"no {WARPED_LABELS} (register with --moving-labels to score labels)", reg_dir)
         warped_labels = read_labels_like(reg_dir / WARPED_LABELS, grid, grid_source)
-    metrics = registration_metrics(transform, grid, reference, warped_labels, landmarks)
+    names = label_names_for(fixed_labels, labels_from) if fixed_labels else None
+    unit = distance_unit(fixed_labels) if fixed_labels else "mm"
+    metrics = registration_metrics(transform, grid, reference, warped_labels, landmarks, names, unit)
     atomic_write_text(reg_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     return metrics
 

@@ -128,7 +128,8 @@ def _metrics_section(summary: dict, scores: list[CaseScore], labels: dict[int, s
     classes = metrics.get("classes") or {}
     if not classes:
         return _metrics_from_scores(scores, labels)
-    header = ["class", "cases", *(name for _, name in SUMMARY_METRICS), "empty ref", "empty pred"]
+    unit = str(metrics.get("unit", "mm"))  # px for pictures (no physical pixel size)
+    header = ["class", "cases", *(name.replace("mm", unit) for _, name in SUMMARY_METRICS), "empty ref", "empty pred"]
     rows = []
     for key, values in classes.items():
         cells = [_mean_std(values.get(metric)) for metric, _ in SUMMARY_METRICS]
@@ -138,7 +139,7 @@ def _metrics_section(summary: dict, scores: list[CaseScore], labels: dict[int, s
     if mean:
         rows.append(["mean over classes", metrics.get("cases"), *(mean.get(m) for m, _ in SUMMARY_METRICS), None, None])
     parts = [table(header, rows), note("mean ± standard deviation over cases, median below; "
-                                        "HD95 and ASSD in mm, volumes in mm³")]  # fmt: skip
+                                        f"HD95 and ASSD in {unit}, volumes in {unit}³ ({unit}² in 2D)")]  # fmt: skip
     unmatched = metrics.get("unmatched_predictions")
     if unmatched:
         parts.append(note(f"predictions without a reference: {', '.join(map(str, unmatched))}"))

@@ -35,15 +35,17 @@ class Evaluation:
     Attributes:
         cases: Number of cases scored.
         mean: Metric name -> mean over classes of the per-class means (``dice``, ``iou``, ``precision``,
-            ``recall``, ..., ``hd95`` and ``assd`` in mm).
+            ``recall``, ..., ``hd95`` and ``assd`` in ``unit``).
         per_class: Class name -> metric name -> mean over cases.
         unmatched_predictions: Prediction case ids without a reference (not scored).
+        unit: The unit of distances: ``mm``, or ``px`` for pictures (no physical pixel size).
     """
 
     cases: int
     mean: Mapping[str, float]
     per_class: Mapping[str, Mapping[str, float]]
     unmatched_predictions: tuple[str, ...] = ()
+    unit: str = "mm"
 
     @property
     def dice(self) -> float:
@@ -58,7 +60,7 @@ class Evaluation:
             for stats in summary["classes"].values()
         }  # fmt: skip
         return cls(int(summary["cases"]), dict(summary["mean_over_classes"]), per_class,
-                   tuple(summary.get("unmatched_predictions", ())))  # fmt: skip
+                   tuple(summary.get("unmatched_predictions", ())), str(summary.get("unit", "mm")))  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -174,6 +176,7 @@ def train(
     labels_dir: str | Path | None = None,
     cache_dir: str | Path | None = None,
     check: bool = True,
+    log: str = "csv",
 ) -> TrainResult:
     """Plan, preprocess, train and validate a segmentation model into the run folder ``out``.
 
@@ -200,6 +203,9 @@ def train(
         cache_dir: Preprocessing cache (default ``out/preprocessed``).
         check: Run the dataset quality check first (:func:`segmorph.qc.quality.check_before_training`; not
             on ``resume``): one warning line when it flags cases; the data and the split are never changed.
+        log: ``"csv"`` (``train_log.csv``) or ``"tensorboard"``: also TensorBoard event files in
+            ``out/tensorboard/`` with the same scalars and a picture of a validation case at each epoch
+            (needs ``pip install segmorph[tensorboard]``).
 
     Returns:
         A :class:`TrainResult`.
@@ -218,6 +224,7 @@ def train(
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
         show_progress=show_progress, fold=fold, num_folds=num_folds, val_cases=tuple(val_cases), resume=resume,
         cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate, check=check,
+        log=log,
     )  # fmt: skip
     return TrainResult.from_summary(request.out, train_segmentation(request))
 
@@ -325,6 +332,7 @@ def evaluate(
     out: str | Path | None = None,
     labels: Mapping[int, str] | None = None,
     show_table: bool = False,
+    labels_from: str | Path | None = None,
 ) -> Evaluation:
     """Score predicted label maps against references: Dice, IoU, precision, recall, HD95 and ASSD (mm), ...
 
@@ -332,8 +340,11 @@ def evaluate(
         predictions: A folder of predicted masks, or one mask (an :class:`Image`).
         references: A folder of reference masks paired by case name, or one mask on the prediction's grid.
         out: CSV to write, one row per case and class (a JSON summary goes beside); folders only.
-        labels: Foreground label value -> class name (default: every value present, ``label_<value>``).
+        labels: Foreground label value -> class name (default: those of ``labels_from``; for folders, else those of
+            a ``dataset.json`` beside the references that names every value present; else every value present,
+            ``label_<value>``).
         show_table: Print a table of the metrics (folders only).
+        labels_from: A run folder (its plan's labels) or a dataset folder (its dataset.json's labels).
 
     Returns:
         An :class:`Evaluation`.
@@ -344,7 +355,7 @@ def evaluate(
     Example:
         >>> evaluate("masks/", "labelsTr/", out="metrics.csv").dice
     """
-    from segmorph.segmentation.evaluate import evaluate_arrays, evaluate_folders, summarize
+    from segmorph.segmentation.evaluate import evaluate_arrays, evaluate_folders, read_label_names, summarize
 
     if isinstance(predictions, Image) or isinstance(references, Image):
         if not (isinstance(predictions, Image) and isinstance(references, Image)):
@@ -353,6 +364,8 @@ def evaluate(
             raise SegmorphError("out: metrics files are written for folders only")
         check_same_grid(predictions, references, "predictions: grid differs from the references'", None)
         pred, ref = predictions.numpy()[0], references.numpy()[0]
+        if labels is None and labels_from is not None:
+            labels = read_label_names(labels_from)
         if labels is None:
             values = sorted({int(v) for v in np.union1d(np.unique(pred), np.unique(ref))} - {0})
             labels = {v: f"label_{v}" for v in values}
@@ -361,5 +374,6 @@ def evaluate(
         rows = evaluate_arrays([("case", pred, ref, references.spacing)], dict(labels))
         return Evaluation.from_summary(summarize(rows))
     summary = evaluate_folders(predictions, references, None if out is None else Path(out),
-                               None if labels is None else dict(labels), console=show_table)  # fmt: skip
+                               None if labels is None else dict(labels), console=show_table,
+                               labels_from=labels_from)  # fmt: skip
     return Evaluation.from_summary(summary)

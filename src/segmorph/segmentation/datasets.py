@@ -168,7 +168,7 @@ def _load_msd(root: Path) -> DatasetSpec:
     if not isinstance(meta.get("labels"), dict):
         raise SegmorphError("missing key 'labels' (an object of label values and names)", path)
     channels = tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0))
-    labels = _parse_labels(meta["labels"], path)
+    labels = dict(sorted({0: "background", **parse_label_names(meta["labels"], path)}.items()))
     suffix = meta.get("file_ending")
     if "training" in meta:
         cases = _cases_from_list(root, meta["training"], len(channels), path)
@@ -181,8 +181,12 @@ def _load_msd(root: Path) -> DatasetSpec:
     return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels))
 
 
-def _parse_labels(raw: dict, path: Path) -> dict[int, str]:
-    """Accept MSD ``{"0": "background"}`` and nnU-Net v2 ``{"background": 0}``."""
+def parse_label_names(raw: dict, path: str | Path) -> dict[int, str]:
+    """Label value -> name from a ``labels`` object: MSD ``{"1": "Anterior"}`` or nnU-Net v2 ``{"Anterior": 1}``.
+
+    Raises:
+        SegmorphError: An entry is neither form (region labels, negative values), naming ``path``.
+    """
     labels: dict[int, str] = {}
     for key, value in raw.items():
         if isinstance(value, str) and str(key).isdigit():
@@ -191,7 +195,6 @@ def _parse_labels(raw: dict, path: Path) -> dict[int, str]:
             labels[value] = str(key)
         else:
             raise SegmorphError(f"labels: cannot read entry {key!r}: {value!r} (region labels are not supported)", path)
-    labels.setdefault(0, "background")
     return dict(sorted(labels.items()))
 
 

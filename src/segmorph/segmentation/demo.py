@@ -1,7 +1,8 @@
 """``segmorph demo``: the README's main job on real data (MSD hippocampus).
 
 Trains briefly, segments the held-out validation fold on the scans' own grids, scores the masks
-(the table is printed) and writes overlay pictures.
+(the table is printed) and writes overlay pictures: the worst validation cases against their references
+(``validation/overlays``) and the first few predictions (``overlays``), with the dataset's label names.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ def run_demo(data: Path, out: Path, time_budget_s: float = 300.0, device: str = 
     metrics = summary["validation"]["metrics"]
     console.print(
         f"demo done: mean Dice {metrics['mean_over_classes']['dice']:.3f} over {summary['val_cases']} validation cases; "
-        f"masks and metrics in {out / 'validation'}, overlays in {out / 'overlays'}",
+        f"masks and metrics in {out / 'validation'}, the worst cases against their references in "
+        f"{out / 'validation' / 'overlays'}, overlays of the predictions in {out / 'overlays'}",
         highlight=False,
     )
     return summary

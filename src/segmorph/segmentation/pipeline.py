@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ import torch
 from segmorph.configs import apply_naming_file
 from segmorph.engine import distributed as dist
 from segmorph.engine.loop import FitResult
+from segmorph.engine.tracking import TENSORBOARD_FOLDER, SlicePreview, check_log, open_tracker
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.nn import build_network, count_parameters
@@ -52,6 +54,9 @@ class TrainRequest:
             predictor (original grid, mirroring) and score them with :mod:`segmorph.metrics.segmentation`.
         check: Run the dataset quality check (:func:`segmorph.qc.quality.check_before_training`) before
             training (not on ``resume``): one warning line when it flags cases; it never changes the data.
+        log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files in
+            ``out/tensorboard/`` with the same scalars and a picture of the first validation case
+            (:mod:`segmorph.engine.tracking`; needs the ``tensorboard`` extra).
     """
 
     dataset: Path
@@ -73,6 +78,7 @@ class TrainRequest:
     show_progress: bool = True
     config_file: Path | None = None
     check: bool = True
+    log: str = "csv"
 
 
 def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
@@ -117,6 +123,7 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
 def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     out = Path(request.out)
     check_run_folder(out, request.dataset)
+    check_log(request.log)
     if request.resume:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
         spec = spec if spec.labels else infer_labels(spec)
@@ -138,9 +145,12 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     model = build_network(plan.network)
     if dist.is_main_process():
         console.print(_summary_line(plan, model, len(train_ids), len(val_ids)), highlight=False)
+    preview = SlicePreview(val_ids[0], *cases[val_ids[0]], plan.train) if val_ids else None
+    tracker = open_tracker(request.log, out, preview)
     result = fit(
         model, [cases[c] for c in train_ids], [cases[c] for c in val_ids], plan.train, out, plan.network,
         plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
+        callbacks=() if tracker is None else (tracker,),
     )  # fmt: skip
     summary = {"fit": _fit_summary(result), "train_cases": len(train_ids), "val_cases": len(val_ids)}
     if request.validate_with_predictor and val_ids and dist.is_main_process():
@@ -193,8 +203,10 @@ def _write_provenance(
         "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
         "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
         "train_cases": train_ids, "val_cases": val_ids, "preprocess_steps": list(plan.preprocess.steps),
-        "quality_check": quality,
+        "quality_check": quality, "log": request.log,
     }  # fmt: skip
+    if request.log == "tensorboard":
+        facts["tensorboard_dir"] = TENSORBOARD_FOLDER
     record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
@@ -206,9 +218,10 @@ def validate_run(
 ) -> dict[str, Any]:  # fmt: skip
     """Segment the validation cases with the saved model and score them on their original grids.
 
-    Writes ``validation/<case>.nii.gz`` and ``validation/metrics.csv`` (+ ``.json``) in ``run_dir``.
+    Writes ``validation/<case>.nii.gz``, ``validation/metrics.csv`` (+ ``.json``) and the overlay pictures
+    of the worst cases (:func:`write_validation_overlays`) in ``run_dir``.
     """
-    from segmorph.io import write_image
+    from segmorph.io import distance_unit, write_image
     from segmorph.progress import track
     from segmorph.segmentation.datasets import load_sample
     from segmorph.segmentation.evaluate import evaluate_folders
@@ -226,6 +239,46 @@ def validate_run(
         write_image(sample.label, ref_dir / f"{case_id}.nii.gz")
     seconds = (time.perf_counter() - started) / max(len(val_ids), 1)
     labels = {k: v for k, v in spec.labels.items() if k > 0}
-    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress)
+    unit = distance_unit(spec.case(val_ids[0]).label) if val_ids else "mm"  # pictures keep no spacing: px
+    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress, unit=unit)
+    write_validation_overlays(run_dir, spec, summary["rows"], labels)
     summary = {k: v for k, v in summary.items() if k != "rows"}
     return {"seconds_per_case": round(seconds, 3), "metrics": summary}
+
+
+def write_validation_overlays(
+    run_dir: Path, spec: DatasetSpec, rows: Sequence[dict], labels: dict[int, str], count: int = 3
+) -> list[Path]:  # fmt: skip
+    """Overlay pictures of the ``count`` validation cases of lowest mean Dice over classes (worst first).
+
+    Writes ``validation/overlays/<case>_overlay.png`` in ``run_dir`` (:func:`segmorph.plots.overlay_slices`):
+    the prediction ``validation/<case>.nii.gz`` as a fill, the case's reference label map as an outline, a
+    legend naming ``labels``. A subfolder, so that the validation folder holds only label maps.
+
+    Args:
+        rows: Per case x class metric rows with keys ``case`` and ``dice`` (as from ``evaluate_folders``).
+        labels: Foreground label value -> name.
+    """
+    from segmorph.io import read_image
+    from segmorph.plots import overlay_slices
+    from segmorph.segmentation.datasets import load_sample
+
+    written = []
+    for case_id, dice in worst_cases(rows, count):
+        sample = load_sample(spec.case(case_id), spec)
+        prediction = read_image(run_dir / "validation" / f"{case_id}.nii.gz", is_label=True).numpy()[0]
+        reference = None if sample.label is None else sample.label.numpy()[0]
+        path = run_dir / "validation" / "overlays" / f"{case_id}_overlay.png"
+        image = sample.image.numpy()
+        title = f"{case_id}: mean Dice {dice:.3f} (validation)"
+        written.append(overlay_slices(image, prediction, path, reference, title=title, label_names=labels))
+    return written
+
+
+def worst_cases(rows: Sequence[dict], count: int) -> list[tuple[str, float]]:
+    """``(case, mean Dice over its rows)`` of the ``count`` lowest means, lowest first; NaN counts as lowest."""
+    per_case: dict[str, list[float]] = {}
+    for row in rows:
+        per_case.setdefault(str(row["case"]), []).append(float(row["dice"]))
+    means = [(case, sum(values) / len(values)) for case, values in per_case.items()]
+    return sorted(means, key=lambda item: float("-inf") if math.isnan(item[1]) else item[1])[:count]

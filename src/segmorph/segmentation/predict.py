@@ -128,7 +128,8 @@ def predict_files(
         inputs: Scans: files, folders of image files, DICOM series folders.
         out_dir: Where masks (``<case>.nii.gz``, or ``.png`` for PNG input) are written atomically.
         skip_existing: Leave cases whose mask already exists (continue an interrupted run).
-        overlays: Also write ``<case>_overlay.png`` with a few slices.
+        overlays: Also write ``<case>_overlay.png``: a few slices (a 2D image whole, at its own resolution)
+            with the mask filled in and a legend of the run's label names (:func:`segmorph.plots.overlay_slices`).
         save_probabilities: Also write ``<case>_probabilities.nii.gz`` (K channels, float32).
         suffix: Force an output format (e.g. ``.nrrd``).
     """
@@ -150,7 +151,8 @@ def predict_files(
         if overlays:
             from segmorph.plots import overlay_slices
 
-            overlay_slices(image.numpy(), mask.numpy()[0], out_dir / f"{strip_suffix(target)}_overlay.png", title=scan.name)
+            overlay = out_dir / f"{strip_suffix(target)}_overlay.png"
+            overlay_slices(image.numpy(), mask.numpy()[0], overlay, title=scan.name, label_names=predictor.plan.labels)
         written.append(write_image(mask, target))
     return written
 
