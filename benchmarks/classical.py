@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from segmorph.image import Image
-from segmorph.io import read_image
+from segmorph.io import read_image, strip_suffix
 from segmorph.segmentation.baselines import seed_from_mask, segment
 from segmorph.segmentation.datasets import load_dataset, split_cases
 
@@ -76,7 +76,8 @@ def learned_rows(run: Path, cases: list[str], reference: Callable[[str], tuple[n
     rows = []
     for case in cases:
         expected, inside = reference(case)
-        predicted = read_image(run / "validation" / f"{case}.nii.gz", is_label=True).numpy()[0] > 0
+        mask = next(p for p in sorted((run / "validation").iterdir()) if strip_suffix(p.name) == case)
+        predicted = read_image(mask, is_label=True).numpy()[0] > 0
         if inside is not None:
             predicted, expected = predicted & inside, expected & inside
         rows.append(scores(predicted, expected))

@@ -30,7 +30,7 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--z-limit", type=float, default=None, help="robust z-score beyond which a case is an outlier "
                         "(default 3.5)")
     parser.add_argument("--near-bits", type=int, default=None, help="near-duplicate candidates differ in at most this "
-                        "many of the 256 difference-hash bits (default 20)")
+                        "many of the 256 difference-hash bits (default 64)")
     parser.add_argument("--near-correlation", type=float, default=None, help="a candidate is a near-duplicate when the "
                         "two thumbnails, less what every case shares, correlate at least this much (default 0.9)")
     parser.set_defaults(handler=run_check)

@@ -21,10 +21,10 @@ Per case (a :class:`CaseQuality` row):
   mean; in 3D its middle slice along K) is resized with antialiasing (scikit-image) to
   ``hash_size x (hash_size + 1)`` pixels and each bit says whether a pixel is brighter than its right
   neighbour, ``hash_size²`` bits in all (256 by default). Two images whose hashes differ in at most
-  ``near_bits`` bits (default 20, about 8 % of the bits) are candidates. dHash ignores brightness, contrast
-  and size, and a few bits change under noise or small edits; unrelated images differ in about half the
-  bits, but images that share a layout (fundus photos: a bright disc on black) differ in far fewer, because
-  the layout sets most bits. So each candidate pair is confirmed on thumbnails: the same plane resized to
+  ``near_bits`` bits (default 64, a quarter of the bits) are candidates. dHash ignores brightness, contrast
+  and size; noise, small edits and a neighbouring frame of the same view change up to a few dozen bits, and
+  unrelated images differ in about half the bits, but images that share a layout (fundus photos: a bright
+  disc on black) differ in far fewer, because the layout sets most bits. So each candidate pair is confirmed on thumbnails: the same plane resized to
   ``THUMB_SIZE x THUMB_SIZE`` (32 x 32) pixels, each the mean of the pixels it covers, smoothed by a Gaussian
   (sigma 0.5 thumbnail pixels) and standardised (mean 0, standard deviation 1). The layout the dataset shares
   is removed first: the reference of a pair is the mean thumbnail of all other cases, and from each of the two
@@ -67,7 +67,7 @@ from segmorph.records import read_csv
 
 Z_LIMIT = 3.5  # Iglewicz & Hoaglin's cut-off for modified z-scores
 HASH_SIZE = 16  # dHash grid: HASH_SIZE**2 bits
-NEAR_BITS = 20  # near-duplicate candidates differ in at most this many of the HASH_SIZE**2 bits
+NEAR_BITS = 64  # near-duplicate candidates differ in at most this many of the HASH_SIZE**2 bits
 THUMB_SIZE = 32  # side of the thumbnails that confirm near-duplicate candidates
 NEAR_CORRELATION = 0.9  # near-duplicates: residual thumbnails correlate at least this much (r² = 0.81)
 PERCENTILES = (1, 5, 50, 95, 99)
