@@ -6,12 +6,15 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from segmorph.cli.main import main
+from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
-from segmorph.io import stored_pixel_type, write_image
+from segmorph.io import read_image, stored_pixel_type, write_image
+from segmorph.readchecks import qform_sform_disagreement
 
 SHAPE = (6, 5, 4)
 
@@ -79,13 +82,23 @@ def _nifti_with_shifted_sform(path: Path, shift_mm: float) -> Path:
     return path
 
 
-def test_qform_and_sform_disagreeing_is_reported_in_one_line(tmp_path, capfd):
+def test_qform_and_sform_disagreeing_is_a_warning_after_the_header(tmp_path, capfd):
     path = _nifti_with_shifted_sform(tmp_path / "shifted.nii", 5.0)
     code, out, err = _info(capfd, str(path))
-    assert code == 1
+    assert code == 0
     lines = err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "shifted.nii" in lines[0]
-    assert "qform and sform disagree" in lines[0] and "5 mm apart" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: qform and sform disagree: ") and "shifted.nii" in lines[0]
+    assert "5 mm apart" in lines[0]
+    assert "shape      (6, 5, 4) x 1 channel(s)" in out and "spacing    (1, 1, 1) mm" in out
+    assert "origin     (-5, 0, 0) mm (LPS)" in out  # the sform's, as SimpleITK reads it (RAS x + 5 -> LPS x - 5)
+    assert "float32 on disk" in out and "voxels not loaded" in out
+
+
+def test_other_commands_still_refuse_disagreeing_forms(tmp_path):
+    path = _nifti_with_shifted_sform(tmp_path / "shifted.nii", 5.0)
+    with pytest.raises(SegmorphError, match="qform and sform disagree.*5 mm apart"):
+        read_image(path)
+    assert qform_sform_disagreement(_nifti_with_shifted_sform(tmp_path / "same.nii", 0.0)) is None
 
 
 def test_agreeing_forms_read_quietly(tmp_path, capfd):

@@ -128,6 +128,29 @@ def stored_pixel_type(path: str | Path) -> str:
     return _SITK_COMPONENT_NAMES.get(pixel_id) or sitk.GetPixelIDValueAsString(pixel_id)
 
 
+def read_image_information(path: str | Path) -> tuple[tuple[int, ...], int, Affine]:
+    """An image file's spatial shape ``(I, J[, K])``, channels and geometry (spacing and origin in mm, LPS),
+    read from the header alone: no voxel is decompressed and no read check is run but the path's.
+
+    For describing a file that :func:`read_image` refuses (``segmorph info``); never for loading data.
+
+    Raises:
+        SegmorphError: The path is not a regular file, or the header cannot be read.
+    """
+    path = Path(path)
+    check_input_path(path)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(_sitk_name(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
+    if reader.GetDimension() not in (2, 3):
+        raise SegmorphError(f"expected a 2D or 3D image, got {reader.GetDimension()}D", path)
+    affine = Affine.from_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    return tuple(int(s) for s in reader.GetSize()), max(1, reader.GetNumberOfComponents()), affine
+
+
 def _sitk_name(path: str | Path) -> str:
     """``path`` as SimpleITK takes it; SimpleITK aborts the process on names that are not valid UTF-8."""
     name = str(path)

@@ -277,14 +277,56 @@ def _check_nifti_geometry(header: bytes, endian: str, shape: Sequence[int], path
         if abs(np.linalg.det(srow[:, :3])) <= 1e-6 * max(float(np.prod(norms)), 1e-300):
             raise SegmorphError("degenerate geometry: the sform is singular (determinant 0)", path)
         check_geometry(norms[:spatial], srow[:spatial, 3], np.eye(spatial).ravel(), path)
-    if qform_code > 0 and sform_code > 0:
-        corners = np.array(np.meshgrid(*[[0, max(size - 1, 0)] for size in (*shape[:3], 1, 1)[:3]], indexing="ij"))
-        points = np.vstack([corners.reshape(3, -1), np.ones((1, corners[0].size))])
+    problem = _forms_disagreement(header, endian, shape)
+    if problem:
+        raise SegmorphError(problem, path)
+
+
+def qform_sform_disagreement(path: str | Path) -> str | None:
+    """Why a NIfTI-1 file's qform and sform disagree, in one line starting ``qform and sform disagree:``,
+    or None when they agree, one of them is unset, or the file is not NIfTI-1.
+
+    Reads the 348-byte header only: two forms placing a grid corner more than ``QFORM_SFORM_TOLERANCE_MM``
+    apart make the file ambiguous, and :func:`check_nifti` refuses it.
+
+    Raises:
+        SegmorphError: The path is missing or not a regular file (:func:`check_input_path`), or the header
+            cannot be read.
+    """
+    path = Path(path)
+    check_input_path(path)  # before opening: a FIFO would block here
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+    except (OSError, EOFError, zlib.error) as err:
+        raise SegmorphError(f"cannot read image (corrupt or truncated: {err})", path) from None
+    endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+    if endian is None:
+        return None
+    dim = struct.unpack(endian + "8h", header[40:56])
+    if not 1 <= dim[0] <= 7:
+        return None
+    return _forms_disagreement(header, endian, dim[1 : dim[0] + 1])
+
+
+def _forms_disagreement(header: bytes, endian: str, shape: Sequence[int]) -> str | None:
+    """The disagreement of a NIfTI-1 header's qform and sform (see :func:`qform_sform_disagreement`)."""
+    qform_code, sform_code = struct.unpack(endian + "2h", header[252:256])
+    if qform_code <= 0 or sform_code <= 0:
+        return None
+    pixdim = np.array(struct.unpack(endian + "8f", header[76:108]), dtype=np.float64)
+    quatern = np.array(struct.unpack(endian + "6f", header[256:280]), dtype=np.float64)
+    srow = np.array(struct.unpack(endian + "12f", header[280:328]), dtype=np.float64).reshape(3, 4)
+    corners = np.array(np.meshgrid(*[[0, max(size - 1, 0)] for size in (*shape[:3], 1, 1)[:3]], indexing="ij"))
+    points = np.vstack([corners.reshape(3, -1), np.ones((1, corners[0].size))])
+    with np.errstate(invalid="ignore", over="ignore"):
         apart = float(np.linalg.norm(_nifti_qform(pixdim, quatern) @ points - srow @ points, axis=0).max())
-        if apart > QFORM_SFORM_TOLERANCE_MM:
-            raise SegmorphError(f"qform and sform disagree: they place the grid up to {apart:.4g} mm apart "
-                                f"(tolerance {QFORM_SFORM_TOLERANCE_MM} mm); set one of them (qform_code or "
-                                "sform_code 0) or make them agree", path)  # fmt: skip
+    if not apart > QFORM_SFORM_TOLERANCE_MM:  # also NaN: non-finite forms are refused as degenerate geometry
+        return None
+    return (f"qform and sform disagree: they place the grid up to {apart:.4g} mm apart (tolerance "
+            f"{QFORM_SFORM_TOLERANCE_MM} mm); set one of them (qform_code or sform_code 0) or make them "
+            "agree")  # fmt: skip
 
 
 def _nifti_qform(pixdim: np.ndarray, quatern: np.ndarray) -> np.ndarray:

@@ -15,6 +15,9 @@ from segmorph.cli.main import main
 from segmorph.engine.loop import TrainConfig
 from segmorph.engine.tracking import REFERENCE_OUTLINE, SlicePreview, boundary, label_picture, middle_slice
 from segmorph.errors import SegmorphError
+from segmorph.geometry import Affine
+from segmorph.image import Image
+from segmorph.io import write_image
 from segmorph.nn import UNet
 from segmorph.plots import LABEL_COLOURS
 from segmorph.segmentation.task import fit
@@ -86,6 +89,63 @@ def test_train_log_tensorboard_writes_the_csv_scalars_and_a_picture(tmp_path, on
     pictures = events.Images(tag)
     assert [p.step for p in pictures] == [1, 2] and min(pictures[0].width, pictures[0].height) >= 16
     assert record["log"] == "tensorboard" and record["tensorboard_dir"] == "tensorboard"
+
+
+def _scalars(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0})
+    events.Reload()
+    return events
+
+
+def _check_scalars_and_record(run):
+    rows = _csv_rows(run)
+    events = _scalars(run)
+    losses = events.Scalars("train_loss")
+    assert [e.step for e in losses] == [int(r["step"]) for r in rows] == [1, 2]
+    assert [e.value for e in losses] == pytest.approx([float(r["train_loss"]) for r in rows], abs=1e-5)
+    record = json.loads((run / "run.json").read_text())
+    assert record["log"] == "tensorboard" and record["tensorboard_dir"] == "tensorboard"
+
+
+def test_train_registration_log_tensorboard_writes_the_csv_scalars(tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    dataset = write_msd_dataset(tmp_path / "data", num_cases=6)
+    run = tmp_path / "reg"
+    tiny = ["--set", "registration.features=[4,8,8]", "--set", "registration.train_shape=[24,24,16]",
+            "--set", "train.batch_size=1", "--set", "train.steps_per_epoch=1"]  # fmt: skip
+    assert main(["train-registration", str(dataset), "--out", str(run), "--max-steps", "2", "--quiet", *tiny,
+                 "--log", "tensorboard"]) == 0  # fmt: skip
+    _check_scalars_and_record(run)
+
+
+def _write_pictures(root, count=12, size=16):
+    """PNG pictures of classes 0 and 1 (1: a bright square) listed in ``root/labels.csv`` (file, lesion)."""
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    rows = [("file", "lesion")]
+    for index in range(count):
+        picture = rng.normal(60, 15, (size, size))
+        picture[4:10, 4:10] += 120 * (index % 2)
+        array = np.clip(picture, 0, 255).astype(np.uint8)[None]
+        write_image(Image(torch.from_numpy(array), Affine.identity(2)), root / f"img_{index:02d}.png")
+        rows.append((f"img_{index:02d}.png", index % 2))
+    with (root / "labels.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows(rows)
+    return root
+
+
+def test_classify_train_log_tensorboard_writes_the_csv_scalars(tmp_path, one_thread):
+    pytest.importorskip("tensorboard")
+    data = _write_pictures(tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["classify", "train", str(data), "--labels", "labels.csv", "--target", "lesion", "--out", str(run),
+                 "--max-steps", "2", "--quiet", "--no-check", "--model", "simplecnn", "--width", "4",
+                 "--batch-size", "4", "--no-amp", "--set", "train.steps_per_epoch=1", "--log", "tensorboard"]) == 0  # fmt: skip
+    _check_scalars_and_record(run)
+    aucs = [e.value for e in _scalars(run).Scalars("val_auc")]
+    assert aucs == pytest.approx([float(r["val_auc"]) for r in _csv_rows(run)], abs=1e-5)
 
 
 def test_log_tensorboard_without_the_package_stops_before_training(tmp_path, capsys, monkeypatch):

@@ -18,7 +18,8 @@ from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import write_image
-from segmorph.report.view import ViewCase, build_view, plane_layout, thinning_step
+from segmorph.plots import LABEL_COLOURS
+from segmorph.report.view import ViewCase, build_view, contrasting_palette, plane_layout, thinning_step
 from segmorph.report.view_files import label_names, prediction_view, view_cases, write_view
 
 EXTERNAL = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
@@ -124,6 +125,36 @@ def test_rgb_picture_is_one_plane_at_native_size(tmp_path: Path) -> None:
     (case,) = _case_blocks(out.read_text(encoding="utf-8"))
     assert case["channels"] == 3 and case["image"]["bytes"] == 1 and case["unit"] == "px"
     assert len(case["planes"]) == 1 and case["planes"][0]["size"] == [565, 584]
+
+
+def _view_data(page: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="view-data">(.*?)</script>', page, re.S)[1])
+
+
+def test_labels_on_a_reddish_rgb_picture_are_not_red(tmp_path: Path) -> None:
+    picture = np.zeros((3, 40, 30), np.uint8)
+    picture[0], picture[1], picture[2] = 190, 70, 30  # a fundus-like orange-red
+    mask = np.zeros((1, 40, 30), np.int64)
+    mask[:, 10:20, 5:15] = 1
+    mask[:, 25:30, 5:15] = 2
+    write_image(Image(torch.from_numpy(picture), Affine.identity(2)), tmp_path / "fundus.png")
+    write_image(Image(torch.from_numpy(mask), Affine.identity(2), is_label=True), tmp_path / "fundus_mask.png")
+    page = write_view(tmp_path / "fundus.png", [tmp_path / "fundus_mask.png"], tmp_path / "v.html").read_text()
+    meta = _view_data(page)
+    for value in ("1", "2"):
+        r, g, b = meta["colours"][value]
+        assert r < max(g, b), f"label {value} is drawn red-dominant: {(r, g, b)}"
+        assert f"background:rgb({r},{g},{b})" in page  # the legend's swatch
+    assert meta["colours"]["1"] == [0, 255, 255] and contrasting_palette((190, 70, 30))[0] == (0, 255, 255)
+
+
+def test_grey_scans_keep_the_plot_colours(tmp_path: Path) -> None:
+    image, labels = _volume()
+    write_image(image, tmp_path / "scan.nii.gz")
+    write_image(labels, tmp_path / "mask.nii.gz")
+    page = write_view(tmp_path / "scan.nii.gz", [tmp_path / "mask.nii.gz"], tmp_path / "v.html").read_text()
+    expected = (LABEL_COLOURS[1] * 255).round().astype(int).tolist()
+    assert _view_data(page)["colours"]["1"] == expected
 
 
 def test_folders_make_a_case_list_matched_by_case_name(tmp_path: Path) -> None:

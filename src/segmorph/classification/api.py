@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from segmorph.classification.config import ClassifierConfig, classifier_config
 from segmorph.classification.pipeline import ClassifyRequest, image_probabilities, load_classifier
 from segmorph.classification.pipeline import train_classifier as train_from_request
 from segmorph.configs import CONFIG_FILE
+from segmorph.engine.tracking import check_log
 from segmorph.image import Image
 from segmorph.metrics.classification import predict_classes
 
@@ -57,6 +59,7 @@ def train_classifier(
     group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
     overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
     resume: bool = False, show_progress: bool = True, file_column: str = "file", check: bool = True,
+    class_names: Sequence[str] | None = None, log: str = "csv",
 ) -> ClassifierResult:  # fmt: skip
     """Train an image classifier on a dataset into the run folder ``out``.
 
@@ -82,6 +85,10 @@ def train_classifier(
         file_column: CSV column holding image paths (relative to ``dataset``).
         check: Run the dataset quality check first (:func:`segmorph.qc.quality.check_before_training`; not
             on ``resume``): one warning line when it flags images; it never changes the data.
+        class_names: Names of the classes in the order of their sorted values in ``target`` (``0, 1`` ->
+            ``["normal", "lesion"]``); None: the values themselves.
+        log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files of its
+            scalars in ``out/tensorboard`` (needs the tensorboard package).
 
     Returns:
         Steps, time, validation AUC, balanced accuracy, the threshold and the settings.
@@ -89,6 +96,7 @@ def train_classifier(
     Raises:
         SegmorphError: Bad settings (one line, nothing written) or bad data.
     """
+    check_log(log)
     out = Path(out)
     base = None
     if resume and (out / CONFIG_FILE).is_file():
@@ -96,7 +104,8 @@ def train_classifier(
     settings = classifier_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed, base=base)
     request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
                                   file_column=file_column, device=device, resume=resume,
-                                  show_progress=show_progress, check=check)  # fmt: skip
+                                  show_progress=show_progress, check=check, class_names=class_names,
+                                  log=log)  # fmt: skip
     summary = train_from_request(request, settings)
     fit, validation = summary["fit"], summary["validation"]
     return ClassifierResult(
@@ -109,7 +118,8 @@ def train_classifier(
 def request_from_config(
     dataset: str | Path, out: str | Path, config: ClassifierConfig, *, labels: str | Path | None = None,
     target: str = "label", group: str | None = None, file_column: str = "file", device: str = "cpu",
-    resume: bool = False, show_progress: bool = True, check: bool = True,
+    resume: bool = False, show_progress: bool = True, check: bool = True, class_names: Sequence[str] | None = None,
+    log: str = "csv",
 ) -> ClassifyRequest:  # fmt: skip
     """The :class:`ClassifyRequest` of checked settings (:class:`~segmorph.classification.config.ClassifierConfig`)
     and the dataset's description (labels CSV and its columns; see :class:`ClassifyRequest`)."""
@@ -125,6 +135,7 @@ def request_from_config(
         ema_decay=train.ema_decay, tail_average=train.tail_average, select=train.select,
         refresh_batch_norm=train.refresh_batch_norm, ensemble=train.ensemble, mirror=scoring.mirror,
         shift=scoring.shift, device=device, resume=resume, show_progress=show_progress, check=check,
+        class_names=None if class_names is None else tuple(class_names), log=log,
     )  # fmt: skip
 
 

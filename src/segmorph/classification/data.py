@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,24 @@ def sorted_class_names(names: set[str] | Sequence[str]) -> tuple[str, ...]:
         return tuple(sorted(names, key=float))
     except ValueError:
         return tuple(sorted(names))
+
+
+def name_classes(
+    dataset: ClassificationDataset, names: Sequence[str], source: str | Path | None = None
+) -> ClassificationDataset:
+    """``dataset`` with its classes called ``names``, given in the order of its class values (numbers sorted
+    numerically: ``0, 1`` -> ``normal, lesion``); ``source`` (the labels CSV) is named in errors.
+
+    Raises:
+        SegmorphError: Not one distinct, non-empty name per class.
+    """
+    names = tuple(str(n).strip() for n in names)
+    found = dataset.class_names
+    if len(names) != len(found):
+        raise SegmorphError(f"class names: {len(names)} given for {len(found)} classes ({', '.join(found)})", source)
+    if "" in names or len(set(names)) != len(names):
+        raise SegmorphError(f"class names: expected distinct, non-empty names, got {', '.join(names)}", source)
+    return replace(dataset, class_names=names)
 
 
 def resolve_labels_file(root: str | Path, labels: str | Path) -> Path:

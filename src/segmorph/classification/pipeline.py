@@ -40,6 +40,7 @@ from segmorph.classification.data import (
     load_class_folders,
     load_inputs,
     load_labels_csv,
+    name_classes,
     prepare_image,
     resolve_labels_file,
     to_original_grid,
@@ -55,6 +56,7 @@ from segmorph.classification.task import (
 from segmorph.configs import CONFIG_FILE, config_to_dict
 from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
 from segmorph.engine.loop import FitResult, TrainConfig, fit_task
+from segmorph.engine.tracking import TENSORBOARD_FOLDER, check_log, open_tracker
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.interpret.gradcam import grad_cam, save_cam_overlay
@@ -79,6 +81,8 @@ class ClassifyRequest:
         out: Run folder.
         labels: Labels CSV (inside ``dataset``, or a path); None: class-per-folder layout.
         target: CSV column holding the class.
+        class_names: Names of the classes in the order of their sorted values in ``target`` (e.g. ``0, 1`` ->
+            ``("normal", "lesion")``); None: the values themselves.
         group: CSV column holding the group (never split apart); None: each image its own group.
         file_column: CSV column holding the image path (relative to ``dataset``).
         model: ``"resnet"`` or ``"simplecnn"``.
@@ -122,12 +126,15 @@ class ClassifyRequest:
         show_progress: Progress bars and a summary line.
         check: Run the dataset quality check (:func:`segmorph.qc.quality.check_before_training`) before
             training (not on ``resume``): one warning line when it flags images; it never changes the data.
+        log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files of its
+            scalars in the run folder's ``tensorboard/`` (each ensemble member's in its own folder).
     """
 
     dataset: Path
     out: Path
     labels: Path | None = None
     target: str = "label"
+    class_names: tuple[str, ...] | None = None
     group: str | None = None
     file_column: str = "file"
     model: str = "resnet"
@@ -161,14 +168,18 @@ class ClassifyRequest:
     resume: bool = False
     show_progress: bool = True
     check: bool = True
+    log: str = "csv"
 
 
 def load_classification_dataset(request: ClassifyRequest) -> ClassificationDataset:
     """The request's dataset: its labels CSV, or its class folders."""
     if request.labels is None:
-        return load_class_folders(request.dataset)
-    csv_path = resolve_labels_file(request.dataset, request.labels)
-    return load_labels_csv(request.dataset, csv_path, request.target, request.group, request.file_column)
+        dataset = load_class_folders(request.dataset)
+        source = request.dataset
+    else:
+        source = resolve_labels_file(request.dataset, request.labels)
+        dataset = load_labels_csv(request.dataset, source, request.target, request.group, request.file_column)
+    return dataset if request.class_names is None else name_classes(dataset, request.class_names, source)
 
 
 def split_dataset(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
@@ -214,6 +225,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
         raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
     if not 0.0 <= request.shift < 0.5:
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
+    check_log(request.log)
     check_run_folder(out, request.dataset, request.labels)
     dataset = load_classification_dataset(request)
     quality = {"ran": False, "flagged_cases": []}
@@ -262,8 +274,10 @@ def _fit_member(
     torch.manual_seed(train_config.seed)
     model = build_network(net)
     resume = request.resume and (folder / "checkpoint_last.pt").is_file()
+    tracker = open_tracker(request.log, folder)
     result = fit_task(model, task, train_config, folder, net, request.device, resume,
-                      show_progress=request.show_progress, extra_config={"classifier": facts})  # fmt: skip
+                      callbacks=() if tracker is None else (tracker,), show_progress=request.show_progress,
+                      extra_config={"classifier": facts})  # fmt: skip
     model.load_state_dict(selected_weights(folder, request.select, request.device))
     if request.refresh_batch_norm:
         refresh_batch_norm(model, task.train_images, request.device, mirror=request.mirror)
@@ -432,8 +446,10 @@ def _write_provenance(
         "train": train_config.to_dict(),
         "split": {"kind": "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}",
                   "train": files(train_index), "val": files(val_index)},
-        "quality_check": quality,
+        "quality_check": quality, "log": request.log,
     }  # fmt: skip
+    if request.log == "tensorboard":
+        facts["tensorboard_dir"] = TENSORBOARD_FOLDER
     data_files = dataset.paths
     if request.labels is not None:
         data_files = [resolve_labels_file(request.dataset, request.labels), *data_files]

@@ -51,6 +51,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (with a labels CSV, or one sub-folder per class)")
     p.add_argument("--labels", type=Path, help="labels CSV (inside DATASET, or a path); omit for class folders")
     p.add_argument("--target", default="label", help="CSV column holding the class (default: label)")
+    p.add_argument("--class-names", type=_names, metavar="NAME[,NAME...]",
+                   help="names of the classes in the order of their sorted values, e.g. normal,lesion for 0,1 "
+                        "(default: the values themselves)")  # fmt: skip
     p.add_argument("--group", help="CSV column of groups kept on one side of the split (patient, duplicates)")
     p.add_argument("--file-column", default="file", help="CSV column holding image paths (default: file)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
@@ -105,7 +108,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")
+    p.add_argument("--log", choices=("csv", "tensorboard"), default="csv",
+                   help="csv: train_log.csv (default); tensorboard: also event files in OUT/tensorboard "
+                        "(pip install segmorph[tensorboard])")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _names(text: str) -> tuple[str, ...]:
+    """``a,b,c`` -> ``("a", "b", "c")``."""
+    return tuple(name.strip() for name in text.split(","))
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
@@ -154,7 +165,7 @@ def train_request(args: argparse.Namespace):
     return request_from_config(
         args.dataset, args.out, settings, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, device=args.device, resume=args.resume, show_progress=not args.quiet,
-        check=not args.no_check,
+        check=not args.no_check, class_names=args.class_names, log=args.log,
     )  # fmt: skip
 
 
@@ -174,7 +185,8 @@ def _run_train(args: argparse.Namespace) -> int:
     result = train_classifier(
         args.dataset, args.out, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
-        resume=args.resume, show_progress=not args.quiet, check=not args.no_check,
+        resume=args.resume, show_progress=not args.quiet, check=not args.no_check, class_names=args.class_names,
+        log=args.log,
     )  # fmt: skip
     say(train_summary_line(result.summary, args.out), err=True)
     return 0

@@ -95,6 +95,9 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed of the split, weights and pairs (train.seed, default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint (and its config.json)")
+    p.add_argument("--log", choices=("csv", "tensorboard"), default="csv",
+                   help="csv: train_log.csv (default); tensorboard: also event files in OUT/tensorboard "
+                        "(pip install segmorph[tensorboard])")  # fmt: skip
     p.add_argument("--quiet", action="store_true")
 
 
@@ -203,7 +206,7 @@ def run_train_registration(args: argparse.Namespace) -> int:
     overrides.update(parse_overrides(args.overrides))
     result = train_registration_run(
         args.dataset, args.out, segmentation_model=args.segmentation_model, overrides=overrides, config=args.config,
-        device=args.device, resume=args.resume, show_progress=not args.quiet,
+        device=args.device, resume=args.resume, show_progress=not args.quiet, log=args.log,
     )  # fmt: skip
     say(f"best monitor {result.monitor_score} {result.best_monitor_score:.4f} after {result.steps} steps; "
         f"run folder {args.out}", err=True)  # fmt: skip

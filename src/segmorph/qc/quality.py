@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -593,6 +594,11 @@ def _flag_outliers(cases: Sequence[CaseQuality], z_limit: float) -> None:
                                   f"(robust z {score:+.1f} on log10)")  # fmt: skip
 
 
+def _without_details(reason: str) -> str:
+    """A flag's reason without its parenthesised details (z-scores, hash bits), for one-line summaries."""
+    return re.sub(r" \([^()]*\)", "", reason)
+
+
 def summary_line(report: QualityReport, max_cases: int = 3, command: str | None = None) -> str | None:
     """One line naming the flagged cases, or None when none is flagged.
 
@@ -601,13 +607,14 @@ def summary_line(report: QualityReport, max_cases: int = 3, command: str | None 
 
     Args:
         report: The check's result.
-        max_cases: At most this many cases are named (in report order), each with its first reason.
+        max_cases: At most this many cases are named (in report order), each with its first reason (without
+            the parenthesised details).
         command: The command that prints the full table (default ``segmorph check <report.root>``).
     """
     flagged = report.flagged
     if not flagged:
         return None
-    named = [f"{case.case_id}: {case.flags[0]}" for case in flagged[: max(max_cases, 0)]]
+    named = [f"{case.case_id}: {_without_details(case.flags[0])}" for case in flagged[: max(max_cases, 0)]]
     if len(flagged) > len(named):
         named.append(f"and {len(flagged) - len(named)} more")
     command = command or f"segmorph check {report.root}"

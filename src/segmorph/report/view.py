@@ -10,9 +10,11 @@ the world's z axis is drawn with superior up). A 2D image ``(C, I, J)`` is one p
 ``J`` down, at its native resolution. Grey values go through a window (automatic percentiles, the full
 range and, for CT-like ranges, the brain, bone, lung and soft-tissue windows) with contrast and brightness
 sliders; RGB pictures keep their colours. Each mask is drawn filled or as an outline in the label colours of
-:mod:`segmorph.plots`, with a legend (value, name, colour) and a show/hide box; with two masks, the first
-is taken as the prediction and the second as the reference, and a differences layer marks voxels only the
-reference labels (false negative) apart from voxels the prediction labels wrongly (false positive).
+:mod:`segmorph.plots` (on a page with RGB pictures, :data:`RGB_LABEL_COLOURS` ordered away from the pictures'
+mean hue, so that the first label stands out on a red fundus photograph), with a legend (value, name,
+colour) and a show/hide box; with two masks, the first is taken as the prediction and the second as the
+reference, and a differences layer marks voxels only the reference labels (false negative) apart from
+voxels the prediction labels wrongly (false positive).
 Hovering shows the voxel index, its position in mm (the image's affine, LPS; ``px`` for pictures, which
 store no spacing) and each mask's label name there. Several scans make one page with a case list.
 
@@ -24,6 +26,7 @@ an integer step along every axis (the page says so; indices and positions stay t
 from __future__ import annotations
 
 import base64
+import colorsys
 import gzip
 import itertools
 import math
@@ -54,6 +57,11 @@ FILL_ALPHA = 0.45
 CT_WINDOWS = ("brain", "bone", "lung", "soft")
 PLANE_NAMES = ("sagittal", "coronal", "axial")  # slicing along world x (L-R), y (A-P), z (I-S)
 AXES = "IJK"
+# label colours on a page with RGB pictures (cyan first), reordered by :func:`contrasting_palette`
+RGB_LABEL_COLOURS = ((0, 255, 255), (60, 180, 75), (255, 225, 25), (0, 130, 200), (240, 50, 230), (245, 130, 48))
+HUE_STEP_DEGREES = 30  # hue distances from the picture's mean colour are compared in steps this wide
+MIN_HUE_SATURATION = 0.1  # a mean colour less saturated than this has no hue to contrast with: order kept
+Palette = Sequence[tuple[int, int, int]]
 
 
 @dataclass(frozen=True)
@@ -183,8 +191,9 @@ def _read_case(case: ViewCase) -> tuple[Image | None, list[Image | None], Path]:
     return image, masks, Path(like_path)
 
 
-def _case_data(case: ViewCase) -> tuple[dict[str, Any], set[int]]:
-    """One case's JSON block and the label values its masks hold."""
+def _case_data(case: ViewCase) -> tuple[dict[str, Any], set[int], np.ndarray | None]:
+    """One case's JSON block, the label values its masks hold, and its RGB scan's mean colour (R, G, B; None
+    for grey scans and cases without a scan)."""
     image, masks, path = _read_case(case)
     grid = image if image is not None else next(m for m in masks if m is not None)
     ndim, full = grid.ndim, list(grid.spatial_shape) + [1] * (3 - grid.ndim)
@@ -199,6 +208,7 @@ def _case_data(case: ViewCase) -> tuple[dict[str, Any], set[int]]:
     present = {int(v) for mask in labels if mask is not None for v in np.unique(mask) if v > 0}
     shape = [-(-n // step) for n in full[:ndim]] + [1] * (3 - ndim)
     unit = "px" if image_suffix(path) in PICTURE_SUFFIXES else "mm"
+    mean_rgb = None
     data: dict[str, Any] = {
         "name": case.name, "ndim": ndim, "shape": shape, "original_shape": full, "step": step,
         "affine": grid.affine.matrix.tolist(), "unit": unit,
@@ -211,9 +221,11 @@ def _case_data(case: ViewCase) -> tuple[dict[str, Any], set[int]]:
         values = volume(image.numpy())
         values = values[:3] if values.shape[0] in (3, 4) else values[:1]
         data.update(image=_image_data(values), channels=int(values.shape[0]), windows=_windows(values))
+        if values.shape[0] == 3:
+            mean_rgb = np.nanmean(values.reshape(3, -1), axis=1)
     else:
         data["windows"] = [{"name": "no scan", "low": 0.0, "high": 1.0}]
-    return data, present
+    return data, present, mean_rgb
 
 
 def _facts(case: ViewCase, grid: Image, step: int, unit: str) -> str:
@@ -231,20 +243,47 @@ def _facts(case: ViewCase, grid: Image, step: int, unit: str) -> str:
 # -- the page ----------------------------------------------------------------------------------------
 
 
-def label_colour(value: int) -> tuple[int, int, int]:
-    """The overlay colour of a label value (the colours of :mod:`segmorph.plots`, repeating after the last)."""
-    colours = (LABEL_COLOURS[1:] * 255).round().astype(int)
+def label_colour(value: int, palette: Palette | None = None) -> tuple[int, int, int]:
+    """The overlay colour (R, G, B in 0..255) of a label value: ``palette[value - 1]``, repeating after the last;
+    by default the colours of :mod:`segmorph.plots`."""
+    colours = (LABEL_COLOURS[1:] * 255).round().astype(int) if palette is None else np.asarray(palette)
     r, g, b = colours[(value - 1) % len(colours)]
     return int(r), int(g), int(b)
+
+
+def contrasting_palette(mean_rgb: Sequence[float]) -> list[tuple[int, int, int]]:
+    """:data:`RGB_LABEL_COLOURS` ordered by hue farthest from a picture's mean colour first (R, G, B, any scale).
+
+    Hue distances count in steps of :data:`HUE_STEP_DEGREES` (colours in one step keep their listed order).
+    A mean colour with saturation below :data:`MIN_HUE_SATURATION` (greyish) keeps the order, cyan first.
+
+    Example:
+        >>> contrasting_palette((180, 60, 30))[0]  # a reddish fundus photograph
+        (0, 255, 255)
+    """
+    r, g, b = (max(float(v), 0.0) for v in mean_rgb)
+    top = max(r, g, b)
+    if not np.isfinite(top) or top <= 0:
+        return list(RGB_LABEL_COLOURS)
+    hue, saturation, _ = colorsys.rgb_to_hsv(r / top, g / top, b / top)
+    if saturation < MIN_HUE_SATURATION:
+        return list(RGB_LABEL_COLOURS)
+
+    def distance(colour: tuple[int, int, int]) -> int:  # in steps of HUE_STEP_DEGREES
+        other = colorsys.rgb_to_hsv(*(c / 255 for c in colour))[0]
+        apart = abs(other - hue) % 1.0
+        return int(min(apart, 1.0 - apart) * 360 // HUE_STEP_DEGREES)
+
+    return sorted(RGB_LABEL_COLOURS, key=distance, reverse=True)
 
 
 def _swatch(rgb: Sequence[int]) -> Markup:
     return tag("span", "", class_="swatch", style=f"background:rgb({rgb[0]},{rgb[1]},{rgb[2]})")
 
 
-def _legend(labels: Mapping[int, str], present: set[int]) -> Markup:
+def _legend(labels: Mapping[int, str], present: set[int], palette: Palette | None) -> Markup:
     values = sorted({v for v in labels if v > 0} | present)
-    rows = [(_swatch(label_colour(v)), v, labels.get(v, f"label_{v}"),
+    rows = [(_swatch(label_colour(v, palette)), v, labels.get(v, f"label_{v}"),
              "yes" if v in present else "no") for v in values]  # fmt: skip
     if not rows:
         return note("no labelled voxel in any mask")
@@ -326,19 +365,23 @@ def build_view(
     read = [*inputs, *(case.image for case in cases), *(path for case in cases for path in case.masks)]
     check_outputs([out], inputs=read)
     labels = {int(k): str(v) for k, v in (labels or {}).items()}
-    blocks, present = [], set()
+    blocks, present, means = [], set(), []
     for n, case in enumerate(cases):
-        data, values = _case_data(case)
+        data, values, mean_rgb = _case_data(case)
         present |= values
+        means += [] if mean_rgb is None else [mean_rgb]
         blocks.append(json_script(f"view-case-{n}", data))
+    palette = contrasting_palette(np.mean(means, axis=0)) if means else None  # one palette for the page
+    count = len(LABEL_COLOURS) - 1 if palette is None else len(palette)
     meta = {
         "layers": list(layers), "labels": {str(k): v for k, v in labels.items()},
-        "colours": {str(v): label_colour(v) for v in sorted(set(labels) | present) if v > 0},
-        "palette": [label_colour(v) for v in range(1, len(LABEL_COLOURS))], "fill_alpha": FILL_ALPHA,
+        "colours": {str(v): label_colour(v, palette) for v in sorted(set(labels) | present) if v > 0},
+        "palette": [label_colour(v, palette) for v in range(1, count + 1)], "fill_alpha": FILL_ALPHA,
         "missed": MISSED_COLOUR, "extra": EXTRA_COLOUR,
     }  # fmt: skip
+    tables = tag("div", join([_layers(layers), _legend(labels, present, palette)]), class_="view-tables")
     viewer = join([_controls(), _planes(), tag("p", "", class_="view-hover"), tag("p", "", class_="view-facts note"),
-                   tag("div", join([_layers(layers), _legend(labels, present)]), class_="view-tables")])  # fmt: skip
+                   tables])  # fmt: skip
     parts = [_case_list(cases)] if len(cases) > 1 else []
     body = join([Markup(f"<style>{VIEW_CSS}</style>"),
                  tag("div", join([*parts, tag("div", viewer, class_="view-main")]), class_="view-layout", id="view-root"),

@@ -27,6 +27,7 @@ from segmorph.configs import (
     training_config,
 )
 from segmorph.engine.loop import TrainConfig, fit_task
+from segmorph.engine.tracking import TENSORBOARD_FOLDER, check_log, open_tracker
 from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import atomic_write_text
@@ -198,6 +199,7 @@ class RegistrationTrainRequest:
     segmentation_run: Path | None = None
     steps_per_epoch: int = 100
     config_record: dict[str, Any] | None = None  # written to the run folder as config.json before training
+    log: str = "csv"  # "tensorboard": also TensorBoard event files of train_log.csv's scalars in out/tensorboard
 
 
 MONITOR_DICE = "Dice"  # the monitor score of labelled datasets; unlabelled ones are scored by -similarity loss
@@ -270,7 +272,7 @@ def train_registration_run(
     dataset: str | Path, out: str | Path, *, time_budget: str | float | None = None, max_steps: int = 0,
     segmentation_model: str | Path | None = None, overrides: dict[str, Any] | None = None,
     config: str | Path | None = None, device: str = "cpu", seed: int = 0, resume: bool = False,
-    show_progress: bool = True,
+    show_progress: bool = True, log: str = "csv",
 ) -> RegistrationTrainResult:  # fmt: skip
     """Train a learned registration model on a dataset into the run folder ``out``.
 
@@ -290,6 +292,8 @@ def train_registration_run(
         seed: Seed of the split, the weights and the pairs (``train.seed``).
         resume: Continue from the run folder's last checkpoint.
         show_progress: Progress bar and summary lines.
+        log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files of its
+            scalars in ``out/tensorboard`` (needs the tensorboard package).
 
     Returns:
         Steps, time, the monitor score and the settings.
@@ -301,6 +305,7 @@ def train_registration_run(
         >>> result = train_registration_run("msd_hippocampus", "runs/reg", time_budget="20m",
         ...                                 overrides={"train.batch_size": 4})
     """
+    check_log(log)
     out = Path(out)
     stored = out / CONFIG_FILE
     base = None
@@ -319,7 +324,7 @@ def train_registration_run(
         config=settings.registration, batch_size=train.batch_size, learning_rate=train.learning_rate, fold=train.fold,
         num_folds=train.num_folds, seed=train.seed, device=device, resume=resume, show_progress=show_progress,
         segmentation_run=None if segmentation_model is None else Path(segmentation_model),
-        steps_per_epoch=train.steps_per_epoch, config_record=config_to_dict(settings),
+        steps_per_epoch=train.steps_per_epoch, config_record=config_to_dict(settings), log=log,
     )  # fmt: skip
     summary = train_registration(request)
     return RegistrationTrainResult(
@@ -333,6 +338,7 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     """Train a learned registration model; writes checkpoints, logs, run.json and summary.json (and config.json
     when the request carries its settings: see :func:`train_registration_run`, which checks them first)."""
     check_run_folder(request.out, request.dataset, request.segmentation_run)
+    check_log(request.log)
     spec = load_dataset(request.dataset)
     spec = spec if spec.labels else infer_labels(spec)
     split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed,
@@ -378,8 +384,10 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     )  # fmt: skip
     network_config = dict(network.config, name="unet")
     extra = registration_checkpoint_config(config, spec.labels if labelled else {})
+    tracker = open_tracker(request.log, out)
     result = fit_task(network, task, train_config, out, network_config, request.device, request.resume,
-                      show_progress=request.show_progress, extra_config=extra)  # fmt: skip
+                      callbacks=() if tracker is None else (tracker,), show_progress=request.show_progress,
+                      extra_config=extra)  # fmt: skip
     summary = {
         "monitor_score": MONITOR_DICE if labelled else f"-{config.similarity} loss",
         "best_monitor_score": result.best_score, "best_epoch": result.best_epoch, "steps": result.steps,
@@ -400,8 +408,10 @@ def _write_provenance(out: Path, spec: DatasetSpec, request: RegistrationTrainRe
     facts = {
         "kind": "registration", "dataset": str(Path(request.dataset).resolve()), "seed": request.seed,
         "segmentation_prior": str(request.segmentation_run) if request.segmentation_run else None,
-        "fold": request.fold, "num_folds": request.num_folds, "split": split,
+        "fold": request.fold, "num_folds": request.num_folds, "split": split, "log": request.log,
     }  # fmt: skip
+    if request.log == "tensorboard":
+        facts["tensorboard_dir"] = TENSORBOARD_FOLDER
     record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
