@@ -203,6 +203,19 @@ def check_metaimage_header(path: Path) -> None:
                                     "finite numbers", path)  # fmt: skip
 
 
+def _nifti_header(path: Path) -> tuple[bytes, str | None]:
+    """The first 348 bytes of a .nii or .nii.gz and their byte order (``<`` or ``>``), or None for the order
+    when they are no NIfTI-1 header."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rb") as handle:
+            header = handle.read(348)
+    except (OSError, EOFError, zlib.error) as err:
+        raise SegmorphError(f"cannot read image (corrupt or truncated: {err})", path) from None
+    endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+    return header, endian
+
+
 def check_nifti(path: Path, check_finite: bool = False, budget: int | None = None) -> None:
     """Refuse a NIfTI-1 file whose header declares no voxels, more than the voxel budget, more than the
     file holds, or degenerate or ambiguous geometry (:func:`_check_nifti_geometry`).
@@ -213,13 +226,7 @@ def check_nifti(path: Path, check_finite: bool = False, budget: int | None = Non
     With ``check_finite``, float voxels are scanned here too, since ITK's NIfTI reader silently turns NaN
     and infinite values into 0.
     """
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            header = handle.read(348)
-    except (OSError, EOFError, zlib.error) as err:
-        raise SegmorphError(f"cannot read image (corrupt or truncated: {err})", path) from None
-    endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+    header, endian = _nifti_header(path)
     if endian is None:
         return  # not NIfTI-1 (NIfTI-2 or garbage): SimpleITK decides
     if header[344:348] != b"n+1\0":  # ITK would read it as Analyze 7.5 and drop the orientation
@@ -295,13 +302,7 @@ def qform_sform_disagreement(path: str | Path) -> str | None:
     """
     path = Path(path)
     check_input_path(path)  # before opening: a FIFO would block here
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    try:
-        with opener(path, "rb") as handle:
-            header = handle.read(348)
-    except (OSError, EOFError, zlib.error) as err:
-        raise SegmorphError(f"cannot read image (corrupt or truncated: {err})", path) from None
-    endian = next((e for e in "<>" if len(header) == 348 and struct.unpack(e + "i", header[:4])[0] == 348), None)
+    header, endian = _nifti_header(path)
     if endian is None:
         return None
     dim = struct.unpack(endian + "8h", header[40:56])
