@@ -41,11 +41,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "check_dataset": ("segmorph.qc.quality", "check_dataset"),
     "enhance": ("segmorph.processing.steps", "enhance"),
     "baseline": ("segmorph.segmentation.baselines", "segment"),
+    "view": ("segmorph.report.view_files", "write_view"),
 }
 
 __all__ = [
     "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "baseline", "check_dataset",
-    "enhance", "evaluate", "plan",
+    "enhance", "evaluate", "plan", "view",
     "read_image", "register", "train", "train_classifier", "train_registration", "write_image",
 ]  # fmt: skip
 
@@ -60,6 +61,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names come f
     from segmorph.registration.api import register
     from segmorph.registration.learned.training import train_registration_run as train_registration
     from segmorph.registration.transform import Transform
+    from segmorph.report.view_files import write_view as view
     from segmorph.segmentation.api import Segmenter, evaluate, plan, train
     from segmorph.segmentation.baselines import segment as baseline
 
