@@ -218,3 +218,14 @@ def test_special_files_are_refused_before_opening(tmp_path):
         list_images([tmp_path / "pipe.nii.gz"])
     with pytest.raises(SegmorphError, match="file name too long"):
         list_images([tmp_path / ("x" * 256)])
+
+
+def test_case_name_is_how_every_command_matches_files(tmp_path):
+    from segmorph.io import case_name
+
+    assert case_name("scans/case_001_0000.nii.gz") == "case_001"
+    assert case_name("masks/case_001.nii.gz") == "case_001"
+    assert case_name("fundus/21.png") == "21"
+    series = tmp_path / "series_7"
+    series.mkdir()
+    assert case_name(series) == "series_7"

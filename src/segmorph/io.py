@@ -80,6 +80,12 @@ def mask_file_name(source: str | Path, suffix: str | None = None) -> str:
     return case + suffix
 
 
+def case_name(source: str | Path) -> str:
+    """The case id of a scan, mask or DICOM series folder, as ``evaluate``, ``predict``, ``baseline`` and ``view``
+    match files: the name without its image suffix and without nnU-Net's ``_0000`` channel suffix."""
+    return strip_suffix(mask_file_name(source, ""))
+
+
 def has_physical_spacing(path: str | Path) -> bool:
     """Whether an image file's pixel size is a length in the scene: False for pictures (:data:`PICTURE_SUFFIXES`).
 

@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from segmorph.errors import SegmorphError
-from segmorph.io import list_images, mask_file_name, strip_suffix
+from segmorph.io import case_name, list_images, mask_file_name
 from segmorph.outputs import check_outputs
 from segmorph.records import read_json
 from segmorph.report.view import MAX_CASES, ViewCase, build_view
 from segmorph.segmentation.datasets import parse_label_names
 
-__all__ = ["case_name", "check_evaluation_view", "evaluation_files", "evaluation_view", "label_names",
+__all__ = ["check_evaluation_view", "evaluation_files", "evaluation_view", "label_names",
            "prediction_view", "view_cases", "write_view"]  # fmt: skip
 
 
@@ -54,11 +54,6 @@ def label_names(source: str | Path) -> dict[int, str]:
 
 
 # -- cases from files and folders -------------------------------------------------------------------
-
-
-def case_name(scan: str | Path) -> str:
-    """The case name of a scan or mask file (or DICOM folder), as ``evaluate`` and ``predict`` match them."""
-    return strip_suffix(mask_file_name(scan, ""))
 
 
 def view_cases(scans: Sequence[str | Path], masks: Sequence[str | Path] = ()) -> tuple[list[ViewCase], list[str]]:

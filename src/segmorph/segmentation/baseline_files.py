@@ -18,7 +18,7 @@ import numpy as np
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
-from segmorph.io import atomic_write_text, list_images, mask_file_name, read_image, strip_suffix, write_image
+from segmorph.io import atomic_write_text, case_name, list_images, mask_file_name, read_image, strip_suffix, write_image
 from segmorph.outputs import Output, check_outputs
 from segmorph.processing.steps import parse_steps
 from segmorph.segmentation.baselines import SEEDED, field_of_view, seed_from_mask, segment
@@ -30,10 +30,6 @@ RECORD_NAME = "baseline.json"
 METRICS_NAME = "metrics.csv"
 
 
-def _case_name(path: Path) -> str:
-    return strip_suffix(path.name) if path.is_file() else path.name
-
-
 def _per_case(source: str | Path | None, scans: Sequence[Path], what: str) -> dict[Path, Path] | None:
     """One file per scan: ``source`` itself when it is a file, else the file of the same case name inside it."""
     if source is None:
@@ -43,9 +39,9 @@ def _per_case(source: str | Path | None, scans: Sequence[Path], what: str) -> di
         return dict.fromkeys(scans, source)
     if not source.is_dir():
         raise SegmorphError(f"no such {what} file or folder", source)
-    by_case = {_case_name(p): p for p in list_images([source])}
-    matched = {scan: by_case.get(_case_name(scan)) for scan in scans}
-    missing = [_case_name(scan) for scan, found in matched.items() if found is None]
+    by_case = {case_name(p): p for p in list_images([source])}
+    matched = {scan: by_case.get(case_name(scan)) for scan in scans}
+    missing = [case_name(scan) for scan, found in matched.items() if found is None]
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise SegmorphError(f"no {what} for case(s) {', '.join(missing[:3])}{more}", source)
