@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -72,32 +72,36 @@ def run_method(cases: Iterable[tuple[Image, np.ndarray, np.ndarray | None, dict]
     return rows, time.perf_counter() - started
 
 
-def learned_rows(run: Path, cases: list[str], reference: Callable[[str], tuple[np.ndarray, np.ndarray | None]]) -> list:
+def learned_rows(run: Path, case_ids: list[str], cases: list) -> list:
+    """Scores of a run's validation masks against the references (inside the masks) already read for ``cases``."""
+    masks = {strip_suffix(p.name): p for p in (run / "validation").iterdir() if p.is_file()}
     rows = []
-    for case in cases:
-        expected, inside = reference(case)
-        mask = next(p for p in sorted((run / "validation").iterdir()) if strip_suffix(p.name) == case)
-        predicted = read_image(mask, is_label=True).numpy()[0] > 0
+    for case_id, (_, reference, inside, _) in zip(case_ids, cases, strict=True):
+        predicted = read_image(masks[case_id], is_label=True).numpy()[0] > 0
         if inside is not None:
-            predicted, expected = predicted & inside, expected & inside
-        rows.append(scores(predicted, expected))
+            predicted, reference = predicted & inside, reference & inside
+        rows.append(scores(predicted, reference))
     return rows
 
 
-def drive(root: Path, run: Path | None) -> None:
-    def reference(case: str) -> tuple[np.ndarray, np.ndarray]:
-        inside = read_image(root / "fov" / f"{case}.png", is_label=True).numpy()[0] > 0
-        return read_image(root / "vessel_1st" / f"{case}.png", is_label=True).numpy()[0] > 0, inside
-
-    cases = [(read_image(root / "images" / f"{c}.png"), *reference(c), {}) for c in DRIVE_VALIDATION]
-    print(
-        f"\nDRIVE vessels: {len(cases)} validation images ({', '.join(DRIVE_VALIDATION)}), scored inside the FOV mask"
-    )
+def print_table(title: str, case_ids: list[str], cases: list, methods: dict, run: Path | None) -> None:
+    """One table: every classical method on ``cases``, then the learned run's validation masks when given."""
+    print(f"\n{title}")
     _header()
-    for name, (method, params) in DRIVE_METHODS.items():
+    for name, (method, params) in methods.items():
         print(summarise(name, *run_method(cases, method, params)))
     if run is not None:
-        print(summarise(f"learned ({run.name})", learned_rows(run, list(DRIVE_VALIDATION), reference), 0.0))
+        print(summarise(f"learned ({run.name})", learned_rows(run, case_ids, cases), 0.0))
+
+
+def drive(root: Path, run: Path | None) -> None:
+    cases = [
+        (read_image(root / "images" / f"{c}.png"), read_image(root / "vessel_1st" / f"{c}.png", is_label=True).numpy()[0] > 0,
+         read_image(root / "fov" / f"{c}.png", is_label=True).numpy()[0] > 0, {})
+        for c in DRIVE_VALIDATION
+    ]  # fmt: skip
+    title = f"DRIVE vessels: {len(cases)} validation images ({', '.join(DRIVE_VALIDATION)}), scored inside the FOV mask"
+    print_table(title, list(DRIVE_VALIDATION), cases, DRIVE_METHODS, run)
 
 
 def hippocampus(root: Path, run: Path | None) -> None:
@@ -109,18 +113,8 @@ def hippocampus(root: Path, run: Path | None) -> None:
         labels = read_image(by_id[case_id].label, is_label=True)
         image = read_image(by_id[case_id].images[0])
         cases.append((image, labels.numpy()[0] > 0, None, {"seeds": [seed_from_mask(labels)]}))
-    print(
-        f"\nHippocampus: {len(cases)} validation cases (fold 0 of 5), whole hippocampus, one seed at the reference's centre"
-    )
-    _header()
-    for name, (method, params) in HIPPOCAMPUS_METHODS.items():
-        print(summarise(name, *run_method(cases, method, params)))
-    if run is not None:
-
-        def reference(case: str) -> tuple[np.ndarray, None]:
-            return read_image(by_id[case].label, is_label=True).numpy()[0] > 0, None
-
-        print(summarise(f"learned ({run.name})", learned_rows(run, val_ids, reference), 0.0))
+    title = f"Hippocampus: {len(cases)} validation cases (fold 0 of 5), whole hippocampus, one seed at the reference's centre"
+    print_table(title, val_ids, cases, HIPPOCAMPUS_METHODS, run)
 
 
 def _header() -> None:
