@@ -17,6 +17,8 @@ from segmorph.image import Image
 from segmorph.io import to_sitk, write_image
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"  # ../shared/datasets beside the clone
+# the label names of write_msd_dataset's dataset.json (JSON keys: label values as strings)
+MSD_LABELS = {"0": "background", "1": "outer", "2": "core"}
 
 
 def require_dataset(name: str, marker: str = "") -> Path:
@@ -74,7 +76,7 @@ def write_msd_dataset(root: Path, num_cases: int = 6, shape=(24, 20, 12)) -> Pat
         write_image(image, root / "imagesTr" / name)
         write_image(label, root / "labelsTr" / name)
         entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
-    meta = {"name": "spheres", "modality": {"0": "MRI"}, "labels": {"0": "background", "1": "outer", "2": "core"},
+    meta = {"name": "spheres", "modality": {"0": "MRI"}, "labels": MSD_LABELS,
             "numTraining": num_cases, "training": entries}  # fmt: skip
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
@@ -87,7 +89,9 @@ def write_dicom_series(image: Image, folder: Path) -> None:
     writer = sitk.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()
     direction = itk.GetDirection()
-    orientation = "\\".join(f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7]))
+    orientation = "\\".join(
+        f"{v:.10f}" for v in (direction[0], direction[3], direction[6], direction[1], direction[4], direction[7])
+    )
     for k in range(itk.GetDepth()):
         slice_ = itk[:, :, k]
         for tag, value in {

@@ -17,25 +17,26 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segmorph"
 
 CORE_MODULES = {"__init__", "__main__", "geometry", "image", "io", "errors", "configs", "progress", "provenance",
-                "plots", "threads", "records", "outputs", "readchecks"}  # fmt: skip
+                "plots", "threads", "records", "outputs", "readchecks", "folds"}  # fmt: skip
 LAYOUT = {
     "nn": ["blocks", "unet", "fcn", "classifiers"],
     "transforms": [],
     "engine": ["loop", "schedules", "checkpoints", "distributed", "autocast", "sliding_window", "tracking"],
     "metrics": ["segmentation", "classification", "registration"],
     "segmentation": ["datasets", "preprocess", "plan", "task", "losses", "pipeline", "predict", "postprocess",
-                     "evaluate", "baselines", "baseline_files", "export", "demo"],
+                     "evaluate", "baselines", "baseline_files", "export", "demo", "mesh", "crossval", "crossval_layout",
+                     "ensemble", "postprocess_choice", "find_best"],
     "registration": ["transform", "spatial", "similarity", "regularize", "classical", "pairs", "structure", "atlas",
                      "run", "pictures"],
     "registration/learned": ["config", "network", "model", "prior", "training"],
-    "classification": ["data", "split", "task", "pipeline", "plots"],
+    "classification": ["data", "split", "task", "pipeline", "plots", "crossval", "crossval_layout", "ensemble"],
     "interpret": ["gradcam", "explain"],
-    "dicom": ["anonymize"],
+    "dicom": ["anonymize", "seg", "series", "rtstruct", "dicomweb", "pacs"],
     "report": [],
     "qc": ["quality"],
     "processing": ["filters", "steps", "files"],
     "cli": ["main", "arguments", "segmentation", "registration", "classification", "dicom", "report", "interpret",
-            "info", "quality", "processing", "view"],
+            "info", "quality", "processing", "view", "pacs", "mesh"],
 }  # fmt: skip
 
 

@@ -24,6 +24,8 @@ prefer_passive_waiting()  # before anything imports torch, which reads it once (
 # Public name -> (module, attribute in that module).
 _EXPORTS: dict[str, tuple[str, str]] = {
     "train": ("segmorph.segmentation.api", "train"),
+    "cross_validate": ("segmorph.segmentation.api", "cross_validate"),
+    "find_best": ("segmorph.segmentation.find_best", "find_best"),
     "plan": ("segmorph.segmentation.api", "plan"),
     "Segmenter": ("segmorph.segmentation.api", "Segmenter"),
     "evaluate": ("segmorph.segmentation.api", "evaluate"),
@@ -32,6 +34,7 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "train_registration": ("segmorph.registration.learned.training", "train_registration_run"),
     "train_classifier": ("segmorph.classification.api", "train_classifier"),
     "Classifier": ("segmorph.classification.api", "Classifier"),
+    "cross_validate_classifier": ("segmorph.classification.api", "cross_validate_classifier"),
     "read_image": ("segmorph.io", "read_image"),
     "write_image": ("segmorph.io", "write_image"),
     "Image": ("segmorph.image", "Image"),
@@ -42,16 +45,18 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "enhance": ("segmorph.processing.steps", "enhance"),
     "baseline": ("segmorph.segmentation.baselines", "segment"),
     "view": ("segmorph.report.view_files", "write_view"),
+    "mesh": ("segmorph.segmentation.mesh", "mesh"),
 }
 
 __all__ = [
     "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "baseline", "check_dataset",
-    "enhance", "evaluate", "plan", "view",
-    "read_image", "register", "train", "train_classifier", "train_registration", "write_image",
+    "cross_validate", "enhance", "find_best", "evaluate", "mesh", "plan", "view",
+    "cross_validate_classifier", "read_image", "register", "train", "train_classifier", "train_registration",
+    "write_image",
 ]  # fmt: skip
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time the names come from __getattr__
-    from segmorph.classification.api import Classifier, train_classifier
+    from segmorph.classification.api import Classifier, cross_validate_classifier, train_classifier
     from segmorph.errors import SegmorphError
     from segmorph.geometry import Affine
     from segmorph.image import Image, Sample
@@ -62,8 +67,10 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names come f
     from segmorph.registration.learned.training import train_registration_run as train_registration
     from segmorph.registration.transform import Transform
     from segmorph.report.view_files import write_view as view
-    from segmorph.segmentation.api import Segmenter, evaluate, plan, train
+    from segmorph.segmentation.api import Segmenter, cross_validate, evaluate, plan, train
     from segmorph.segmentation.baselines import segment as baseline
+    from segmorph.segmentation.find_best import find_best
+    from segmorph.segmentation.mesh import mesh
 
 
 def __getattr__(name: str) -> Any:

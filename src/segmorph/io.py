@@ -36,6 +36,7 @@ from segmorph.readchecks import (
 )
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_SUFFIX = ".dcm"  # DICOM files; a DICOM-SEG label map is read by read_image(path, is_label=True)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COMPLEX_PIXEL_IDS = frozenset(getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64"))
 # NIfTI-1 datatype codes -> numpy name of one stored value (RGB24 and RGBA32 store uint8 components)
@@ -58,9 +59,10 @@ def image_suffix(path: str | Path) -> str:
 
 
 def strip_suffix(path: str | Path) -> str:
-    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``."""
+    """File name without its image suffix: ``case_001.nii.gz`` -> ``case_001``; ``.dcm`` (a DICOM file, e.g. a
+    DICOM-SEG label map) counts as one: ``case_001.dcm`` -> ``case_001``."""
     name = Path(path).name
-    suffix = image_suffix(name)
+    suffix = image_suffix(name) or (DICOM_SUFFIX if name.lower().endswith(DICOM_SUFFIX) else "")
     return name[: len(name) - len(suffix)] if suffix else name
 
 
@@ -253,7 +255,9 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
     folder is refused before it is opened (:func:`check_input_path`).
 
     Args:
-        path: A file (NIfTI, NRRD, MHA/MHD, PNG, JPEG, ...) or a DICOM series folder.
+        path: A file (NIfTI, NRRD, MHA/MHD, PNG, JPEG, ...) or a DICOM series folder; with ``is_label``
+            also a DICOM-SEG file, decoded on the grid of the series it segments
+            (:func:`segmorph.dicom.seg.read_segmentation`).
         is_label: Read as an integer label map (values must be whole numbers).
         check_finite: Refuse images holding NaN or infinite voxels (values that overflow float32 when
             cast are refused either way).
@@ -270,6 +274,10 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
     check_input_path(path)
     if not os.access(path, os.R_OK):
         raise SegmorphError("permission denied: cannot read", path)
+    if is_label and is_segmentation_file(path):
+        from segmorph.dicom.seg import read_segmentation
+
+        return read_segmentation(path, voxel_budget=voxel_budget)
     try:
         itk = _read_sitk(path, check_finite, voxel_budget)
     except SegmorphError:
@@ -277,6 +285,34 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
     except RuntimeError as err:
         raise SegmorphError(f"cannot read image ({_first_line(err)})", path) from None
     return _from_sitk(itk, path, is_label, check_finite)
+
+
+def read_label_map(path: str | Path, like: Image | None = None, voxel_budget: int | None = None) -> Image:
+    """Read a label map (:func:`read_image` with ``is_label``); a DICOM-SEG file lands on ``like``'s grid.
+
+    A DICOM-SEG may hold frames for only the slices it segments; with ``like`` (the image or mask it goes with)
+    its frames are placed on that grid (:func:`segmorph.dicom.seg.read_segmentation`). Other files are read as
+    they are: comparing their grid with ``like``'s is the caller's check.
+
+    Raises:
+        SegmorphError: As :func:`read_image`; a DICOM-SEG that does not fit ``like``'s grid.
+    """
+    if like is not None and is_segmentation_file(path):
+        from segmorph.dicom.seg import read_segmentation
+
+        return read_segmentation(path, reference=like, voxel_budget=voxel_budget)
+    return read_image(path, is_label=True, voxel_budget=voxel_budget)
+
+
+def is_segmentation_file(path: str | Path) -> bool:
+    """True for a DICOM-SEG file: a regular file without an image suffix (``.dcm`` or none) that
+    :func:`segmorph.dicom.seg.is_segmentation` recognises. Image files are never opened."""
+    path = Path(path)
+    if image_suffix(path) or not path.is_file():
+        return False
+    from segmorph.dicom.seg import is_segmentation
+
+    return is_segmentation(path)
 
 
 def _first_line(err: Exception) -> str:

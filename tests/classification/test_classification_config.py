@@ -106,3 +106,13 @@ def test_defaults_match_the_request_defaults():
     assert settings == ClassifierConfig() and settings.train.time_budget_s == ClassifyRequest.time_budget_s
     assert (settings.model.name, settings.model.width, settings.train.batch_size) == ("resnet", 16, 32)
     assert settings.train.learning_rate == ClassifyRequest.learning_rate and settings.scoring.shift == ClassifyRequest.shift
+
+
+def test_a_resumed_run_keeps_the_class_names_it_was_trained_with(tmp_path, one_thread):
+    data = _pictures(tmp_path / "pictures")
+    overrides = {"model.name": "simplecnn", "model.width": 4, "data.size": [16], "train.batch_size": 8,
+                 "train.amp": False}  # fmt: skip
+    train_classifier(data, tmp_path / "run", max_steps=2, show_progress=False, overrides=overrides,
+                     class_names=["round", "flat"])  # fmt: skip
+    train_classifier(data, tmp_path / "run", max_steps=3, resume=True, show_progress=False)
+    assert Classifier(tmp_path / "run").class_names == ["round", "flat"]

@@ -193,3 +193,19 @@ def test_atlas_segment_names_labels_from_the_dataset_json_beside_the_reference(t
     assert summary["names"] == {1: "Anterior", 2: "Posterior"}
     metrics = json.loads((tmp_path / "out" / "seg_metrics.json").read_text())
     assert [(row["name"], row["unit"]) for row in metrics["metrics"]] == [("Anterior", "mm"), ("Posterior", "mm")]
+
+
+def test_train_log_names_classes_by_dataset_label_names(trained_run: Path):
+    from helpers import MSD_LABELS
+
+    header = (trained_run / "train_log.csv").read_text().splitlines()[0].split(",")
+    names = [name for value, name in sorted(MSD_LABELS.items()) if value != "0"]
+    assert header[-len(names) :] == [f"val_dice_{name}" for name in names]
+
+
+def test_score_part_names_fall_back_to_values_for_missing_repeated_or_unsafe_names():
+    from segmorph.segmentation.task import score_part_names
+
+    assert score_part_names(4, {1: "Anterior", 2: "Posterior", 3: "Anterior"}) == ["Anterior", "Posterior", "3"]
+    assert score_part_names(4, {1: "a,b", 2: "", 3: "7"}) == ["1", "2", "3"]
+    assert score_part_names(3) == ["1", "2"]

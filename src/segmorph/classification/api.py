@@ -6,6 +6,9 @@ Example:
     ...                              group="dup_group", time_budget="15m", overrides={"model.width": 32})
     >>> classifier = sm.Classifier(result.out)
     >>> classifier(sm.read_image("scan.png"))  # probabilities in the order of classifier.class_names
+    >>> cv = sm.cross_validate_classifier("busi_ultrasound", "runs/busi_cv", labels="labels.csv", target="lesion",
+    ...                                   group="dup_group", time_budget="15m", holdout_groups=0.2)
+    >>> cv.auc, cv.holdout["ensemble"]["auc"]  # pooled out-of-fold, and the folds' ensemble on the hold-out
 """
 
 from __future__ import annotations
@@ -19,10 +22,14 @@ import numpy as np
 import torch
 
 from segmorph.classification.config import ClassifierConfig, classifier_config
-from segmorph.classification.pipeline import ClassifyRequest, image_probabilities, load_classifier
+from segmorph.classification.crossval import train_cross_validation
+from segmorph.classification.crossval_layout import FINAL_FOLDER
+from segmorph.classification.ensemble import load_run_classifier
+from segmorph.classification.pipeline import ClassifyRequest, image_probabilities
 from segmorph.classification.pipeline import train_classifier as train_from_request
 from segmorph.configs import CONFIG_FILE
 from segmorph.engine.tracking import check_log
+from segmorph.folds import parse_folds
 from segmorph.image import Image
 from segmorph.metrics.classification import predict_classes
 
@@ -115,6 +122,95 @@ def train_classifier(
     )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class ClassifierCrossValidation:
+    """What :func:`cross_validate_classifier` did; everything it wrote is in ``out``.
+
+    Attributes:
+        out: The cross-validation run folder (:class:`Classifier` and ``segmorph classify predict`` take it).
+        folds: The folds done.
+        images: Images scored out of fold.
+        auc: Pooled out-of-fold ROC AUC (two classes) or macro AUC.
+        balanced_accuracy: Pooled out-of-fold balanced accuracy at ``threshold``.
+        threshold: Decision threshold chosen on the pooled out-of-fold probabilities (two classes), else None.
+        fold_auc: Fold -> that fold's validation AUC.
+        holdout: The hold-out figures (``images``; ``ensemble`` and, with a final model, ``final``: AUC,
+            balanced accuracy, confusion matrix at ``threshold``), or None without a hold-out.
+        final: The final model's folder, or None.
+        summary: ``cross_validation.json``'s contents.
+    """
+
+    out: Path
+    folds: tuple[int, ...]
+    images: int
+    auc: float | None
+    balanced_accuracy: float | None
+    threshold: float | None
+    fold_auc: dict[int, float | None]
+    holdout: dict[str, Any] | None
+    final: Path | None
+    summary: dict[str, Any]
+
+
+def cross_validate_classifier(
+    dataset: str | Path, out: str | Path, *, folds: str | Sequence[int] = "all", num_folds: int | None = None,
+    holdout_groups: float = 0.0, final: bool = False, budget_per_fold: bool = False, labels: str | Path | None = None,
+    target: str = "label", group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
+    overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
+    resume: bool = False, show_progress: bool = True, file_column: str = "file", check: bool = True,
+    class_names: Sequence[str] | None = None, log: str = "csv",
+) -> ClassifierCrossValidation:  # fmt: skip
+    """Cross-validate a classifier: train the folds of a grouped, stratified k-fold split into ``out/fold_<k>``
+    under one time budget, pool the out-of-fold probabilities and choose the decision threshold on them;
+    optionally set a grouped hold-out aside first and score the folds' ensemble on it, and train a final model
+    on every image not held out. :class:`Classifier` and ``segmorph classify predict`` then use the run
+    (see :mod:`segmorph.classification.crossval`).
+
+    Args:
+        dataset, labels, target, group, max_steps, overrides, config, device, seed, show_progress, file_column,
+            check, class_names, log: As for :func:`train_classifier`.
+        out: Cross-validation run folder.
+        folds: ``"all"``, ``"0,2,4"`` or fold numbers to train now (folds already done are skipped).
+        num_folds: Folds of the split (``data.num_folds``, default 5).
+        holdout_groups: Share of each class's images (whole groups, seeded by ``data.split_seed`` or ``seed``)
+            set aside before the folds and scored at the end (0: none).
+        final: After the folds, train one model on every image not held out for one fold's share of the
+            budget, with the out-of-fold threshold (``out/final``; predict uses it unless told otherwise).
+        budget_per_fold: ``time_budget`` is each fold's, not every fold's together.
+        time_budget: Time for every fold together (default 15 minutes).
+        resume: Continue the run in ``out``: folds done are kept, an interrupted fold resumes.
+
+    Returns:
+        A :class:`ClassifierCrossValidation`.
+
+    Raises:
+        SegmorphError: Bad settings (nothing written), bad data, or a class with fewer groups than folds.
+    """
+    check_log(log)
+    out = Path(out)
+    base = None
+    if resume and (out / CONFIG_FILE).is_file():
+        base = classifier_config(config=out / CONFIG_FILE)
+    extra = {} if num_folds is None else {"data.num_folds": num_folds}
+    settings = classifier_config({**extra, **(overrides or {})}, config, time_budget=time_budget,
+                                 max_steps=max_steps, seed=seed, base=base)  # fmt: skip
+    chosen = parse_folds(folds if isinstance(folds, str) else ",".join(map(str, folds)), settings.data.num_folds)
+    request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
+                                  file_column=file_column, device=device, resume=resume,
+                                  show_progress=show_progress, check=check, class_names=class_names,
+                                  log=log)  # fmt: skip
+    summary = train_cross_validation(request, chosen, budget_per_fold=budget_per_fold,
+                                     holdout_groups=holdout_groups, final=final, config=settings)  # fmt: skip
+    pooled = summary["out_of_fold"]
+    final_folder = out / FINAL_FOLDER
+    return ClassifierCrossValidation(
+        out=out, folds=tuple(summary["folds"]), images=summary["images"], auc=pooled["auc"],
+        balanced_accuracy=pooled["balanced_accuracy"], threshold=summary["threshold"],
+        fold_auc={int(k): v["auc"] for k, v in summary["per_fold"].items()}, holdout=summary.get("holdout"),
+        final=final_folder if (final_folder / "classifier.pt").is_file() else None, summary=summary,
+    )  # fmt: skip
+
+
 def request_from_config(
     dataset: str | Path, out: str | Path, config: ClassifierConfig, *, labels: str | Path | None = None,
     target: str = "label", group: str | None = None, file_column: str = "file", device: str = "cpu",
@@ -144,11 +240,16 @@ class Classifier:
 
     Calling it on an :class:`~segmorph.image.Image` ``(C, I, J[, K])`` returns the class probabilities ``(K,)``
     in the order of :attr:`class_names`, scored as in validation (the run's input preparation, mirror and
-    shifted views).
+    shifted views). On a cross-validation run (:func:`cross_validate_classifier`) it is, as in
+    ``classify predict``, the run's final model when it has one, else the mean of its folds' probabilities,
+    with the threshold chosen on the out-of-fold probabilities (:attr:`description` says which).
 
     Args:
-        run_dir: The run folder (with ``classifier.pt``; runs written by earlier versions load too).
+        run_dir: The run folder (with ``classifier.pt``; runs written by earlier versions load too), or a
+            cross-validation run folder.
         device: Where the network runs.
+        folds: Cross-validation runs: the folds to average (default: every fold trained; implies the ensemble).
+        use: Cross-validation runs: ``"final"`` or ``"ensemble"`` (default: the final model when trained).
 
     Example:
         >>> classifier = Classifier("runs/busi")
@@ -157,10 +258,14 @@ class Classifier:
         'malignant'
     """
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self, run_dir: str | Path, device: str | torch.device = "cpu", *, folds: str | Sequence[int] | None = None,
+        use: str | None = None,
+    ) -> None:  # fmt: skip
         self.run_dir = Path(run_dir)
         self.device = torch.device(device)
-        self.model, self.facts = load_classifier(self.run_dir, self.device)
+        loaded = load_run_classifier(self.run_dir, self.device, folds, use)
+        self.model, self.facts, self.description = loaded.model, loaded.facts, loaded.description
 
     @property
     def class_names(self) -> list[str]:

@@ -99,6 +99,12 @@ class ClassifyRequest:
         val_fraction: Hold-out share (whole groups, per class) when ``fold`` is None.
         fold: Validation fold of a grouped ``num_folds``-fold split; None: the hold-out split.
         num_folds: Folds of the grouped k-fold split.
+        holdout_groups: Share of each class's images (whole groups, seeded as the split) set aside before
+            the split: never trained or validated on (a cross-validation run's hold-out; 0: none).
+        validate: False: train on every image not set aside, with no validation images (a cross-validation
+            run's final model); ``threshold`` is then the decision threshold.
+        threshold: Decision threshold (two classes) to keep instead of choosing one on the validation images
+            (Youden's J); None: chosen on them.
         seed: Seed of the initial weights, batches and augmentation, and of the split unless ``split_seed``.
         split_seed: Seed of the split alone (None: ``seed``), so that one split can be trained with
             several seeds: on a small validation set the seed-to-seed spread can exceed the effect studied.
@@ -151,6 +157,9 @@ class ClassifyRequest:
     val_fraction: float = 0.2
     fold: int | None = None
     num_folds: int = 5
+    holdout_groups: float = 0.0
+    validate: bool = True
+    threshold: float | None = None
     seed: int = 0
     split_seed: int | None = None
     device: str = "cpu"
@@ -179,16 +188,51 @@ def load_classification_dataset(request: ClassifyRequest) -> ClassificationDatas
     else:
         source = resolve_labels_file(request.dataset, request.labels)
         dataset = load_labels_csv(request.dataset, source, request.target, request.group, request.file_column)
-    return dataset if request.class_names is None else name_classes(dataset, request.class_names, source)
+    names = request.class_names if request.class_names is not None else _resumed_class_names(request)
+    return dataset if names is None else name_classes(dataset, names, source)
+
+
+def _resumed_class_names(request: ClassifyRequest) -> list[str] | None:
+    """The class names a run being resumed was trained with (from ``--class-names`` then), else None."""
+    if not request.resume:
+        return None
+    last = [request.out / "checkpoint_last.pt", request.out / "member_0" / "checkpoint_last.pt"]
+    found = next((path for path in last if path.is_file()), None)
+    if found is None:
+        return None
+    _, config, _ = load_checkpoint(found)
+    return list(config.get("classifier", {}).get("class_names") or []) or None
 
 
 def split_dataset(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
-    """Train and validation image indices: grouped, stratified, seeded (hold-out or one fold)."""
-    labels, groups, names = dataset.labels, dataset.groups, dataset.class_names
-    seed = request.seed if request.split_seed is None else request.split_seed
+    """Train and validation image indices: grouped, stratified, seeded (hold-out or one fold), among the
+    images not set aside (:func:`set_aside`); without validation, every one of those and none."""
+    pool, _ = set_aside(dataset, request)
+    if not request.validate:
+        return pool, []
+    labels, groups = [dataset.labels[i] for i in pool], [dataset.groups[i] for i in pool]
+    seed = split_seed(request)
     if request.fold is None:
-        return grouped_holdout_split(labels, groups, request.val_fraction, seed, names)
-    return grouped_fold_split(labels, groups, request.fold, request.num_folds, seed, names)
+        train, val = grouped_holdout_split(labels, groups, request.val_fraction, seed, dataset.class_names)
+    else:
+        train, val = grouped_fold_split(labels, groups, request.fold, request.num_folds, seed, dataset.class_names)
+    return [pool[i] for i in train], [pool[i] for i in val]
+
+
+def set_aside(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
+    """``(development, held out)`` image indices: ``request.holdout_groups`` of each class's images, whole
+    groups, seeded by the split seed, are held out before any split (none when it is 0)."""
+    if request.holdout_groups <= 0:
+        return list(range(len(dataset.items))), []
+    if not 0.0 < request.holdout_groups < 1.0:
+        raise SegmorphError(f"holdout groups: expected a share in (0, 1), got {request.holdout_groups}")
+    return grouped_holdout_split(dataset.labels, dataset.groups, request.holdout_groups, split_seed(request),
+                                 dataset.class_names)  # fmt: skip
+
+
+def split_seed(request: ClassifyRequest) -> int:
+    """The seed of the split: ``split_seed``, else ``seed``."""
+    return request.seed if request.split_seed is None else request.split_seed
 
 
 def network_config(request: ClassifyRequest, ndim: int, channels: int, num_classes: int) -> dict[str, Any]:
@@ -247,7 +291,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     if request.show_progress:
         console.print(_summary_line(request, spec, build_network(net), dataset, train_index, val_index),
                       highlight=False)  # fmt: skip
-    facts = _classifier_facts(dataset, request, spec, threshold=None)
+    facts = _classifier_facts(dataset, request, spec, threshold=request.threshold)
     if request.ensemble <= 1:
         model, result = _fit_member(request, task, net, train_config, out, facts)
         return _finish(out, model, task, dataset, val_index, facts, net, train_config, [result], request.device)
@@ -351,10 +395,15 @@ def _finish(
     out: Path, model: torch.nn.Module, task: ClassificationTask, dataset: ClassificationDataset, val_index: list[int],
     facts: dict, net: dict, train_config: TrainConfig, results: list[FitResult], device: str,
 ) -> dict[str, Any]:  # fmt: skip
-    """Score the trained ``model`` (kept weights loaded) on validation, choose the threshold, write the run."""
+    """Score the trained ``model`` (kept weights loaded) on validation, choose the threshold (unless ``facts``
+    hold one), write the run."""
+    if not val_index:
+        return _finish_unvalidated(out, model, task, dataset, facts, net, train_config, results)
     probabilities = task.validation_probabilities(model, torch.device(device)).numpy()
     labels = task.val_labels.numpy()
-    threshold = choose_threshold(probabilities[:, 1], labels) if probabilities.shape[1] == 2 else None
+    threshold = facts["threshold"]
+    if threshold is None and probabilities.shape[1] == 2:
+        threshold = choose_threshold(probabilities[:, 1], labels)
     facts = {**facts, "threshold": threshold}
     save_checkpoint(out / MODEL_FILE, model.state_dict(), {"network": net, "train": train_config.to_dict(),
                                                            "classifier": facts})  # fmt: skip
@@ -369,7 +418,25 @@ def _finish(
         "fit": _fit_facts(results, report),
         "class_names": list(names), "threshold": threshold, "input": facts["input"], "network": net,
         "kept_weights": kept_weights_text(facts), "scoring_views": {"mirror": facts["mirror"], "shift": facts["shift"]},
-        "train_images": len(dataset.items) - len(val_index), "val_images": len(val_index),
+        "train_images": int(task.train_images.shape[0]), "val_images": len(val_index),
+    }  # fmt: skip
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _finish_unvalidated(
+    out: Path, model: torch.nn.Module, task: ClassificationTask, dataset: ClassificationDataset, facts: dict,
+    net: dict, train_config: TrainConfig, results: list[FitResult],
+) -> dict[str, Any]:  # fmt: skip
+    """Write the run of a model trained without validation images: its threshold is the one given."""
+    save_checkpoint(out / MODEL_FILE, model.state_dict(), {"network": net, "train": train_config.to_dict(),
+                                                           "classifier": facts})  # fmt: skip
+    summary = {
+        "validation": None, "class_names": list(dataset.class_names),
+        "fit": {k: v for k, v in _fit_facts(results, {"auc": None}).items() if k not in ("best_val_auc", "best_epoch")},
+        "threshold": facts["threshold"], "input": facts["input"], "network": net,
+        "kept_weights": kept_weights_text(facts), "scoring_views": {"mirror": facts["mirror"], "shift": facts["shift"]},
+        "train_images": int(task.train_images.shape[0]), "val_images": 0,
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -385,6 +452,10 @@ def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
     return {"best_val_auc": report["auc"], "steps": sum(f["steps"] for f in facts), "precision": facts[0]["precision"],
             "elapsed_s": round(sum(f["elapsed_s"] for f in facts), 1),
             "stopped_because": f"{len(facts)} members: " + "; ".join(reasons), "members": facts}  # fmt: skip
+
+
+def _threshold_text(threshold: float | None) -> str:
+    return "argmax" if threshold is None else f"{threshold:.3f}"
 
 
 def _write_val_predictions(
@@ -444,8 +515,8 @@ def _write_provenance(
         "seed": request.seed, "dataset": str(dataset.root), "class_names": list(dataset.class_names),
         "class_counts": dataset.class_counts(), "input": spec.to_dict(), "network": net,
         "train": train_config.to_dict(),
-        "split": {"kind": "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}",
-                  "train": files(train_index), "val": files(val_index)},
+        "split": {"kind": _split_kind(request), "train": files(train_index), "val": files(val_index),
+                  "set_aside": files(set_aside(dataset, request)[1])},
         "quality_check": quality, "log": request.log,
     }  # fmt: skip
     if request.log == "tensorboard":
@@ -456,6 +527,12 @@ def _write_provenance(
     record = write_run_record(out, facts, files_fingerprint(data_files, dataset.root), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
+
+
+def _split_kind(request: ClassifyRequest) -> str:
+    if not request.validate:
+        return "no validation: every image not set aside"
+    return "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}"
 
 
 def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -500,16 +577,21 @@ def image_probabilities(
 def predict_classifier(
     run_dir: str | Path, image_paths: Sequence[str | Path], out_csv: str | Path | None = None,
     cam_dir: str | Path | None = None, device: str = "cpu", show_progress: bool = True,
+    folds: str | Sequence[int] | None = None, use: str | None = None,
 ) -> list[dict[str, Any]]:  # fmt: skip
     """Classify images with a trained run; optionally write a CSV and Grad-CAM overlays.
 
     Args:
-        run_dir: A run folder from :func:`train_classifier`.
+        run_dir: A run folder from :func:`train_classifier`, or a cross-validation run folder: then the mean
+            probabilities of its folds, or its final model, at the out-of-fold threshold (one line says which;
+            see :func:`segmorph.classification.ensemble.load_run_classifier`).
         image_paths: Image files, folders of images or DICOM series folders.
         out_csv: CSV to write (one row per image; None: none).
         cam_dir: Folder for ``<image name>_cam.png`` Grad-CAM overlays of the predicted class (None: none).
         device: Where the network runs.
         show_progress: Progress bar.
+        folds: Cross-validation runs: the folds to average (default: all the run trained).
+        use: Cross-validation runs: ``"final"`` or ``"ensemble"`` (default: the final model when trained).
 
     Returns:
         One dict per image: ``file``, ``predicted`` (class name; two classes: ``p_<positive> >= threshold``),
@@ -520,7 +602,13 @@ def predict_classifier(
     if cam_dir is not None:
         outputs += [Output.folder(cam_dir), *(Output.file(Path(cam_dir) / f"{strip_suffix(p)}_cam.png", p) for p in paths)]
     check_outputs(outputs, inputs=[run_dir, *image_paths, *paths])  # before the model loads
-    model, facts = load_classifier(run_dir, device)
+    from segmorph.classification.ensemble import load_run_classifier  # it builds on this module
+
+    loaded = load_run_classifier(run_dir, device, folds, use)
+    model, facts = loaded.model, loaded.facts
+    if loaded.kind != "single":
+        console.print(f"predicting with {loaded.description}, threshold {_threshold_text(facts['threshold'])} "
+                      "(chosen on out-of-fold predictions)", highlight=False, soft_wrap=True)  # fmt: skip
     names, threshold = facts["class_names"], facts["threshold"]
     rows = []
     for path in track(paths, "classify", total=len(paths), enabled=show_progress):

@@ -19,9 +19,12 @@ EXAMPLES = {
     "train": (
         "segmorph classify train ../shared/datasets/busi_ultrasound --labels labels.csv --target lesion "
         "--group dup_group --out runs/busi --time-budget 15m\n"
-        "  segmorph classify train images_by_class/ --out runs/cls --model simplecnn --size 96 --max-steps 500"
+        "  segmorph classify train images_by_class/ --out runs/cls --model simplecnn --size 96 --max-steps 500\n"
+        "  segmorph classify train ../shared/datasets/busi_ultrasound --labels labels.csv --target lesion "
+        "--group dup_group --folds all --holdout-groups 0.2 --out runs/busi_cv --time-budget 15m"
     ),
-    "predict": "segmorph classify predict runs/busi scans/ --out predictions.csv --cam cams/",
+    "predict": "segmorph classify predict runs/busi scans/ --out predictions.csv --cam cams/\n"
+    "  segmorph classify predict runs/busi_cv scans/ --out predictions.csv --folds 0,1,2",
 }
 
 
@@ -40,7 +43,9 @@ def add_classify_arguments(target: argparse.ArgumentParser | argparse._SubParser
         target = verb_parser(target, "classify", text, examples)
     sub = target.add_subparsers(dest="classify_verb", required=True, metavar="{train,predict}")
     _add_train(verb_parser(sub, "train", "Train a classifier; writes a run folder with metrics, ROC and confusion "
-                           "plots and the decision threshold.", EXAMPLES["train"]))  # fmt: skip
+                           "plots and the decision threshold. With --folds: cross-validation (fold models, "
+                           "out-of-fold scores and threshold, optional hold-out and final model).",
+                           EXAMPLES["train"]))  # fmt: skip
     _add_predict(verb_parser(sub, "predict", "Classify images with a trained run; optional Grad-CAM overlays.",
                              EXAMPLES["predict"]))  # fmt: skip
     target.set_defaults(handler=run_classify)
@@ -58,7 +63,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--file-column", default="file", help="CSV column holding image paths (default: file)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--time-budget", type=parse_duration,
-                   help="training time, e.g. 15m (default 15m; none when only --max-steps is given)")  # fmt: skip
+                   help="training time, e.g. 15m (default 15m; none when only --max-steps is given); with --folds, "
+                        "of all folds together")  # fmt: skip
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
     p.add_argument("--model", choices=network_names("classification"),
                    help="resnet (ResNet-18 layout, default) or simplecnn (model.name)")  # fmt: skip
@@ -68,8 +74,23 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="images per step (default 32)")
     p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine; default 2e-3)")
     p.add_argument("--val-fraction", type=float, help="hold-out share, whole groups (default 0.2)")
-    p.add_argument("--fold", type=int, help="use fold K of a grouped k-fold split instead of the hold-out split")
-    p.add_argument("--folds", type=int, help="folds of the k-fold split (default 5)")
+    p.add_argument("--fold", type=int, metavar="K",
+                   help="train one model validated on fold K of a grouped k-fold split, not the hold-out split")  # fmt: skip
+    p.add_argument("--folds", metavar="all|K[,K...]",
+                   help="cross-validation: train these folds of the grouped, stratified k-fold split (all, or e.g. "
+                        "0,2,4) into OUT/fold_K, pool their out-of-fold probabilities (OUT/cross_validation.csv "
+                        "and .json) and choose the threshold on them; predict then averages the folds. "
+                        "--time-budget is for all folds together; --resume skips the folds done")  # fmt: skip
+    p.add_argument("--num-folds", type=int, metavar="N", help="folds of the k-fold split (data.num_folds, default 5)")
+    p.add_argument("--budget-per-fold", action="store_true", help="with --folds: --time-budget is each fold's")
+    p.add_argument("--holdout-groups", type=float, metavar="F", default=0.0,
+                   help="with --folds: first set aside about F of each class's images (whole groups, seeded by "
+                        "--split-seed), which no fold sees; the folds' ensemble is scored on them at the end")  # fmt: skip
+    p.add_argument("--final", action="store_true",
+                   help="with --folds: after the folds, train one model on every image not held out, for one "
+                        "fold's share of --time-budget (TIME / folds; with --budget-per-fold, TIME) on top of the "
+                        "folds' time, with the out-of-fold threshold, into OUT/final; predict uses it unless "
+                        "--use ensemble")  # fmt: skip
     p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
     p.add_argument("--dropout", type=float,
@@ -120,17 +141,24 @@ def _names(text: str) -> tuple[str, ...]:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="trained classification run folder")
+    p.add_argument("run", type=Path, help="trained classification run folder, or a cross-validation run folder")
     p.add_argument("images", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
     p.add_argument("--out", type=Path, required=True, help="CSV of probabilities and predicted classes")
     p.add_argument("--cam", type=Path, metavar="DIR", help="also write Grad-CAM overlays (PNG) into DIR")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--folds", metavar="all|K[,K...]",
+                   help="cross-validation run: average these folds' probabilities (default: every fold trained; "
+                        "a fold without a model is left out with a warning)")  # fmt: skip
+    p.add_argument("--use", choices=("final", "ensemble"),
+                   help="cross-validation run: its final model (default when trained with --final) or the mean of "
+                        "its folds; both use the threshold chosen on the out-of-fold predictions")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 TRAIN_FLAGS = {
     "model": "model.name", "width": "model.width", "dropout": "model.dropout", "size": "data.size",
-    "val_fraction": "data.val_fraction", "fold": "data.fold", "folds": "data.num_folds", "split_seed": "data.split_seed",
+    "val_fraction": "data.val_fraction", "fold": "data.fold", "num_folds": "data.num_folds",
+    "split_seed": "data.split_seed",
     "time_budget": "train.time_budget_s", "batch_size": "train.batch_size", "lr": "train.learning_rate",
     "weight_decay": "train.weight_decay", "patience": "train.patience_epochs", "seed": "train.seed",
     "label_smoothing": "train.label_smoothing", "mixup": "train.mixup", "ema": "train.ema_decay",
@@ -182,6 +210,12 @@ def run_classify(args: argparse.Namespace) -> int:
 def _run_train(args: argparse.Namespace) -> int:
     from segmorph.classification.api import train_classifier
 
+    if args.folds is not None:
+        return _run_cross_validation(args)
+    given = [flag for flag, on in (("--budget-per-fold", args.budget_per_fold), ("--final", args.final),
+                                   ("--holdout-groups", args.holdout_groups)) if on]  # fmt: skip
+    if given:
+        raise SegmorphError(f"{', '.join(given)}: only with --folds (cross-validation)")
     result = train_classifier(
         args.dataset, args.out, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
@@ -190,6 +224,37 @@ def _run_train(args: argparse.Namespace) -> int:
     )  # fmt: skip
     say(train_summary_line(result.summary, args.out), err=True)
     return 0
+
+
+def _run_cross_validation(args: argparse.Namespace) -> int:
+    from segmorph.classification.api import cross_validate_classifier
+
+    if args.fold is not None or args.val_fraction is not None:
+        raise SegmorphError("--folds: each fold is validated on itself; drop --fold and --val-fraction")
+    result = cross_validate_classifier(
+        args.dataset, args.out, folds=args.folds, holdout_groups=args.holdout_groups, final=args.final,
+        budget_per_fold=args.budget_per_fold, labels=args.labels, target=args.target, group=args.group,
+        file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
+        resume=args.resume, show_progress=not args.quiet, check=not args.no_check, class_names=args.class_names,
+        log=args.log,
+    )  # fmt: skip
+    say(cross_validation_line(result.summary, args.out), err=True)
+    return 0
+
+
+def cross_validation_line(summary: dict, out: str | Path) -> str:
+    """The line ``classify train --folds`` ends with: pooled out-of-fold and hold-out AUC and balanced accuracy."""
+    pooled, threshold = summary["out_of_fold"], summary["threshold"]
+    at = f" at threshold {threshold:.3f}" if threshold is not None else ""
+    line = (f"cross-validation: {len(summary['folds'])} folds, {summary['images']} images out of fold: AUC "
+            f"{pooled['auc']}, balanced accuracy {pooled['balanced_accuracy']}{at}")  # fmt: skip
+    holdout = summary.get("holdout")
+    if holdout:
+        line += (f"; hold-out ({holdout['images']} images), ensemble: AUC {holdout['ensemble']['auc']}, balanced "
+                 f"accuracy {holdout['ensemble']['balanced_accuracy']}")  # fmt: skip
+        if "final" in holdout:
+            line += f", final model: AUC {holdout['final']['auc']}, balanced accuracy {holdout['final']['balanced_accuracy']}"
+    return f"{line}; run folder {out}"
 
 
 def train_summary_line(summary: dict, out: str | Path) -> str:
@@ -205,7 +270,8 @@ def train_summary_line(summary: dict, out: str | Path) -> str:
 def _run_predict(args: argparse.Namespace) -> int:
     from segmorph.classification.pipeline import predict_classifier
 
-    rows = predict_classifier(args.run, args.images, args.out, args.cam, args.device, show_progress=not args.quiet)
+    rows = predict_classifier(args.run, args.images, args.out, args.cam, args.device, show_progress=not args.quiet,
+                              folds=args.folds, use=args.use)  # fmt: skip
     extra = f" and {len(rows)} Grad-CAM overlays to {args.cam}" if args.cam else ""
     say(f"classified {len(rows)} images: wrote {args.out}{extra}", err=True)
     return 0

@@ -21,7 +21,10 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_explain(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="trained segmentation run folder (segmorph train)")
+    p.add_argument("run", type=Path,
+                   help="trained segmentation run folder (segmorph train), or a cross-validation run or find-best "
+                        "folder: an ensemble, explained over all its networks (uncertainty over every network's "
+                        "variants together, Grad-CAM maps averaged)")  # fmt: skip
     p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
     p.add_argument("--out", type=Path, required=True, help="output folder: one sub-folder per scan")
     p.add_argument("--classes", nargs="+", default=(), metavar="CLASS",

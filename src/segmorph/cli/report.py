@@ -24,8 +24,8 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
 
 def _add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run_dir", type=Path,
-                   help="folder from segmorph train, register, train-registration, classify train, enhance "
-                        "(enhance.json) or baseline (baseline.json)")  # fmt: skip
+                   help="folder from segmorph train (--folds too), find-best, register, train-registration, "
+                        "classify train, enhance (enhance.json) or baseline (baseline.json)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="HTML file to write")
     p.add_argument("--cases", type=int, default=12, help="worst cases, pairs or images to draw (default 12)")
 

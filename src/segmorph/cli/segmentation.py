@@ -1,4 +1,4 @@
-"""``segmorph train | plan | predict | evaluate | export | baseline | demo``."""
+"""``segmorph train | plan | predict | evaluate | export | baseline | demo | find-best``."""
 
 from __future__ import annotations
 
@@ -17,20 +17,22 @@ EXAMPLES = {
     'export': 'segmorph export runs/hippo --format onnx --out model.onnx',
     'baseline': 'segmorph baseline scans/ --method region_grow --seed-point 20,25,18 --out masks/',
     'demo': 'segmorph demo --time-budget 5m',
+    'find-best': 'segmorph find-best runs/h_cv runs/h_cv_2mm --out runs/h_best',
 }
 DEFAULT_TIME_BUDGET_S = 1200.0
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
-    """The segmentation verbs: train, plan, predict, evaluate, export, baseline, demo."""
+    """The segmentation verbs: train, plan, predict, evaluate, export, baseline, demo, find-best."""
     verbs = (
         ("train", "Plan, preprocess, train and validate a segmentation model.", _add_train, run_train),
         ("plan", "Write the plan that train would use, without training.", _add_plan, run_plan),
         ("predict", "Segment scans with a trained run; masks keep each scan's geometry.", _add_predict, run_predict),
         ("evaluate", "Score predicted masks against reference masks.", _add_evaluate, run_evaluate),
-        ("export", "Export a trained run's network to ONNX or TorchScript.", _add_export, run_export),
+        ("export", "Export a trained run or an ensemble to ONNX or TorchScript.", _add_export, run_export),
         ("baseline", "Classical segmentation (Otsu, region growing, level sets, vesselness) for comparison.", _add_baseline, run_baseline),
         ("demo", "Train briefly, predict and evaluate on the hippocampus data.", _add_demo, run_demo),
+        ("find-best", "Choose among cross-validation runs and their pairs out of fold.", _add_find_best, run_find_best),
     )
     for name, help_text, add_arguments, handler in verbs:
         parser = verb_parser(sub, name, help_text, EXAMPLES[name])
@@ -53,6 +55,10 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--spacing", type=parse_spacing, metavar="MM",
                    help="plan for this voxel size in mm (one value, or x,y,z) instead of the median spacing; "
                         "e.g. --spacing 2 for a fast low-resolution model (a registration prior)")  # fmt: skip
+    p.add_argument("--network-dims", type=int, choices=(2, 3), metavar="2|3",
+                   help="2 for 3D scans: a 2D network trained on slices across the through-plane axis (largest "
+                        "spacing) and applied slice by slice (default: the scans' dimensions: 3D full "
+                        "resolution, or coarser with --spacing)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -60,7 +66,12 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     _add_dataset_args(p)
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--fold", type=int, default=0, help="validation fold (default 0; -1: no validation)")
-    p.add_argument("--folds", type=int, default=5, help="number of cross-validation folds (default 5)")
+    p.add_argument("--folds", metavar="all|K[,K...]",
+                   help="cross-validation: train these folds (all, or e.g. 0,2,4) into OUT/fold_K, score every case "
+                        "out of fold (OUT/cross_validation.csv), choose postprocessing on those predictions; predict "
+                        "then averages the folds. --time-budget is for all folds together")  # fmt: skip
+    p.add_argument("--num-folds", type=int, default=5, help="folds of the split (default 5)")
+    p.add_argument("--budget-per-fold", action="store_true", help="with --folds: --time-budget is each fold's")
     p.add_argument("--val-cases", nargs="+", default=(), help="explicit validation case ids")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")
@@ -78,21 +89,33 @@ def _add_plan(p: argparse.ArgumentParser) -> None:
 
 
 def _add_predict(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="trained run folder")
+    p.add_argument("run", type=Path, help="trained run folder; a cross-validation run predicts with the mean of its "
+                                          "folds' probabilities, an ensemble folder (find-best) with the mean of "
+                                          "its runs'")  # fmt: skip
     p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
+    p.add_argument("--folds", metavar="K[,K...]", help="cross-validation run: average these folds (default: all)")
+    p.add_argument("--postprocess", choices=("auto", "none"), default="auto",
+                   help="cross-validation run: auto applies the clean-up chosen on its out-of-fold predictions "
+                        "(postprocessing.json; default), none skips it")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder for masks")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-mirror", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap (default 0.5)")
     p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--largest-component", action="store_true", help="keep the largest component of each class")
-    p.add_argument("--probabilities", action="store_true", help="also write class probabilities")
+    p.add_argument("--probabilities", action="store_true",
+                   help="also write class probabilities (<case>_probabilities.nii.gz); with --format dicom-seg the "
+                        "SEG holds them instead (FRACTIONAL: the probability of each foreground class)")  # fmt: skip
     p.add_argument("--overlays", action="store_true", help="also write PNG overlays of a few slices")
     p.add_argument("--view", action="store_true",
                    help="also write OUT/view.html: every scan with its mask in one page (see segmorph view)")  # fmt: skip
     p.add_argument("--continue", dest="skip_existing", action="store_true", help="skip cases already written")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
-    p.add_argument("--format", dest="suffix", help="output suffix, e.g. .nii.gz (default), .nrrd, .mha")
+    p.add_argument("--format", dest="suffix", metavar="SUFFIX|dicom-seg|rtstruct",
+                   help="output: an image suffix, e.g. .nii.gz (default), .nrrd, .mha; dicom-seg: <case>.dcm, a "
+                        "DICOM-SEG object referring to the series (label names and the dataset's segment codes); "
+                        "rtstruct: <case>_rtstruct.dcm, an RT Structure Set of contours. The DICOM formats take "
+                        "DICOM series folders")  # fmt: skip
     p.add_argument("--amp", action="store_true",
                    help="half-precision autocast where the device runs it fast (CUDA; CPUs with AVX512-BF16 or AMX)")
     p.add_argument("--compile", action="store_true",
@@ -116,10 +139,16 @@ def _add_evaluate(p: argparse.ArgumentParser) -> None:
 
 
 def _add_export(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", type=Path, help="trained run folder")
+    p.add_argument("run", type=Path,
+                   help="trained run folder (its graph outputs logits), or a cross-validation run or find-best folder: "
+                        "an ensemble, exported as one graph that outputs the mean of its networks' softmax "
+                        "probabilities")  # fmt: skip
     p.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="file to write (with --members: a folder)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--members", action="store_true",
+                   help="an ensemble as one file of logits per network (fold_<k>.onnx) in the --out folder, with "
+                        "combine.json: each file's weight; probabilities = sum of weight * softmax(logits)")  # fmt: skip
 
 
 def _add_baseline(p: argparse.ArgumentParser) -> None:
@@ -180,7 +209,7 @@ def _request(args: argparse.Namespace, out: Path, **extra):
     return TrainRequest(
         dataset=args.dataset, out=out, time_budget_s=time_budget(args, DEFAULT_TIME_BUDGET_S), max_steps=args.max_steps, device=args.device,
         overrides=_overrides(args), target_spacing=args.spacing, images_dir=args.images, labels_dir=args.labels,
-        seed=args.seed, config_file=args.config, **extra,
+        seed=args.seed, config_file=args.config, network_dims=args.network_dims, **extra,
     )  # fmt: skip
 
 
@@ -188,15 +217,36 @@ def run_train(args: argparse.Namespace) -> int:
     from segmorph.configs import parse_overrides
     from segmorph.segmentation.api import train
 
+    if args.folds is not None:
+        return _run_cross_validation(args)
     run = train(
         args.dataset, args.out, time_budget=args.time_budget, max_steps=args.max_steps, fold=args.fold,
-        num_folds=args.folds, val_cases=tuple(args.val_cases), spacing=args.spacing,
-        overrides=parse_overrides(args.overrides), config=args.config, device=args.device, seed=args.seed,
-        resume=args.resume, validate=not args.no_validate, show_progress=not args.quiet, images_dir=args.images,
-        labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check, log=args.log,
+        num_folds=args.num_folds, val_cases=tuple(args.val_cases), spacing=args.spacing,
+        network_dims=args.network_dims, overrides=parse_overrides(args.overrides), config=args.config,
+        device=args.device, seed=args.seed, resume=args.resume, validate=not args.no_validate,
+        show_progress=not args.quiet, images_dir=args.images, labels_dir=args.labels, cache_dir=args.cache,
+        check=not args.no_check, log=args.log,
     )  # fmt: skip
     say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
         f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
+    return 0
+
+
+def _run_cross_validation(args: argparse.Namespace) -> int:
+    from segmorph.configs import parse_overrides
+    from segmorph.segmentation.api import cross_validate
+
+    if args.val_cases or args.fold != 0 or args.no_validate:
+        raise SegmorphError("--folds: cross-validation validates every fold; drop --fold, --val-cases and --no-validate")
+    result = cross_validate(
+        args.dataset, args.out, folds=args.folds, num_folds=args.num_folds, time_budget=args.time_budget,
+        budget_per_fold=args.budget_per_fold, max_steps=args.max_steps, spacing=args.spacing,
+        network_dims=args.network_dims, overrides=parse_overrides(args.overrides), config=args.config,
+        device=args.device, seed=args.seed, resume=args.resume, show_progress=not args.quiet, images_dir=args.images,
+        labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check, log=args.log,
+    )  # fmt: skip
+    say(f"cross-validation: {len(result.folds)} folds, out-of-fold mean Dice {result.mean_dice:.4f} over "
+        f"{result.cases} cases; run folder {args.out}", err=True)
     return 0
 
 
@@ -212,12 +262,15 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from segmorph.segmentation.predict import PredictOptions, predict_files
+    from segmorph.segmentation.predict import DICOM_SUFFIXES, PredictOptions, predict_files
 
     options = PredictOptions(
         mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
         largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
     )  # fmt: skip
+    output_format, suffix = (args.suffix, None) if args.suffix in DICOM_SUFFIXES else ("image", args.suffix)
+    if args.view and output_format == "rtstruct":
+        raise SegmorphError("--view shows label maps: use it with an image format or dicom-seg, not rtstruct")
     if args.view:
         from segmorph.outputs import check_outputs
 
@@ -225,15 +278,29 @@ def run_predict(args: argparse.Namespace) -> int:
     # predict_files checks every output before it loads the model, then segments each scan as Segmenter does
     written = predict_files(
         args.run, args.scans, args.out, args.device, options, skip_existing=args.skip_existing,
-        overlays=args.overlays, save_probabilities=args.probabilities, suffix=args.suffix,
-        show_progress=not args.quiet,
+        overlays=args.overlays, save_probabilities=args.probabilities, suffix=suffix,
+        show_progress=not args.quiet, format=output_format, folds=_folds(args), postprocess=args.postprocess,
     )  # fmt: skip
     say(f"wrote {len(written)} masks to {args.out}", err=True)
     if args.view:
         from segmorph.report.view_files import prediction_view
 
-        say(f"wrote {prediction_view(args.run, args.scans, args.out, args.suffix)}", err=True)
+        say(f"wrote {prediction_view(args.run, args.scans, args.out, DICOM_SUFFIXES.get(output_format, suffix))}",
+            err=True)  # fmt: skip
     return 0
+
+
+def _folds(args: argparse.Namespace) -> tuple[int, ...] | None:
+    """``--folds`` of predict as fold numbers (checked against the run's split)."""
+    if args.folds is None:
+        return None
+    from segmorph.folds import parse_folds
+    from segmorph.records import read_json
+    from segmorph.segmentation.crossval_layout import CROSSVAL_FILE, is_cross_validation_run
+
+    if not is_cross_validation_run(args.run):
+        raise SegmorphError("--folds: applies to a cross-validation run folder (with crossval.json) only", args.run)
+    return parse_folds(args.folds, int(read_json(args.run / CROSSVAL_FILE).get("num_folds", 0)))
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -256,8 +323,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def run_export(args: argparse.Namespace) -> int:
     from segmorph.segmentation.export import export_run
 
-    _, shape = export_run(args.run, args.format, args.out, args.checkpoint)
-    say(f"wrote {args.out} ({args.format}, input shape {list(shape)})", err=True)
+    done = export_run(args.run, args.format, args.out, args.checkpoint, args.members)
+    networks = f", {done.networks} networks" if done.networks > 1 or args.members else ""
+    say(f"wrote {done.path} ({args.format}{networks}, input shape {list(done.input_shape)}, output {done.output})",
+        err=True)  # fmt: skip
     return 0
 
 
@@ -337,4 +406,24 @@ def run_demo(args: argparse.Namespace) -> int:
     from segmorph.segmentation.demo import run_demo as demo
 
     demo(find_demo_data(args.data), args.out, args.time_budget, args.device)
+    return 0
+
+
+def _add_find_best(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN",
+                   help="two or more cross-validation runs (segmorph train --folds all) of one dataset, e.g. "
+                        "configurations trained with different --spacing or --set values")  # fmt: skip
+    p.add_argument("--out", type=Path, required=True,
+                   help="ensemble folder to write: find_best.json (every run and every pair's ensemble ranked by "
+                        "out-of-fold mean Dice), ensemble.json (the chosen run or pair) and postprocessing.json; "
+                        "segmorph predict OUT then predicts with the choice")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar or table")
+
+
+def run_find_best(args: argparse.Namespace) -> int:
+    from segmorph.segmentation.find_best import find_best
+
+    choice = find_best(args.runs, args.out, show=not args.quiet)["choice"]
+    say(f"chose {choice['name']} (out-of-fold mean Dice {choice['mean_dice']:.4f}); predict with: "
+        f"segmorph predict {args.out} SCANS --out MASKS", err=True)  # fmt: skip
     return 0

@@ -293,3 +293,105 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         model.train(was_training)
+
+
+def slicewise_logits(
+    model: nn.Module,
+    image: torch.Tensor,
+    slice_axis: int,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    batch_size: int = 4,
+    mirror_axes: Sequence[int] = (),
+    device: str | torch.device = "cpu",
+    amp: bool = False,
+    return_probabilities: bool = True,
+) -> torch.Tensor:
+    """Class scores for a 3D volume from a 2D network, one slice across ``slice_axis`` at a time.
+
+    Each slice ``(C, A, B)`` (``A``, ``B``: the volume's other two spatial axes, in order) is predicted as
+    :func:`sliding_window_logits` predicts a 2D image (tiles, Gaussian blending, mirroring); the tiles of
+    several slices share a forward pass, and the slices' scores fill one preallocated ``(K, *S)`` buffer.
+
+    Args:
+        model: 2D network mapping ``(B, C, *P)`` to logits ``(B, K, *P)``, already on ``device``.
+        image: Input ``(C, I, J, K)``, any device.
+        slice_axis: The spatial axis (0, 1 or 2) the slices are cut across.
+        patch_size: 2D tile size ``P`` in voxels along ``A`` and ``B``.
+        overlap, batch_size, device, amp, return_probabilities: As for :func:`sliding_window_logits`.
+        mirror_axes: In-plane axes to flip for test-time augmentation: 0 (``A``) and/or 1 (``B``).
+
+    Returns:
+        Float32 ``(K, I, J, K)`` on ``device``: probabilities summing to 1 over ``K``, or logits.
+
+    Raises:
+        ValueError: A bad argument (the message names it).
+    """
+    device = torch.device(device)
+    if not isinstance(image, torch.Tensor) or image.ndim != 4:
+        shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
+        raise ValueError(f"image: expected a tensor (C, I, J, K) with 3 spatial axes, got {shape}")
+    if slice_axis not in (0, 1, 2):
+        raise ValueError(f"slice_axis: expected 0, 1 or 2, got {slice_axis!r}")
+    slices = image.movedim(slice_axis + 1, 0)  # (N, C, A, B), a view
+    patch = _check_arguments(model, slices[0], patch_size, overlap, batch_size, mirror_axes, device)
+    count, channels = slices.shape[:2]
+    padded, crop = pad_to_patch(slices.reshape(count * channels, *slices.shape[2:]), patch)
+    padded = padded.reshape(count, channels, *padded.shape[1:])
+    flips = [dims for n in range(len(mirror_axes) + 1) for dims in itertools.combinations(mirror_axes, n)]
+    corners = list(itertools.product(*tile_starts(padded.shape[2:], patch, overlap)))
+    jobs = [(index, corner, tuple(a + 1 for a in dims)) for index in range(count) for corner in corners
+            for dims in flips]  # fmt: skip
+    weights = gaussian_importance_map(patch, device=device)
+    if device.type == "cpu":
+        batch_size = max(1, min(batch_size, CPU_BATCH_VOXELS // math.prod(patch)))
+    scores: torch.Tensor | None = None
+    stack: torch.Tensor | None = None  # (K, N, A', B'): a view of ``scores`` (K, *S') with the slice axis first
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    with _eval_mode(model), torch.inference_mode(), autocast(device, amp, half):
+        for chunk in _chunks(jobs, batch_size):
+            logits = model(_gather_tiles_of_slices(padded, chunk, patch, device))
+            if stack is None:
+                shape = list(padded.shape[2:])
+                shape.insert(slice_axis, count)
+                with torch.inference_mode(False):  # a normal tensor: callers may modify the result in place
+                    scores = torch.zeros((logits.shape[1], *shape), dtype=torch.float32, device=device)
+                stack = scores.movedim(slice_axis + 1, 1)
+            for tile_logits, (index, corner, dims) in zip(logits, chunk):
+                window = (slice(None), index, *(slice(c, c + p) for c, p in zip(corner, patch)))
+                stack[window].addcmul_(tile_logits.flip(dims) if dims else tile_logits, weights)
+    _normalise_slices_(stack, corners, patch, weights, len(flips), return_probabilities)
+    in_plane = iter(crop)
+    window = tuple(slice(None) if axis == slice_axis else next(in_plane) for axis in range(3))
+    return scores[(slice(None), *window)].contiguous()
+
+
+def _gather_tiles_of_slices(
+    slices: torch.Tensor, chunk: list, patch: tuple[int, ...], device: torch.device
+) -> torch.Tensor:
+    """Stack the chunk's 2D tiles ``(B, C, *P)`` of the slices ``(N, C, A, B)`` on ``device``, each flipped as its
+    job ``(slice index, corner, flip dims)`` says."""
+    dtype = slices.dtype if slices.is_floating_point() else torch.float32
+    batch = torch.empty((len(chunk), slices.shape[1], *patch), dtype=dtype, device=device)
+    for tile, (index, corner, dims) in zip(batch, chunk):
+        source = slices[(index, slice(None), *(slice(c, c + p) for c, p in zip(corner, patch)))]
+        tile.copy_(source.flip(dims) if dims else source)
+    return batch
+
+
+def _normalise_slices_(
+    stack: torch.Tensor, corners: list, patch: tuple[int, ...], weights: torch.Tensor, copies: int, softmax: bool,
+    slab_voxels: int = 1 << 22,
+) -> None:  # fmt: skip
+    """Divide the summed weighted logits of every slice ``(K, N, A, B)`` by their summed weights (the same map for
+    every slice, times ``copies``), then softmax; a slab of slices at a time."""
+    weight_sum = torch.zeros(stack.shape[2:], dtype=stack.dtype, device=stack.device)
+    for corner in corners:
+        weight_sum[tuple(slice(c, c + p) for c, p in zip(corner, patch))] += weights
+    weight_sum.mul_(copies)
+    step = max(1, slab_voxels // max(1, weight_sum.numel()))
+    for start in range(0, stack.shape[1], step):
+        block = stack[:, start : start + step]
+        block.div_(weight_sum)
+        if softmax:
+            _softmax_(block)

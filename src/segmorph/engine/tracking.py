@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from segmorph.engine.loop import TrainConfig
-from segmorph.engine.sliding_window import sliding_window_logits
+from segmorph.engine.sliding_window import slicewise_logits, sliding_window_logits
 from segmorph.errors import SegmorphError
 
 LOG_CHOICES = ("csv", "tensorboard")
@@ -113,20 +113,24 @@ class SlicePreview:
         label: Reference label map ``(1, *S)``.
         config: The training settings: tile size, overlap, batch size and autocast of the sliding window,
             as in validation.
+        slice_axis: For a 2D network on a 3D case: the axis its slices are cut across (as in validation).
     """
 
     name: str
     image: torch.Tensor
     label: torch.Tensor
     config: TrainConfig
+    slice_axis: int | None = None
 
     @torch.inference_mode()
     def __call__(self, model: nn.Module, device: torch.device) -> np.ndarray:
         """RGB picture ``(H, W, 3)`` uint8 of the middle slice with ``model``'s prediction."""
-        probabilities = sliding_window_logits(
-            model, self.image, self.config.patch_size, overlap=self.config.val_overlap,
-            batch_size=max(self.config.batch_size, 2), device=device, amp=self.config.amp,
-        )  # fmt: skip
+        settings = {"overlap": self.config.val_overlap, "batch_size": max(self.config.batch_size, 2), "device": device,
+                    "amp": self.config.amp}  # fmt: skip
+        if self.slice_axis is None:
+            probabilities = sliding_window_logits(model, self.image, self.config.patch_size, **settings)
+        else:
+            probabilities = slicewise_logits(model, self.image, self.slice_axis, self.config.patch_size, **settings)
         prediction = probabilities.argmax(0).cpu().numpy()
         image = self.image[0].float().cpu().numpy()
         reference = self.label[0].cpu().numpy()

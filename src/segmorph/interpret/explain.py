@@ -28,6 +28,16 @@ Every map then goes back to the scan's own grid through :func:`segmorph.segmenta
 linear resampling and crop-box paste that ``predict`` uses; maps are zero outside the crop box), so outputs have
 the scan's exact shape, spacing, origin and direction. Spatial arrays are ``(I, J[, K])``, with a leading
 channel, class or map axis where one is named (see :mod:`segmorph.geometry`); world positions are mm (LPS).
+
+**Ensembles.** A cross-validation run (its folds) or a ``segmorph find-best`` folder (its runs) is explained over
+all its networks (:func:`segmorph.segmentation.ensemble.ensemble_members`, each with its weight ``w``, summing to
+1): each network is explained as a single run, with the same TTA variants, and its maps brought to the scan's grid;
+then the prediction is the most likely class of the weighted mean of the networks' mean TTA probabilities, the
+uncertainty is the variance of the foreground probability over every network's variants together (the weighted
+mean of the networks' variances plus the weighted variance of their mean foreground probabilities: the ensemble's
+uncertainty, which includes the members' disagreement), and each Grad-CAM map is the weighted mean of the
+networks' maps (each scaled to 0..1 in its own window, so the mean stays in 0..1). ``explain.json`` says
+``"members": N``, and for an ensemble lists each network's weight and Grad-CAM window.
 """
 
 from __future__ import annotations
@@ -39,8 +49,8 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +66,8 @@ from segmorph.interpret.gradcam import default_segmentation_layer, save_cam_over
 from segmorph.io import atomic_write_text, list_images, mask_file_name, read_image, write_image
 from segmorph.outputs import Output, check_outputs
 from segmorph.progress import track
+from segmorph.segmentation.ensemble import AnyPredictor, ensemble_members, load_predictor
+from segmorph.segmentation.find_best import is_ensemble_folder, read_members
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.predict import PredictOptions, Predictor, most_likely_class
 from segmorph.segmentation.preprocess import UndoRecord, nonzero_box, preprocess_sample, undo_preprocessing
@@ -113,9 +125,12 @@ class Explanation:
         prediction: ``(*S)`` label map of the mean TTA probabilities, uint8 (int32 beyond 256 classes).
         uncertainty: ``(*S)`` float32 TTA variance of the foreground probability, in ``[0, 0.25]``.
         cams: Class value -> ``(*S)`` float32 Grad-CAM map in 0..1.
-        window: Grad-CAM window on the preprocessed grid: ``(start, size)`` in voxels per axis.
+        window: Grad-CAM window on the preprocessed grid: ``(start, size)`` in voxels per axis (an ensemble's
+            first network's).
         layer: The layer Grad-CAM explained (``"decoder"`` or ``"bottleneck"``).
-        variants: The TTA variants used.
+        variants: The TTA variants used (by every network of an ensemble).
+        members: For an ensemble, each network's name, weight and Grad-CAM window (on its own preprocessed
+            grid); empty for a single run.
     """
 
     prediction: np.ndarray
@@ -123,6 +138,26 @@ class Explanation:
     cams: dict[int, np.ndarray]
     window: tuple[tuple[int, ...], tuple[int, ...]]
     layer: str
+    variants: list[TtaVariant]
+    members: list[tuple[str, float, tuple[tuple[int, ...], tuple[int, ...]]]] = field(default_factory=list)
+
+
+@dataclass
+class NetworkMaps:
+    """One network's results (or several networks' pooled by :func:`pool_networks`) on the scan's grid ``S``.
+
+    Attributes:
+        probabilities: ``(K, *S)`` float32 mean class probabilities over the TTA variants.
+        variance: ``(*S)`` float32 variance of the foreground probability ``1 - p(background)`` over the variants.
+        cams: ``(M, *S)`` float32 Grad-CAM maps in 0..1, one per explained class (M may be 0).
+        window: Grad-CAM window on the network's preprocessed grid: ``(start, size)`` in voxels per axis.
+        variants: The TTA variants used.
+    """
+
+    probabilities: torch.Tensor
+    variance: torch.Tensor
+    cams: torch.Tensor
+    window: tuple[tuple[int, ...], tuple[int, ...]]
     variants: list[TtaVariant]
 
 
@@ -237,8 +272,8 @@ def resolve_classes(requested: Sequence[int | str], labels: dict[int, str]) -> l
     return chosen
 
 
-def explain_image(predictor: Predictor, image: Image, classes: Sequence[int], options: ExplainOptions) -> Explanation:
-    """TTA uncertainty, mean-TTA prediction and per-class Grad-CAM of one scan, on its own grid."""
+def explain_network(predictor: Predictor, image: Image, classes: Sequence[int], options: ExplainOptions) -> NetworkMaps:
+    """TTA statistics and per-class Grad-CAM of one network for one scan, on the scan's own grid."""
     plan = predictor.plan
     _check_scan(image, plan)
     prepared, record = preprocess_sample(Sample("scan", image), plan.preprocess)
@@ -253,18 +288,80 @@ def explain_image(predictor: Predictor, image: Image, classes: Sequence[int], op
     if classes:
         layer = explained_layer(predictor.model, options.layer)
         maps.append(class_cams(predictor.model, data, classes, start, size, network_shape, layer))
-    on_grid = to_scan_grid(torch.cat(maps), record).numpy()
+    on_grid = to_scan_grid(torch.cat(maps), record)
+    return NetworkMaps(undo_preprocessing(mean, record), on_grid[0], on_grid[1:], (start, size), variants)
+
+
+def pool_networks(weighted: Iterable[tuple[float, NetworkMaps]]) -> NetworkMaps:
+    """Several networks' maps as one ensemble's (see the module docstring); consumed one network at a time.
+
+    With weights ``w_n`` (normalised by their sum), foreground means ``mu_n = 1 - probabilities_n[0]`` and variances
+    ``v_n``: probabilities and CAMs are the weighted means, and the variance is that of the foreground probability over
+    all networks' variants together, ``sum w_n v_n + sum w_n (mu_n - mu)**2`` with ``mu = sum w_n mu_n``
+    (accumulated with Chan et al.'s pairwise update). Window and variants are the first network's.
+    """
+    pooled, mean, total = None, None, 0.0
+    for weight, maps in weighted:
+        foreground = 1.0 - maps.probabilities[0]
+        if pooled is None:
+            pooled = NetworkMaps(maps.probabilities * weight, maps.variance * weight, maps.cams * weight,
+                                 maps.window, maps.variants)  # fmt: skip
+            mean = foreground
+        else:
+            delta = foreground - mean
+            pooled.probabilities.add_(maps.probabilities, alpha=weight)
+            pooled.cams.add_(maps.cams, alpha=weight)
+            pooled.variance.add_(maps.variance, alpha=weight)
+            pooled.variance.add_(delta.square(), alpha=total * weight / (total + weight))
+            mean = mean + delta * (weight / (total + weight))
+        total += weight
+    if pooled is None or total <= 0:
+        raise ValueError("weighted: expected at least one network with a positive weight")
+    pooled.probabilities /= total
+    pooled.variance /= total
+    pooled.cams /= total
+    return pooled
+
+
+def explain_image(
+    predictor: AnyPredictor, image: Image, classes: Sequence[int], options: ExplainOptions
+) -> Explanation:  # fmt: skip
+    """TTA uncertainty, mean-TTA prediction and per-class Grad-CAM of one scan, on its own grid; for an ensemble
+    (a cross-validation run or a find-best folder's predictor) over all its networks (see the module docstring)."""
+    networks = ensemble_members(predictor)
+    windows: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+
+    def each() -> Iterator[tuple[float, NetworkMaps]]:
+        for _, member, weight in networks:
+            maps = explain_network(member, image, classes, options)
+            windows.append(maps.window)
+            yield weight, maps
+
+    pooled = pool_networks(each())
+    cams = pooled.cams.numpy()
+    members = [] if isinstance(predictor, Predictor) else [
+        (name, weight, window) for (name, _, weight), window in zip(networks, windows, strict=True)
+    ]  # fmt: skip
     return Explanation(
-        prediction=most_likely_class(undo_preprocessing(mean, record)), uncertainty=on_grid[0],
-        cams=dict(zip(classes, on_grid[1:])), window=(start, size), layer=options.layer, variants=variants,
+        prediction=most_likely_class(pooled.probabilities), uncertainty=pooled.variance.numpy(),
+        cams=dict(zip(classes, cams)), window=pooled.window, layer=options.layer, variants=pooled.variants,
+        members=members,
     )  # fmt: skip
 
 
 def _check_scan(image: Image, plan: Plan) -> None:
+    refuse_slice_plan(plan)
     if image.num_channels != len(plan.channel_names):
         raise SegmorphError(f"expected {len(plan.channel_names)} channel(s), got {image.num_channels}")
     if image.ndim != plan.ndim:
         raise SegmorphError(f"expected a {plan.ndim}D image, got {image.ndim}D")
+
+
+def refuse_slice_plan(plan: Plan) -> None:
+    """Explanations need a network of the scans' dimensions: refuse a 2D network on slices of 3D scans in one line."""
+    if plan.slice_axis is not None:
+        raise SegmorphError("explain needs a network of the scans' dimensions; this run is a 2D network on slices of "
+                            "3D scans (--network-dims 2): explain a 3D run, or use predict")  # fmt: skip
 
 
 def summarise(explanation: Explanation, affine: Affine, names: dict[int, str]) -> dict[str, Any]:
@@ -278,15 +375,16 @@ def summarise(explanation: Explanation, affine: Affine, names: dict[int, str]) -
         }  # fmt: skip
     inside = explanation.prediction > 0
     uncertainty = explanation.uncertainty
+    windows: dict[str, Any] = {"cam_window": _window(explanation.window)}
+    if explanation.members:  # an ensemble: every network's window, on its own preprocessed grid
+        windows = {"member_networks": [{"name": name, "weight": weight, "cam_window": _window(window)}
+                                       for name, weight, window in explanation.members]}  # fmt: skip
     return {
+        "members": max(1, len(explanation.members)),
         "classes": {str(value): names[value] for value in explanation.cams},
         "cam_peaks": peaks,
         "cam_layer": explanation.layer,
-        "cam_window": {
-            "start": list(explanation.window[0]),
-            "size": list(explanation.window[1]),
-            "grid": "preprocessed (plan spacing)",
-        },
+        **windows,
         "uncertainty": {
             "mean_inside": float(uncertainty[inside].mean()) if inside.any() else None,
             "mean_outside": float(uncertainty[~inside].mean()) if (~inside).any() else None,
@@ -298,6 +396,10 @@ def summarise(explanation: Explanation, affine: Affine, names: dict[int, str]) -
             for v in explanation.variants
         ],
     }
+
+
+def _window(window: tuple[tuple[int, ...], tuple[int, ...]]) -> dict[str, Any]:
+    return {"start": list(window[0]), "size": list(window[1]), "grid": "preprocessed (plan spacing)"}
 
 
 def write_explanation(explanation: Explanation, image: Image, folder: Path, names: dict[int, str], title: str) -> None:
@@ -335,6 +437,9 @@ def explain_files(
 ) -> list[Path]:  # fmt: skip
     """Explain scans (files, folders of files, DICOM series folders) into ``out_dir/<case>/``.
 
+    ``run_dir`` is a single run, a cross-validation run or a find-best folder (an ensemble: explained over all its
+    networks, see the module docstring; a fold without a checkpoint is left out with one warning line).
+
     A case's folder is assembled under a hidden temporary name and renamed into place when complete, so an
     error (bad scan, full disk) leaves no ``out_dir/<case>`` behind, and a rerun replaces a previous one whole.
 
@@ -346,14 +451,11 @@ def explain_files(
         raise SegmorphError("no such run folder", run_dir)
     scans = list_images(inputs)
     outputs = [Output.folder(out_dir), *(Output.tree(Path(out_dir) / mask_file_name(s, ""), s) for s in scans)]
-    check_outputs(outputs, inputs=[run_dir, *inputs, *scans])  # before the model loads
-    predictor = Predictor(run_dir, device, PredictOptions(checkpoint=options.checkpoint))
+    runs = [run_dir, *(read_members(run_dir) if is_ensemble_folder(run_dir) else [])]
+    check_outputs(outputs, inputs=[*runs, *inputs, *scans])  # before the models load
+    predictor = load_predictor(run_dir, device, PredictOptions(checkpoint=options.checkpoint), postprocess="none")
     draw_variants(options.tta, predictor.plan.ndim, options.seed)  # refuse bad options before any work
-    try:
-        classes = resolve_classes(options.classes, predictor.plan.labels) if options.cam else []
-        explained_layer(predictor.model, options.layer)
-    except SegmorphError as err:
-        raise SegmorphError(err.problem, run_dir / "plan.json") from None
+    classes = _check_networks(predictor, options)
     names = file_names(classes, predictor.plan.labels)
     written = []
     for scan in track(scans, "explain", total=len(scans), enabled=show_progress):
@@ -367,6 +469,19 @@ def explain_files(
             write_explanation(explanation, image, folder, names, case)
         written.append(Path(out_dir) / case)
     return written
+
+
+def _check_networks(predictor: AnyPredictor, options: ExplainOptions) -> list[int]:
+    """The classes to explain; a network that cannot be explained is refused in one line naming its plan."""
+    classes: list[int] = []
+    for _, member, _ in ensemble_members(predictor):
+        try:
+            refuse_slice_plan(member.plan)
+            classes = resolve_classes(options.classes, member.plan.labels) if options.cam else []
+            explained_layer(member.model, options.layer)
+        except SegmorphError as err:
+            raise SegmorphError(err.problem, member.run_dir / "plan.json") from None
+    return classes
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import numpy as np
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
-from segmorph.io import atomic_write_text, distance_unit, read_image, strip_suffix, write_image
+from segmorph.io import atomic_write_text, distance_unit, read_image, read_label_map, strip_suffix, write_image
 from segmorph.metrics.segmentation import case_metrics
 from segmorph.outputs import Output, check_outputs
 from segmorph.records import read_csv, read_csv_lines
@@ -64,8 +64,8 @@ def label_names_for(fixed_labels: Path | None, labels_from: str | Path | None = 
 
 
 def read_labels_like(path: Path, image: Image, image_path: Path) -> Image:
-    """Read a label map that must lie on ``image``'s grid (same shape and geometry)."""
-    labels = read_image(path, is_label=True)
+    """Read a label map that must lie on ``image``'s grid (same shape and geometry; a DICOM-SEG lands on it)."""
+    labels = read_label_map(path, like=image)
     check_same_grid(labels, image, f"label grid differs from its image {image_path.name}'s", path)
     return labels
 

@@ -7,6 +7,8 @@ The kind of folder is told by its files:
 * ``run.json`` with ``"kind": "registration"``: ``segmorph train-registration``;
 * ``classifier.pt`` or ``val_predictions.csv``: ``segmorph classify train`` (:mod:`segmorph.report.classification`);
 * ``plan.json`` with a summary, log or run record: ``segmorph train`` (:mod:`segmorph.report.segmentation`);
+* ``crossval.json``: ``segmorph train --folds`` (:mod:`segmorph.report.crossval`);
+* ``ensemble.json``: a ``segmorph find-best`` ensemble folder (:mod:`segmorph.report.crossval`);
 * ``enhance.json``: a ``segmorph enhance`` output folder (:mod:`segmorph.report.processing`);
 * ``baseline.json``: a ``segmorph baseline`` output folder, with ``metrics.csv`` when it had a reference.
 
@@ -23,6 +25,7 @@ from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
 from segmorph.outputs import check_outputs
 from segmorph.report.classification import classification_report, is_classification_run
+from segmorph.report.crossval import crossval_report, ensemble_report
 from segmorph.report.html import Section, page
 from segmorph.report.processing import baseline_report, enhance_report, is_baseline_folder, is_enhance_folder
 from segmorph.report.registration import (
@@ -34,6 +37,8 @@ from segmorph.report.registration import (
     training_report,
 )
 from segmorph.report.segmentation import is_segmentation_run, segmentation_report
+from segmorph.segmentation.crossval_layout import is_cross_validation_run
+from segmorph.segmentation.find_best import is_ensemble_folder
 
 Builder = Callable[[Path, int], tuple[str, list[Section]]]
 KINDS: tuple[tuple[str, Callable[[Path], bool], Builder], ...] = (
@@ -41,11 +46,14 @@ KINDS: tuple[tuple[str, Callable[[Path], bool], Builder], ...] = (
     ("registration pairs", lambda folder: bool(pair_folders(folder)), pairs_report),
     ("registration training", is_training_run, training_report),
     ("classification", is_classification_run, classification_report),
+    ("segmentation cross-validation", is_cross_validation_run, crossval_report),
+    ("segmentation ensemble", is_ensemble_folder, ensemble_report),
     ("segmentation", is_segmentation_run, segmentation_report),
     ("enhance", is_enhance_folder, enhance_report),
     ("baseline", is_baseline_folder, baseline_report),
 )
-EXPECTED = ("expected a segmorph run folder: plan.json (segmorph train), transform.json (segmorph register), "
+EXPECTED = ("expected a segmorph run folder: plan.json (segmorph train), crossval.json (train --folds), "
+            "ensemble.json (find-best), transform.json (segmorph register), "
             "summary.csv with pair folders (register --pairs), run.json of train-registration, "
             "classifier.pt / val_predictions.csv (classify train), enhance.json (segmorph enhance) "
             "or baseline.json (segmorph baseline)")  # fmt: skip
@@ -75,11 +83,11 @@ def build_report(run_dir: str | Path, out: str | Path, cases: int = 12) -> Path:
     """Write one self-contained HTML report about a run folder.
 
     Args:
-        run_dir: A folder written by ``segmorph train``, ``register`` (one pair or ``--pairs``),
-            ``train-registration``, ``classify train``, ``enhance`` or ``baseline``.
+        run_dir: A folder written by ``segmorph train`` (``--folds`` too), ``find-best``, ``register`` (one pair
+            or ``--pairs``), ``train-registration``, ``classify train``, ``enhance`` or ``baseline``.
         out: The HTML file to write (atomically).
-        cases: How many of the worst validation cases, pairs or images to draw (enhance: the first cases,
-            input beside output; baseline: the worst by Dice, or the first without metrics).
+        cases: How many of the worst validation (or out-of-fold) cases, pairs or images to draw (enhance: the
+            first cases, input beside output; baseline: the worst by Dice, or the first without metrics).
 
     Returns:
         The path written.

@@ -98,12 +98,15 @@ def _plot_log(rows: list[dict[str, str]], score: str, class_names: dict[int, str
 
 
 def _curve_name(column: str, class_names: dict[int, str]) -> str:
-    """``val_dice`` -> ``dice (mean)``, ``val_dice_2`` -> the name of class 2 (or ``dice_2``)."""
+    """``val_dice`` -> ``dice (mean)``; ``val_dice_2`` -> the name of class 2 (or ``dice_2``);
+    ``val_dice_Anterior`` (a log that names its classes) -> ``Anterior``."""
     name = column.removeprefix("val_")
-    stem, _, suffix = name.rpartition("_")
-    if stem and suffix.isdigit():
-        return class_names.get(int(suffix), name)
-    return f"{name} (mean)" if class_names else name
+    score, _, part = name.partition("_")
+    if not part:
+        return f"{name} (mean)" if class_names else name
+    if part.isdigit():
+        return class_names.get(int(part), name)
+    return part
 
 
 def run_facts(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
@@ -120,4 +123,3 @@ def run_facts(record: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     if isinstance(fingerprint, dict):
         facts["data fingerprint"] = f"{str(fingerprint.get('sha256', ''))[:16]}… ({fingerprint.get('files')} files)"
     return facts
-

@@ -243,16 +243,17 @@ document.querySelectorAll('.viewer[data-slices]').forEach(function (viewer) {
 """
 
 
-def page(title: str, subtitle: str, sections: Sequence[Section]) -> str:
+def page(title: str, subtitle: str, sections: Sequence[Section], made_by: str = "segmorph report") -> str:
     """The whole document: header, a link per section, the sections, the slider script.
 
     Args:
         title: Page title.
         subtitle: One line under the title (what folder, what kind of run).
         sections: The sections, bodies built with this module.
+        made_by: The command named in the header line.
     """
     links = join(tag("a", part.title, href=f"#{part.anchor}") for part in sections)
-    generated = f"{subtitle} · generated {time.strftime('%Y-%m-%d %H:%M:%S')} by segmorph report"
+    generated = f"{subtitle} · generated {time.strftime('%Y-%m-%d %H:%M:%S')} by {made_by}"
     body = join([
         tag("header", join([tag("h1", title), paragraph(generated)])),
         tag("nav", links),

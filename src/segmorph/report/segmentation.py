@@ -266,17 +266,18 @@ def _cases_section(
         rows.append([rank, case_cell, score.mean_dice, *(score.dice.get(n) for n in names),
                      *(score.hd95.get(n) for n in names)])  # fmt: skip
     predictions = prediction_files(run_dir)
-    views = [_case_view(rank, score, predictions.get(score.case), finder) for rank, score in enumerate(shown, start=1)]
+    views = [case_view(rank, score, predictions.get(score.case), finder) for rank, score in enumerate(shown, start=1)]
     listing = join([tag("summary", f"all {len(scores)} validation cases, worst first"), table(header, rows)])
     all_cases = tag("details", listing, open="" if len(scores) <= 2 * count else None)
     return join([
         note(f"{len(scores)} validation cases sorted by mean Dice over classes; the {len(shown)} worst are drawn "
              "below. The slider moves through the slices."),
-        all_cases, _legend(labels), *views,
+        all_cases, legend(labels), *views,
     ])  # fmt: skip
 
 
-def _legend(labels: dict[int, str]) -> Markup:
+def legend(labels: dict[int, str]) -> Markup:
+    """The colours of the case views: each label's, then missed and extra voxels."""
     items = [(colour, name) for colour, name in legend_items(labels)]
     items += [(f"rgb{MISSED_COLOUR}", "missed (reference only)"), (f"rgb{EXTRA_COLOUR}", "extra (prediction only "
                                                                                        "or wrong class)")]  # fmt: skip
@@ -284,7 +285,7 @@ def _legend(labels: dict[int, str]) -> Markup:
     return tag("p", join(["colours:", *swatches]), class_="legend")
 
 
-def _case_view(rank: int, score: CaseScore, prediction_path: Path | None, finder: DatasetFiles) -> Markup:
+def case_view(rank: int, score: CaseScore, prediction_path: Path | None, finder: DatasetFiles) -> Markup:
     """Heading with the case's scores and its slice viewer (scan, reference, prediction, differences)."""
     per_class = ", ".join(f"{n} {v:.3f}" for n, v in score.dice.items())
     heading = tag("h3", f"#{rank} {score.case}: mean Dice {score.mean_dice:.4f}" + (f" ({per_class})" if per_class

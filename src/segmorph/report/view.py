@@ -388,4 +388,6 @@ def build_view(
                  json_script("view-data", meta), *blocks, Markup(f"<script>{VIEW_SCRIPT}</script>")])  # fmt: skip
     heading = title or (cases[0].name if len(cases) == 1 else f"{len(cases)} cases")
     subtitle = f"{len(cases)} case(s), masks: {', '.join(layers) or 'none'}"
-    return atomic_write_text(out, page(f"segmorph view: {heading}", subtitle, [Section("view", "Viewer", body)]))
+    return atomic_write_text(
+        out, page(f"segmorph view: {heading}", subtitle, [Section("view", "Viewer", body)], "segmorph view")
+    )

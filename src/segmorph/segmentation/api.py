@@ -23,7 +23,7 @@ from segmorph.configs import load_overrides_file, parse_duration
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
 from segmorph.segmentation.plan import Plan
-from segmorph.segmentation.predict import PredictOptions, Predictor
+from segmorph.segmentation.predict import PredictOptions
 
 DEFAULT_TIME_BUDGET_S = 1200.0  # 20 minutes, as ``segmorph train``
 
@@ -165,6 +165,7 @@ def train(
     num_folds: int = 5,
     val_cases: Sequence[str] = (),
     spacing: float | Sequence[float] | None = None,
+    network_dims: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     config: str | Path | None = None,
     device: str = "cpu",
@@ -191,6 +192,9 @@ def train(
         num_folds: Number of cross-validation folds.
         val_cases: Explicit validation case ids (instead of ``fold``).
         spacing: Voxel size in mm to plan for (one value, or x, y, z); None: the dataset's median.
+        network_dims: 2 or 3 spatial dimensions of the network; None: the scans'. 2 for 3D scans trains a 2D
+            network on slices across the through-plane axis (that of the largest spacing) and predicts slice by
+            slice (the slice axis is stored in ``plan.json``).
         overrides: Plan values to replace by dotted key, e.g. ``{"train.batch_size": 4}``.
         config: JSON/YAML file of plan overrides (``overrides`` win over it).
         device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
@@ -224,9 +228,103 @@ def train(
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
         show_progress=show_progress, fold=fold, num_folds=num_folds, val_cases=tuple(val_cases), resume=resume,
         cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate, check=check,
-        log=log,
+        log=log, network_dims=network_dims,
     )  # fmt: skip
     return TrainResult.from_summary(request.out, train_segmentation(request))
+
+
+@dataclass(frozen=True)
+class CrossValidationResult:
+    """What :func:`cross_validate` did; everything it wrote is in ``out``.
+
+    Attributes:
+        out: Cross-validation run folder (``crossval.json``, ``fold_<k>/``, ``cross_validation.csv``, ...).
+        folds: The folds done.
+        cases: Cases scored out of fold.
+        mean_dice: Out-of-fold Dice, mean over cases then over classes (before postprocessing).
+        per_class: Class name -> out-of-fold mean Dice.
+        fold_dice: Class name -> fold -> that fold's mean Dice.
+        postprocessing: The clean-up chosen on the out-of-fold predictions, in words.
+    """
+
+    out: Path
+    folds: tuple[int, ...]
+    cases: int
+    mean_dice: float
+    per_class: dict[str, float]
+    fold_dice: dict[str, dict[int, float]]
+    postprocessing: str
+
+    @classmethod
+    def from_summary(cls, out: Path, summary: Mapping[str, Any]) -> CrossValidationResult:
+        """Build from the summary of :func:`segmorph.segmentation.crossval.summarize_folds`."""
+        classes = summary["classes"].values()
+        return cls(
+            out=Path(out), folds=tuple(summary["folds"]), cases=int(summary["cases"]),
+            mean_dice=float(summary["mean_dice"]),
+            per_class={c["name"]: float(c["dice_out_of_fold"]) for c in classes},
+            fold_dice={c["name"]: {int(k): float(v) for k, v in c["dice_per_fold"].items()} for c in classes},
+            postprocessing=str(summary["postprocessing"]),
+        )  # fmt: skip
+
+
+def cross_validate(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    folds: str | Sequence[int] = "all",
+    num_folds: int = 5,
+    time_budget: str | float | None = None,
+    budget_per_fold: bool = False,
+    max_steps: int = 0,
+    spacing: float | Sequence[float] | None = None,
+    network_dims: int | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    config: str | Path | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    resume: bool = False,
+    show_progress: bool = True,
+    images_dir: str | Path | None = None,
+    labels_dir: str | Path | None = None,
+    cache_dir: str | Path | None = None,
+    check: bool = True,
+    log: str = "csv",
+) -> CrossValidationResult:
+    """Train the folds of a ``num_folds``-fold split into ``out/fold_<k>``, score every case out of fold and
+    choose postprocessing on the out-of-fold predictions; :class:`Segmenter` and ``segmorph predict`` then
+    use the folds as an ensemble.
+
+    Args:
+        dataset: Dataset folder (as for :func:`train`).
+        out: Cross-validation run folder.
+        folds: ``"all"``, ``"0,2,4"`` or a sequence of fold numbers to train now.
+        num_folds: Folds of the split (the split is :func:`segmorph.segmentation.datasets.split_cases`'s).
+        time_budget: Time for every fold together (each fold's with ``budget_per_fold``), as for :func:`train`.
+        budget_per_fold: ``time_budget`` is each fold's.
+        resume: Continue the run in ``out``: folds done are kept, an interrupted fold resumes.
+        max_steps, spacing, network_dims, overrides, config, device, seed, show_progress, images_dir, labels_dir,
+            cache_dir, check, log: As for :func:`train` (``cache_dir`` defaults to ``out/preprocessed``, shared by the
+            folds).
+
+    Returns:
+        A :class:`CrossValidationResult`.
+
+    Example:
+        >>> cv = cross_validate("Task04_Hippocampus", out="runs/h_cv", time_budget="20m")
+        >>> cv.mean_dice, cv.postprocessing
+    """
+    from segmorph.folds import parse_folds
+    from segmorph.segmentation.crossval import train_cross_validation
+
+    chosen = parse_folds(folds, num_folds) if isinstance(folds, str) else parse_folds(",".join(map(str, folds)), num_folds)
+    request = _request(
+        dataset, out, time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
+        config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
+        show_progress=show_progress, num_folds=num_folds, resume=resume,
+        cache_dir=None if cache_dir is None else Path(cache_dir), check=check, log=log, network_dims=network_dims,
+    )  # fmt: skip
+    return CrossValidationResult.from_summary(request.out, train_cross_validation(request, chosen, budget_per_fold))
 
 
 def plan(
@@ -235,6 +333,7 @@ def plan(
     time_budget: str | float | None = None,
     max_steps: int = 0,
     spacing: float | Sequence[float] | None = None,
+    network_dims: int | None = None,
     overrides: Mapping[str, Any] | None = None,
     config: str | Path | None = None,
     device: str = "cpu",
@@ -256,7 +355,7 @@ def plan(
     request = _request(
         dataset, Path("."), time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
-        show_progress=show_progress,
+        show_progress=show_progress, network_dims=network_dims,
     )  # fmt: skip
     return plan_dataset(request)[1]
 
@@ -268,7 +367,9 @@ class Segmenter:
     preprocessing and postprocessing are those of ``segmorph predict``, which uses this class too.
 
     Args:
-        run_dir: Run folder written by :func:`train` (``plan.json`` and ``checkpoint_<checkpoint>.pt``).
+        run_dir: Run folder written by :func:`train` (``plan.json`` and ``checkpoint_<checkpoint>.pt``), or a
+            cross-validation run written by :func:`cross_validate` (its folds' mean probabilities), or a folder
+            written by :func:`segmorph.segmentation.find_best.find_best` (the chosen run or pair of runs).
         device: ``"cpu"``, ``"cuda"`` or ``"mps"``.
         checkpoint: ``"best"`` or ``"last"``.
         mirror: Average over mirrorings along every spatial axis (test-time augmentation).
@@ -277,6 +378,9 @@ class Segmenter:
         amp: bfloat16 autocast where the device runs it fast.
         compile: Compile the network with TorchInductor (a few seconds once; faster per image).
         batch_size: Tiles per forward pass.
+        folds: For a cross-validation run (:func:`cross_validate`): the folds to average (default: all it has).
+        postprocess: For a cross-validation run: ``"auto"`` applies the clean-up chosen on its out-of-fold
+            predictions, ``"none"`` skips it.
 
     Example:
         >>> seg = Segmenter("runs/h")
@@ -286,15 +390,17 @@ class Segmenter:
     def __init__(
         self, run_dir: str | Path, device: str = "cpu", *, checkpoint: str = "best", mirror: bool = True,
         overlap: float = 0.5, largest_component: bool = False, amp: bool = False, compile: bool = False,
-        batch_size: int = 4,
+        batch_size: int = 4, folds: Sequence[int] | None = None, postprocess: str = "auto",
     ) -> None:  # fmt: skip
+        from segmorph.segmentation.ensemble import load_predictor
+
         self.run_dir = Path(run_dir)
         self.device = device
         options = PredictOptions(  # checks its own values
             mirror=mirror, overlap=overlap, batch_size=batch_size, largest_component=largest_component, amp=amp,
             checkpoint=checkpoint, compile=compile,
         )  # fmt: skip
-        self.predictor = Predictor(self.run_dir, device, options)
+        self.predictor = load_predictor(self.run_dir, device, options, folds, postprocess)
 
     def __repr__(self) -> str:
         return f"Segmenter({str(self.run_dir)!r}, device={self.device!r})"

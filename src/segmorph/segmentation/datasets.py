@@ -11,6 +11,8 @@ Two layouts are understood:
   ``images/labels``, ``images/masks``, ``image/label``), paired by case id. Label values are then not
   declared: ``spec.labels`` is empty until :func:`infer_labels` reads the label files.
 
+A label file may be a DICOM-SEG (``case.dcm``), decoded on the grid of the series it segments.
+
 Modalities are one of :data:`MODALITIES`, derived from the channel names; they tell the planner how to
 normalise (CT: dataset-wide clipping; rgb: pictures; anything else: per-image z-score).
 """
@@ -29,7 +31,7 @@ import torch
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample, check_same_grid
-from segmorph.io import PICTURE_SUFFIXES, image_suffix, read_image, strip_suffix
+from segmorph.io import PICTURE_SUFFIXES, image_suffix, is_segmentation_file, read_image, read_label_map, strip_suffix
 from segmorph.records import read_json
 
 MODALITIES = ("CT", "MRI", "rgb", "other")
@@ -245,10 +247,12 @@ def _sorted_unique(cases: Iterable[CaseFiles], where: Path) -> tuple[CaseFiles, 
     return tuple(ordered)
 
 
-def _image_files(folder: Path, suffix: str | None) -> list[Path]:
+def _image_files(folder: Path, suffix: str | None, segmentations: bool = False) -> list[Path]:
+    """Image files of ``folder`` (``segmentations``: DICOM-SEG files too), hidden files left out."""
     if not folder.is_dir():
         raise SegmorphError("no such folder", folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                   and (image_suffix(p) or (segmentations and is_segmentation_file(p))))  # fmt: skip
     if suffix:
         files = [p for p in files if p.name.endswith(suffix)]
     if not files:
@@ -282,7 +286,7 @@ def _pair_folders(images: Path, labels: Path | None, suffix: str | None = None) 
     grouped = _group_channels(_image_files(images, suffix))
     if labels is None:
         return _sorted_unique((CaseFiles(k, tuple(v)) for k, v in grouped.items()), images)
-    label_files = {strip_suffix(p): p for p in _image_files(labels, suffix)}
+    label_files = {strip_suffix(p): p for p in _image_files(labels, suffix, segmentations=True)}
     unlabelled = sorted(set(grouped) - set(label_files))
     if unlabelled:
         names = ", ".join(grouped[k][0].name for k in unlabelled[:5])
@@ -324,7 +328,7 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
     meta: dict[str, Any] = {"image_paths": [str(p) for p in case.images], "label_path": None}
     if case.label is None:
         return Sample(case.case_id, image, None, meta)
-    label = read_image(case.label, is_label=True)
+    label = read_label_map(case.label, like=image)
     check_same_grid(label, image, f"label differs from image {case.images[0].name}", case.label)
     if spec.labels:
         undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels))

@@ -1,7 +1,8 @@
 """Evaluate predicted label maps against references: per case x class CSV, JSON summary, table.
 
 Files are paired by case id (the file name without its image suffix, see
-:func:`segmorph.io.strip_suffix`), so ``case_01.png`` pairs with ``case_01.nii.gz``. Every
+:func:`segmorph.io.strip_suffix`), so ``case_01.png`` pairs with ``case_01.nii.gz``; a DICOM-SEG file
+``case_01.dcm`` is a label map too, its frames placed on the grid of the mask it is paired with. Every
 reference case must have a prediction: a missing one is an error, never a case silently
 left out of the means. Predictions without a reference are listed in the summary under
 ``unmatched_predictions`` and printed as a warning. Metric definitions and the rule for
@@ -28,7 +29,16 @@ from rich.table import Table
 
 from segmorph.errors import SegmorphError
 from segmorph.image import check_same_grid
-from segmorph.io import atomic_write_text, distance_unit, has_physical_spacing, image_suffix, read_image, strip_suffix
+from segmorph.io import (
+    atomic_write_text,
+    distance_unit,
+    has_physical_spacing,
+    image_suffix,
+    is_segmentation_file,
+    read_image,
+    read_label_map,
+    strip_suffix,
+)
 from segmorph.metrics.segmentation import METRIC_NAMES, ROW_KEYS, case_metrics
 from segmorph.outputs import check_outputs
 from segmorph.records import read_json
@@ -46,7 +56,7 @@ def _case_files(folder: Path, role: str) -> dict[str, Path]:
         raise SegmorphError(f"{role} folder does not exist", folder)
     cases: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not image_suffix(path):
+        if not path.is_file() or path.name.startswith(".") or not (image_suffix(path) or is_segmentation_file(path)):
             continue
         case = strip_suffix(path)
         if case in cases:
@@ -88,7 +98,12 @@ def _read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray,
 
     The spacing is the reference's in mm, or 1 per axis for pictures (distances then count pixels).
     """
-    pred, ref = read_image(pred_path, is_label=True), read_image(ref_path, is_label=True)
+    if is_segmentation_file(ref_path) and not is_segmentation_file(pred_path):  # a DICOM-SEG lands on the other
+        pred = read_image(pred_path, is_label=True)
+        ref = read_label_map(ref_path, like=pred)
+    else:
+        ref = read_image(ref_path, is_label=True)
+        pred = read_label_map(pred_path, like=ref)
     check_same_grid(pred, ref, f"prediction differs from reference {ref_path.name}", pred_path)
     spacing = ref.affine.spacing if has_physical_spacing(ref_path) else np.ones(ref.ndim)
     return pred.numpy()[0], ref.numpy()[0], spacing

@@ -17,7 +17,7 @@ from segmorph.engine import distributed as dist
 from segmorph.engine.loop import FitResult
 from segmorph.engine.tracking import TENSORBOARD_FOLDER, SlicePreview, check_log, open_tracker
 from segmorph.errors import SegmorphError
-from segmorph.io import atomic_write_text
+from segmorph.io import atomic_write_bytes, atomic_write_text
 from segmorph.nn import build_network, count_parameters
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
@@ -46,6 +46,8 @@ class TrainRequest:
         config_file: The ``--config`` file some of ``overrides`` came from (an error caused by it names it).
         target_spacing: Voxel size in mm to plan for (ITK x, y, z order, or one value for all axes;
             default: the dataset's median spacing), e.g. ``(2.0,)`` for a fast low-resolution model.
+        network_dims: 2 or 3 spatial dimensions of the network (None: the scans'); 2 for 3D scans trains a 2D
+            network on slices across the through-plane axis (see :func:`segmorph.segmentation.plan.make_plan`).
         images_dir, labels_dir: Explicit folders for paired-folder datasets.
         resume: Continue the run in ``out`` from its last checkpoint.
         cache_dir: Where preprocessed cases are cached (default ``out/preprocessed``).
@@ -57,6 +59,8 @@ class TrainRequest:
         log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files in
             ``out/tensorboard/`` with the same scalars and a picture of the first validation case
             (:mod:`segmorph.engine.tracking`; needs the ``tensorboard`` extra).
+        save_validation_probabilities: Also keep each validation case's class probabilities (see
+            :func:`validate_run`), for ensembles scored out of fold.
     """
 
     dataset: Path
@@ -69,6 +73,7 @@ class TrainRequest:
     val_cases: tuple[str, ...] = ()
     overrides: tuple[tuple[str, Any], ...] = ()
     target_spacing: tuple[float, ...] | None = None
+    network_dims: int | None = None
     images_dir: Path | None = None
     labels_dir: Path | None = None
     resume: bool = False
@@ -79,6 +84,7 @@ class TrainRequest:
     config_file: Path | None = None
     check: bool = True
     log: str = "csv"
+    save_validation_probabilities: bool = False
 
 
 def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
@@ -89,7 +95,8 @@ def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
     facts = fingerprint(spec, progress=request.show_progress)
     _require_foreground(spec, facts)
     try:
-        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing)
+        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing,
+                         request.network_dims)  # fmt: skip
     except ValueError as err:
         raise SegmorphError(str(err), request.dataset) from None
     overrides = dict(request.overrides)
@@ -128,8 +135,9 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
         spec = spec if spec.labels else infer_labels(spec)
         plan = Plan.load(out / "plan.json")
-        if request.target_spacing is not None or request.overrides:
-            console.print("warning: --resume keeps the run's plan.json; --spacing and --set are ignored", highlight=False)
+        if request.target_spacing is not None or request.network_dims is not None or request.overrides:
+            console.print("warning: --resume keeps the run's plan.json; --spacing, --network-dims and --set are "
+                          "ignored", highlight=False)  # fmt: skip
     else:
         spec, plan = plan_dataset(request)
     quality = {"ran": False, "flagged_cases": []}
@@ -145,16 +153,17 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     model = build_network(plan.network)
     if dist.is_main_process():
         console.print(_summary_line(plan, model, len(train_ids), len(val_ids)), highlight=False)
-    preview = SlicePreview(val_ids[0], *cases[val_ids[0]], plan.train) if val_ids else None
+    preview = SlicePreview(val_ids[0], *cases[val_ids[0]], plan.train, plan.slice_axis) if val_ids else None
     tracker = open_tracker(request.log, out, preview)
     result = fit(
         model, [cases[c] for c in train_ids], [cases[c] for c in val_ids], plan.train, out, plan.network,
         plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
-        callbacks=() if tracker is None else (tracker,),
+        callbacks=() if tracker is None else (tracker,), label_names=plan.labels, slice_axis=plan.slice_axis,
     )  # fmt: skip
     summary = {"fit": _fit_summary(result), "train_cases": len(train_ids), "val_cases": len(val_ids)}
     if request.validate_with_predictor and val_ids and dist.is_main_process():
-        summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress)
+        summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress,
+                                             save_probabilities=request.save_validation_probabilities)  # fmt: skip
     if dist.is_main_process():
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
@@ -178,8 +187,10 @@ def _load_cases(spec: DatasetSpec, plan: Plan, request: TrainRequest, case_ids: 
 
 def _summary_line(plan: Plan, model: torch.nn.Module, n_train: int, n_val: int) -> str:
     net = plan.network
+    slices = "" if plan.slice_axis is None else f" on slices across axis {'IJK'[plan.slice_axis]}"
     return (
-        f"segmorph: {net['name']} {plan.ndim}D features {net['features']} ({count_parameters(model):,} parameters), "
+        f"segmorph: {net['name']} {plan.ndim}D{slices} features {net['features']} "
+        f"({count_parameters(model):,} parameters), "
         f"patch {list(plan.train.patch_size)} x batch {plan.train.batch_size}, {n_train} train / {n_val} val cases, "
         f"budget {plan.train.time_budget_s / 60:.1f} min"
     )
@@ -214,12 +225,13 @@ def _write_provenance(
 
 def validate_run(
     run_dir: Path, spec: DatasetSpec, val_ids: Sequence[str], device: str = "cpu", show_progress: bool = True,
-    mirror: bool = True,
+    mirror: bool = True, save_probabilities: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     """Segment the validation cases with the saved model and score them on their original grids.
 
     Writes ``validation/<case>.nii.gz``, ``validation/metrics.csv`` (+ ``.json``) and the overlay pictures
-    of the worst cases (:func:`write_validation_overlays`) in ``run_dir``.
+    of the worst cases (:func:`write_validation_overlays`) in ``run_dir``; with ``save_probabilities`` also
+    ``validation/probabilities/<case>.npz`` (:func:`write_probabilities`).
     """
     from segmorph.io import distance_unit, write_image
     from segmorph.progress import track
@@ -234,7 +246,9 @@ def validate_run(
         sample = load_sample(spec.case(case_id), spec)
         if sample.label is None:
             raise SegmorphError(f"validation case {case_id} has no label", spec.case(case_id).images[0])
-        mask, _ = predictor.segment(sample.image)
+        mask, probabilities = predictor.segment(sample.image)
+        if save_probabilities:
+            write_probabilities(probabilities, pred_dir / PROBABILITIES_FOLDER / f"{case_id}.npz")
         write_image(mask, pred_dir / f"{case_id}.nii.gz")
         write_image(sample.label, ref_dir / f"{case_id}.nii.gz")
     seconds = (time.perf_counter() - started) / max(len(val_ids), 1)
@@ -244,6 +258,32 @@ def validate_run(
     write_validation_overlays(run_dir, spec, summary["rows"], labels)
     summary = {k: v for k, v in summary.items() if k != "rows"}
     return {"seconds_per_case": round(seconds, 3), "metrics": summary}
+
+
+PROBABILITIES_FOLDER = "probabilities"
+
+
+def write_probabilities(probabilities: torch.Tensor, path: Path) -> Path:
+    """Class probabilities ``(K, *S)`` on the scan's grid as a compressed ``.npz`` (key ``probabilities``,
+    float16: about 3 decimal digits, plenty to average and take the most likely class), written atomically."""
+    import io as _io
+
+    import numpy as np
+
+    buffer = _io.BytesIO()
+    np.savez_compressed(buffer, probabilities=probabilities.float().numpy().astype(np.float16))
+    return atomic_write_bytes(path, buffer.getvalue())
+
+
+def read_probabilities(path: Path) -> torch.Tensor:
+    """Probabilities written by :func:`write_probabilities`, as float32 ``(K, *S)``."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return torch.from_numpy(data["probabilities"].astype(np.float32))
+    except (OSError, KeyError, ValueError) as err:
+        raise SegmorphError(f"cannot read probabilities ({err})", path) from None
 
 
 def write_validation_overlays(

@@ -3,6 +3,8 @@
 The plan fixes preprocessing (target spacing, normalisation), the network (2D/3D, depth, width)
 and training (patch, batch, optimiser, schedule) for the device AND the time budget: on a CPU a
 short budget gets a narrow network that can see enough patches in time, not nnU-Net's GPU network.
+A 2D plan for 3D scans (``network_dims=2``) trains a 2D network on slices across the through-plane axis
+(``slice_axis``) and predicts slice by slice.
 Every value can be overridden with a JSON/YAML file or ``key=value`` strings (``train.batch_size=4``).
 """
 
@@ -42,7 +44,7 @@ class Plan:
     """Everything needed to preprocess, build, train and apply a model (saved as plan.json).
 
     Attributes:
-        ndim: 2 or 3 spatial dimensions of the network.
+        ndim: 2 or 3 spatial dimensions of the network (and of ``train.patch_size``).
         labels: Label value -> name (0 = background).
         channel_names: Names of the scan's channels (before ``preprocess.steps``).
         modalities: Modality per channel (CT, MRI, rgb, other).
@@ -50,6 +52,9 @@ class Plan:
         network: Constructor arguments of the network (``{"name": "unet", ...}``).
         train: Training settings.
         median_shape: Median preprocessed case shape in voxels (informative).
+        slice_axis: For a 2D network on 3D scans: the spatial axis (0, 1 or 2 of the preprocessed ``(C, I, J, K)``
+            volume) that slices are cut across; the patch is in-plane, along the other two axes in order. None:
+            the network has the scans' dimensions.
     """
 
     ndim: int
@@ -60,6 +65,7 @@ class Plan:
     network: dict[str, Any]
     train: TrainConfig
     median_shape: tuple[int, ...]
+    slice_axis: int | None = None
 
     def __post_init__(self) -> None:
         name = self.network.get("name", "unet")
@@ -78,6 +84,7 @@ class Plan:
             )
         if len(self.train.patch_size) != self.ndim:
             raise SegmorphError(f"train.patch_size {list(self.train.patch_size)} must have {self.ndim} values")
+        self._check_slice_axis()
         try:
             channels = self.network_channels
         except SegmorphError as err:
@@ -88,6 +95,22 @@ class Plan:
         if self.network.get("in_channels", channels) != channels:
             raise SegmorphError(f"plan: network.in_channels is {self.network['in_channels']}, the channel(s) after "
                                 f"preprocess.steps are {channels}")  # fmt: skip
+
+    def _check_slice_axis(self) -> None:
+        if self.slice_axis is None:
+            return
+        if type(self.slice_axis) is not int or self.slice_axis not in (0, 1, 2) or self.ndim != 2:
+            raise SegmorphError(f"plan: slice_axis {self.slice_axis!r}: slices of 3D scans are cut across axis 0, 1 "
+                                f"or 2 for a 2D network (ndim 2, here {self.ndim})")  # fmt: skip
+        spacing = self.preprocess.target_spacing
+        if spacing is not None and len(spacing) != 3:
+            raise SegmorphError(f"plan: slice_axis is for 3D scans; preprocess.target_spacing has {len(spacing)} "
+                                "values")  # fmt: skip
+
+    @property
+    def image_ndim(self) -> int:
+        """Spatial dimensions of the scans: ``ndim``, or 3 for a 2D network applied slice by slice (``slice_axis``)."""
+        return self.ndim if self.slice_axis is None else 3
 
     @property
     def network_channels(self) -> int:
@@ -108,7 +131,7 @@ class Plan:
             "network": self.network,
             "train": self.train.to_dict(),
             "median_shape": list(self.median_shape),
-        }
+        } | ({} if self.slice_axis is None else {"slice_axis": self.slice_axis})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> Plan:
@@ -123,6 +146,7 @@ class Plan:
             network=dict(values["network"]),
             train=TrainConfig.from_dict(train),
             median_shape=tuple(values["median_shape"]),
+            slice_axis=values.get("slice_axis"),  # checked by the plan: 0, 1 or 2
         )
 
     def save(self, path: str | Path) -> Path:
@@ -148,7 +172,7 @@ class Plan:
 
 def make_plan(
     spec: DatasetSpec, fingerprint: dict[str, Any], device: str = "cpu", time_budget_s: float = 1200.0,
-    max_steps: int = 0, target_spacing: Sequence[float] | None = None,
+    max_steps: int = 0, target_spacing: Sequence[float] | None = None, network_dims: int | None = None,
 ) -> Plan:  # fmt: skip
     """Turn a dataset fingerprint into a plan for ``device`` and a time budget.
 
@@ -160,16 +184,31 @@ def make_plan(
         max_steps: Training steps (0: the time budget alone limits).
         target_spacing: Voxel size in mm to work at, per axis (ITK x, y, z order) or one value for
             all; the patch and depth are planned for it (default: the dataset's median spacing).
+        network_dims: 2 or 3 spatial dimensions of the network; None: the scans'. 2 for 3D scans plans a
+            2D network trained on slices across the through-plane axis of the target spacing
+            (:func:`slice_axis_for`): the patch of a 2D dataset with the slices' median in-plane shape, and a
+            batch of the voxels per step of a 2D plan (:func:`slice_batch_size`).
+
+    Raises:
+        ValueError: A bad ``target_spacing`` or ``network_dims``.
     """
     kind = "cpu" if device == "cpu" else "gpu"
     shape = np.asarray(fingerprint["median_shape"], dtype=float)
-    ndim = len(shape)
+    image_ndim = len(shape)
+    if network_dims not in (None, 2, 3) or isinstance(network_dims, bool):
+        raise ValueError(f"network_dims: expected 2 or 3, got {network_dims!r}")
+    if (network_dims or 0) > image_ndim:
+        raise ValueError(f"network_dims: a {network_dims}D network needs {network_dims}D scans; this dataset's are "
+                         f"{image_ndim}D")  # fmt: skip
     spacing = np.asarray(fingerprint["median_spacing"], dtype=float)
     if target_spacing is not None:
-        spacing = _spacing_for(target_spacing, ndim)
+        spacing = _spacing_for(target_spacing, image_ndim)
     target_spacing = tuple(float(s) for s in spacing)
     resampled = np.maximum(np.round(shape * np.asarray(fingerprint["median_spacing"]) / spacing), 1).astype(int)
-    patch, levels = plan_patch(resampled, target_spacing, PATCH_VOXELS[(kind, ndim)])
+    slice_axis = slice_axis_for(spacing) if network_dims == 2 and image_ndim == 3 else None
+    in_plane = [axis for axis in range(image_ndim) if axis != slice_axis]
+    ndim = len(in_plane)
+    patch, levels = plan_patch(resampled[in_plane], spacing[in_plane], PATCH_VOXELS[(kind, ndim)])
     base = base_width(kind, time_budget_s, max_steps)
     features = [min(base * 2**level, 320) for level in range(levels)]
     num_classes = max(spec.labels) + 1 if spec.labels else 2
@@ -184,12 +223,43 @@ def make_plan(
         image_order=3,
         ct_stats=tuple(s if m == "CT" else None for m, s in zip(spec.modalities, fingerprint["intensity"])),
     )
+    batch_size = BATCH_SIZE[(kind, ndim)]
+    if slice_axis is not None:
+        slices = int(fingerprint.get("num_cases", 1)) * int(resampled[slice_axis])
+        batch_size = slice_batch_size(kind, patch, slices)
     train = TrainConfig(
-        patch_size=tuple(patch), batch_size=BATCH_SIZE[(kind, ndim)], time_budget_s=float(time_budget_s),
+        patch_size=tuple(patch), batch_size=batch_size, time_budget_s=float(time_budget_s),
         max_steps=int(max_steps), steps_per_epoch=100 if kind == "cpu" else 250,
     )  # fmt: skip
     return Plan(ndim, dict(spec.labels), tuple(spec.channel_names), tuple(spec.modalities), preprocess, network,
-                train, tuple(int(s) for s in resampled))  # fmt: skip
+                train, tuple(int(s) for s in resampled), slice_axis)  # fmt: skip
+
+
+def slice_batch_size(kind: str, patch: Sequence[int], slices: int) -> int:
+    """Batch of a 2D plan of 3D scans: the voxels per step of a 2D plan (its patch budget times its batch) in
+    slices of ``patch``, at most 5% of the dataset's ``slices`` (nnU-Net's cap), at least a 2D plan's batch.
+
+    Slices are often far smaller than a 2D picture's patch budget; a picture's batch of them would leave each
+    step mostly overhead (and validation longer than an epoch of training).
+
+    Example:
+        >>> slice_batch_size("cpu", (40, 56), slices=260 * 36)  # hippocampus: 2,240-voxel slices
+        117
+    """
+    budget = PATCH_VOXELS[(kind, 2)] * BATCH_SIZE[(kind, 2)] // max(1, math.prod(patch))
+    return max(BATCH_SIZE[(kind, 2)], min(budget, round(0.05 * slices)))
+
+
+def slice_axis_for(spacing: Sequence[float]) -> int:
+    """The axis a 2D network's slices of a 3D scan are cut across: the through-plane axis, that of the largest
+    spacing (mm per array axis); of axes within 0.1% of the largest, the last (``K`` for isotropic voxels).
+
+    Example:
+        >>> slice_axis_for((0.8, 0.8, 3.0)), slice_axis_for((1.0, 1.0, 1.0)), slice_axis_for((5.0, 0.7, 0.7))
+        (2, 2, 0)
+    """
+    values = np.asarray(spacing, dtype=float)
+    return int(np.flatnonzero(values >= values.max() * (1 - 1e-3))[-1])
 
 
 def _spacing_for(values: Sequence[float], ndim: int) -> np.ndarray:

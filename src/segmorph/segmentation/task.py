@@ -1,11 +1,12 @@
 """Segmentation training: the task the engine's loop runs, and :func:`fit`, its entry point.
 
-Cases are in memory and preprocessed: image ``(C, *S)`` float32 and label ``(1, *S)`` int64.
+Cases are in memory and preprocessed: image ``(C, *S)`` float32 and label ``(1, *S)`` int64. A 2D network on 3D
+cases (``slice_axis``) trains on 2D slices of them and is validated slice by slice.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -13,7 +14,7 @@ from torch import nn
 
 from segmorph.engine.autocast import autocast
 from segmorph.engine.loop import Callback, FitResult, TrainConfig, fit_task
-from segmorph.engine.sliding_window import sliding_window_logits
+from segmorph.engine.sliding_window import slicewise_logits, sliding_window_logits
 from segmorph.errors import SegmorphError
 from segmorph.metrics.segmentation import dice_score
 from segmorph.segmentation.losses import SegmentationLoss
@@ -23,18 +24,27 @@ Case = tuple[torch.Tensor, torch.Tensor]
 
 
 class SegmentationTask:
-    """Foreground-oversampled, augmented patches; Dice + cross-entropy; sliding-window validation Dice."""
+    """Foreground-oversampled, augmented patches; Dice + cross-entropy; sliding-window validation Dice.
+
+    With ``slice_axis`` (a 2D ``config.patch_size``, 3D cases) the patches are 2D slices across that axis and
+    validation runs the sliding window slice by slice (:func:`segmorph.engine.sliding_window.slicewise_logits`).
+    """
 
     score_key = "dice"
 
-    def __init__(self, train_cases: Sequence[Case], val_cases: Sequence[Case], config: TrainConfig, num_classes: int):
+    def __init__(
+        self, train_cases: Sequence[Case], val_cases: Sequence[Case], config: TrainConfig, num_classes: int,
+        label_names: Mapping[int, str] | None = None, slice_axis: int | None = None,
+    ) -> None:  # fmt: skip
         self.config = config
         self.num_classes = num_classes
         self.val_cases = val_cases
-        self.score_parts = [f"dice_{k}" for k in range(1, num_classes)]
+        self.slice_axis = slice_axis
+        self.score_parts = [f"dice_{name}" for name in score_part_names(num_classes, label_names)]
         self.sampler = PatchSampler(
-            [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction
-        )
+            [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction,
+            slice_axis=slice_axis,
+        )  # fmt: skip
         ndim = len(config.patch_size)
         self.augmenter = Augmenter(AugmentConfig() if config.augment else AugmentConfig(enabled=False), ndim)
         self.loss_fn = SegmentationLoss(config.loss_alpha)
@@ -52,12 +62,21 @@ class SegmentationTask:
             return []
         scores = []
         for image, label in self.val_cases:
-            probabilities = sliding_window_logits(
-                model, image, self.config.patch_size, overlap=self.config.val_overlap,
-                batch_size=max(self.config.batch_size, 2), device=device, amp=self.config.amp,
-            )  # fmt: skip
+            probabilities = validation_logits(model, image, self.config, device, self.slice_axis)
             scores.append(dice_per_class(probabilities.argmax(0), label[0], self.num_classes))
         return [round(float(v), 5) for v in torch.stack(scores).mean(0)]
+
+
+def validation_logits(
+    model: nn.Module, image: torch.Tensor, config: TrainConfig, device: torch.device, slice_axis: int | None = None
+) -> torch.Tensor:
+    """Class probabilities ``(K, *S)`` of a preprocessed case ``(C, *S)`` as validation during training computes
+    them: a sliding window with the training tile size, no mirroring; slice by slice across ``slice_axis``."""
+    settings = {"overlap": config.val_overlap, "batch_size": max(config.batch_size, 2), "device": device,
+                "amp": config.amp}  # fmt: skip
+    if slice_axis is None:
+        return sliding_window_logits(model, image, config.patch_size, **settings)
+    return slicewise_logits(model, image, slice_axis, config.patch_size, **settings)
 
 
 def fit(
@@ -72,6 +91,8 @@ def fit(
     resume: bool = False,
     callbacks: Sequence[Callback] = (),
     show_progress: bool = True,
+    label_names: Mapping[int, str] | None = None,
+    slice_axis: int | None = None,
 ) -> FitResult:
     """Train a segmentation ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
 
@@ -92,14 +113,30 @@ def fit(
         resume: Continue from ``run_dir/checkpoint_last.pt``.
         callbacks: Called with each epoch's record (on rank 0).
         show_progress: Draw a progress bar.
+        label_names: Label value -> name, naming the per-class columns of ``train_log.csv``
+            (``val_dice_Anterior``); classes without a name keep their value (``val_dice_2``).
+        slice_axis: Train a 2D ``model`` (2D ``config.patch_size``) on slices of 3D cases across this spatial axis
+            (0, 1 or 2); None: the model has the cases' dimensions.
     """
     if not train_cases:
         raise SegmorphError("no training cases")
-    task = SegmentationTask(train_cases, val_cases, config, num_classes)
+    task = SegmentationTask(train_cases, val_cases, config, num_classes, label_names, slice_axis)
     return fit_task(
         model, task, config, run_dir, network_config, device, resume, callbacks, show_progress,
         extra_config={"num_classes": num_classes},
     )  # fmt: skip
+
+
+def score_part_names(num_classes: int, label_names: Mapping[int, str] | None = None) -> list[str]:
+    """Names of classes 1..K-1 for per-class columns: the label name, or the value where a name is missing,
+    repeated, or holds characters that do not belong in a column name (comma, quote, whitespace other than space)."""
+    names = dict(label_names or {})
+    chosen = []
+    for k in range(1, num_classes):
+        name = str(names.get(k, "")).strip()
+        usable = name and not name.isdigit() and not any(c in name for c in ",\"'\t\r\n") and name not in chosen
+        chosen.append(name if usable else str(k))
+    return chosen
 
 
 def dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -2,7 +2,8 @@
 
 Volumes are ``(C, I, J[, K])`` images and ``(1, I, J[, K])`` integer label maps (array axes of
 :mod:`segmorph.geometry`); patches are stacked into ``(count, C, *P)`` and ``(count, 1, *P)``. Where a
-patch passes the volume border, images and labels read 0.
+patch passes the volume border, images and labels read 0. In slice mode (``slice_axis``) the patches of 3D
+volumes are 2D: boxes one voxel thick along that axis, with the axis dropped.
 """
 
 from __future__ import annotations
@@ -67,9 +68,12 @@ class PatchSampler:
     Args:
         images: ``C``-channel volumes ``(C, *S)``, one per case; shapes may differ between cases.
         labels: Integer label maps ``(1, *S)`` on the same grids.
-        patch_size: Patch size in voxels, 2 or 3 values.
+        patch_size: Patch size in voxels, 2 or 3 values (2 in slice mode: the in-plane sizes, in the order of
+            the volume's remaining axes).
         foreground_fraction: Share of patches centred on a foreground voxel (label > 0); nnU-Net uses 1/3.
         max_voxels_per_class: Foreground voxels kept per class and case (evenly strided), bounding memory.
+        slice_axis: Slice mode: the spatial axis (0, 1 or 2) of 3D volumes that 2D patches are cut across; a
+            foreground patch is a slice through its foreground voxel. None: patches have the volumes' dimensions.
     """
 
     def __init__(
@@ -79,14 +83,23 @@ class PatchSampler:
         patch_size: Sequence[int],
         foreground_fraction: float = 1.0 / 3.0,
         max_voxels_per_class: int = 10_000,
+        slice_axis: int | None = None,
     ) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) not in (2, 3) or min(self.patch_size) < 1:
             raise ValueError(f"patch_size: expected 2 or 3 positive sizes, got {tuple(patch_size)}")
+        if slice_axis is not None and (len(self.patch_size) != 2 or slice_axis not in (0, 1, 2)):
+            raise ValueError(f"slice_axis: expected 0, 1 or 2 with a 2D patch_size, got {slice_axis} with "
+                             f"{list(self.patch_size)}")  # fmt: skip
+        self.slice_axis = slice_axis
+        # the box cut from a volume: the patch, one voxel thick along the slice axis in slice mode
+        self.box = self.patch_size
+        if slice_axis is not None:
+            self.box = (*self.patch_size[:slice_axis], 1, *self.patch_size[slice_axis:])
         check_probability("foreground_fraction", foreground_fraction)
         if max_voxels_per_class < 1:
             raise ValueError(f"max_voxels_per_class: must be >= 1, got {max_voxels_per_class}")
-        _check_cases(images, labels, len(self.patch_size))
+        _check_cases(images, labels, len(self.box))
         self.images, self.labels = list(images), list(labels)
         self.foreground_fraction = foreground_fraction
         self.max_voxels_per_class = max_voxels_per_class
@@ -110,14 +123,14 @@ class PatchSampler:
         """Corner of a patch; ``fraction`` is ``(2 + n,)`` uniform draws in [0, 1)."""
         shape = self.images[case].shape[1:]
         # Corners keep the patch inside the volume, or the volume inside the patch when it is smaller.
-        lows = [min(0, s - p) for s, p in zip(shape, self.patch_size)]
-        highs = [max(0, s - p) for s, p in zip(shape, self.patch_size)]
+        lows = [min(0, s - p) for s, p in zip(shape, self.box)]
+        highs = [max(0, s - p) for s, p in zip(shape, self.box)]
         classes, voxels = self.foreground(case) if foreground else (torch.zeros(0), [])
         if classes.numel():
             group = voxels[_pick(float(fraction[0]), len(voxels))]
             index = int(group[_pick(float(fraction[1]), group.numel())])
             centre = torch.unravel_index(torch.tensor(index), tuple(shape))
-            return [min(max(int(c) - p // 2, lo), hi) for c, p, lo, hi in zip(centre, self.patch_size, lows, highs)]
+            return [min(max(int(c) - p // 2, lo), hi) for c, p, lo, hi in zip(centre, self.box, lows, highs)]
         return [lo + _pick(u, hi - lo + 1) for u, lo, hi in zip(fraction[2:].tolist(), lows, highs)]
 
     def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -132,11 +145,12 @@ class PatchSampler:
             generator: Source of randomness; the same seed gives the same patches.
 
         Returns:
-            ``(count, C, *P)`` images and ``(count, 1, *P)`` labels, dtypes and device of the first case.
+            ``(count, C, *P)`` images and ``(count, 1, *P)`` labels, dtypes and device of the first case (2D
+            patches in slice mode).
         """
         if count < 1:
             raise ValueError(f"count: expected a positive number of patches, got {count}")
-        n = len(self.patch_size)
+        n = len(self.box)
         draws = torch.rand((count, 4 + n), generator=generator, device=generator.device, dtype=torch.float64).cpu()
         exact = count * self.foreground_fraction
         num_foreground = min(count, math.floor(exact) + int(float(draws[0, 0]) < exact - math.floor(exact)))
@@ -145,8 +159,11 @@ class PatchSampler:
         for i in range(count):
             case = _pick(float(draws[i, 1]), len(self.images))
             start = self._start(case, draws[i, 2:], foreground=i >= count - num_foreground)
-            images[i] = crop_with_padding(self.images[case], start, self.patch_size)
-            labels[i] = crop_with_padding(self.labels[case], start, self.patch_size)
+            image = crop_with_padding(self.images[case], start, self.box)
+            label = crop_with_padding(self.labels[case], start, self.box)
+            if self.slice_axis is not None:  # drop the one-voxel axis: (C, *P)
+                image, label = image.squeeze(self.slice_axis + 1), label.squeeze(self.slice_axis + 1)
+            images[i], labels[i] = image, label
         return images, labels
 
 

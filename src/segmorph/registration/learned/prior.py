@@ -46,6 +46,9 @@ class SegmentationPrior:
         self.plan = Plan.load(plan_path)
         if len(self.plan.channel_names) != 1:
             raise SegmorphError("the segmentation prior must take one image channel", plan_path)
+        if self.plan.slice_axis is not None:
+            raise SegmorphError("the segmentation prior needs a network of the scans' dimensions, not a 2D network on "
+                                "slices (--network-dims 2)", plan_path)  # fmt: skip
         self.device = torch.device(device)
         checkpoint = self.run_dir / "checkpoint_best.pt"
         state, config, _ = load_checkpoint(checkpoint, self.device)
