@@ -138,6 +138,41 @@ def test_segment_codes_come_from_the_runs_dataset_json(tmp_path):
     assert run_segment_codes(tmp_path / "run") == {}  # the dataset is gone: generic codes
 
 
+def test_segment_codes_recorded_at_training_survive_the_dataset_and_reach_folds_and_ensembles(tmp_path):
+    entry = {"category": ["SCT", "91723000", "Anatomical Structure"], "type": ["SCT", "5366008", "Hippocampus"]}
+    expected = {1: SegmentCodes(("SCT", "91723000", "Anatomical Structure"), ("SCT", "5366008", "Hippocampus"))}
+    fold = tmp_path / "cv" / "fold_0"
+    fold.mkdir(parents=True)
+    (fold / "run.json").write_text(json.dumps({"dataset": str(tmp_path / "moved"), "segment_codes": {"1": entry}}))
+    (tmp_path / "cv" / "crossval.json").write_text("{}")
+    assert run_segment_codes(tmp_path / "cv") == expected
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / "ensemble.json").write_text(json.dumps({"members": [str(tmp_path / "cv")]}))
+    assert run_segment_codes(tmp_path / "best") == expected
+
+
+def test_training_records_the_datasets_segment_codes(tmp_path):
+    from helpers import write_msd_dataset
+    from segmorph.segmentation.pipeline import TrainRequest, train_segmentation
+
+    dataset = write_msd_dataset(tmp_path / "data", num_cases=3, shape=(16, 16, 8))
+    meta = json.loads((dataset / "dataset.json").read_text())
+    entry = {"category": ["SCT", "91723000", "Anatomical Structure"], "type": ["SCT", "5366008", "Hippocampus"]}
+    (dataset / "dataset.json").write_text(json.dumps({**meta, "segment_codes": {"1": entry}}))
+    request = TrainRequest(
+        dataset=dataset,
+        out=tmp_path / "run",
+        time_budget_s=0,
+        max_steps=1,
+        fold=-1,
+        check=False,
+        overrides=(("network.features", [4, 8]), ("train.steps_per_epoch", 1)),
+        show_progress=False,
+    )
+    train_segmentation(request)
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["segment_codes"] == {"1": entry}
+
+
 @pytest.mark.parametrize(
     ("raw", "message"),
     [

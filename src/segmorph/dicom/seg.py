@@ -88,20 +88,36 @@ def parse_segment_codes(raw: Any, path: str | Path) -> dict[int, SegmentCodes]:
 
 
 def run_segment_codes(run_dir: str | Path) -> dict[int, SegmentCodes]:
-    """The segment codes a run's dataset declares: ``segment_codes`` of the ``dataset.json`` in the dataset folder
-    that the run's ``run.json`` names; empty (generic codes) when the run names no dataset, the folder holds no
-    ``dataset.json`` (moved, or a paired-folder dataset) or it declares none.
+    """The segment codes a run's dataset declares (``segment_codes`` of its ``dataset.json``): those recorded in the
+    run's ``run.json`` at training, else those of the ``dataset.json`` in the dataset folder ``run.json`` names;
+    empty (generic codes) when there are none. A cross-validation run answers with its folds' record, an ensemble
+    folder (``ensemble.json``) with its first member's.
 
     Raises:
         SegmorphError: The run record or the dataset.json cannot be read, or its ``segment_codes`` are malformed.
     """
-    record = read_json_if_present(Path(run_dir) / "run.json", "run record") or {}
+    path, record = _training_record(Path(run_dir))
+    if isinstance(record.get("segment_codes"), dict):
+        return parse_segment_codes(record["segment_codes"], path)
     dataset = record.get("dataset")
     if not isinstance(dataset, str) or not (Path(dataset) / "dataset.json").is_file():
         return {}
     path = Path(dataset) / "dataset.json"
     meta = read_json(path, "dataset.json")
     return parse_segment_codes(meta["segment_codes"], path) if "segment_codes" in meta else {}
+
+
+def _training_record(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """``(path, record)`` of the ``run.json`` that describes how ``run_dir``'s model(s) were trained."""
+    if (run_dir / "ensemble.json").is_file():
+        from segmorph.segmentation.find_best import read_members
+
+        return _training_record(read_members(run_dir)[0])
+    for path in [run_dir / "run.json", *sorted(run_dir.glob("fold_*/run.json"))]:
+        record = read_json_if_present(path, "run record")
+        if record:
+            return path, record
+    return run_dir / "run.json", {}
 
 
 def write_segmentation(

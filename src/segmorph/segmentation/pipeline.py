@@ -23,6 +23,7 @@ from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.qc.quality import check_before_training
+from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
 from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
@@ -218,9 +219,22 @@ def _write_provenance(
     }  # fmt: skip
     if request.log == "tensorboard":
         facts["tensorboard_dir"] = TENSORBOARD_FOLDER
+    codes = _declared_segment_codes(spec)
+    if codes is not None:
+        facts["segment_codes"] = codes
     record = write_run_record(out, facts, data_fingerprint(spec), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
+
+
+def _declared_segment_codes(spec: DatasetSpec) -> dict[str, Any] | None:
+    """The dataset.json's ``segment_codes`` (DICOM-SEG category and type codes per label), kept in ``run.json`` so
+    that the run's DICOM-SEG outputs carry them wherever the dataset later goes."""
+    path = Path(spec.root) / "dataset.json"
+    if not path.is_file():
+        return None
+    codes = read_json(path, "dataset.json").get("segment_codes")
+    return codes if isinstance(codes, dict) else None
 
 
 def validate_run(
