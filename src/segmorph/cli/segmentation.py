@@ -116,8 +116,9 @@ def _add_predict(p: argparse.ArgumentParser) -> None:
                         "DICOM-SEG object referring to the series (label names and the dataset's segment codes); "
                         "rtstruct: <case>_rtstruct.dcm, an RT Structure Set of contours. The DICOM formats take "
                         "DICOM series folders")  # fmt: skip
-    p.add_argument("--amp", action="store_true",
-                   help="half-precision autocast where the device runs it fast (CUDA; CPUs with AVX512-BF16 or AMX)")
+    p.add_argument("--precision", choices=("auto", "float32"), default="auto",
+                   help="auto (default): bfloat16 autocast where the device runs it fast (CUDA; CPUs with AMX or "
+                        "AVX512-BF16), float32 elsewhere; float32: float32 everywhere, for bit-exact work")  # fmt: skip
     p.add_argument("--compile", action="store_true",
                    help="compile the network with TorchInductor: seconds once per process, then faster per "
                         "case; worth it from a few dozen scans")  # fmt: skip
@@ -266,7 +267,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
     options = PredictOptions(
         mirror=not args.no_mirror, overlap=args.overlap, batch_size=args.batch_size,
-        largest_component=args.largest_component, amp=args.amp, checkpoint=args.checkpoint, compile=args.compile,
+        largest_component=args.largest_component, amp=args.precision == "auto", checkpoint=args.checkpoint, compile=args.compile,
     )  # fmt: skip
     output_format, suffix = (args.suffix, None) if args.suffix in DICOM_SUFFIXES else ("image", args.suffix)
     if args.view and output_format == "rtstruct":

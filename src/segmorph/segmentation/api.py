@@ -375,7 +375,7 @@ class Segmenter:
         mirror: Average over mirrorings along every spatial axis (test-time augmentation).
         overlap: Sliding-window overlap in [0, 1).
         largest_component: Keep only the largest connected component of each class.
-        amp: bfloat16 autocast where the device runs it fast.
+        amp: bfloat16 autocast where the device runs it fast (the default; False: float32 everywhere).
         compile: Compile the network with TorchInductor (a few seconds once; faster per image).
         batch_size: Tiles per forward pass.
         folds: For a cross-validation run (:func:`cross_validate`): the folds to average (default: all it has).
@@ -389,7 +389,7 @@ class Segmenter:
 
     def __init__(
         self, run_dir: str | Path, device: str = "cpu", *, checkpoint: str = "best", mirror: bool = True,
-        overlap: float = 0.5, largest_component: bool = False, amp: bool = False, compile: bool = False,
+        overlap: float = 0.5, largest_component: bool = False, amp: bool = True, compile: bool = False,
         batch_size: int = 4, folds: Sequence[int] | None = None, postprocess: str = "auto",
     ) -> None:  # fmt: skip
         from segmorph.segmentation.ensemble import load_predictor
