@@ -122,18 +122,24 @@ def stored_pixel_type(path: str | Path) -> str:
         if not series:
             raise SegmorphError("folder holds no DICOM series", path)
         name = Path(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])[0])
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(_sitk_name(name))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
+    reader = _header_reader(name, path)
     if image_suffix(path) in (".nii", ".nii.gz") and reader.HasMetaDataKey("datatype"):
         stored = NIFTI_DATATYPE_NAMES.get(int(reader.GetMetaData("datatype")))
         if stored:
             return stored
     pixel_id = reader.GetPixelID()
     return _SITK_COMPONENT_NAMES.get(pixel_id) or sitk.GetPixelIDValueAsString(pixel_id)
+
+
+def _header_reader(name: Path, path: Path) -> sitk.ImageFileReader:
+    """A SimpleITK reader that has read ``name``'s header; a failure is one error line naming ``path``."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(_sitk_name(name))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as err:
+        raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
+    return reader
 
 
 def read_image_information(path: str | Path) -> tuple[tuple[int, ...], int, Affine]:
@@ -147,12 +153,7 @@ def read_image_information(path: str | Path) -> tuple[tuple[int, ...], int, Affi
     """
     path = Path(path)
     check_input_path(path)
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(_sitk_name(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as err:
-        raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
+    reader = _header_reader(path, path)
     if reader.GetDimension() not in (2, 3):
         raise SegmorphError(f"expected a 2D or 3D image, got {reader.GetDimension()}D", path)
     affine = Affine.from_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())

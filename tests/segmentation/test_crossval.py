@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from ensemble_helpers import copy_as_cross_validation
 from helpers import sphere_case, write_msd_dataset
 from segmorph.errors import SegmorphError
 from segmorph.folds import parse_folds
 from segmorph.segmentation.api import Segmenter, cross_validate
-from segmorph.segmentation.crossval_layout import CROSSVAL_FILE, fold_folder
+from segmorph.segmentation.crossval_layout import fold_folder
 from segmorph.segmentation.datasets import split_cases
 from segmorph.segmentation.ensemble import EnsemblePredictor, load_predictor
 from segmorph.segmentation.postprocess_choice import apply_postprocessing, choose_postprocessing
@@ -41,18 +40,8 @@ def test_parse_folds_reads_all_and_lists_and_refuses_the_rest():
             parse_folds(bad, 5)
 
 
-def _copy_as_cross_validation(run: Path, out: Path, folds: int) -> Path:
-    for fold in range(folds):
-        shutil.copytree(run, fold_folder(out, fold), ignore=shutil.ignore_patterns("preprocessed"))
-    states = {str(k): {"state": "done", "wall_s": 1.0, "fit_s": 1.0} for k in range(folds)}
-    record = {"num_folds": folds, "seed": 0, "folds": list(range(folds)), "time_budget_s": 0,
-              "budget_per_fold": False, "max_steps": 0, "fold_states": states}  # fmt: skip
-    (out / CROSSVAL_FILE).write_text(json.dumps(record))
-    return out
-
-
 def test_the_ensemble_of_identical_models_equals_one_model(trained_run, tmp_path):
-    run = _copy_as_cross_validation(trained_run, tmp_path / "cv", 3)
+    run = copy_as_cross_validation(trained_run, tmp_path / "cv", 3)
     image, _ = sphere_case(seed=11)
     single = Predictor(trained_run).probabilities(image)
     ensemble = EnsemblePredictor(run, postprocess="none")
@@ -62,7 +51,7 @@ def test_the_ensemble_of_identical_models_equals_one_model(trained_run, tmp_path
 
 
 def test_a_run_with_a_fold_missing_predicts_with_the_others_and_says_so(trained_run, tmp_path, capsys):
-    run = _copy_as_cross_validation(trained_run, tmp_path / "cv", 3)
+    run = copy_as_cross_validation(trained_run, tmp_path / "cv", 3)
     (fold_folder(run, 1) / "checkpoint_best.pt").unlink()
     predictor = load_predictor(run)
     assert isinstance(predictor, EnsemblePredictor) and predictor.folds == [0, 2]

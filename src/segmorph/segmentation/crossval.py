@@ -140,8 +140,7 @@ def _train_fold(out: Path, request: TrainRequest, record: dict[str, Any], fold: 
     summary = train_segmentation(fold_request)
     took = time.perf_counter() - started
     state = record["fold_states"][str(fold)]
-    state.update(state="done", wall_s=round(took + float(state.get("wall_s", 0.0)), 1),
-                 fit_s=float(summary["fit"]["elapsed_s"]))  # fmt: skip
+    state.update(state="done", wall_s=round(took, 1), fit_s=float(summary["fit"]["elapsed_s"]))
     _save(out, record)
     if not (out / "plan.json").is_file():  # the folds' common plan, where tools look for a run's labels and channels
         atomic_write_bytes(out / "plan.json", (folder / "plan.json").read_bytes())
