@@ -25,7 +25,7 @@ LAYOUT = {
     "metrics": ["segmentation", "classification", "registration"],
     "segmentation": ["datasets", "preprocess", "plan", "task", "losses", "pipeline", "predict", "postprocess",
                      "evaluate", "baselines", "baseline_files", "export", "demo", "mesh", "crossval", "crossval_layout",
-                     "ensemble", "postprocess_choice", "find_best"],
+                     "ensemble", "postprocess_choice", "find_best", "unlabelled"],
     "registration": ["transform", "spatial", "similarity", "regularize", "classical", "pairs", "structure", "atlas",
                      "run", "pictures"],
     "registration/learned": ["config", "network", "model", "prior", "training"],

@@ -185,3 +185,44 @@ def test_tail_average_is_the_mean_of_the_last_epochs_and_resumes(tmp_path):
 def _plain_run_extras(tmp_path, config):
     fit(_model(), _cases(), [], config, tmp_path / "plain", {}, 3, show_progress=False)
     return load_checkpoint(tmp_path / "plain" / "checkpoint_last.pt")[2]
+
+
+class _CountingTask:
+    """A task with state of its own: it counts the batches it drew."""
+
+    score_key = "dice"
+    score_parts = ()
+
+    def __init__(self):
+        self.drawn = torch.zeros(1)
+
+    def batch_loss(self, model, generator, device, amp):
+        self.drawn += 1
+        return sum(p.square().sum() for p in model.parameters())
+
+    def validate(self, model, device):
+        return []
+
+    def state_dict(self):
+        return {"drawn": self.drawn.clone()}
+
+    def load_state_dict(self, state):
+        self.drawn = state["drawn"].clone()
+
+
+def test_task_state_is_saved_with_the_last_checkpoint_and_resumed(tmp_path):
+    from segmorph.engine.loop import fit_task
+
+    def crash_after_first_epoch(record):
+        raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fit_task(_model(), _CountingTask(), _config(), tmp_path, {}, callbacks=[crash_after_first_epoch],
+                 show_progress=False)  # fmt: skip
+    _, _, extras = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert float(extras["task"]["drawn"]) == 3
+    resumed = _CountingTask()
+    fit_task(_model(), resumed, _config(), tmp_path, {}, resume=True, show_progress=False)
+    assert float(resumed.drawn) == 6
+    _, _, best = load_checkpoint(tmp_path / "checkpoint_best.pt")
+    assert "task" not in best

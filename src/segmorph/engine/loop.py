@@ -183,6 +183,17 @@ class TrainTask(Protocol):
         ...
 
 
+@runtime_checkable
+class StatefulTask(Protocol):
+    """A task that trains state of its own beside the model (a mean teacher, a GAN's discriminator and its
+    optimiser): the loop saves :meth:`state_dict` in ``checkpoint_last.pt`` (key ``task``) and gives it back to
+    :meth:`load_state_dict` when the run resumes. Tensors, numbers, strings, lists and dicts only."""
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
 def fit_task(
     model: nn.Module,
     task: TrainTask,
@@ -253,6 +264,8 @@ class TrainingLoop:
         self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
         self.history = [EpochRecord(**r) for r in counters["history"]]
         self.generator.set_state(extras["generator"])
+        if isinstance(self.task, StatefulTask) and "task" in extras:
+            self.task.load_state_dict(extras["task"])
         if dist.is_main_process():
             remove_stale_checkpoint_files(self.run_dir)
 
@@ -268,6 +281,8 @@ class TrainingLoop:
         extras = {"ema": self.ema.state_dict()} if self.ema is not None else {}
         if self.tail is not None:
             extras["tail"] = self.tail.state_dict()
+        if isinstance(self.task, StatefulTask) and name == "checkpoint_last.pt":
+            extras["task"] = self.task.state_dict()
         save_checkpoint(
             self.run_dir / name, (self.ema if best else self.model).state_dict(), config,
             optimizer=self.optimizer.state_dict(), counters_json=json.dumps(counters),

@@ -147,7 +147,7 @@ def load_dataset(root: str | Path, images_dir: str | Path | None = None, labels_
         image_folder = root / images_dir
         label_folder = None if labels_dir is None else root / labels_dir
     cases = _pair_folders(image_folder, label_folder)
-    channels = _channels_of_first_case(cases[0])
+    channels = channels_of_first_case(cases[0])
     return DatasetSpec(root, cases, {}, channels, tuple(modality_of(n) for n in channels))
 
 
@@ -260,7 +260,7 @@ def _image_files(folder: Path, suffix: str | None, segmentations: bool = False) 
     return files
 
 
-def _group_channels(files: list[Path]) -> dict[str, list[Path]]:
+def group_channels(files: list[Path]) -> dict[str, list[Path]]:
     """Group files into cases; ``_0000``-style suffixes count as channels only if every case has a ``_0000``."""
     groups: dict[str, dict[int, Path]] = {}
     matches = [_CHANNEL_SUFFIX.match(strip_suffix(p)) for p in files]
@@ -283,7 +283,7 @@ def _complete_channels(case_id: str, channels: dict[int, Path], groups: dict[str
 
 
 def _pair_folders(images: Path, labels: Path | None, suffix: str | None = None) -> tuple[CaseFiles, ...]:
-    grouped = _group_channels(_image_files(images, suffix))
+    grouped = group_channels(_image_files(images, suffix))
     if labels is None:
         return _sorted_unique((CaseFiles(k, tuple(v)) for k, v in grouped.items()), images)
     label_files = {strip_suffix(p): p for p in _image_files(labels, suffix, segmentations=True)}
@@ -298,7 +298,7 @@ def _pair_folders(images: Path, labels: Path | None, suffix: str | None = None) 
     return _sorted_unique((CaseFiles(k, tuple(v), label_files[k]) for k, v in grouped.items()), images)
 
 
-def _channels_of_first_case(case: CaseFiles) -> tuple[str, ...]:
+def channels_of_first_case(case: CaseFiles) -> tuple[str, ...]:
     """Channel names of a folder dataset: RGB pictures give three, otherwise one per file."""
     if len(case.images) == 1 and image_suffix(case.images[0]) in PICTURE_SUFFIXES:
         if read_image(case.images[0]).num_channels == 3:
