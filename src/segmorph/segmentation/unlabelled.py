@@ -103,7 +103,7 @@ def _unique_ids(groups: list[list[Path]]) -> list[CaseFiles]:
             raise SegmorphError(f"two scans are called {case_id!r} ({seen[case_id]} and this one); rename one",
                                 files[0])  # fmt: skip
         seen[case_id] = files[0]
-    unique = {case_id: files for case_id, files in zip(ids, groups)}  # the same file given twice counts once
+    unique = dict(zip(ids, groups))  # the same file given twice counts once
     return [CaseFiles(case_id, tuple(files)) for case_id, files in unique.items()]
 
 
