@@ -22,7 +22,7 @@ from segmorph.segmentation.api import TrainResult
 PUBLIC = {
     "train", "plan", "Segmenter", "evaluate", "register", "Transform", "read_image", "write_image", "Image",
     "Affine", "Sample", "SegmorphError", "train_classifier", "Classifier", "train_registration", "check_dataset",
-    "enhance", "baseline", "view", "mesh", "cross_validate", "find_best", "cross_validate_classifier",
+    "enhance", "baseline", "view", "mesh", "cross_validate", "find_best", "cross_validate_classifier", "pretrain",
 }  # fmt: skip
 HEAVY = ("torch", "numpy", "SimpleITK", "scipy", "segmorph.image", "segmorph.io", "segmorph.segmentation",
          "segmorph.registration", "segmorph.classification", "segmorph.nn")  # fmt: skip

@@ -19,24 +19,26 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segmorph"
 CORE_MODULES = {"__init__", "__main__", "geometry", "image", "io", "errors", "configs", "progress", "provenance",
                 "plots", "threads", "records", "outputs", "readchecks", "folds"}  # fmt: skip
 LAYOUT = {
-    "nn": ["blocks", "unet", "fcn", "classifiers"],
+    "nn": ["blocks", "unet", "fcn", "classifiers", "transfer"],
     "transforms": [],
     "engine": ["loop", "schedules", "checkpoints", "distributed", "autocast", "sliding_window", "tracking"],
     "metrics": ["segmentation", "classification", "registration"],
     "segmentation": ["datasets", "preprocess", "plan", "task", "losses", "pipeline", "predict", "postprocess",
                      "evaluate", "baselines", "baseline_files", "export", "demo", "mesh", "crossval", "crossval_layout",
-                     "ensemble", "postprocess_choice", "find_best", "unlabelled"],
+                     "ensemble", "postprocess_choice", "find_best", "unlabelled", "semisupervised", "few_labels", "sparse_labels"],
     "registration": ["transform", "spatial", "similarity", "regularize", "classical", "pairs", "structure", "atlas",
                      "run", "pictures"],
     "registration/learned": ["config", "network", "model", "prior", "training"],
     "classification": ["data", "split", "task", "pipeline", "plots", "crossval", "crossval_layout", "ensemble"],
+    "pretraining": ["objectives", "task", "networks", "pictures", "pipeline", "api"],
+    "synthesis": ["networks", "deform", "task", "model", "pipeline", "sampling", "pictures", "api"],
     "interpret": ["gradcam", "explain"],
     "dicom": ["anonymize", "seg", "series", "rtstruct", "dicomweb", "pacs"],
     "report": [],
     "qc": ["quality"],
     "processing": ["filters", "steps", "files"],
     "cli": ["main", "arguments", "segmentation", "registration", "classification", "dicom", "report", "interpret",
-            "info", "quality", "processing", "view", "pacs", "mesh"],
+            "info", "quality", "processing", "view", "pacs", "mesh", "pretraining", "synthesis"],
 }  # fmt: skip
 
 

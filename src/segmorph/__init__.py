@@ -46,11 +46,12 @@ _EXPORTS: dict[str, tuple[str, str]] = {
     "baseline": ("segmorph.segmentation.baselines", "segment"),
     "view": ("segmorph.report.view_files", "write_view"),
     "mesh": ("segmorph.segmentation.mesh", "mesh"),
+    "pretrain": ("segmorph.pretraining.api", "pretrain"),
 }
 
 __all__ = [
     "Affine", "Classifier", "Image", "Sample", "SegmorphError", "Segmenter", "Transform", "baseline", "check_dataset",
-    "cross_validate", "enhance", "find_best", "evaluate", "mesh", "plan", "view",
+    "cross_validate", "enhance", "find_best", "evaluate", "mesh", "plan", "pretrain", "view",
     "cross_validate_classifier", "read_image", "register", "train", "train_classifier", "train_registration",
     "write_image",
 ]  # fmt: skip
@@ -61,6 +62,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names come f
     from segmorph.geometry import Affine
     from segmorph.image import Image, Sample
     from segmorph.io import read_image, write_image
+    from segmorph.pretraining.api import pretrain
     from segmorph.processing.steps import enhance
     from segmorph.qc.quality import check_dataset
     from segmorph.registration.api import register

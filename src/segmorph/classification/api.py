@@ -66,7 +66,8 @@ def train_classifier(
     group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
     overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
     resume: bool = False, show_progress: bool = True, file_column: str = "file", check: bool = True,
-    class_names: Sequence[str] | None = None, log: str = "csv",
+    class_names: Sequence[str] | None = None, log: str = "csv", init: str | Path | None = None,
+    freeze_encoder_steps: int | None = None, labelled_fraction: float | None = None,
 ) -> ClassifierResult:  # fmt: skip
     """Train an image classifier on a dataset into the run folder ``out``.
 
@@ -96,6 +97,13 @@ def train_classifier(
             ``["normal", "lesion"]``); None: the values themselves.
         log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files of its
             scalars in ``out/tensorboard`` (needs the tensorboard package).
+        init: A run folder or checkpoint (a pretraining run, another classification run) whose tensors of
+            matching name and shape start the network; what was loaded and what not is printed and kept in
+            ``run.json`` (``transfer``). Its input size is used unless ``data.size`` is set.
+        freeze_encoder_steps: ``train.freeze_encoder_steps``: for this many first steps only the final
+            linear layer trains.
+        labelled_fraction: ``data.labelled_fraction``: share of the training images kept (whole groups, per
+            class, seeded by ``seed``); the rest are not trained on; validation is untouched.
 
     Returns:
         Steps, time, validation AUC, balanced accuracy, the threshold and the settings.
@@ -108,11 +116,13 @@ def train_classifier(
     base = None
     if resume and (out / CONFIG_FILE).is_file():
         base = classifier_config(config=out / CONFIG_FILE)  # an error in it names the file
-    settings = classifier_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed, base=base)
+    extra = _few_label_settings(freeze_encoder_steps, labelled_fraction)
+    settings = classifier_config({**extra, **(overrides or {})}, config, time_budget=time_budget, max_steps=max_steps,
+                                 seed=seed, base=base)  # fmt: skip
     request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
                                   file_column=file_column, device=device, resume=resume,
                                   show_progress=show_progress, check=check, class_names=class_names,
-                                  log=log)  # fmt: skip
+                                  log=log, init=init)  # fmt: skip
     summary = train_from_request(request, settings)
     fit, validation = summary["fit"], summary["validation"]
     return ClassifierResult(
@@ -158,7 +168,8 @@ def cross_validate_classifier(
     target: str = "label", group: str | None = None, time_budget: str | float | None = None, max_steps: int = 0,
     overrides: dict[str, Any] | None = None, config: str | Path | None = None, device: str = "cpu", seed: int = 0,
     resume: bool = False, show_progress: bool = True, file_column: str = "file", check: bool = True,
-    class_names: Sequence[str] | None = None, log: str = "csv",
+    class_names: Sequence[str] | None = None, log: str = "csv", init: str | Path | None = None,
+    freeze_encoder_steps: int | None = None, labelled_fraction: float | None = None,
 ) -> ClassifierCrossValidation:  # fmt: skip
     """Cross-validate a classifier: train the folds of a grouped, stratified k-fold split into ``out/fold_<k>``
     under one time budget, pool the out-of-fold probabilities and choose the decision threshold on them;
@@ -168,7 +179,9 @@ def cross_validate_classifier(
 
     Args:
         dataset, labels, target, group, max_steps, overrides, config, device, seed, show_progress, file_column,
-            check, class_names, log: As for :func:`train_classifier`.
+            check, class_names, log, freeze_encoder_steps, labelled_fraction: As for :func:`train_classifier`.
+        init: As for :func:`train_classifier`: every fold (and the final model) starts from it; on ``resume``
+            the run's own.
         out: Cross-validation run folder.
         folds: ``"all"``, ``"0,2,4"`` or fold numbers to train now (folds already done are skipped).
         num_folds: Folds of the split (``data.num_folds``, default 5).
@@ -192,13 +205,14 @@ def cross_validate_classifier(
     if resume and (out / CONFIG_FILE).is_file():
         base = classifier_config(config=out / CONFIG_FILE)
     extra = {} if num_folds is None else {"data.num_folds": num_folds}
+    extra.update(_few_label_settings(freeze_encoder_steps, labelled_fraction))
     settings = classifier_config({**extra, **(overrides or {})}, config, time_budget=time_budget,
                                  max_steps=max_steps, seed=seed, base=base)  # fmt: skip
     chosen = parse_folds(folds if isinstance(folds, str) else ",".join(map(str, folds)), settings.data.num_folds)
     request = request_from_config(dataset, out, settings, labels=labels, target=target, group=group,
                                   file_column=file_column, device=device, resume=resume,
                                   show_progress=show_progress, check=check, class_names=class_names,
-                                  log=log)  # fmt: skip
+                                  log=log, init=init)  # fmt: skip
     summary = train_cross_validation(request, chosen, budget_per_fold=budget_per_fold,
                                      holdout_groups=holdout_groups, final=final, config=settings)  # fmt: skip
     pooled = summary["out_of_fold"]
@@ -215,7 +229,7 @@ def request_from_config(
     dataset: str | Path, out: str | Path, config: ClassifierConfig, *, labels: str | Path | None = None,
     target: str = "label", group: str | None = None, file_column: str = "file", device: str = "cpu",
     resume: bool = False, show_progress: bool = True, check: bool = True, class_names: Sequence[str] | None = None,
-    log: str = "csv",
+    log: str = "csv", init: str | Path | None = None,
 ) -> ClassifyRequest:  # fmt: skip
     """The :class:`ClassifyRequest` of checked settings (:class:`~segmorph.classification.config.ClassifierConfig`)
     and the dataset's description (labels CSV and its columns; see :class:`ClassifyRequest`)."""
@@ -232,7 +246,15 @@ def request_from_config(
         refresh_batch_norm=train.refresh_batch_norm, ensemble=train.ensemble, mirror=scoring.mirror,
         shift=scoring.shift, device=device, resume=resume, show_progress=show_progress, check=check,
         class_names=None if class_names is None else tuple(class_names), log=log,
+        init=None if init is None else Path(init), freeze_encoder_steps=train.freeze_encoder_steps,
+        labelled_fraction=data.labelled_fraction,
     )  # fmt: skip
+
+
+def _few_label_settings(freeze_encoder_steps: int | None, labelled_fraction: float | None) -> dict[str, Any]:
+    """The config keys the few-label keyword arguments set (those given)."""
+    keys = {"train.freeze_encoder_steps": freeze_encoder_steps, "data.labelled_fraction": labelled_fraction}
+    return {key: value for key, value in keys.items() if value is not None}
 
 
 class Classifier:

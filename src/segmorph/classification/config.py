@@ -53,6 +53,9 @@ class DataSettings:
         fold: Validation fold of a grouped ``num_folds``-fold split; None: the hold-out split.
         num_folds: Folds of the grouped k-fold split.
         split_seed: Seed of the split alone (None: ``train.seed``).
+        labelled_fraction: Share of the training images kept labelled, in (0, 1]: after the split, a
+            seeded (``train.seed``), class-stratified choice of whole groups (at least one image of each class);
+            the other training images are not trained on (validation is untouched). 1: all.
     """
 
     size: tuple[int, ...] | None = None
@@ -60,8 +63,11 @@ class DataSettings:
     fold: int | None = None
     num_folds: int = 5
     split_seed: int | None = None
+    labelled_fraction: float = 1.0
 
     def __post_init__(self) -> None:
+        check(0.0 < self.labelled_fraction <= 1.0,
+              f"labelled_fraction: expected a share in (0, 1], got {self.labelled_fraction}")  # fmt: skip
         check(self.size is None or (len(self.size) >= 1 and min(self.size) >= 8),
               f"size: expected sizes of at least 8 voxels, got {None if self.size is None else list(self.size)}")  # fmt: skip
         check(0.0 < self.val_fraction < 1.0, f"val_fraction: expected a share in (0, 1), got {self.val_fraction}")
@@ -92,6 +98,8 @@ class ClassifierTrainSettings:
         select: Weights kept: ``"last"`` or ``"best"`` (:data:`SELECTIONS`).
         refresh_batch_norm: Re-estimate the kept weights' batch-norm statistics on the training images.
         ensemble: Networks trained one after another, each for its share of the budget.
+        freeze_encoder_steps: For the first this many steps every layer but the final linear one gets no
+            update (0: off); meant for a network initialised from another run (``--init``).
     """
 
     batch_size: int = 32
@@ -111,8 +119,11 @@ class ClassifierTrainSettings:
     select: str = "last"
     refresh_batch_norm: bool = True
     ensemble: int = 1
+    freeze_encoder_steps: int = 0
 
     def __post_init__(self) -> None:
+        check(self.freeze_encoder_steps >= 0,
+              f"freeze_encoder_steps: expected at least 0, got {self.freeze_encoder_steps}")  # fmt: skip
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
         check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
         check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")

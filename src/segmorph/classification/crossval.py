@@ -49,10 +49,12 @@ from segmorph.classification.ensemble import load_fold_ensemble, load_run_classi
 from segmorph.classification.pipeline import (
     MODEL_FILE,
     ClassifyRequest,
+    initial_input_and_network,
     load_classification_dataset,
     set_aside,
     split_seed,
     train_classifier,
+    transfer_check,
 )
 from segmorph.classification.plots import plot_confusion, plot_roc
 from segmorph.classification.split import grouped_kfold
@@ -97,13 +99,17 @@ def train_cross_validation(
     out = Path(request.out)
     if not 0.0 <= holdout_groups < 1.0:
         raise SegmorphError(f"holdout groups: expected a share in [0, 1), got {holdout_groups}")
-    check_run_folder(out, request.dataset, request.labels)
+    check_run_folder(out, request.dataset, request.labels, request.init)
     request = replace(request, holdout_groups=holdout_groups, fold=None, validate=True, threshold=None)
     record = _read_record(out, request)
     if record is not None and request.class_names is None and record.get("named_classes"):
         request = replace(request, class_names=tuple(record["named_classes"]))  # --class-names of the start
+    if record is not None and request.init is None and record.get("init"):
+        request = replace(request, init=Path(record["init"]))  # --init of the start, for folds not started yet
     dataset = load_classification_dataset(request)
     development, held_out = _check_split(dataset, request)
+    if record is None:  # an --init that does not fit is refused before anything is written
+        transfer_check(request, initial_input_and_network(request, dataset)[1])
     record = _start_record(out, request, record, dataset, folds, budget_per_fold, final, held_out)
     if config is not None:
         atomic_write_text(out / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2) + "\n")
@@ -178,6 +184,7 @@ def _start_record(
               "max_steps": request.max_steps, "final": final, "class_names": list(dataset.class_names),
               "named_classes": None if request.class_names is None else list(request.class_names),
               "holdout": {"share": request.holdout_groups, "images": images}, "fold_states": {},
+              "init": None if request.init is None else str(request.init),
               "final_state": {}}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     _save(out, record)

@@ -4,7 +4,8 @@ A classification cross-validation run folder holds::
 
     config.json              the settings every fold trained with
     crossval.json            "task": "classification", the split (number of folds, split seed, hold-out share),
-                             the hold-out images, the folds asked for, the time budget, and per fold (and for
+                             the hold-out images, the folds asked for, the time budget, the --init source
+                             (every fold starts from it), and per fold (and for
                              the final model) its state, budget and the time it took
     fold_<k>/                an ordinary classification run trained on the other folds, validated on fold k
     final/                   with --final: one model trained on every image not held out, no validation

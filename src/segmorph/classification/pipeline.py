@@ -2,7 +2,9 @@
 
 A run folder holds:
 
-* ``run.json``: provenance (command, versions, seed, dataset, the split file by file, input spec, settings).
+* ``run.json``: provenance (command, versions, seed, dataset, the split file by file with the training images
+  left unlabelled by ``labelled_fraction``, input spec, settings, and with ``init`` the tensors loaded from
+  that run and those not: ``transfer``, see :class:`segmorph.nn.transfer.TransferRecord`).
 * ``checkpoint_best.pt`` / ``checkpoint_last.pt``, ``train_log.csv``, ``curves.png``: from the training loop
   (with ``ensemble`` N > 1: in ``member_0/`` ... ``member_<N-1>/``, one per member, each trained with seed
   ``seed + k`` for ``1/N`` of the budget; the members' probabilities are averaged).
@@ -46,7 +48,7 @@ from segmorph.classification.data import (
     to_original_grid,
 )
 from segmorph.classification.plots import plot_confusion, plot_roc
-from segmorph.classification.split import grouped_fold_split, grouped_holdout_split
+from segmorph.classification.split import grouped_fold_split, grouped_holdout_split, labelled_subset
 from segmorph.classification.task import (
     ClassificationTask,
     classification_augment_config,
@@ -64,10 +66,12 @@ from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
 from segmorph.nn import build_network, count_parameters
 from segmorph.nn.classifiers import Ensemble
+from segmorph.nn.transfer import TransferRecord, checkpoint_of, initialize_from
 from segmorph.outputs import Output, check_outputs, check_run_folder
 from segmorph.progress import console, track
-from segmorph.provenance import data_changed, files_fingerprint, write_run_record
+from segmorph.provenance import RUN_FILE, data_changed, files_fingerprint, write_run_record
 from segmorph.qc.quality import check_before_training
+from segmorph.records import read_json_if_present
 
 MODEL_FILE = "classifier.pt"
 
@@ -134,6 +138,14 @@ class ClassifyRequest:
             training (not on ``resume``): one warning line when it flags images; it never changes the data.
         log: ``"csv"`` (``train_log.csv`` only) or ``"tensorboard"``: also TensorBoard event files of its
             scalars in the run folder's ``tensorboard/`` (each ensemble member's in its own folder).
+        init: Run folder or checkpoint whose tensors of matching name and shape start the network (a
+            pretraining run, another classification run; :func:`segmorph.nn.transfer.initialize_from`); its
+            input size is used when ``size`` is None and it states one. None: random weights. On ``resume``,
+            None means the run's own.
+        freeze_encoder_steps: For the first this many steps only the final linear layer trains (0: off).
+        labelled_fraction: Share of the training images kept (whole groups, per class, seeded by ``seed``,
+            at least one image per class; :func:`segmorph.classification.split.labelled_subset`); the rest
+            of the training images are not trained on. Validation is untouched. 1: all.
     """
 
     dataset: Path
@@ -178,6 +190,9 @@ class ClassifyRequest:
     show_progress: bool = True
     check: bool = True
     log: str = "csv"
+    init: Path | None = None
+    freeze_encoder_steps: int = 0
+    labelled_fraction: float = 1.0
 
 
 def load_classification_dataset(request: ClassifyRequest) -> ClassificationDataset:
@@ -206,17 +221,27 @@ def _resumed_class_names(request: ClassifyRequest) -> list[str] | None:
 
 def split_dataset(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
     """Train and validation image indices: grouped, stratified, seeded (hold-out or one fold), among the
-    images not set aside (:func:`set_aside`); without validation, every one of those and none."""
+    images not set aside (:func:`set_aside`); without validation, every one of those and none. The training
+    indices are the labelled part of the training side (:func:`labelled_part`)."""
     pool, _ = set_aside(dataset, request)
     if not request.validate:
-        return pool, []
+        return labelled_part(dataset, pool, request), []
     labels, groups = [dataset.labels[i] for i in pool], [dataset.groups[i] for i in pool]
     seed = split_seed(request)
     if request.fold is None:
         train, val = grouped_holdout_split(labels, groups, request.val_fraction, seed, dataset.class_names)
     else:
         train, val = grouped_fold_split(labels, groups, request.fold, request.num_folds, seed, dataset.class_names)
-    return [pool[i] for i in train], [pool[i] for i in val]
+    return labelled_part(dataset, [pool[i] for i in train], request), [pool[i] for i in val]
+
+
+def labelled_part(dataset: ClassificationDataset, train_index: list[int], request: ClassifyRequest) -> list[int]:
+    """The training images kept for ``request.labelled_fraction`` (all of them at 1): whole groups, per class,
+    seeded by ``request.seed`` (:func:`segmorph.classification.split.labelled_subset`)."""
+    if request.labelled_fraction >= 1.0:
+        return list(train_index)
+    labels, groups = [dataset.labels[i] for i in train_index], [dataset.groups[i] for i in train_index]
+    return [train_index[i] for i in labelled_subset(labels, groups, request.labelled_fraction, request.seed)]
 
 
 def set_aside(dataset: ClassificationDataset, request: ClassifyRequest) -> tuple[list[int], list[int]]:
@@ -270,7 +295,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     if not 0.0 <= request.shift < 0.5:
         raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
     check_log(request.log)
-    check_run_folder(out, request.dataset, request.labels)
+    check_run_folder(out, request.dataset, request.labels, request.init)
     dataset = load_classification_dataset(request)
     quality = {"ran": False, "flagged_cases": []}
     if request.check and not request.resume:
@@ -278,10 +303,12 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     train_index, val_index = split_dataset(dataset, request)
     spec, net = _input_and_network(request, dataset, out)
     train_config = _train_config(request, spec)
+    request = _with_resumed_init(request)
+    transfer = transfer_check(request, net)  # a source that does not fit is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if config is not None:
         atomic_write_text(out / CONFIG_FILE, json.dumps(config_to_dict(config), indent=2) + "\n")
-    _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config, quality)
+    _write_provenance(out, request, dataset, train_index, val_index, spec, net, train_config, quality, transfer)
     images = load_inputs(dataset.paths, spec, request.show_progress)
     labels = torch.tensor(dataset.labels, dtype=torch.int64)
     augment = classification_augment_config(spec.ndim, request.augment)
@@ -291,6 +318,8 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     if request.show_progress:
         console.print(_summary_line(request, spec, build_network(net), dataset, train_index, val_index),
                       highlight=False)  # fmt: skip
+        if transfer is not None and not request.resume:
+            console.print(transfer.summary(), highlight=False, soft_wrap=True)
     facts = _classifier_facts(dataset, request, spec, threshold=request.threshold)
     if request.ensemble <= 1:
         model, result = _fit_member(request, task, net, train_config, out, facts)
@@ -318,6 +347,8 @@ def _fit_member(
     torch.manual_seed(train_config.seed)
     model = build_network(net)
     resume = request.resume and (folder / "checkpoint_last.pt").is_file()
+    if request.init is not None and not resume:
+        initialize_from(model, request.init)
     tracker = open_tracker(request.log, folder)
     result = fit_task(model, task, train_config, folder, net, request.device, resume,
                       callbacks=() if tracker is None else (tracker,), show_progress=request.show_progress,
@@ -361,13 +392,57 @@ def _input_and_network(request: ClassifyRequest, dataset: ClassificationDataset,
         last = out / "checkpoint_last.pt"
         _, config, _ = load_checkpoint(last if last.is_file() else out / "member_0" / "checkpoint_last.pt")
         return InputSpec.from_dict(config["classifier"]["input"]), config["network"]
+    return initial_input_and_network(request, dataset)
+
+
+def initial_input_and_network(request: ClassifyRequest, dataset: ClassificationDataset) -> tuple[InputSpec, dict]:
+    """The input spec and network config a new run of ``request`` trains: the size asked for, else the one the
+    ``init`` source was trained at (when it states one), else one chosen from the data."""
     size, channels = choose_input_size(dataset.paths)
+    stated = None if request.init is None else source_input_size(request.init)
     if request.size:
         if len(request.size) not in (1, len(size)):
             raise SegmorphError(f"size: gives {len(request.size)} values for {len(size)}D images")
         size = tuple(request.size) * len(size) if len(request.size) == 1 else tuple(request.size)
+        if stated is not None and stated != size and request.show_progress:
+            console.print(f"warning: input size {list(size)} differs from the {list(stated)} the --init network was "
+                          "trained at", highlight=False, soft_wrap=True)  # fmt: skip
+    elif stated is not None and len(stated) == len(size):
+        size = stated
     spec = InputSpec(size, channels)
     return spec, network_config(request, spec.ndim, channels, len(dataset.class_names))
+
+
+def source_input_size(source: Path) -> tuple[int, ...] | None:
+    """The input size (voxels per axis) the network of ``source`` was trained at, when its checkpoint states
+    it: a classification run's ``classifier.input``, or a pretraining run's ``pretraining.input``."""
+    _, config, _ = load_checkpoint(checkpoint_of(source))
+    for section in ("classifier", "pretraining"):
+        facts = config.get(section)
+        stated = facts.get("input") if isinstance(facts, dict) else None
+        if isinstance(stated, dict) and isinstance(stated.get("size"), list) and stated["size"]:
+            return tuple(int(s) for s in stated["size"])
+    return None
+
+
+def transfer_check(request: ClassifyRequest, net: dict[str, Any]) -> TransferRecord | None:
+    """What ``request.init`` loads into the network ``net`` (None without ``init``): run before anything is
+    written, so a source that does not fit is refused with one line.
+
+    Raises:
+        SegmorphError: Naming the source's checkpoint (see :func:`segmorph.nn.transfer.initialize_from`).
+    """
+    return None if request.init is None else initialize_from(build_network(net), request.init)
+
+
+def _with_resumed_init(request: ClassifyRequest) -> ClassifyRequest:
+    """On ``resume`` without ``init``: the run's own ``init`` (from ``run.json``), so ensemble members not
+    started yet start as the first did."""
+    if not request.resume or request.init is not None:
+        return request
+    record = read_json_if_present(Path(request.out) / RUN_FILE, "run record") or {}
+    source = (record.get("transfer") or {}).get("source")
+    return request if not isinstance(source, str) else replace(request, init=Path(source))
 
 
 def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
@@ -379,6 +454,7 @@ def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
         time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
         patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
         ema_decay=request.ema_decay, tail_average=request.tail_average,
+        freeze_encoder_steps=request.freeze_encoder_steps,
     )  # fmt: skip
 
 
@@ -502,10 +578,11 @@ def _summary_line(request, spec, model, dataset, train_index, val_index) -> str:
 
 def _write_provenance(
     out: Path, request: ClassifyRequest, dataset: ClassificationDataset, train_index: list[int], val_index: list[int],
-    spec: InputSpec, net: dict, train_config: TrainConfig, quality: dict[str, Any],
+    spec: InputSpec, net: dict, train_config: TrainConfig, quality: dict[str, Any], transfer: TransferRecord | None,
 ) -> None:  # fmt: skip
     """``run.json`` (see :mod:`segmorph.provenance`): the fingerprint covers the labels CSV and every image;
-    ``quality_check`` holds whether the dataset check ran and the cases it flagged."""
+    ``quality_check`` holds whether the dataset check ran and the cases it flagged; ``split.unlabelled`` the
+    training images left out by ``labelled_fraction``; ``transfer`` what ``init`` loaded (None without)."""
 
     def files(indices: list[int]) -> list[str]:
         return [_relative(dataset.items[i].path, dataset.root) for i in indices]
@@ -516,8 +593,9 @@ def _write_provenance(
         "class_counts": dataset.class_counts(), "input": spec.to_dict(), "network": net,
         "train": train_config.to_dict(),
         "split": {"kind": _split_kind(request), "train": files(train_index), "val": files(val_index),
-                  "set_aside": files(set_aside(dataset, request)[1])},
-        "quality_check": quality, "log": request.log,
+                  "set_aside": files(set_aside(dataset, request)[1]), "labelled_fraction": request.labelled_fraction,
+                  "unlabelled": files(_unlabelled(dataset, request, train_index, val_index))},
+        "quality_check": quality, "log": request.log, "transfer": None if transfer is None else transfer.to_dict(),
     }  # fmt: skip
     if request.log == "tensorboard":
         facts["tensorboard_dir"] = TENSORBOARD_FOLDER
@@ -527,6 +605,14 @@ def _write_provenance(
     record = write_run_record(out, facts, files_fingerprint(data_files, dataset.root), resume=request.resume)
     if data_changed(record):
         console.print("warning: the dataset's files changed since this run started (see run.json)", highlight=False)
+
+
+def _unlabelled(
+    dataset: ClassificationDataset, request: ClassifyRequest, train_index: list[int], val_index: list[int]
+) -> list[int]:
+    """The training-side images ``labelled_fraction`` left out: neither trained, validated on nor set aside."""
+    used = set(train_index) | set(val_index)
+    return [i for i in set_aside(dataset, request)[0] if i not in used]
 
 
 def _split_kind(request: ClassifyRequest) -> str:

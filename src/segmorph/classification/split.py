@@ -137,3 +137,55 @@ def grouped_fold_split(
     val = grouped_kfold(labels, groups, num_folds, seed, class_names)[fold]
     val_set = set(val)
     return [i for i in range(len(labels)) if i not in val_set], val
+
+
+def labelled_subset(
+    labels: Sequence[int],
+    groups: Sequence[str],
+    fraction: float,
+    seed: int = 0,
+) -> list[int]:
+    """Keep about ``fraction`` of each class's images, whole groups only: the labelled part of a training set.
+
+    Within each class (a group counts under its majority class, as in the splits), shuffled groups are kept
+    until their images reach ``fraction`` of the class (at least one group, overshooting by less than one
+    group). A class present only as a minority inside other classes' groups gets its smallest group added,
+    so every class keeps at least one image.
+
+    Args:
+        labels: ``(N,)`` class index per image.
+        groups: ``(N,)`` group name per image.
+        fraction: Share to keep, in (0, 1]; 1 keeps every image.
+        seed: Seed of the shuffle: the same seed keeps the same images.
+
+    Returns:
+        Sorted indices of the images kept.
+
+    Raises:
+        SegmorphError: ``fraction`` outside (0, 1].
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise SegmorphError(f"labelled fraction: expected a share in (0, 1], got {fraction}")
+    if fraction >= 1.0:
+        return list(range(len(labels)))
+    by_class = _groups_by_class(labels, groups)
+    rng = np.random.default_rng(seed)
+    kept: list[int] = []
+    for label in sorted(by_class):
+        items = _shuffled(by_class[label], rng)
+        target = fraction * sum(len(m) for _, m in items)
+        taken = 0
+        for _, indices in items:
+            if taken >= target:
+                break
+            kept.extend(indices)
+            taken += len(indices)
+    present = {int(labels[i]) for i in kept}
+    for label in sorted({int(v) for v in labels} - present):
+        holding = [(len(m), g, m) for items in by_class.values() for g, m in items if label in _classes_of(m, labels)]
+        kept.extend(min(holding)[2])
+    return sorted(set(kept))
+
+
+def _classes_of(indices: list[int], labels: Sequence[int]) -> set[int]:
+    return {int(labels[i]) for i in indices}

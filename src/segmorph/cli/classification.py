@@ -21,7 +21,9 @@ EXAMPLES = {
         "--group dup_group --out runs/busi --time-budget 15m\n"
         "  segmorph classify train images_by_class/ --out runs/cls --model simplecnn --size 96 --max-steps 500\n"
         "  segmorph classify train ../shared/datasets/busi_ultrasound --labels labels.csv --target lesion "
-        "--group dup_group --folds all --holdout-groups 0.2 --out runs/busi_cv --time-budget 15m"
+        "--group dup_group --folds all --holdout-groups 0.2 --out runs/busi_cv --time-budget 15m\n"
+        "  segmorph classify train ../shared/datasets/busi_ultrasound --labels labels.csv --target lesion "
+        "--group dup_group --labelled-fraction 0.1 --init runs/busi_pretrain --out runs/busi_few --time-budget 15m"
     ),
     "predict": "segmorph classify predict runs/busi scans/ --out predictions.csv --cam cams/\n"
     "  segmorph classify predict runs/busi_cv scans/ --out predictions.csv --folds 0,1,2",
@@ -91,6 +93,16 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "fold's share of --time-budget (TIME / folds; with --budget-per-fold, TIME) on top of the "
                         "folds' time, with the out-of-fold threshold, into OUT/final; predict uses it unless "
                         "--use ensemble")  # fmt: skip
+    p.add_argument("--init", type=Path, metavar="PRE_OR_RUN",
+                   help="start from the weights of a pretraining run, another classification run or a checkpoint: "
+                        "every tensor whose name and shape match is loaded (printed, and listed in run.json); its "
+                        "input size is used unless --size")  # fmt: skip
+    p.add_argument("--freeze-encoder-steps", type=int, metavar="N",
+                   help="for the first N steps train only the final linear layer (train.freeze_encoder_steps, "
+                        "default 0)")  # fmt: skip
+    p.add_argument("--labelled-fraction", type=float, metavar="F",
+                   help="keep only F (0 < F <= 1) of the training images, whole groups, every class, seeded by "
+                        "--seed; validation is untouched (data.labelled_fraction, default 1)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
     p.add_argument("--dropout", type=float,
@@ -163,7 +175,8 @@ TRAIN_FLAGS = {
     "weight_decay": "train.weight_decay", "patience": "train.patience_epochs", "seed": "train.seed",
     "label_smoothing": "train.label_smoothing", "mixup": "train.mixup", "ema": "train.ema_decay",
     "tail_average": "train.tail_average", "select": "train.select", "ensemble": "train.ensemble",
-    "tta_shift": "scoring.shift",
+    "tta_shift": "scoring.shift", "freeze_encoder_steps": "train.freeze_encoder_steps",
+    "labelled_fraction": "data.labelled_fraction",
 }  # fmt: skip
 """``classify train`` flags and the config keys they set (when given)."""
 SWITCHES = {"no_mirror": "scoring.mirror", "no_bn_refresh": "train.refresh_batch_norm", "no_augment": "train.augment",
@@ -193,7 +206,7 @@ def train_request(args: argparse.Namespace):
     return request_from_config(
         args.dataset, args.out, settings, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, device=args.device, resume=args.resume, show_progress=not args.quiet,
-        check=not args.no_check, class_names=args.class_names, log=args.log,
+        check=not args.no_check, class_names=args.class_names, log=args.log, init=args.init,
     )  # fmt: skip
 
 
@@ -220,7 +233,7 @@ def _run_train(args: argparse.Namespace) -> int:
         args.dataset, args.out, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
         resume=args.resume, show_progress=not args.quiet, check=not args.no_check, class_names=args.class_names,
-        log=args.log,
+        log=args.log, init=args.init,
     )  # fmt: skip
     say(train_summary_line(result.summary, args.out), err=True)
     return 0
@@ -236,7 +249,7 @@ def _run_cross_validation(args: argparse.Namespace) -> int:
         budget_per_fold=args.budget_per_fold, labels=args.labels, target=args.target, group=args.group,
         file_column=args.file_column, overrides=train_overrides(args), config=args.config, device=args.device,
         resume=args.resume, show_progress=not args.quiet, check=not args.no_check, class_names=args.class_names,
-        log=args.log,
+        log=args.log, init=args.init,
     )  # fmt: skip
     say(cross_validation_line(result.summary, args.out), err=True)
     return 0

@@ -20,13 +20,15 @@ from collections.abc import Sequence
 from segmorph.cli import classification, dicom, info, interpret, processing, quality, registration, report, segmentation
 from segmorph.cli import mesh as mesh_verb
 from segmorph.cli import pacs as pacs_verbs
+from segmorph.cli import pretraining as pretraining_verb
+from segmorph.cli import synthesis as synthesis_verbs
 from segmorph.cli import view as view_verb
 from segmorph.cli.arguments import printable
 from segmorph.errors import SegmorphError
 from segmorph.threads import set_threads
 
 CAPABILITIES = (segmentation, info, registration, dicom, classification, report, interpret, quality, processing,
-                view_verb, mesh_verb, pacs_verbs)  # fmt: skip
+                view_verb, mesh_verb, pacs_verbs, pretraining_verb, synthesis_verbs)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -81,6 +81,34 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="csv: train_log.csv (default); tensorboard: also event files in OUT/tensorboard "
                         "(pip install segmorph[tensorboard])")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_few_label_args(p)
+
+
+def _add_few_label_args(p: argparse.ArgumentParser) -> None:
+    few = p.add_argument_group("few labels")
+    few.add_argument("--labelled-cases", type=int, default=0, metavar="N",
+                     help="keep the labels of N training cases only (a choice seeded by --seed from the training "
+                          "fold; validation cases untouched); run.json lists them")  # fmt: skip
+    few.add_argument("--unlabelled", nargs="+", default=[], metavar="DIR_OR_FILE|fold",
+                     help="semi-supervised training (mean teacher; settings: --set semi.KEY=V) with unlabelled "
+                          "scans: image files, folders, DICOM series or dataset folders; fold: the training cases "
+                          "--labelled-cases leaves without labels")  # fmt: skip
+    few.add_argument("--init", type=Path, metavar="PRE_OR_RUN",
+                     help="start from the weights of a pretraining run, a segmentation run of the same "
+                          "dimensionality or a checkpoint: every weight whose name and shape match is loaded "
+                          "(run.json lists them)")  # fmt: skip
+    few.add_argument("--freeze-encoder-steps", type=int, default=0, metavar="N",
+                     help="with --init: no update of the encoder for the first N steps")  # fmt: skip
+    few.add_argument("--synthetic", type=Path, metavar="GAN",
+                     help="a segmorph synthesize train run: its generator makes image/label pairs from deformed label "
+                          "maps of the labelled training cases, mixed into training")  # fmt: skip
+    few.add_argument("--synthetic-share", type=float, default=0.3, metavar="F",
+                     help="with --synthetic: probability of a training patch coming from the synthetic pairs (0.3)")  # fmt: skip
+    few.add_argument("--synthetic-count", type=int, default=0, metavar="N",
+                     help="with --synthetic: pairs to make (default: four per labelled case, 20 to 200)")  # fmt: skip
+    few.add_argument("--annotate-every", type=int, default=0, metavar="K",
+                     help="partial annotation (3D): keep the labels of every K-th slice of each training case across "
+                          "its through-plane axis, the others ignored in the loss; validation keeps every label")  # fmt: skip
 
 
 def _add_plan(p: argparse.ArgumentParser) -> None:
@@ -226,7 +254,9 @@ def run_train(args: argparse.Namespace) -> int:
         network_dims=args.network_dims, overrides=parse_overrides(args.overrides), config=args.config,
         device=args.device, seed=args.seed, resume=args.resume, validate=not args.no_validate,
         show_progress=not args.quiet, images_dir=args.images, labels_dir=args.labels, cache_dir=args.cache,
-        check=not args.no_check, log=args.log,
+        check=not args.no_check, log=args.log, labelled_cases=args.labelled_cases, unlabelled=args.unlabelled,
+        init=args.init, freeze_encoder_steps=args.freeze_encoder_steps, synthetic=args.synthetic,
+        synthetic_share=args.synthetic_share, synthetic_count=args.synthetic_count, annotate_every=args.annotate_every,
     )  # fmt: skip
     say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
         f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
@@ -239,6 +269,10 @@ def _run_cross_validation(args: argparse.Namespace) -> int:
 
     if args.val_cases or args.fold != 0 or args.no_validate:
         raise SegmorphError("--folds: cross-validation validates every fold; drop --fold, --val-cases and --no-validate")
+    if (args.labelled_cases or args.unlabelled or args.init is not None or args.freeze_encoder_steps
+            or args.synthetic is not None or args.annotate_every):  # fmt: skip
+        raise SegmorphError("--folds: --labelled-cases, --unlabelled, --init, --freeze-encoder-steps, --synthetic and "
+                            "--annotate-every train a single run; drop --folds (or train each fold with --fold K)")  # fmt: skip
     result = cross_validate(
         args.dataset, args.out, folds=args.folds, num_folds=args.num_folds, time_budget=args.time_budget,
         budget_per_fold=args.budget_per_fold, max_steps=args.max_steps, spacing=args.spacing,

@@ -28,6 +28,7 @@ from segmorph.engine.autocast import precision_name
 from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
 from segmorph.engine.schedules import learning_rate
 from segmorph.io import atomic_write_text
+from segmorph.nn.transfer import encoder_parameter_names
 from segmorph.progress import TrainingProgress
 
 
@@ -62,6 +63,10 @@ class TrainConfig:
             as ``tail`` beside the weights in ``checkpoint_last.pt``; callers choose whether to use it
             (``segmorph classify train`` does). Unlike the EMA, whose horizon is a few hundred steps, it
             spans a stretch of the trajectory, which steadies where a small-data run ends.
+        freeze_encoder_steps: For the first this many steps the encoder's parameters get no update (their
+            gradients are dropped before clipping and the optimiser step; see
+            :func:`segmorph.nn.transfer.encoder_parameter_names`), so a pretrained encoder is not disturbed
+            while the freshly initialised layers settle (0: off).
     """
 
     patch_size: tuple[int, ...]
@@ -84,6 +89,7 @@ class TrainConfig:
     val_overlap: float = 0.25
     ema_decay: float = 0.0
     tail_average: float = 0.0
+    freeze_encoder_steps: int = 0
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ema_decay < 1.0:
@@ -101,6 +107,8 @@ class TrainConfig:
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.steps_per_epoch >= 1, f"steps_per_epoch: expected at least 1, got {self.steps_per_epoch}")
         check(self.patience_epochs >= 0, f"patience_epochs: expected at least 0, got {self.patience_epochs}")
+        frozen = self.freeze_encoder_steps
+        check(frozen >= 0, f"freeze_encoder_steps: expected at least 0, got {frozen}")
         check(self.schedule in ("poly", "cosine"), f"schedule: expected 'poly' or 'cosine', got {self.schedule!r}")
         check(0.0 <= self.warmup < 1.0, f"warmup: expected a fraction in [0, 1), got {self.warmup}")
         check(0.0 <= self.val_overlap < 1.0, f"val_overlap: expected a fraction in [0, 1), got {self.val_overlap}")
@@ -237,6 +245,7 @@ class TrainingLoop:
         )
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
         self.optimizer = _make_optimizer(self.model, config)
+        self.frozen = _encoder_parameters(self.model) if config.freeze_encoder_steps > 0 else []
         self.ema = _frozen_copy(self.model) if config.ema_decay > 0 else None
         self.tail: nn.Module | None = None  # the tail average, from its first epoch on
         self.tail_count = 0
@@ -345,11 +354,14 @@ class TrainingLoop:
         loss = self.task.batch_loss(self.train_model, self.generator, self.device, self.config.amp)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.step < self.config.freeze_encoder_steps:
+            for parameter in self.frozen:  # no gradient: the optimiser leaves it untouched (weight decay too)
+                parameter.grad = None
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
         self.optimizer.step()
         self.step += 1
         if self.ema is not None:
-            _update_average(self.ema, self.model, min(self.config.ema_decay, (1 + self.step) / (10 + self.step)))
+            update_average(self.ema, self.model, min(self.config.ema_decay, (1 + self.step) / (10 + self.step)))
         return float(loss.detach())
 
     def _end_epoch(self, losses: list[float]) -> EpochRecord:
@@ -379,7 +391,7 @@ class TrainingLoop:
         source = self.ema if self.ema is not None else self.model
         if self.tail is None:
             self.tail = _frozen_copy(source)
-        _update_average(self.tail, source, self.tail_count / (self.tail_count + 1))
+        update_average(self.tail, source, self.tail_count / (self.tail_count + 1))
         self.tail_count += 1
 
     def _should_stop_early(self) -> bool:
@@ -422,6 +434,12 @@ class TrainingLoop:
         plot_training_curves(self.history, self.run_dir / "curves.png", f"validation {self.task.score_key}")
 
 
+def _encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of ``model``'s encoder (:func:`segmorph.nn.transfer.encoder_parameter_names`)."""
+    names = set(encoder_parameter_names(model))
+    return [parameter for name, parameter in model.named_parameters() if name in names]
+
+
 def _frozen_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for the weight average: same weights, no gradients, eval mode."""
     average = copy.deepcopy(model).eval()
@@ -431,11 +449,11 @@ def _frozen_copy(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def _update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
+def update_average(average: nn.Module, model: nn.Module, decay: float) -> None:
     """``average = decay * average + (1 - decay) * model`` for float tensors; others (counters) are copied."""
     for kept, current in zip(average.state_dict().values(), model.state_dict().values()):
         if kept.dtype.is_floating_point:
-            kept.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
+            kept.mul_(decay).add_(current.detach().to(kept.dtype), alpha=1.0 - decay)
         else:
             kept.copy_(current)
 

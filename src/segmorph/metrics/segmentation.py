@@ -27,6 +27,12 @@ Empty masks (no metric is ever NaN, so a mean over cases never drops a case):
 * A ratio whose denominator is zero is 1 when the masks agree that there is nothing to find,
   0 otherwise: precision is 0 when pred is empty but ref is not, recall is 0 when ref is empty
   but pred is not, specificity is 1 when ref covers the whole image (no negatives to get wrong).
+
+Ignored voxels (partial annotations): with an ``annotated`` mask (:func:`mask_metrics`) or an ``ignore`` value
+(:func:`case_metrics`: the reference's value of unannotated voxels), voxels outside the annotated region are left
+out of everything: both masks are cut to the annotated region before counting, surfaces and distances are those
+of the cut masks, and ``accuracy``/``specificity`` count annotated voxels only. A reference with no annotated
+voxel scores as two empty masks.
 """
 
 from __future__ import annotations
@@ -180,21 +186,31 @@ def assd(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) 
     return _distance_summary(pred_mask, ref_mask, spacing)[1]
 
 
-def mask_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float]) -> dict[str, float | bool]:
+def mask_metrics(
+    pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[float], annotated: np.ndarray | None = None
+) -> dict[str, float | bool]:
     """All metrics of :data:`METRIC_NAMES` plus the empty flags for one pair of binary masks.
 
     Args:
         pred_mask: ``(I, J[, K])`` mask, nonzero = inside.
         ref_mask: Mask of the same shape.
         spacing: Voxel size in mm per array axis.
+        annotated: Mask of the same shape, nonzero where the reference is annotated; the other voxels are left
+            out (see the module docstring). None: every voxel counts.
 
     Returns:
         Metric name -> value (distances in mm, volumes in mm^3 or mm^2, ``volume_diff`` = pred - ref).
     """
     pred_mask, ref_mask = np.asarray(pred_mask, dtype=bool), np.asarray(ref_mask, dtype=bool)
     spacing_arr = _check_pair(pred_mask, ref_mask, spacing)
+    total = int(pred_mask.size)
+    if annotated is not None:
+        annotated = np.asarray(annotated, dtype=bool)
+        if annotated.shape != pred_mask.shape:
+            raise ValueError(f"annotated: shape {annotated.shape} differs from pred shape {pred_mask.shape}")
+        pred_mask, ref_mask, total = pred_mask & annotated, ref_mask & annotated, int(np.count_nonzero(annotated))
     tp = int(np.count_nonzero(pred_mask & ref_mask))
-    n_pred, n_ref, total = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask)), int(pred_mask.size)
+    n_pred, n_ref = int(np.count_nonzero(pred_mask)), int(np.count_nonzero(ref_mask))
     fp, fn = n_pred - tp, n_ref - tp
     tn = total - tp - fp - fn
     both_empty = n_pred == 0 and n_ref == 0
@@ -208,7 +224,7 @@ def mask_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[
         "precision": precision,
         "recall": recall,
         "f1": 1.0 if both_empty else _ratio(2 * precision * recall, precision + recall, 0.0),
-        "accuracy": (tp + tn) / total,
+        "accuracy": _ratio(tp + tn, total, 1.0),
         "specificity": _ratio(tn, tn + fp, 1.0),
         "hd95": hd95,
         "assd": mean_distance,
@@ -221,7 +237,7 @@ def mask_metrics(pred_mask: np.ndarray, ref_mask: np.ndarray, spacing: Sequence[
 
 
 def case_metrics(
-    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: dict[int, str]
+    pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: dict[int, str], ignore: int | None = None
 ) -> list[dict]:
     """Metrics of one case, one row per foreground class.
 
@@ -230,6 +246,8 @@ def case_metrics(
         ref: Reference label map, same shape.
         spacing: Voxel size in mm per array axis.
         labels: Foreground label value -> class name; 0 (background) is not allowed.
+        ignore: The reference's value of unannotated voxels, left out of every metric (see the module
+            docstring); None: every voxel counts.
 
     Returns:
         One dict per class, in ascending label order, with keys :data:`ROW_KEYS`.
@@ -243,9 +261,12 @@ def case_metrics(
         raise ValueError("labels: is empty; give at least one foreground label")
     if 0 in labels:
         raise ValueError("labels: 0 is the background and has no row; leave it out")
+    if ignore is not None and ignore in labels:
+        raise ValueError(f"ignore: {ignore} is also the value of label {labels[ignore]!r}")
+    annotated = None if ignore is None else ref != ignore
     rows = []
     for value in sorted(labels):
         row = {"label": int(value), "name": str(labels[value])}
-        row.update(mask_metrics(pred == value, ref == value, spacing_arr))
+        row.update(mask_metrics(pred == value, ref == value, spacing_arr, annotated))
         rows.append(row)
     return rows

@@ -5,6 +5,8 @@ The kind of folder is told by its files:
 * ``transform.json``: one ``segmorph register`` pair (:mod:`segmorph.report.registration`);
 * ``summary.csv`` beside pair sub-folders: ``segmorph register --pairs``;
 * ``run.json`` with ``"kind": "registration"``: ``segmorph train-registration``;
+* ``run.json`` with ``"kind": "pretraining"``: ``segmorph pretrain`` (:mod:`segmorph.report.pretraining`);
+* ``run.json`` with ``"kind": "synthesis"``: ``segmorph synthesize train`` (:mod:`segmorph.report.synthesis`);
 * ``classifier.pt`` or ``val_predictions.csv``: ``segmorph classify train`` (:mod:`segmorph.report.classification`);
 * ``plan.json`` with a summary, log or run record: ``segmorph train`` (:mod:`segmorph.report.segmentation`);
 * ``crossval.json``: ``segmorph train --folds`` (:mod:`segmorph.report.crossval`);
@@ -27,6 +29,7 @@ from segmorph.outputs import check_outputs
 from segmorph.report.classification import classification_report, is_classification_run
 from segmorph.report.crossval import crossval_report, ensemble_report
 from segmorph.report.html import Section, page
+from segmorph.report.pretraining import is_pretraining_run, pretraining_report
 from segmorph.report.processing import baseline_report, enhance_report, is_baseline_folder, is_enhance_folder
 from segmorph.report.registration import (
     is_pair_folder,
@@ -37,6 +40,7 @@ from segmorph.report.registration import (
     training_report,
 )
 from segmorph.report.segmentation import is_segmentation_run, segmentation_report
+from segmorph.report.synthesis import is_synthesis_run, synthesis_report
 from segmorph.segmentation.crossval_layout import is_cross_validation_run
 from segmorph.segmentation.find_best import is_ensemble_folder
 
@@ -45,6 +49,8 @@ KINDS: tuple[tuple[str, Callable[[Path], bool], Builder], ...] = (
     ("registration", is_pair_folder, pair_report),
     ("registration pairs", lambda folder: bool(pair_folders(folder)), pairs_report),
     ("registration training", is_training_run, training_report),
+    ("pretraining", is_pretraining_run, pretraining_report),
+    ("synthesis", is_synthesis_run, synthesis_report),
     ("classification", is_classification_run, classification_report),
     ("segmentation cross-validation", is_cross_validation_run, crossval_report),
     ("segmentation ensemble", is_ensemble_folder, ensemble_report),
@@ -54,7 +60,8 @@ KINDS: tuple[tuple[str, Callable[[Path], bool], Builder], ...] = (
 )
 EXPECTED = ("expected a segmorph run folder: plan.json (segmorph train), crossval.json (train --folds), "
             "ensemble.json (find-best), transform.json (segmorph register), "
-            "summary.csv with pair folders (register --pairs), run.json of train-registration, "
+            "summary.csv with pair folders (register --pairs), "
+            "run.json of train-registration, pretrain or synthesize train, "
             "classifier.pt / val_predictions.csv (classify train), enhance.json (segmorph enhance) "
             "or baseline.json (segmorph baseline)")  # fmt: skip
 
@@ -84,7 +91,8 @@ def build_report(run_dir: str | Path, out: str | Path, cases: int = 12) -> Path:
 
     Args:
         run_dir: A folder written by ``segmorph train`` (``--folds`` too), ``find-best``, ``register`` (one pair
-            or ``--pairs``), ``train-registration``, ``classify train``, ``enhance`` or ``baseline``.
+            or ``--pairs``), ``train-registration``, ``pretrain``, ``synthesize train``, ``classify train``, ``enhance``
+            or ``baseline``.
         out: The HTML file to write (atomically).
         cases: How many of the worst validation (or out-of-fold) cases, pairs or images to draw (enhance: the
             first cases, input beside output; baseline: the worst by Dice, or the first without metrics).

@@ -178,6 +178,14 @@ def train(
     cache_dir: str | Path | None = None,
     check: bool = True,
     log: str = "csv",
+    labelled_cases: int = 0,
+    unlabelled: Sequence[str | Path] = (),
+    init: str | Path | None = None,
+    freeze_encoder_steps: int = 0,
+    synthetic: str | Path | None = None,
+    synthetic_share: float = 0.3,
+    synthetic_count: int = 0,
+    annotate_every: int = 0,
 ) -> TrainResult:
     """Plan, preprocess, train and validate a segmentation model into the run folder ``out``.
 
@@ -210,6 +218,22 @@ def train(
         log: ``"csv"`` (``train_log.csv``) or ``"tensorboard"``: also TensorBoard event files in
             ``out/tensorboard/`` with the same scalars and a picture of a validation case at each epoch
             (needs ``pip install segmorph[tensorboard]``).
+        labelled_cases: Keep the labels of this many training cases only (a choice seeded by ``seed``, from the
+            training fold; validation cases are untouched); 0: all. ``run.json`` lists the cases chosen.
+        unlabelled: Unlabelled scans for semi-supervised training with a mean teacher (settings: the plan's
+            ``semi`` section, e.g. ``{"semi.weight": 1.0}``): image files, folders, DICOM series or dataset
+            folders, and ``"fold"``: the training cases that ``labelled_cases`` leaves without labels.
+        init: A pretraining run, a segmentation run of the same dimensionality or a checkpoint file: every
+            weight whose name and shape match is loaded (the network takes the source's widths); ``run.json``
+            lists what was loaded and what was not.
+        freeze_encoder_steps: With ``init``: the encoder gets no update for this many first steps.
+        synthetic: A ``segmorph synthesize train`` run: its generator makes ``synthetic_count`` image/label pairs
+            (0: four per labelled case, 20 to 200) from deformed label maps of the labelled training cases, and
+            each training patch comes from them with probability ``synthetic_share``.
+        synthetic_share: See ``synthetic``.
+        synthetic_count: See ``synthetic``.
+        annotate_every: Partial annotation of 3D scans: only every K-th slice of each training case across its
+            through-plane axis keeps its labels, the others are ignored in the loss (0: every slice).
 
     Returns:
         A :class:`TrainResult`.
@@ -220,6 +244,7 @@ def train(
     Example:
         >>> run = train("Task04_Hippocampus", out="runs/h", time_budget="20m")
         >>> run.validation.dice
+        >>> few = train("Task04_Hippocampus", out="runs/h5", labelled_cases=5, unlabelled=["fold"])
     """
     from segmorph.segmentation.pipeline import train_segmentation
 
@@ -228,7 +253,11 @@ def train(
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,
         show_progress=show_progress, fold=fold, num_folds=num_folds, val_cases=tuple(val_cases), resume=resume,
         cache_dir=None if cache_dir is None else Path(cache_dir), validate_with_predictor=validate, check=check,
-        log=log, network_dims=network_dims,
+        log=log, network_dims=network_dims, labelled_cases=labelled_cases,
+        unlabelled=(unlabelled,) if isinstance(unlabelled, (str, Path)) else tuple(unlabelled),
+        init=None if init is None else Path(init), freeze_encoder_steps=freeze_encoder_steps,
+        synthetic=None if synthetic is None else Path(synthetic), synthetic_share=synthetic_share,
+        synthetic_count=synthetic_count, annotate_every=annotate_every,
     )  # fmt: skip
     return TrainResult.from_summary(request.out, train_segmentation(request))
 

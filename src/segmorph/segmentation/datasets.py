@@ -11,6 +11,11 @@ Two layouts are understood:
   ``images/labels``, ``images/masks``, ``image/label``), paired by case id. Label values are then not
   declared: ``spec.labels`` is empty until :func:`infer_labels` reads the label files.
 
+A ``dataset.json`` may declare an **ignore label** for partial annotations: a top-level ``"ignore": 255``, or
+nnU-Net v2's ``labels`` entry named ``"ignore"`` (``{"background": 0, "A": 1, "ignore": 2}``, the highest
+value). It is not a class: ``spec.labels`` leaves it out and ``spec.ignore`` holds it. :func:`load_sample` turns
+its voxels into :data:`IGNORE` (-1), the value losses, metrics, the patch sampler and validation skip.
+
 A label file may be a DICOM-SEG (``case.dcm``), decoded on the grid of the series it segments.
 
 Modalities are one of :data:`MODALITIES`, derived from the channel names; they tell the planner how to
@@ -38,6 +43,10 @@ MODALITIES = ("CT", "MRI", "rgb", "other")
 FOLDER_PAIRS = (("imagesTr", "labelsTr"), ("images", "labels"), ("images", "masks"), ("image", "label"))
 _MR_NAMES = {"MRI", "MR", "T1", "T1W", "T1GD", "T1C", "T2", "T2W", "FLAIR", "ADC", "DWI", "PD", "T2STAR"}
 _CHANNEL_SUFFIX = re.compile(r"^(.+)_(\d{4})$")
+IGNORE = -1
+"""Value of ignored (unannotated) voxels in every label tensor the training code sees."""
+IGNORE_NAME = "ignore"
+"""Name of the ``labels`` entry that declares the ignore value (nnU-Net v2)."""
 
 
 @dataclass(frozen=True)
@@ -65,6 +74,7 @@ class DatasetSpec:
         labels: Label value -> name, including 0 (background); empty when not declared.
         channel_names: One name per input channel (after stacking).
         modalities: One of :data:`MODALITIES` per input channel.
+        ignore: The label value the label files use for unannotated voxels (not a class), or None.
     """
 
     root: Path
@@ -72,6 +82,7 @@ class DatasetSpec:
     labels: dict[int, str]
     channel_names: tuple[str, ...]
     modalities: tuple[str, ...]
+    ignore: int | None = None
 
     @property
     def case_ids(self) -> list[str]:
@@ -85,8 +96,8 @@ class DatasetSpec:
         raise SegmorphError(f"no case called {case_id!r} in this dataset", self.root)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly form (paths as strings, label values as string keys)."""
-        return {
+        """JSON-friendly form (paths as strings, label values as string keys; ``ignore`` only when declared)."""
+        values = {
             "root": str(self.root),
             "cases": [
                 {"case_id": c.case_id, "images": [str(p) for p in c.images], "label": c.label and str(c.label)}
@@ -96,6 +107,7 @@ class DatasetSpec:
             "channel_names": list(self.channel_names),
             "modalities": list(self.modalities),
         }
+        return values if self.ignore is None else {**values, "ignore": self.ignore}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DatasetSpec:
@@ -105,7 +117,9 @@ class DatasetSpec:
             for c in values["cases"]
         )
         labels = {int(k): str(v) for k, v in values["labels"].items()}
-        return cls(Path(values["root"]), cases, labels, tuple(values["channel_names"]), tuple(values["modalities"]))
+        ignore = values.get("ignore")
+        return cls(Path(values["root"]), cases, labels, tuple(values["channel_names"]), tuple(values["modalities"]),
+                   None if ignore is None else int(ignore))  # fmt: skip
 
 
 def modality_of(channel_name: str) -> str:
@@ -152,11 +166,13 @@ def load_dataset(root: str | Path, images_dir: str | Path | None = None, labels_
 
 
 def infer_labels(spec: DatasetSpec) -> DatasetSpec:
-    """Read every label file and declare the values found (0 is ``background``, others ``label_<v>``)."""
+    """Read every label file and declare the values found (0 is ``background``, others ``label_<v>``; the
+    declared ignore value is not a class)."""
     values: set[int] = {0}
     for case in spec.cases:
         if case.label is not None:
             values.update(int(v) for v in torch.unique(read_image(case.label, is_label=True).data))
+    values.discard(spec.ignore)
     labels = {v: "background" if v == 0 else f"label_{v}" for v in sorted(values)}
     return replace(spec, labels=labels)
 
@@ -171,6 +187,7 @@ def _load_msd(root: Path) -> DatasetSpec:
         raise SegmorphError("missing key 'labels' (an object of label values and names)", path)
     channels = tuple(str(names[k]) for k in sorted(names, key=lambda k: int(k) if str(k).isdigit() else 0))
     labels = dict(sorted({0: "background", **parse_label_names(meta["labels"], path)}.items()))
+    ignore = declared_ignore(meta, path)
     suffix = meta.get("file_ending")
     if "training" in meta:
         cases = _cases_from_list(root, meta["training"], len(channels), path)
@@ -180,24 +197,66 @@ def _load_msd(root: Path) -> DatasetSpec:
         if len(case.images) != len(channels):
             raise SegmorphError(f"case {case.case_id} has {len(case.images)} channel files, "
                                 f"dataset.json names {len(channels)} channels", case.images[0])
-    return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels))
+    return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels), ignore)
+
+
+def _label_entries(raw: dict, path: str | Path) -> list[tuple[int, str]]:
+    """Every entry of a ``labels`` object as ``(value, name)``, the ``ignore`` entry included."""
+    entries = []
+    for key, value in raw.items():
+        if isinstance(value, str) and str(key).isdigit():
+            entries.append((int(key), value))
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            entries.append((value, str(key)))
+        else:
+            raise SegmorphError(f"labels: cannot read entry {key!r}: {value!r} (region labels are not supported)", path)
+    return entries
 
 
 def parse_label_names(raw: dict, path: str | Path) -> dict[int, str]:
     """Label value -> name from a ``labels`` object: MSD ``{"1": "Anterior"}`` or nnU-Net v2 ``{"Anterior": 1}``.
 
+    The entry named ``"ignore"`` (nnU-Net v2's ignore label) is not a class and is left out (see
+    :func:`declared_ignore`).
+
     Raises:
         SegmorphError: An entry is neither form (region labels, negative values), naming ``path``.
     """
-    labels: dict[int, str] = {}
-    for key, value in raw.items():
-        if isinstance(value, str) and str(key).isdigit():
-            labels[int(key)] = value
-        elif isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            labels[value] = str(key)
-        else:
-            raise SegmorphError(f"labels: cannot read entry {key!r}: {value!r} (region labels are not supported)", path)
+    labels = {value: name for value, name in _label_entries(raw, path) if name != IGNORE_NAME}
     return dict(sorted(labels.items()))
+
+
+def declared_ignore(meta: dict, path: str | Path) -> int | None:
+    """The ignore value a ``dataset.json`` declares: top-level ``"ignore": 255`` or a ``labels`` entry named
+    ``"ignore"`` (nnU-Net v2, which must be the highest label value); None when neither is there.
+
+    Args:
+        meta: The parsed ``dataset.json``.
+        path: The file, named in errors.
+
+    Raises:
+        SegmorphError: The value is not a whole number >= 1, it is also a class value, the ``labels`` entry is not
+            the highest value, or the two forms disagree.
+    """
+    entries = _label_entries(meta["labels"], path) if isinstance(meta.get("labels"), dict) else []
+    named = [value for value, name in entries if name == IGNORE_NAME]
+    classes = {value: name for value, name in entries if name != IGNORE_NAME}
+    if len(named) > 1:
+        raise SegmorphError(f"labels: {len(named)} entries named 'ignore' ({named}); declare one", path)
+    if named and named[0] <= max(classes, default=0):
+        raise SegmorphError(f"labels: the 'ignore' entry ({named[0]}) must be the highest label value "
+                            f"(as in nnU-Net), above label {max(classes, default=0)}", path)  # fmt: skip
+    top = meta.get("ignore")
+    if top is None:
+        return named[0] if named else None
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise SegmorphError(f"ignore: expected a label value (a whole number >= 1; 0 is the background), got {top!r}",
+                            path)  # fmt: skip
+    if named and named[0] != top:
+        raise SegmorphError(f"ignore: {top} disagrees with the labels entry 'ignore': {named[0]}", path)
+    if top in classes:
+        raise SegmorphError(f"ignore: {top} is also the value of label {classes[top]!r}", path)
+    return top
 
 
 def _cases_from_list(root: Path, entries: Any, num_channels: int, path: Path) -> tuple[CaseFiles, ...]:
@@ -312,7 +371,8 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
 
     Returns:
         A :class:`Sample` whose image is ``(C, I, J[, K])`` float32 and label ``(1, I, J[, K])`` int64
-        (None when the case has no label file). ``meta`` holds the source paths.
+        (None when the case has no label file), voxels of the declared ignore value holding :data:`IGNORE`.
+        ``meta`` holds the source paths.
 
     Raises:
         SegmorphError: Naming the file whose shape or geometry disagrees, or that holds undeclared labels.
@@ -331,12 +391,27 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
     label = read_label_map(case.label, like=image)
     check_same_grid(label, image, f"label differs from image {case.images[0].name}", case.label)
     if spec.labels:
-        undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels))
+        undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels) - {spec.ignore})
         if undeclared:
             raise SegmorphError(f"label values {undeclared} are not declared (declared: {sorted(spec.labels)})",
                                 case.label)
+    if spec.ignore is not None:
+        label = label.with_data(label.data.masked_fill(label.data == spec.ignore, IGNORE))
     meta["label_path"] = str(case.label)
     return Sample(case.case_id, image, label, meta)
+
+
+def with_declared_ignore(label: torch.Tensor, spec: DatasetSpec) -> torch.Tensor:
+    """``label`` with :data:`IGNORE` voxels given back the dataset's declared ignore value, to write a label file
+    (label files hold no negative values); ``label`` itself when the dataset declares none.
+
+    Args:
+        label: ``(1, *S)`` integer label map as :func:`load_sample` returns it.
+        spec: The dataset.
+    """
+    if spec.ignore is None:
+        return label
+    return label.masked_fill(label == IGNORE, spec.ignore)
 
 
 def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:

@@ -13,6 +13,11 @@ Class names come from the labels given, a run folder or dataset given (:func:`re
 every value found; else a value ``v`` is named ``label_<v>``. Distances (HD95, ASSD) and volumes are in mm for
 scans and in pixels for pictures (PNG, JPEG, ...: no physical pixel size, see
 :func:`segmorph.io.has_physical_spacing`); each row and the summary say which in ``unit``.
+
+Partial annotations: where a reference holds the dataset's declared ignore value (``"ignore"`` in the
+``dataset.json`` of ``--labels-from``, else in the ``dataset.json`` beside the reference folder; see
+:func:`segmorph.segmentation.datasets.declared_ignore`), those voxels are left out of every metric
+(:mod:`segmorph.metrics.segmentation`) and the value is not a class. The summary names it under ``ignore``.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ from segmorph.io import (
 from segmorph.metrics.segmentation import METRIC_NAMES, ROW_KEYS, case_metrics
 from segmorph.outputs import check_outputs
 from segmorph.records import read_json
-from segmorph.segmentation.datasets import parse_label_names
+from segmorph.segmentation.datasets import declared_ignore, parse_label_names
 
 TABLE_METRICS = (("dice", "Dice"), ("iou", "IoU"), ("precision", "Precision"), ("recall", "Recall"),
                  ("hd95", "HD95"), ("assd", "ASSD"))  # fmt: skip
@@ -109,13 +114,14 @@ def _read_pair(pred_path: Path, ref_path: Path) -> tuple[np.ndarray, np.ndarray,
     return pred.numpy()[0], ref.numpy()[0], spacing
 
 
-def _values_found(pairs: Sequence[tuple[str, Path, Path]]) -> set[int]:
-    """Foreground values present in any pred or ref (reads every pair once)."""
+def _values_found(pairs: Sequence[tuple[str, Path, Path]], ignore: int | None = None) -> set[int]:
+    """Foreground values present in any pred or ref, ``ignore`` left out (reads every pair once)."""
     values: set[int] = set()
     for _, pred_path, ref_path in pairs:
         pred, ref, _ = _read_pair(pred_path, ref_path)
         values.update(np.unique(pred).tolist(), np.unique(ref).tolist())
     values.discard(0)
+    values.discard(ignore)
     if not values:
         raise SegmorphError("no foreground label in any prediction or reference; give labels explicitly",
                             pairs[0][2].parent)
@@ -145,6 +151,31 @@ def read_label_names(source: str | Path) -> dict[int, str]:
     return parse_label_names(meta["labels"], path)
 
 
+def read_ignore_value(source: str | Path) -> int | None:
+    """The ignore value declared by a dataset folder's or a ``dataset.json`` file's ``dataset.json``; None when the
+    source is no dataset (a run folder) or declares none.
+
+    Raises:
+        SegmorphError: The file cannot be read or its ignore declaration is malformed.
+    """
+    source = Path(source)
+    path = source / "dataset.json" if source.is_dir() else source
+    if path.name != "dataset.json" or not path.is_file():
+        return None
+    return declared_ignore(read_json(path, path.name), path)
+
+
+def _ignore_beside(ref_dir: Path) -> int | None:
+    """The ignore value of the ``dataset.json`` in the reference folder's parent; None when there is none or it
+    cannot be read (as for :func:`dataset_label_names`); a readable file with a malformed declaration is refused."""
+    path = ref_dir.resolve().parent / "dataset.json"
+    try:
+        meta = read_json(path, path.name) if path.is_file() else None
+    except SegmorphError:
+        return None
+    return None if meta is None else declared_ignore(meta, path)
+
+
 def dataset_label_names(ref_dir: str | Path) -> dict[int, str] | None:
     """The names of the ``dataset.json`` in the reference folder's parent (MSD: ``labelsTr/..``), or None when
     there is none or it cannot be read (the names are then a guess, never a reason to fail)."""
@@ -165,9 +196,9 @@ def name_labels(values: Iterable[int], known: Mapping[int, str] | None = None) -
     return {v: f"label_{v}" for v in values}
 
 
-def _choose_labels(pairs: Sequence[tuple[str, Path, Path]], ref_dir: Path) -> dict[int, str]:
+def _choose_labels(pairs: Sequence[tuple[str, Path, Path]], ref_dir: Path, ignore: int | None) -> dict[int, str]:
     """Names of the dataset.json beside ``ref_dir`` when they cover every value found, else ``label_<value>``."""
-    found = _values_found(pairs)
+    found = _values_found(pairs, ignore)
     known = {k: v for k, v in (dataset_label_names(ref_dir) or {}).items() if k != 0}
     return known if known and found <= set(known) else name_labels(found)
 
@@ -182,8 +213,9 @@ def _distance_unit(pairs: Sequence[tuple[str, Path, Path]], ref_dir: Path) -> st
 
 
 def evaluate_arrays(
-    cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]], labels: dict[int, str], unit: str = "mm"
-) -> list[dict]:
+    cases: Iterable[tuple[str, np.ndarray, np.ndarray, Sequence[float]]], labels: dict[int, str], unit: str = "mm",
+    ignore: int | None = None,
+) -> list[dict]:  # fmt: skip
     """Metrics for in-memory cases.
 
     Args:
@@ -191,13 +223,14 @@ def evaluate_arrays(
         labels: Foreground label value -> class name (0 is dropped).
         unit: The unit of ``spacing``, hence of distances (and of volumes, cubed or squared): ``mm``, or ``px``
             for pictures measured with spacing 1.
+        ignore: The references' value of unannotated voxels, left out of every metric; None: every voxel counts.
 
     Returns:
         One row per case x class, keys :data:`CSV_COLUMNS`.
     """
     labels = {int(k): v for k, v in labels.items() if int(k) != 0}
     return [{"case": case, **row, "unit": unit} for case, pred, ref, spacing in cases
-            for row in case_metrics(pred, ref, spacing, labels)]  # fmt: skip
+            for row in case_metrics(pred, ref, spacing, labels, ignore)]  # fmt: skip
 
 
 def summarize(rows: Sequence[dict]) -> dict:
@@ -257,6 +290,7 @@ def evaluate_folders(
     console: bool = True,
     labels_from: str | Path | None = None,
     unit: str | None = None,
+    ignore: int | None = None,
 ) -> dict:
     """Compare every reference label map with the prediction of the same case id.
 
@@ -272,10 +306,13 @@ def evaluate_folders(
         labels_from: A run folder or dataset folder (or dataset.json) naming the labels (:func:`read_label_names`).
         unit: The unit of distances; when None, ``mm`` for scans and ``px`` for pictures (which are then measured
             with spacing 1). Give ``px`` for scans converted from pictures.
+        ignore: The references' value of unannotated voxels, left out of every metric; when None, the value
+            declared by ``labels_from`` when it is a dataset, else by the ``dataset.json`` in ``ref_dir``'s parent
+            (:func:`read_ignore_value`), else none.
 
     Returns:
         The summary (as in the JSON file: ``cases``, ``classes``, ``mean_over_classes``, ``unit``,
-        ``unmatched_predictions``) plus ``rows``, the per case x class metric rows.
+        ``unmatched_predictions``, and ``ignore`` when one applies) plus ``rows``, the per case x class metric rows.
 
     Raises:
         SegmorphError: No pairs, a reference without prediction, a pair whose shape or geometry
@@ -286,18 +323,24 @@ def evaluate_folders(
     if out_csv is not None:  # the label maps read are the inputs: a metrics file may sit beside them
         out_csv = Path(out_csv)
         check_outputs([out_csv, out_csv.with_suffix(".json")], inputs=[p for _, *pair in pairs for p in pair])
+    if ignore is None and labels_from is not None:
+        ignore = read_ignore_value(labels_from)
+    if ignore is None:
+        ignore = _ignore_beside(Path(ref_dir))
     if labels is None and labels_from is not None:
         labels = read_label_names(labels_from)
     if labels is None:
-        labels = _choose_labels(pairs, Path(ref_dir))
-    labels = {int(k): v for k, v in labels.items() if int(k) != 0}
+        labels = _choose_labels(pairs, Path(ref_dir), ignore)
+    labels = {int(k): v for k, v in labels.items() if int(k) != 0 and int(k) != ignore}
     if not labels:
         raise SegmorphError("labels: holds no foreground label", labels_from or ref_dir)
     if unit not in (None, "mm", "px"):
         raise SegmorphError(f"unit: expected mm or px, got {unit!r}")
     unit = unit or _distance_unit(pairs, Path(ref_dir))
-    rows = evaluate_arrays(((case, *_read_pair(pred, ref)) for case, pred, ref in pairs), labels, unit)
+    rows = evaluate_arrays(((case, *_read_pair(pred, ref)) for case, pred, ref in pairs), labels, unit, ignore)
     summary = {**summarize(rows), "unmatched_predictions": unmatched}
+    if ignore is not None:
+        summary["ignore"] = ignore
     if out_csv is not None:
         out_csv = Path(out_csv)
         atomic_write_text(out_csv, _csv_text(rows))

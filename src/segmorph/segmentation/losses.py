@@ -1,7 +1,10 @@
 """Segmentation losses: cross-entropy, soft Dice (background excluded) and their weighted sum.
 
 All take logits ``(B, K, *S)`` (never softmax before cross-entropy) and integer targets
-``(B, 1, *S)`` or ``(B, *S)`` holding class indices in ``[0, K)``.
+``(B, 1, *S)`` or ``(B, *S)`` holding class indices in ``[0, K)``, or
+:data:`~segmorph.segmentation.datasets.IGNORE` (-1) for unannotated voxels. Ignored voxels add nothing: not to
+the cross-entropy's sum nor to the number of voxels it is averaged over, not to a soft Dice numerator nor
+denominator. A batch whose every voxel is ignored has loss 0.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from segmorph.segmentation.datasets import IGNORE
 
 
 def _full_precision(logits: torch.Tensor) -> torch.Tensor:
@@ -36,14 +41,20 @@ def soft_dice_loss(
 
     Args:
         logits: ``(B, K, *S)`` raw scores.
-        target: ``(B, 1, *S)`` or ``(B, *S)`` class indices.
+        target: ``(B, 1, *S)`` or ``(B, *S)`` class indices (``IGNORE`` voxels left out of every sum).
         include_background: Score class 0 too (off by default, as in nnU-Net).
         batch_dice: Pool voxels of the whole batch per class (stabler on small structures).
         smooth: Added to numerator and denominator; a class absent from both scores 1.
     """
     indices = _target_indices(logits, target)
     probabilities = torch.softmax(_full_precision(logits), dim=1)
-    one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    ignored = indices == IGNORE
+    if bool(ignored.any()):
+        annotated = (~ignored).unsqueeze(1).to(probabilities.dtype)
+        probabilities, indices = probabilities * annotated, indices.masked_fill(ignored, 0)
+        one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype) * annotated
+    else:
+        one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
     if not include_background:
         probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
     axes = [0, *range(2, logits.ndim)] if batch_dice else list(range(2, logits.ndim))
@@ -54,8 +65,13 @@ def soft_dice_loss(
 
 
 def cross_entropy_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean voxel-wise cross-entropy on logits."""
-    return F.cross_entropy(_full_precision(logits), _target_indices(logits, target))
+    """Mean voxel-wise cross-entropy on logits, over the voxels whose target is not ``IGNORE``."""
+    indices = _target_indices(logits, target)
+    ignored = indices == IGNORE
+    if not bool(ignored.any()):
+        return F.cross_entropy(_full_precision(logits), indices)
+    total = F.cross_entropy(_full_precision(logits), indices, ignore_index=IGNORE, reduction="sum")
+    return total / (~ignored).sum().clamp_min(1)
 
 
 def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:

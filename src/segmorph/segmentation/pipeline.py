@@ -6,7 +6,8 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +26,18 @@ from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.qc.quality import check_before_training
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
+from segmorph.segmentation.few_labels import (
+    check_flags,
+    few_labels,
+    initialize,
+    load_unlabelled,
+    resumed_settings,
+    semi_line,
+    source_widths,
+)
 from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
+from segmorph.segmentation.semisupervised import SemiSupervisedTask
 from segmorph.segmentation.task import fit
 
 
@@ -62,6 +73,25 @@ class TrainRequest:
             (:mod:`segmorph.engine.tracking`; needs the ``tensorboard`` extra).
         save_validation_probabilities: Also keep each validation case's class probabilities (see
             :func:`validate_run`), for ensembles scored out of fold.
+        labelled_cases: Train on the labels of this many cases of the training fold only (a choice seeded by
+            ``seed``); the others are left out of supervised training (0: every training case keeps its labels).
+        unlabelled: Unlabelled scans for semi-supervised training (the plan's ``semi`` section): image files,
+            folders, DICOM series or dataset folders (:func:`segmorph.segmentation.unlabelled.unlabelled_spec`), and
+            ``"fold"``: the training cases ``labelled_cases`` leaves without labels (their images only).
+        init: Start from the weights of a pretraining or training run (or a checkpoint file): every tensor whose
+            name and shape match is loaded (:func:`segmorph.nn.transfer.initialize_from`), and the network takes
+            the source's ``features`` and ``residual`` unless ``network.features`` / ``network.residual`` are set.
+        freeze_encoder_steps: With ``init``: the encoder gets no update for this many first steps
+            (``train.freeze_encoder_steps``).
+        synthetic: A ``segmorph synthesize train`` run folder: before training, its generator makes
+            ``synthetic_count`` image/label pairs from elastically deformed label maps of the labelled training
+            cases (:func:`segmorph.synthesis.synthetic_cases`), and each training patch comes from them with
+            probability ``synthetic_share``.
+        synthetic_share: See ``synthetic``.
+        synthetic_count: Synthetic pairs to make (0: four per labelled training case, at least 20, at most 200).
+        annotate_every: Partial annotation: keep the labels of every K-th slice of each training case across its
+            through-plane axis (:func:`segmorph.segmentation.plan.slice_axis_for`) and ignore the others in the loss
+            (:func:`segmorph.segmentation.sparse_labels.keep_every_kth_slice`); validation keeps every label. 0: off.
     """
 
     dataset: Path
@@ -86,6 +116,19 @@ class TrainRequest:
     check: bool = True
     log: str = "csv"
     save_validation_probabilities: bool = False
+    labelled_cases: int = 0
+    unlabelled: tuple[str | Path, ...] = ()
+    init: Path | None = None
+    freeze_encoder_steps: int = 0
+    synthetic: Path | None = None
+    synthetic_share: float = 0.3
+    synthetic_count: int = 0
+    annotate_every: int = 0
+
+    @property
+    def unlabelled_paths(self) -> list[Path]:
+        """The ``unlabelled`` sources that are paths (not ``"fold"``)."""
+        return [Path(source) for source in self.unlabelled if str(source) != "fold"]
 
 
 def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
@@ -102,7 +145,19 @@ def plan_dataset(request: TrainRequest) -> tuple[DatasetSpec, Plan]:
         raise SegmorphError(str(err), request.dataset) from None
     overrides = dict(request.overrides)
     overrides.setdefault("train.seed", request.seed)
-    return spec, apply_naming_file(lambda values: apply_overrides(plan, values), overrides, request.config_file)
+    if request.freeze_encoder_steps:
+        overrides["train.freeze_encoder_steps"] = request.freeze_encoder_steps
+    inherited = source_widths(request.init, plan, overrides)
+    try:
+        plan = apply_naming_file(lambda values: apply_overrides(plan, values), {**inherited, **overrides},
+                                 request.config_file)  # fmt: skip
+    except SegmorphError as err:
+        if not inherited or err.path is not None:
+            raise
+        given = ", ".join(f"{k} {v}" for k, v in inherited.items())
+        raise SegmorphError(f"--init: this source's {given} do not fit this plan ({err.problem}); choose the width "
+                            "with --set network.features=[...]", request.init) from None  # fmt: skip
+    return spec, plan
 
 
 def _require_foreground(spec: DatasetSpec, facts: dict[str, Any]) -> None:
@@ -130,8 +185,13 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
 
 def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     out = Path(request.out)
-    check_run_folder(out, request.dataset)
+    check_run_folder(out, request.dataset, request.init, request.synthetic, *request.unlabelled_paths)
     check_log(request.log)
+    if request.resume:  # the run's labelled cases and unlabelled sources, where not given again
+        recorded = resumed_settings(out).items()
+        request = replace(request, **{k: v for k, v in recorded if not getattr(request, k)
+                                      or (k.startswith("synthetic_") and request.synthetic is None)})  # fmt: skip
+    check_flags(request.labelled_cases, request.unlabelled, request.init, request.freeze_encoder_steps)
     if request.resume:
         spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
         spec = spec if spec.labels else infer_labels(spec)
@@ -145,29 +205,103 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     if request.check and not request.resume and dist.is_main_process():
         quality = check_before_training(request.dataset, images_dir=request.images_dir, labels_dir=request.labels_dir)
     train_ids, val_ids = _split(spec, request)
+    cases_of = few_labels(spec, train_ids, request.labelled_cases, request.unlabelled, request.seed)
+    labelled, fold_unlabelled = cases_of.labelled, cases_of.fold_unlabelled
+    _check_extras(request, plan)
+    torch.manual_seed(plan.train.seed)
+    model = build_network(plan.network)
+    transfer = None
+    if request.init is not None and not request.resume:  # a resumed run's checkpoint holds its weights
+        line, transfer = initialize(model, request.init)
+        if dist.is_main_process():
+            console.print(line, highlight=False)
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         plan.save(out / "plan.json")
-        _write_provenance(out, spec, request, plan, train_ids, val_ids, quality)
-    cases = _load_cases(spec, plan, request, train_ids + val_ids)
-    torch.manual_seed(plan.train.seed)
-    model = build_network(plan.network)
+        facts = cases_of.facts() | ({} if transfer is None else {"init": str(request.init), "transfer": transfer})
+        facts |= _extra_facts(request)
+        _write_provenance(out, spec, request, plan, train_ids, val_ids, quality, facts)
+    cases = _load_cases(spec, plan, request, labelled + val_ids + fold_unlabelled)
+    cache = (Path(request.cache_dir) if request.cache_dir else out / "preprocessed") / "unlabelled"
+    unlabelled = [cases.pop(c)[0] for c in fold_unlabelled]
+    unlabelled += load_unlabelled(cases_of.extra, plan, cache, request.show_progress)
     if dist.is_main_process():
-        console.print(_summary_line(plan, model, len(train_ids), len(val_ids)), highlight=False)
+        console.print(_summary_line(plan, model, len(labelled), len(val_ids)), highlight=False)
+        if unlabelled:
+            console.print(semi_line(plan, len(unlabelled)), highlight=False)
+    if request.annotate_every:
+        cases |= {c: (cases[c][0], sparse_label(cases[c][1], plan, request.annotate_every)) for c in labelled}
+    synthetic = _synthetic_pairs(request, plan, [cases[c][1] for c in labelled])
     preview = SlicePreview(val_ids[0], *cases[val_ids[0]], plan.train, plan.slice_axis) if val_ids else None
     tracker = open_tracker(request.log, out, preview)
     result = fit(
-        model, [cases[c] for c in train_ids], [cases[c] for c in val_ids], plan.train, out, plan.network,
+        model, [cases[c] for c in labelled], [cases[c] for c in val_ids], plan.train, out, plan.network,
         plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
         callbacks=() if tracker is None else (tracker,), label_names=plan.labels, slice_axis=plan.slice_axis,
+        compose=partial(SemiSupervisedTask, unlabelled=unlabelled, semi=plan.semi) if unlabelled else None,
+        synthetic=synthetic, synthetic_share=request.synthetic_share,
     )  # fmt: skip
-    summary = {"fit": _fit_summary(result), "train_cases": len(train_ids), "val_cases": len(val_ids)}
+    summary = {"fit": _fit_summary(result), "train_cases": len(labelled), "val_cases": len(val_ids)}
+    if unlabelled:
+        summary["unlabelled_cases"] = len(unlabelled)
     if request.validate_with_predictor and val_ids and dist.is_main_process():
         summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress,
                                              save_probabilities=request.save_validation_probabilities)  # fmt: skip
     if dist.is_main_process():
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _check_extras(request: TrainRequest, plan: Plan) -> None:
+    """Refuse a bad ``annotate_every`` or ``synthetic_share``, or a GAN run that does not fit ``plan``, before
+    anything is written."""
+    if request.annotate_every < 0 or (request.annotate_every and plan.image_ndim != 3):
+        raise SegmorphError(f"--annotate-every: expected a number of slices (1 or more) for 3D scans, got "
+                            f"{request.annotate_every} for {plan.image_ndim}D scans")  # fmt: skip
+    if request.synthetic is not None:
+        from segmorph.synthesis import synthetic_cases
+
+        if not 0.0 < request.synthetic_share < 1.0:
+            raise SegmorphError(
+                f"--synthetic-share: expected a fraction between 0 and 1, got {request.synthetic_share}"
+            )
+        if request.synthetic_count < 0:
+            raise SegmorphError(f"--synthetic-count: expected 0 or more pairs, got {request.synthetic_count}")
+        synthetic_cases(request.synthetic, [], plan, 0, plan.train.seed)  # the GAN loads and fits the plan
+
+
+def _extra_facts(request: TrainRequest) -> dict[str, Any]:
+    """``run.json`` entries of the synthetic pairs and the partial annotation, for the record and for resuming."""
+    facts: dict[str, Any] = {}
+    if request.synthetic is not None:
+        facts["synthetic"] = {"run": str(request.synthetic), "share": request.synthetic_share,
+                              "count": request.synthetic_count}  # fmt: skip
+    if request.annotate_every:
+        facts["annotate_every"] = request.annotate_every
+    return facts
+
+
+def sparse_label(label: torch.Tensor, plan: Plan, every: int) -> torch.Tensor:
+    """``label`` ``(1, *S)`` (preprocessed) with only every ``every``-th slice across the plan's through-plane axis
+    annotated, the rest :data:`~segmorph.segmentation.datasets.IGNORE`."""
+    from segmorph.segmentation.plan import slice_axis_for
+    from segmorph.segmentation.sparse_labels import keep_every_kth_slice
+
+    return keep_every_kth_slice(label, every, slice_axis_for(plan.preprocess.target_spacing))
+
+
+def _synthetic_pairs(request: TrainRequest, plan: Plan, labels: list[torch.Tensor]) -> list:
+    """The GAN-made training pairs of ``request.synthetic`` (none without it)."""
+    if request.synthetic is None:
+        return []
+    from segmorph.synthesis import synthetic_cases
+
+    count = request.synthetic_count or min(200, max(20, 4 * len(labels)))
+    pairs = synthetic_cases(request.synthetic, labels, plan, count, plan.train.seed, device=request.device)
+    if dist.is_main_process():
+        console.print(f"synthetic: {count} pairs from {request.synthetic}, {request.synthetic_share:.0%} of the "
+                      "training patches", highlight=False)  # fmt: skip
+    return pairs
 
 
 def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
@@ -207,7 +341,7 @@ def _fit_summary(result: FitResult) -> dict[str, Any]:
 
 def _write_provenance(
     out: Path, spec: DatasetSpec, request: TrainRequest, plan: Plan, train_ids: list[str], val_ids: list[str],
-    quality: dict[str, Any],
+    quality: dict[str, Any], extra_facts: dict[str, Any] | None = None,
 ) -> None:  # fmt: skip
     """``run.json``: command, versions, seeds, data fingerprint, split and the dataset check's flagged cases
     (see :mod:`segmorph.provenance`)."""
@@ -215,7 +349,7 @@ def _write_provenance(
         "dataset": str(spec.root), "seed": request.seed, "train_seed": plan.train.seed, "fold": request.fold,
         "num_folds": request.num_folds, "max_steps": plan.train.max_steps, "time_budget_s": plan.train.time_budget_s,
         "train_cases": train_ids, "val_cases": val_ids, "preprocess_steps": list(plan.preprocess.steps),
-        "quality_check": quality, "log": request.log,
+        "quality_check": quality, "log": request.log, **(extra_facts or {}),
     }  # fmt: skip
     if request.log == "tensorboard":
         facts["tensorboard_dir"] = TENSORBOARD_FOLDER
@@ -249,7 +383,7 @@ def validate_run(
     """
     from segmorph.io import distance_unit, write_image
     from segmorph.progress import track
-    from segmorph.segmentation.datasets import load_sample
+    from segmorph.segmentation.datasets import load_sample, with_declared_ignore
     from segmorph.segmentation.evaluate import evaluate_folders
     from segmorph.segmentation.predict import PredictOptions, Predictor
 
@@ -264,11 +398,14 @@ def validate_run(
         if save_probabilities:
             write_probabilities(probabilities, pred_dir / PROBABILITIES_FOLDER / f"{case_id}.npz")
         write_image(mask, pred_dir / f"{case_id}.nii.gz")
-        write_image(sample.label, ref_dir / f"{case_id}.nii.gz")
+        write_image(
+            replace(sample.label, data=with_declared_ignore(sample.label.data, spec)), ref_dir / f"{case_id}.nii.gz"
+        )
     seconds = (time.perf_counter() - started) / max(len(val_ids), 1)
     labels = {k: v for k, v in spec.labels.items() if k > 0}
     unit = distance_unit(spec.case(val_ids[0]).label) if val_ids else "mm"  # pictures keep no spacing: px
-    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress, unit=unit)
+    summary = evaluate_folders(pred_dir, ref_dir, pred_dir / "metrics.csv", labels, console=show_progress, unit=unit,
+                               ignore=spec.ignore)  # fmt: skip
     write_validation_overlays(run_dir, spec, summary["rows"], labels)
     summary = {k: v for k, v in summary.items() if k != "rows"}
     return {"seconds_per_case": round(seconds, 3), "metrics": summary}
@@ -313,6 +450,8 @@ def write_validation_overlays(
         rows: Per case x class metric rows with keys ``case`` and ``dice`` (as from ``evaluate_folders``).
         labels: Foreground label value -> name.
     """
+    import numpy as np
+
     from segmorph.io import read_image
     from segmorph.plots import overlay_slices
     from segmorph.segmentation.datasets import load_sample
@@ -321,7 +460,7 @@ def write_validation_overlays(
     for case_id, dice in worst_cases(rows, count):
         sample = load_sample(spec.case(case_id), spec)
         prediction = read_image(run_dir / "validation" / f"{case_id}.nii.gz", is_label=True).numpy()[0]
-        reference = None if sample.label is None else sample.label.numpy()[0]
+        reference = None if sample.label is None else np.maximum(sample.label.numpy()[0], 0)  # ignored: background
         path = run_dir / "validation" / "overlays" / f"{case_id}_overlay.png"
         image = sample.image.numpy()
         title = f"{case_id}: mean Dice {dice:.3f} (validation)"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from segmorph.nn.registry import change_network_config, check_network_config, ne
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec
 from segmorph.segmentation.preprocess import PreprocessConfig, channels_after_steps
+from segmorph.segmentation.semisupervised import SemiConfig
 
 # Patch voxel budgets: what one step can afford. The CPU budgets were sized on a 2-core CPU with bf16
 # autocast; a CPU without fast bf16 trains in float32 and takes several times longer per patch (step times
@@ -55,6 +56,8 @@ class Plan:
         slice_axis: For a 2D network on 3D scans: the spatial axis (0, 1 or 2 of the preprocessed ``(C, I, J, K)``
             volume) that slices are cut across; the patch is in-plane, along the other two axes in order. None:
             the network has the scans' dimensions.
+        semi: Semi-supervised training settings, used when training is given unlabelled scans
+            (:class:`segmorph.segmentation.semisupervised.SemiConfig`).
     """
 
     ndim: int
@@ -66,6 +69,7 @@ class Plan:
     train: TrainConfig
     median_shape: tuple[int, ...]
     slice_axis: int | None = None
+    semi: SemiConfig = field(default_factory=SemiConfig)
 
     def __post_init__(self) -> None:
         name = self.network.get("name", "unet")
@@ -131,6 +135,7 @@ class Plan:
             "network": self.network,
             "train": self.train.to_dict(),
             "median_shape": list(self.median_shape),
+            "semi": self.semi.to_dict(),
         } | ({} if self.slice_axis is None else {"slice_axis": self.slice_axis})
 
     @classmethod
@@ -147,6 +152,7 @@ class Plan:
             train=TrainConfig.from_dict(train),
             median_shape=tuple(values["median_shape"]),
             slice_axis=values.get("slice_axis"),  # checked by the plan: 0, 1 or 2
+            semi=SemiConfig.from_dict(dict(values.get("semi", {}))),
         )
 
     def save(self, path: str | Path) -> Path:

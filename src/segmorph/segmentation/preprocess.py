@@ -9,7 +9,8 @@ original geometry, so training, prediction, explanation and the prior all see th
 2. **Normalise** each channel (see :class:`PreprocessConfig`); with ``crop_to_nonzero`` the z-score is
    computed over the non-zero region only and voxels outside it are set to 0.
 3. **Resample** to ``target_spacing``: the grid keeps its origin (world position of voxel 0) and direction;
-   images use spline order ``image_order``, labels nearest neighbour.
+   images use spline order ``image_order``, labels nearest neighbour (so ignored voxels,
+   :data:`~segmorph.segmentation.datasets.IGNORE`, keep their value exactly).
 
 :func:`undo_preprocessing` maps class scores on the preprocessed grid back to the original grid
 (linear resampling, then pasting into the crop box) and :func:`labels_to_original` turns them into a
@@ -504,12 +505,16 @@ def labels_to_original(scores: torch.Tensor, record: UndoRecord) -> Image:
     return Image(labels, record.original_affine, is_label=True)
 
 
-def cache_key(case: CaseFiles, config: PreprocessConfig) -> str:
-    """Hash of the config and the case's source files (path, mtime, size): a change re-runs the case."""
+def cache_key(case: CaseFiles, config: PreprocessConfig, ignore: int | None = None) -> str:
+    """Hash of the config, the dataset's declared ignore value and the case's source files (path, mtime, size):
+    a change re-runs the case."""
     values = config.to_dict()
     if not values["steps"]:
         del values["steps"]  # caches made before steps existed stay valid
-    digest = hashlib.sha256(json.dumps({"version": CACHE_VERSION, "config": values}, sort_keys=True).encode())
+    hashed: dict[str, Any] = {"version": CACHE_VERSION, "config": values}
+    if ignore is not None:  # stored labels hold IGNORE where the files hold ``ignore``; other caches stay valid
+        hashed["ignore"] = ignore
+    digest = hashlib.sha256(json.dumps(hashed, sort_keys=True).encode())
     for path in (*case.images, case.label):
         if path is not None:
             stat = Path(path).stat()
@@ -538,7 +543,7 @@ def preprocess_dataset(
         iterator = track(cases, "preprocess", total=len(cases))
     paths = []
     for case in iterator:
-        path, key = cache_dir / f"{case.case_id}.npz", cache_key(case, config)
+        path, key = cache_dir / f"{case.case_id}.npz", cache_key(case, config, spec.ignore)
         if _stored_key(path) != key:
             sample, record = preprocess_sample(load_sample(case, spec), config)
             atomic_write_bytes(path, _npz_bytes(sample, record, key))
@@ -566,16 +571,24 @@ def _npz_bytes(sample: Sample, record: UndoRecord, key: str) -> bytes:
         "cache_key": np.array(key),
     }
     if sample.label is not None:
-        labels = sample.label.numpy()
-        top = int(labels.max())
-        arrays["label"] = labels.astype(np.uint8 if top < 256 else np.int16 if top < 32768 else np.int32)
+        arrays["label"] = _compact_labels(sample.label.numpy())
     buffer = BytesIO()
     np.savez(buffer, **arrays)
     return buffer.getvalue()
 
 
+def _compact_labels(labels: np.ndarray) -> np.ndarray:
+    """The smallest integer type that holds ``labels`` exactly (signed when ignored voxels hold -1)."""
+    low, top = int(labels.min()), int(labels.max())
+    if low >= 0:
+        return labels.astype(np.uint8 if top < 256 else np.int16 if top < 32768 else np.int32)
+    return labels.astype(np.int8 if low >= -128 and top < 128 else np.int16 if low >= -32768 and top < 32768
+                         else np.int32)  # fmt: skip
+
+
 def load_preprocessed(path: str | Path) -> tuple[Sample, UndoRecord]:
-    """Read a case written by :func:`preprocess_dataset` (label int64, or None when unlabelled)."""
+    """Read a case written by :func:`preprocess_dataset` (label int64 with ignored voxels at
+    :data:`~segmorph.segmentation.datasets.IGNORE`, or None when unlabelled)."""
     path = Path(path)
     try:
         with np.load(path) as data:

@@ -6,17 +6,18 @@ cases (``slice_axis``) trains on 2D slices of them and is validated slice by sli
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from segmorph.engine.autocast import autocast
-from segmorph.engine.loop import Callback, FitResult, TrainConfig, fit_task
+from segmorph.engine.loop import Callback, FitResult, TrainConfig, TrainTask, fit_task
 from segmorph.engine.sliding_window import slicewise_logits, sliding_window_logits
 from segmorph.errors import SegmorphError
 from segmorph.metrics.segmentation import dice_score
+from segmorph.segmentation.datasets import IGNORE
 from segmorph.segmentation.losses import SegmentationLoss
 from segmorph.transforms import AugmentConfig, Augmenter, PatchSampler
 
@@ -28,6 +29,8 @@ class SegmentationTask:
 
     With ``slice_axis`` (a 2D ``config.patch_size``, 3D cases) the patches are 2D slices across that axis and
     validation runs the sliding window slice by slice (:func:`segmorph.engine.sliding_window.slicewise_logits`).
+    With ``synthetic`` cases (e.g. GAN-made pairs, :func:`segmorph.synthesis.synthetic_cases`) each patch of a
+    batch comes from them with probability ``synthetic_share``, drawn like the real ones.
     """
 
     score_key = "dice"
@@ -35,6 +38,7 @@ class SegmentationTask:
     def __init__(
         self, train_cases: Sequence[Case], val_cases: Sequence[Case], config: TrainConfig, num_classes: int,
         label_names: Mapping[int, str] | None = None, slice_axis: int | None = None,
+        synthetic: Sequence[Case] = (), synthetic_share: float = 0.0,
     ) -> None:  # fmt: skip
         self.config = config
         self.num_classes = num_classes
@@ -45,16 +49,36 @@ class SegmentationTask:
             [c[0] for c in train_cases], [c[1] for c in train_cases], config.patch_size, config.foreground_fraction,
             slice_axis=slice_axis,
         )  # fmt: skip
+        if synthetic and not 0.0 < synthetic_share < 1.0:
+            raise SegmorphError(f"synthetic_share: expected a fraction between 0 and 1, got {synthetic_share}")
+        self.synthetic_share = synthetic_share if synthetic else 0.0
+        self.synthetic_sampler = None
+        if synthetic:
+            self.synthetic_sampler = PatchSampler(
+                [c[0] for c in synthetic], [c[1] for c in synthetic], config.patch_size, config.foreground_fraction,
+                slice_axis=slice_axis,
+            )  # fmt: skip
         ndim = len(config.patch_size)
         self.augmenter = Augmenter(AugmentConfig() if config.augment else AugmentConfig(enabled=False), ndim)
         self.loss_fn = SegmentationLoss(config.loss_alpha)
 
     def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
-        images, labels = self.sampler.sample(self.config.batch_size, generator)
+        images, labels = self.draw(generator)
         images, labels = self.augmenter(images.to(device), labels.to(device), generator)
         with autocast(device, amp):
             outputs = model(images)
         return self.loss_fn(outputs, labels)
+
+    def draw(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """One batch of patches ``(B, C, *P)`` and labels ``(B, 1, *P)``, each patch synthetic with probability
+        ``synthetic_share`` (no draw for that without synthetic cases, so such runs stay as they were)."""
+        batch = self.config.batch_size
+        if self.synthetic_sampler is None:
+            return self.sampler.sample(batch, generator)
+        synthetic = int((torch.rand(batch, generator=generator) < self.synthetic_share).sum())
+        parts = [sampler.sample(count, generator) for sampler, count in
+                 ((self.sampler, batch - synthetic), (self.synthetic_sampler, synthetic)) if count]  # fmt: skip
+        return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
     @torch.inference_mode()
     def validate(self, model: nn.Module, device: torch.device) -> list[float]:
@@ -93,6 +117,9 @@ def fit(
     show_progress: bool = True,
     label_names: Mapping[int, str] | None = None,
     slice_axis: int | None = None,
+    compose: Callable[[SegmentationTask], TrainTask] | None = None,
+    synthetic: Sequence[Case] = (),
+    synthetic_share: float = 0.0,
 ) -> FitResult:
     """Train a segmentation ``model`` on patches of ``train_cases``, scoring ``val_cases`` with Dice each epoch.
 
@@ -117,10 +144,17 @@ def fit(
             (``val_dice_Anterior``); classes without a name keep their value (``val_dice_2``).
         slice_axis: Train a 2D ``model`` (2D ``config.patch_size``) on slices of 3D cases across this spatial axis
             (0, 1 or 2); None: the model has the cases' dimensions.
+        compose: Builds the task the loop runs around the segmentation task, e.g. semi-supervised training
+            (:class:`segmorph.segmentation.semisupervised.SemiSupervisedTask`); None: the segmentation task itself.
+        synthetic: Extra ``(image, label)`` pairs (e.g. GAN-made) that patches are also drawn from.
+        synthetic_share: Probability of each patch coming from ``synthetic``.
     """
     if not train_cases:
         raise SegmorphError("no training cases")
-    task = SegmentationTask(train_cases, val_cases, config, num_classes, label_names, slice_axis)
+    task: TrainTask = SegmentationTask(train_cases, val_cases, config, num_classes, label_names, slice_axis,
+                                       synthetic, synthetic_share)  # fmt: skip
+    if compose is not None:
+        task = compose(task)
     return fit_task(
         model, task, config, run_dir, network_config, device, resume, callbacks, show_progress,
         extra_config={"num_classes": num_classes},
@@ -140,6 +174,8 @@ def score_part_names(num_classes: int, label_names: Mapping[int, str] | None = N
 
 
 def dice_per_class(prediction: torch.Tensor, reference: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice of classes 1..K-1 between two label maps (the rules of :func:`segmorph.metrics.segmentation.dice_score`)."""
+    """Dice of classes 1..K-1 between two label maps (the rules of :func:`segmorph.metrics.segmentation.dice_score`),
+    counting only voxels where ``reference`` is not :data:`~segmorph.segmentation.datasets.IGNORE`."""
     predicted, expected = prediction.cpu().numpy(), reference.cpu().numpy()
-    return torch.tensor([dice_score(predicted == k, expected == k) for k in range(1, num_classes)])
+    annotated = expected != IGNORE
+    return torch.tensor([dice_score((predicted == k) & annotated, expected == k) for k in range(1, num_classes)])

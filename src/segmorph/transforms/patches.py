@@ -4,6 +4,11 @@ Volumes are ``(C, I, J[, K])`` images and ``(1, I, J[, K])`` integer label maps 
 :mod:`segmorph.geometry`); patches are stacked into ``(count, C, *P)`` and ``(count, 1, *P)``. Where a
 patch passes the volume border, images and labels read 0. In slice mode (``slice_axis``) the patches of 3D
 volumes are 2D: boxes one voxel thick along that axis, with the axis dropped.
+
+Negative label values mark ignored (unannotated) voxels
+(:data:`segmorph.segmentation.datasets.IGNORE`): they are never foreground, they keep their value in the
+patches, and in a case holding any, the patches that are not centred on foreground are centred on an annotated
+voxel (label >= 0), as nnU-Net does, so that sparse annotations still reach the loss.
 """
 
 from __future__ import annotations
@@ -71,7 +76,9 @@ class PatchSampler:
         patch_size: Patch size in voxels, 2 or 3 values (2 in slice mode: the in-plane sizes, in the order of
             the volume's remaining axes).
         foreground_fraction: Share of patches centred on a foreground voxel (label > 0); nnU-Net uses 1/3.
-        max_voxels_per_class: Foreground voxels kept per class and case (evenly strided), bounding memory.
+            The others are random, or centred on an annotated voxel (label >= 0) in a case with ignored voxels.
+        max_voxels_per_class: Foreground voxels kept per class and case (evenly strided), bounding memory; as
+            many annotated voxels are kept per case with ignored voxels.
         slice_axis: Slice mode: the spatial axis (0, 1 or 2) of 3D volumes that 2D patches are cut across; a
             foreground patch is a slice through its foreground voxel. None: patches have the volumes' dimensions.
     """
@@ -104,6 +111,7 @@ class PatchSampler:
         self.foreground_fraction = foreground_fraction
         self.max_voxels_per_class = max_voxels_per_class
         self._foreground: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._annotated: dict[int, torch.Tensor | None] = {}
 
     def foreground(self, case: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Classes present in a case (``(m,)``, > 0) and, for each, flat voxel indices ``(n_c,)`` (cached)."""
@@ -119,6 +127,18 @@ class PatchSampler:
             self._foreground[case] = (classes.cpu(), voxels)
         return self._foreground[case]
 
+    def annotated(self, case: int) -> torch.Tensor | None:
+        """Flat indices ``(n,)`` of annotated voxels (label >= 0, evenly strided) of a case holding ignored
+        (negative) voxels; None when every voxel of the case is annotated (cached)."""
+        if case not in self._annotated:
+            flat = self.labels[case].reshape(-1)
+            kept = None
+            if bool((flat < 0).any()):
+                where = (flat >= 0).nonzero().flatten()
+                kept = where[:: max(1, math.ceil(where.numel() / self.max_voxels_per_class))].cpu()
+            self._annotated[case] = kept
+        return self._annotated[case]
+
     def _start(self, case: int, fraction: torch.Tensor, foreground: bool) -> list[int]:
         """Corner of a patch; ``fraction`` is ``(2 + n,)`` uniform draws in [0, 1)."""
         shape = self.images[case].shape[1:]
@@ -128,17 +148,24 @@ class PatchSampler:
         classes, voxels = self.foreground(case) if foreground else (torch.zeros(0), [])
         if classes.numel():
             group = voxels[_pick(float(fraction[0]), len(voxels))]
-            index = int(group[_pick(float(fraction[1]), group.numel())])
-            centre = torch.unravel_index(torch.tensor(index), tuple(shape))
-            return [min(max(int(c) - p // 2, lo), hi) for c, p, lo, hi in zip(centre, self.box, lows, highs)]
+            return self._centred_on(group[_pick(float(fraction[1]), group.numel())], shape, lows, highs)
+        annotated = self.annotated(case)
+        if annotated is not None and annotated.numel():
+            return self._centred_on(annotated[_pick(float(fraction[1]), annotated.numel())], shape, lows, highs)
         return [lo + _pick(u, hi - lo + 1) for u, lo, hi in zip(fraction[2:].tolist(), lows, highs)]
+
+    def _centred_on(self, index: torch.Tensor, shape: Sequence[int], lows: list[int], highs: list[int]) -> list[int]:
+        """Corner of the box centred on the voxel of flat ``index``, kept within ``lows``..``highs``."""
+        centre = torch.unravel_index(index.reshape(()), tuple(shape))
+        return [min(max(int(c) - p // 2, lo), hi) for c, p, lo, hi in zip(centre, self.box, lows, highs)]
 
     def sample(self, count: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``count`` patches.
 
         Cases are picked uniformly. ``floor(count * foreground_fraction)`` patches, plus one more with the
         probability of the remainder, are centred on a foreground voxel: a class present in the case is
-        picked uniformly, then one of its voxels (cases without foreground give a random patch).
+        picked uniformly, then one of its voxels (cases without foreground give a random patch). The other
+        patches are random, or centred on an annotated voxel of a case holding ignored voxels.
 
         Args:
             count: Number of patches.
