@@ -40,7 +40,8 @@ ROWS = ("a", "b", "c", "d", "e")
 
 def run(command: list[str], log: Path) -> tuple[float, float]:
     """Run ``command`` with its output in ``log``; its wall seconds and peak RSS in GiB (this child only)."""
-    print("$ " + " ".join(command), flush=True)
+    shown = command if len(command) < 40 else [*command[:4], f"... ({len(command) - 8} more) ...", *command[-4:]]
+    print("$ " + " ".join(shown), flush=True)
     start = time.perf_counter()
     with log.open("w") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
