@@ -24,11 +24,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
+
+from child_runs import run_once
 
 from segmorph.cli.arguments import parse_duration
 from segmorph.segmentation.datasets import load_dataset, split_cases
@@ -36,20 +34,6 @@ from segmorph.segmentation.few_labels import choose_labelled
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("a", "b", "c", "d", "e")
-
-
-def run(command: list[str], log: Path) -> tuple[float, float]:
-    """Run ``command`` with its output in ``log``; its wall seconds and peak RSS in GiB (this child only)."""
-    shown = command if len(command) < 40 else [*command[:4], f"... ({len(command) - 8} more) ...", *command[-4:]]
-    print("$ " + " ".join(shown), flush=True)
-    start = time.perf_counter()
-    with log.open("w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    if code:
-        sys.exit(f"failed with exit status {code} (see {log}): {' '.join(command)}")
-    return time.perf_counter() - start, usage.ru_maxrss / 2**20
 
 
 def score(run_dir: Path) -> dict:
@@ -75,14 +59,7 @@ class Benchmark:
 
     def step(self, name: str, command: list[str], done: Path) -> dict:
         """Run ``command`` unless ``done`` exists; the wall time and peak memory of the run (or those recorded)."""
-        record_path = self.out / "records" / f"{name}.json"
-        if done.exists() and record_path.is_file():
-            return json.loads(record_path.read_text())
-        record_path.parent.mkdir(parents=True, exist_ok=True)
-        wall, peak = run(command, self.out / "records" / f"{name}.log")
-        record = {"wall_min": round(wall / 60, 2), "peak_gib": round(peak, 2)}
-        record_path.write_text(json.dumps(record))
-        return record
+        return run_once(self.out / "records", name, command, done)
 
     def pretrain(self) -> Path:
         folder = self.out / "pretrain"
@@ -102,8 +79,9 @@ class Benchmark:
 
     def train(self, tag: str, row: str, count: int, seed: int, extra: list[str]) -> None:
         folder = self.out / tag / row
-        command = ["segmorph", "train", str(self.data), "--val-cases", *self.val_ids, "--labelled-cases", str(count), "--seed",
-                   str(seed), "--time-budget", self.args.budget, "--out", str(folder), "--quiet", "--no-check", *extra]  # fmt: skip
+        command = ["segmorph", "train", str(self.data), "--val-cases", *self.val_ids, "--labelled-cases", str(count),
+                   "--seed", str(seed), "--time-budget", self.args.budget, "--out", str(folder), "--quiet",
+                   "--no-check", *extra]  # fmt: skip
         record = self.step(f"{tag}_{row}", command, folder / "summary.json")
         result = {"labelled": count, "seed": seed, "row": row, **score(folder), **record}
         self.records.append(result)

@@ -29,7 +29,7 @@ LAYOUT = {
     "registration": ["transform", "spatial", "similarity", "regularize", "classical", "pairs", "structure", "atlas",
                      "run", "pictures"],
     "registration/learned": ["config", "network", "model", "prior", "training"],
-    "classification": ["data", "split", "task", "pipeline", "plots", "crossval", "crossval_layout", "ensemble"],
+    "classification": ["data", "split", "task", "pipeline", "predict", "plots", "crossval", "crossval_layout", "ensemble"],
     "pretraining": ["objectives", "task", "networks", "pictures", "pipeline", "api"],
     "synthesis": ["networks", "deform", "task", "model", "pipeline", "sampling", "pictures", "api"],
     "interpret": ["gradcam", "explain"],

@@ -16,11 +16,11 @@ from segmorph.classification.pipeline import (
     ClassifyRequest,
     load_classification_dataset,
     network_config,
-    predict_classifier,
     selected_weights,
     split_dataset,
     train_classifier,
 )
+from segmorph.classification.predict import predict_classifier
 from segmorph.classification.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
 from segmorph.classification.task import (
     ClassificationTask,

@@ -11,7 +11,7 @@ import torch
 
 from segmorph.classification.api import Classifier, train_classifier
 from segmorph.classification.config import ClassifierConfig, classifier_config
-from segmorph.classification.pipeline import predict_classifier
+from segmorph.classification.predict import predict_classifier
 from segmorph.cli.main import main
 from segmorph.engine.checkpoints import load_checkpoint
 from segmorph.geometry import Affine

@@ -20,11 +20,11 @@ from segmorph.classification.ensemble import load_run_classifier
 from segmorph.classification.pipeline import (
     ClassifyRequest,
     load_classification_dataset,
-    predict_classifier,
     set_aside,
     split_dataset,
     train_classifier,
 )
+from segmorph.classification.predict import predict_classifier
 from segmorph.cli.classification import add_classify_arguments, run_classify
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine

@@ -25,8 +25,9 @@ from segmorph.classification.config import ClassifierConfig, classifier_config
 from segmorph.classification.crossval import train_cross_validation
 from segmorph.classification.crossval_layout import FINAL_FOLDER
 from segmorph.classification.ensemble import load_run_classifier
-from segmorph.classification.pipeline import ClassifyRequest, image_probabilities
+from segmorph.classification.pipeline import ClassifyRequest
 from segmorph.classification.pipeline import train_classifier as train_from_request
+from segmorph.classification.predict import image_probabilities
 from segmorph.configs import CONFIG_FILE
 from segmorph.engine.tracking import check_log
 from segmorph.folds import parse_folds

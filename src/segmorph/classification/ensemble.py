@@ -26,7 +26,8 @@ from segmorph.classification.crossval_layout import (
     fold_folder,
     is_classification_cross_validation,
 )
-from segmorph.classification.pipeline import MODEL_FILE, load_classifier
+from segmorph.classification.pipeline import MODEL_FILE
+from segmorph.classification.predict import load_classifier
 from segmorph.errors import SegmorphError
 from segmorph.folds import parse_folds
 from segmorph.nn.classifiers import Ensemble

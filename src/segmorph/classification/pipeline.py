@@ -37,38 +37,32 @@ from segmorph.classification.config import SELECTIONS, ClassifierConfig
 from segmorph.classification.data import (
     ClassificationDataset,
     InputSpec,
-    Placement,
     choose_input_size,
     load_class_folders,
     load_inputs,
     load_labels_csv,
     name_classes,
-    prepare_image,
     resolve_labels_file,
-    to_original_grid,
 )
 from segmorph.classification.plots import plot_confusion, plot_roc
 from segmorph.classification.split import grouped_fold_split, grouped_holdout_split, labelled_subset
 from segmorph.classification.task import (
     ClassificationTask,
     classification_augment_config,
-    predict_probabilities,
     refresh_batch_norm,
 )
 from segmorph.configs import CONFIG_FILE, config_to_dict
-from segmorph.engine.checkpoints import load_checkpoint, model_from_checkpoint, save_checkpoint
+from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
 from segmorph.engine.loop import FitResult, TrainConfig, fit_task
 from segmorph.engine.tracking import TENSORBOARD_FOLDER, check_log, open_tracker
 from segmorph.errors import SegmorphError
-from segmorph.image import Image
-from segmorph.interpret.gradcam import grad_cam, save_cam_overlay
-from segmorph.io import atomic_write_text, list_images, read_image, strip_suffix
+from segmorph.io import atomic_write_text
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
 from segmorph.nn import build_network, count_parameters
 from segmorph.nn.classifiers import Ensemble
 from segmorph.nn.transfer import TransferRecord, checkpoint_of, initialize_from
-from segmorph.outputs import Output, check_outputs, check_run_folder
-from segmorph.progress import console, track
+from segmorph.outputs import check_run_folder
+from segmorph.progress import console
 from segmorph.provenance import RUN_FILE, data_changed, files_fingerprint, write_run_record
 from segmorph.qc.quality import check_before_training
 from segmorph.records import read_json_if_present
@@ -530,7 +524,7 @@ def _fit_facts(results: list[FitResult], report: dict) -> dict[str, Any]:
             "stopped_because": f"{len(facts)} members: " + "; ".join(reasons), "members": facts}  # fmt: skip
 
 
-def _threshold_text(threshold: float | None) -> str:
+def threshold_text(threshold: float | None) -> str:
     return "argmax" if threshold is None else f"{threshold:.3f}"
 
 
@@ -543,15 +537,15 @@ def _write_val_predictions(
         item = dataset.items[index]
         rows.append({"file": _relative(item.path, dataset.root), "group": item.group,
                      "true": dataset.class_names[item.label], "predicted": dataset.class_names[predicted[row]],
-                     **_probability_columns(probabilities[row], dataset.class_names)})  # fmt: skip
-    _write_csv(path, rows)
+                     **probability_columns(probabilities[row], dataset.class_names)})  # fmt: skip
+    write_csv(path, rows)
 
 
-def _probability_columns(probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
+def probability_columns(probabilities: np.ndarray, class_names: Sequence[str]) -> dict[str, float]:
     return {f"p_{name}": round(float(p), 6) for name, p in zip(class_names, probabilities)}
 
 
-def _write_csv(path: str | Path, rows: list[dict]) -> None:
+def write_csv(path: str | Path, rows: list[dict]) -> None:
     buffer = _io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["file"])
     writer.writeheader()
@@ -619,95 +613,3 @@ def _split_kind(request: ClassifyRequest) -> str:
     if not request.validate:
         return "no validation: every image not set aside"
     return "holdout" if request.fold is None else f"fold {request.fold} of {request.num_folds}"
-
-
-def load_classifier(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """The trained classifier of a run folder (``classifier.pt``) in eval mode, and its ``classifier`` facts."""
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise SegmorphError(f"no {MODEL_FILE}: not a finished classification run", run_dir)
-    state, config, _ = load_checkpoint(path, map_location=device)
-    if "classifier" not in config:
-        raise SegmorphError("not a classifier checkpoint", path)
-    with model_from_checkpoint(path):
-        model = build_network(config["network"])
-        model.load_state_dict(state)
-    return model.to(device).eval(), config["classifier"]
-
-
-def image_probabilities(
-    model: torch.nn.Module, facts: dict[str, Any], image: Image, device: str | torch.device = "cpu",
-    path: str | Path | None = None,
-) -> tuple[np.ndarray, torch.Tensor, Placement]:  # fmt: skip
-    """Class probabilities of one image with a loaded classifier (see :func:`load_classifier`).
-
-    The image is prepared as in training (``facts["input"]``: size, channels, normalisation) and scored over
-    the run's views (mirror, shifts).
-
-    Args:
-        model: The classifier, in eval mode.
-        facts: Its ``classifier`` facts.
-        image: Data ``(C, I, J[, K])``.
-        device: Where the network runs.
-        path: Named in error messages.
-
-    Returns:
-        ``(probabilities (K,) in the order of facts["class_names"], network input (C, *size), placement)``.
-    """
-    prepared, placement = prepare_image(image, InputSpec.from_dict(facts["input"]), path)
-    probabilities = predict_probabilities(model, prepared[None], device, mirror=facts.get("mirror", False),
-                                          shift=facts.get("shift", 0.0))[0].numpy()  # fmt: skip
-    return probabilities, prepared, placement
-
-
-def predict_classifier(
-    run_dir: str | Path, image_paths: Sequence[str | Path], out_csv: str | Path | None = None,
-    cam_dir: str | Path | None = None, device: str = "cpu", show_progress: bool = True,
-    folds: str | Sequence[int] | None = None, use: str | None = None,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """Classify images with a trained run; optionally write a CSV and Grad-CAM overlays.
-
-    Args:
-        run_dir: A run folder from :func:`train_classifier`, or a cross-validation run folder: then the mean
-            probabilities of its folds, or its final model, at the out-of-fold threshold (one line says which;
-            see :func:`segmorph.classification.ensemble.load_run_classifier`).
-        image_paths: Image files, folders of images or DICOM series folders.
-        out_csv: CSV to write (one row per image; None: none).
-        cam_dir: Folder for ``<image name>_cam.png`` Grad-CAM overlays of the predicted class (None: none).
-        device: Where the network runs.
-        show_progress: Progress bar.
-        folds: Cross-validation runs: the folds to average (default: all the run trained).
-        use: Cross-validation runs: ``"final"`` or ``"ensemble"`` (default: the final model when trained).
-
-    Returns:
-        One dict per image: ``file``, ``predicted`` (class name; two classes: ``p_<positive> >= threshold``),
-        ``p_<class>`` for every class, and ``cam`` (the overlay path, when written).
-    """
-    paths = list_images(image_paths)
-    outputs = [] if out_csv is None else [Output.file(out_csv)]
-    if cam_dir is not None:
-        outputs += [Output.folder(cam_dir), *(Output.file(Path(cam_dir) / f"{strip_suffix(p)}_cam.png", p) for p in paths)]
-    check_outputs(outputs, inputs=[run_dir, *image_paths, *paths])  # before the model loads
-    from segmorph.classification.ensemble import load_run_classifier  # it builds on this module
-
-    loaded = load_run_classifier(run_dir, device, folds, use)
-    model, facts = loaded.model, loaded.facts
-    if loaded.kind != "single":
-        console.print(f"predicting with {loaded.description}, threshold {_threshold_text(facts['threshold'])} "
-                      "(chosen on out-of-fold predictions)", highlight=False, soft_wrap=True)  # fmt: skip
-    names, threshold = facts["class_names"], facts["threshold"]
-    rows = []
-    for path in track(paths, "classify", total=len(paths), enabled=show_progress):
-        image = read_image(path)
-        probabilities, prepared, placement = image_probabilities(model, facts, image, device, path)
-        predicted = int(predict_classes(probabilities[None], threshold)[0])
-        row = {"file": str(path), "predicted": names[predicted], **_probability_columns(probabilities, names)}
-        if cam_dir is not None:
-            cam = grad_cam(model, prepared[None], predicted)[0]
-            row["cam"] = str(save_cam_overlay(image.data, to_original_grid(cam, placement),
-                                              Path(cam_dir) / f"{strip_suffix(path)}_cam.png",
-                                              title=f"{Path(path).name}: {names[predicted]}"))  # fmt: skip
-        rows.append(row)
-    if out_csv is not None:
-        _write_csv(out_csv, rows)
-    return rows

@@ -281,7 +281,7 @@ def train_summary_line(summary: dict, out: str | Path) -> str:
 
 
 def _run_predict(args: argparse.Namespace) -> int:
-    from segmorph.classification.pipeline import predict_classifier
+    from segmorph.classification.predict import predict_classifier
 
     rows = predict_classifier(args.run, args.images, args.out, args.cam, args.device, show_progress=not args.quiet,
                               folds=args.folds, use=args.use)  # fmt: skip

@@ -88,7 +88,28 @@ def _overview(run_dir: Path, plan: dict, summary: dict, record: dict) -> Markup:
         "validation cases": summary.get("val_cases"),
         "prediction time per case (s)": validation.get("seconds_per_case"),
     }  # fmt: skip
-    return facts_table(facts)
+    return facts_table({**facts, **few_label_facts(record, summary)})
+
+
+def few_label_facts(record: dict, summary: dict) -> dict[str, Any]:
+    """What a run used besides its labelled cases (from ``run.json`` and ``summary.json``): the labelled share
+    of the training fold, unlabelled scans, the weights it started from, synthetic pairs, partial annotation.
+    Empty for a run that used none of them."""
+    facts: dict[str, Any] = {}
+    if isinstance(record.get("labelled_cases"), list) and isinstance(record.get("train_cases"), list):
+        facts["labelled training cases"] = f"{len(record['labelled_cases'])} of {len(record['train_cases'])}"
+    if summary.get("unlabelled_cases"):
+        facts["unlabelled scans (semi-supervised)"] = summary["unlabelled_cases"]
+    transfer = record.get("transfer")
+    if isinstance(transfer, dict) and isinstance(transfer.get("loaded"), list):
+        total = len(transfer["loaded"]) + len(transfer.get("skipped") or {})
+        facts["initialised from"] = f"{record.get('init', transfer.get('source'))} ({len(transfer['loaded'])} of {total} tensors)"
+    synthetic = record.get("synthetic")
+    if isinstance(synthetic, dict):
+        facts["synthetic pairs"] = f"from {synthetic.get('run')}, share {synthetic.get('share')}"
+    if record.get("annotate_every"):
+        facts["annotated slices"] = f"every {record['annotate_every']}th (the others ignored)"
+    return facts
 
 
 def _network_text(network: dict) -> str | None:
