@@ -137,11 +137,11 @@ def test_weight_average_is_validated_saved_as_best_and_resumed(tmp_path):
 
 
 def test_weight_average_known_answer():
-    from segmorph.engine.loop import _frozen_copy, update_average
+    from segmorph.engine.loop import frozen_copy, update_average
 
     model = torch.nn.Linear(1, 1, bias=False)
     torch.nn.init.constant_(model.weight, 0.0)
-    average = _frozen_copy(model)
+    average = frozen_copy(model)
     torch.nn.init.constant_(model.weight, 1.0)
     for _ in range(2):
         update_average(average, model, 0.5)

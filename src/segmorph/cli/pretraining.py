@@ -6,9 +6,9 @@ import argparse
 from pathlib import Path
 
 from segmorph.cli.arguments import parse_duration, parse_size, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 
 EXAMPLE = "segmorph pretrain ../shared/datasets/msd_hippocampus --out runs/pre --time-budget 20m"
-DEFAULT_TIME_BUDGET_S = 1200.0
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 from segmorph.cli.arguments import parse_duration, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 from segmorph.errors import SegmorphError
 
 EXAMPLES = {
@@ -18,7 +19,6 @@ EXAMPLES = {
     "sample": "segmorph synthesize sample runs/gan_h --labels ../shared/datasets/msd_hippocampus/labelsTr "
     "--out synthetic_h --count 100",
 }
-DEFAULT_TIME_BUDGET_S = 1200.0
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:

@@ -202,6 +202,16 @@ class StatefulTask(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
+@runtime_checkable
+class ScheduledTask(Protocol):
+    """A task whose loss changes over training (a ramped-up consistency weight, a teacher's decay): before each
+    batch the loop gives it the number of steps done and the fraction of training done, the one its learning-rate
+    schedule follows (steps over ``max_steps`` or time over ``time_budget_s``), so both run on one clock and resume
+    with the run."""
+
+    def at_step(self, step: int, progress: float) -> None: ...
+
+
 def fit_task(
     model: nn.Module,
     task: TrainTask,
@@ -246,7 +256,7 @@ class TrainingLoop:
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
         self.optimizer = _make_optimizer(self.model, config)
         self.frozen = _encoder_parameters(self.model) if config.freeze_encoder_steps > 0 else []
-        self.ema = _frozen_copy(self.model) if config.ema_decay > 0 else None
+        self.ema = frozen_copy(self.model) if config.ema_decay > 0 else None
         self.tail: nn.Module | None = None  # the tail average, from its first epoch on
         self.tail_count = 0
         self.step = 0
@@ -264,7 +274,7 @@ class TrainingLoop:
         if self.ema is not None:
             self.ema.load_state_dict(extras.get("ema", state))
         if "tail" in extras:
-            self.tail = _frozen_copy(self.model)
+            self.tail = frozen_copy(self.model)
             self.tail.load_state_dict(extras["tail"])
         self.optimizer.load_state_dict(extras["optimizer"])
         counters = json.loads(extras["counters_json"])
@@ -348,9 +358,12 @@ class TrainingLoop:
 
     def _train_step(self) -> float:
         self.model.train()
-        lr = learning_rate(self.config.learning_rate, self.progress(), self.config.schedule, self.config.warmup)
+        progress = self.progress()
+        lr = learning_rate(self.config.learning_rate, progress, self.config.schedule, self.config.warmup)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
+        if isinstance(self.task, ScheduledTask):
+            self.task.at_step(self.step, progress)
         loss = self.task.batch_loss(self.train_model, self.generator, self.device, self.config.amp)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -390,7 +403,7 @@ class TrainingLoop:
             return
         source = self.ema if self.ema is not None else self.model
         if self.tail is None:
-            self.tail = _frozen_copy(source)
+            self.tail = frozen_copy(source)
         update_average(self.tail, source, self.tail_count / (self.tail_count + 1))
         self.tail_count += 1
 
@@ -440,7 +453,7 @@ def _encoder_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [parameter for name, parameter in model.named_parameters() if name in names]
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
+def frozen_copy(model: nn.Module) -> nn.Module:
     """A copy of ``model`` for the weight average: same weights, no gradients, eval mode."""
     average = copy.deepcopy(model).eval()
     for parameter in average.parameters():

@@ -108,27 +108,27 @@ def pretrain(
         >>> pre.best_score  # 1 - NMSE of the hidden blocks of the validation patches
     """
     from segmorph.pretraining.pipeline import PretrainRequest, run_pretraining
-    from segmorph.segmentation.api import time_budget_seconds
+    from segmorph.segmentation.api import spacing_values, time_budget_seconds
 
     sources = (images,) if isinstance(images, (str, Path)) else tuple(images)
     request = PretrainRequest(
         images=tuple(Path(p) for p in sources), out=Path(out), time_budget_s=time_budget_seconds(time_budget, max_steps),
         max_steps=int(max_steps), objective=objective, network=network, block=block, mask_ratio=float(mask_ratio),
-        target_spacing=_values(spacing, float, "spacing"), network_dims=network_dims, width=int(width),
-        size=_values(size, int, "size"), device=device, seed=int(seed), resume=resume, show_progress=show_progress,
+        target_spacing=spacing_values(spacing), network_dims=network_dims, width=int(width),
+        size=_sizes(size), device=device, seed=int(seed), resume=resume, show_progress=show_progress,
     )  # fmt: skip
     return PretrainResult.from_summary(Path(out), run_pretraining(request))
 
 
-def _values(value: Any, kind: type, name: str) -> tuple | None:
-    """One number or a sequence of them as a tuple of positive ``kind`` values (None stays None)."""
-    if value is None:
+def _sizes(size: int | Sequence[int] | None) -> tuple[int, ...] | None:
+    """A classifier input size (one value, or one per axis) as a tuple of positive voxel counts (None stays None)."""
+    if size is None:
         return None
-    values = (value,) if isinstance(value, (int, float)) else tuple(value)
+    values = (size,) if isinstance(size, (int, float)) else tuple(size)
     try:
-        values = tuple(kind(v) for v in values)
+        values = tuple(int(v) for v in values)
     except (TypeError, ValueError):
         values = ()
     if not values or not all(v > 0 for v in values):
-        raise SegmorphError(f"{name}: expected positive values (one, or one per axis), got {value!r}")
+        raise SegmorphError(f"size: expected positive values (one, or one per axis), got {size!r}")
     return values

@@ -123,7 +123,13 @@ def time_budget_seconds(time_budget: str | float | None, max_steps: int = 0) -> 
         raise SegmorphError(f"time_budget: {err.problem}") from None
 
 
-def _target_spacing(spacing: float | Sequence[float] | None) -> tuple[float, ...] | None:
+def spacing_values(spacing: float | Sequence[float] | None) -> tuple[float, ...] | None:
+    """A voxel size in mm to plan for (``spacing`` arguments of the API: one value or one per axis) as a tuple of
+    positive floats; None stays None.
+
+    Raises:
+        SegmorphError: A value that is not a positive number.
+    """
     if spacing is None:
         return None
     values = (spacing,) if isinstance(spacing, (int, float)) else tuple(spacing)
@@ -148,7 +154,7 @@ def _request(
         raise SegmorphError(f"max_steps: expected 0 (no step limit) or more, got {max_steps}")
     return TrainRequest(
         dataset=Path(dataset), out=Path(out), time_budget_s=time_budget_seconds(time_budget, max_steps),
-        max_steps=max_steps, device=device, overrides=tuple(values.items()), target_spacing=_target_spacing(spacing),
+        max_steps=max_steps, device=device, overrides=tuple(values.items()), target_spacing=spacing_values(spacing),
         images_dir=None if images_dir is None else Path(images_dir),
         labels_dir=None if labels_dir is None else Path(labels_dir), seed=seed, show_progress=show_progress,
         config_file=None if config is None else Path(config), **extra,

@@ -123,8 +123,9 @@ def resumed_settings(run_dir: Path) -> dict[str, Any]:
     synthetic = record.get("synthetic")
     if isinstance(synthetic, dict) and isinstance(synthetic.get("run"), str):
         settings["synthetic"] = Path(synthetic["run"])
-        settings |= {k: synthetic[k] for k in ("share", "count") if isinstance(synthetic.get(k), (int, float))}
-        settings = {("synthetic_" + k if k in ("share", "count") else k): v for k, v in settings.items()}
+        for key in ("share", "count"):
+            if isinstance(synthetic.get(key), (int, float)):
+                settings[f"synthetic_{key}"] = synthetic[key]
     if isinstance(record.get("annotate_every"), int):
         settings["annotate_every"] = record["annotate_every"]
     return settings

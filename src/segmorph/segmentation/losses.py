@@ -49,12 +49,12 @@ def soft_dice_loss(
     indices = _target_indices(logits, target)
     probabilities = torch.softmax(_full_precision(logits), dim=1)
     ignored = indices == IGNORE
-    if bool(ignored.any()):
-        annotated = (~ignored).unsqueeze(1).to(probabilities.dtype)
+    annotated = (~ignored).unsqueeze(1).to(probabilities.dtype) if bool(ignored.any()) else None
+    if annotated is not None:
         probabilities, indices = probabilities * annotated, indices.masked_fill(ignored, 0)
-        one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype) * annotated
-    else:
-        one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    one_hot = F.one_hot(indices, logits.shape[1]).movedim(-1, 1).to(probabilities.dtype)
+    if annotated is not None:
+        one_hot = one_hot * annotated
     if not include_background:
         probabilities, one_hot = probabilities[:, 1:], one_hot[:, 1:]
     axes = [0, *range(2, logits.ndim)] if batch_dice else list(range(2, logits.ndim))

@@ -17,13 +17,14 @@ Method (``semi.method``):
   confirm the teacher's own mistakes, hence the threshold.
 
 The consistency weight rises as ``weight * exp(-5 (1 - t / rampup)^2)`` over the first ``rampup`` of training
-(``t`` the progress fraction: steps over ``max_steps`` or time over ``time_budget_s``, whichever is further, as
-the loop's learning-rate schedule counts it), so that a teacher that knows nothing yet does not steer the student.
+(``t`` the loop's progress fraction, the one its learning-rate schedule follows, given to the task before each
+batch: :class:`segmorph.engine.loop.ScheduledTask`), so that a teacher that knows nothing yet does not steer the
+student.
 
 The loop validates and saves the student (or its weight average with ``train.ema_decay``), as in supervised
 training: the teacher's average lags the student while it still learns fast, and the checkpoint holds the weights
 the loop validated. The teacher is training state: :meth:`SemiSupervisedTask.state_dict` saves it (with the task's
-step, time and random state) in ``checkpoint_last.pt`` for resuming. The unlabelled patches and their perturbations
+random state) in ``checkpoint_last.pt`` for resuming. The unlabelled patches and their perturbations
 come from a generator of the task's own, so the labelled batches are those supervised training draws. A step costs
 about twice a supervised one: the unlabelled patches' forward and backward passes and the teacher's forward pass.
 
@@ -33,9 +34,7 @@ volumes preprocessed with the run's plan; in slice mode (``slice_axis``) 2D slic
 
 from __future__ import annotations
 
-import copy
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -46,7 +45,7 @@ from torch.nn import functional as F
 from segmorph.configs import check, refuse_unknown_keys
 from segmorph.engine import distributed as dist
 from segmorph.engine.autocast import autocast
-from segmorph.engine.loop import update_average
+from segmorph.engine.loop import frozen_copy, update_average
 from segmorph.errors import SegmorphError
 from segmorph.segmentation.task import SegmentationTask
 from segmorph.transforms import AugmentParams, PatchSampler, apply_intensity, draw_intensity_params
@@ -150,28 +149,16 @@ class SemiSupervisedTask:
         self.generator = torch.Generator().manual_seed(config.seed + 7919 + 1000 * dist.rank())
         self.teacher: nn.Module | None = None
         self.restored: dict | None = None  # teacher weights from a checkpoint, until the student is known
-        self.step = 0
-        self.elapsed_before = 0.0
-        self.started: float | None = None
+        self.step = 0  # steps done and fraction of training done, set by the loop (ScheduledTask)
+        self.progress = 0.0
         self.last_weight = 0.0
 
-    # -- progress ------------------------------------------------------------------------------
-    def progress(self) -> float:
-        """Fraction of training done, as the loop counts it: steps over ``max_steps`` or time over
-        ``time_budget_s`` (from this task's first step; resumed runs add the time saved with the teacher)."""
-        config = self.task.config
-        fractions = [self.step / config.max_steps] if config.max_steps > 0 else []
-        if config.time_budget_s > 0:
-            fractions.append(self.elapsed() / config.time_budget_s)
-        return max(fractions)
-
-    def elapsed(self) -> float:
-        return self.elapsed_before + (0.0 if self.started is None else time.perf_counter() - self.started)
+    def at_step(self, step: int, progress: float) -> None:
+        """The loop's step count and progress fraction before this step's batch (the ramp-up's clock)."""
+        self.step, self.progress = step, progress
 
     # -- training ------------------------------------------------------------------------------
     def batch_loss(self, model: nn.Module, generator: torch.Generator, device: torch.device, amp: bool) -> torch.Tensor:
-        if self.started is None:
-            self.started = time.perf_counter()
         student = getattr(model, "module", model)  # the network itself under DistributedDataParallel
         teacher = self._updated_teacher(student)
         supervised = self.task.batch_loss(model, generator, device, amp)
@@ -182,8 +169,8 @@ class SemiSupervisedTask:
             with torch.no_grad():
                 targets = teacher(teacher_view)
         logits = outputs[0] if isinstance(outputs, (list, tuple)) else outputs
-        self.last_weight = consistency_weight(self.semi.weight, self.progress(), self.semi.rampup)
-        self.step += 1
+        self.last_weight = consistency_weight(self.semi.weight, self.progress, self.semi.rampup)
+        self.step += 1  # steps done once this one is (the loop tells it again before the next)
         return supervised + self.last_weight * self.consistency(logits, targets)
 
     def views(self, patches: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -220,9 +207,7 @@ class SemiSupervisedTask:
         """The teacher: a frozen copy of the student at the first step (or the restored one), then moved towards
         the student's weights after each optimiser step."""
         if self.teacher is None:
-            self.teacher = copy.deepcopy(student).eval()
-            for parameter in self.teacher.parameters():
-                parameter.requires_grad_(False)
+            self.teacher = frozen_copy(student)
             if self.restored is not None:
                 self.teacher.load_state_dict(self.restored)
                 self.restored = None
@@ -237,17 +222,14 @@ class SemiSupervisedTask:
 
     # -- state (StatefulTask) ------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The teacher's weights and this task's step and time counters."""
-        state: dict = {"step": self.step, "elapsed_s": self.elapsed(), "generator": self.generator.get_state()}
+        """The teacher's weights, the steps it has followed and the state of this task's generator."""
+        state: dict = {"step": self.step, "generator": self.generator.get_state()}
         weights = self.teacher.state_dict() if self.teacher is not None else self.restored
         if weights is not None:
             state["teacher"] = {name: value.detach().clone() for name, value in weights.items()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.step = int(state.get("step", 0))
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        self.started = None
         if "generator" in state:
             self.generator.set_state(state["generator"])
         teacher = state.get("teacher")

@@ -13,13 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segmorph.configs import parse_duration
 from segmorph.synthesis.deform import Deformation
 from segmorph.synthesis.pipeline import SynthesisRequest, train_synthesis
 from segmorph.synthesis.sampling import synthetic_cases, write_synthetic_dataset
 from segmorph.synthesis.task import GanSettings
-
-DEFAULT_TIME_BUDGET_S = 1200.0  # 20 minutes, as ``segmorph train``
 
 __all__ = ["SynthesisRun", "sample", "synthetic_cases", "train_gan"]
 
@@ -49,7 +46,7 @@ class SynthesisRun:
 def train_gan(
     dataset: str | Path, out: str | Path, *, time_budget: str | float | None = None, max_steps: int = 0,
     images_dir: str | Path | None = None, labels_dir: str | Path | None = None,
-    spacing: Sequence[float] | None = None, network_dims: int | None = None, fold: int = 0, num_folds: int = 5,
+    spacing: float | Sequence[float] | None = None, network_dims: int | None = None, fold: int = 0, num_folds: int = 5,
     train_cases: Sequence[str] = (), labelled_cases: int = 0, seed: int = 0, resume: bool = False, device: str = "cpu",
     cache_dir: str | Path | None = None, show_progress: bool = True, settings: GanSettings | None = None,
 ) -> SynthesisRun:  # fmt: skip
@@ -77,15 +74,13 @@ def train_gan(
     Raises:
         SegmorphError: Bad input, one line naming the file.
     """
-    if time_budget is not None:
-        budget = parse_duration(time_budget)
-    else:
-        budget = 0.0 if max_steps > 0 else DEFAULT_TIME_BUDGET_S
+    from segmorph.segmentation.api import spacing_values, time_budget_seconds
+
     request = SynthesisRequest(
-        dataset=Path(dataset), out=Path(out), time_budget_s=budget, max_steps=max_steps, device=device,
+        dataset=Path(dataset), out=Path(out), time_budget_s=time_budget_seconds(time_budget, max_steps), max_steps=max_steps, device=device,
         images_dir=None if images_dir is None else Path(images_dir),
         labels_dir=None if labels_dir is None else Path(labels_dir),
-        target_spacing=None if spacing is None else tuple(float(s) for s in spacing), network_dims=network_dims,
+        target_spacing=spacing_values(spacing), network_dims=network_dims,
         fold=fold, num_folds=num_folds, train_cases=tuple(train_cases), labelled_cases=labelled_cases, seed=seed,
         resume=resume,
         cache_dir=None if cache_dir is None else Path(cache_dir), show_progress=show_progress,

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from segmorph.image import Image
+from segmorph.registration.spatial import warp
 
 RELATIVE_MAGNITUDE = 0.05  # of the smallest extent of the field of view, when no magnitude is given
 RELATIVE_SMOOTHNESS = 0.2
@@ -126,12 +127,9 @@ def warp_labels(labels: torch.Tensor, displacement_mm: torch.Tensor, spacing: Se
         raise ValueError(f"displacement_mm: expected shape {(len(shape), *shape)}, got {tuple(displacement_mm.shape)}")
     if labels.is_floating_point():
         raise ValueError(f"labels: expected an integer label map, got {labels.dtype}")
-    index = torch.zeros(shape, dtype=torch.long)
-    for axis, size in enumerate(shape):
-        base = torch.arange(size, dtype=torch.float32).view([-1 if a == axis else 1 for a in range(len(shape))])
-        position = torch.round(base + displacement_mm[axis] / float(spacing[axis])).long().clamp_(0, size - 1)
-        index = index * size + position
-    return labels.reshape(-1)[index.reshape(-1)].reshape(labels.shape)
+    per_axis = torch.as_tensor([float(s) for s in spacing], dtype=torch.float32).view(-1, *[1] * len(shape))
+    voxels = displacement_mm.float() / per_axis
+    return warp(labels[None].float(), voxels[None], "nearest", "border")[0].round().to(labels.dtype)
 
 
 def deform_labels(
