@@ -174,6 +174,20 @@ def test_init_from_another_classification_run_folder(dataset, tmp_path, one_thre
     assert config["train"]["freeze_encoder_steps"] == 1 and config["data"]["labelled_fraction"] == 0.5
 
 
+def test_init_takes_the_sources_classifier_unless_the_settings_name_one(dataset, tmp_path, one_thread):
+    source, _ = _classifier_source(tmp_path / "source", num_classes=2, size=SIZE)  # simplecnn, width 4
+    run = train_classifier_api(dataset, tmp_path / "run", labels="labels.csv", target="lesion", group="patient",
+                               max_steps=2, init=source, show_progress=False, check=False)  # fmt: skip
+    model = json.loads((run.out / "config.json").read_text())["model"]
+    assert (model["name"], model["width"]) == ("simplecnn", 4)  # not the default resnet of width 16
+    assert not json.loads((run.out / "run.json").read_text())["transfer"]["skipped"]
+    wider = train_classifier_api(dataset, tmp_path / "wider", labels="labels.csv", target="lesion",
+                                 group="patient", max_steps=2, init=source, overrides={"model.width": 8},
+                                 show_progress=False, check=False)  # fmt: skip
+    assert json.loads((wider.out / "config.json").read_text())["model"]["width"] == 8  # the setting wins
+    assert "shape [4, 1, 3, 3] in the source" in str(json.loads((wider.out / "run.json").read_text())["transfer"])
+
+
 def test_cross_validation_folds_start_from_init(dataset, tmp_path, one_thread):
     source, _ = _classifier_source(tmp_path / "source", num_classes=2, size=SIZE)
     result = cross_validate_classifier(dataset, tmp_path / "cv", folds="0", num_folds=2, labels="labels.csv",

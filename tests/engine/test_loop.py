@@ -226,3 +226,64 @@ def test_task_state_is_saved_with_the_last_checkpoint_and_resumed(tmp_path):
     assert float(resumed.drawn) == 6
     _, _, best = load_checkpoint(tmp_path / "checkpoint_best.pt")
     assert "task" not in best
+
+
+class _ScriptedScoresTask:
+    """A task whose validation gives the scores of a script, one per epoch (NaN: validation it could not score)."""
+
+    score_key = "r2"
+    score_parts = ("r2",)
+
+    def __init__(self, scores):
+        self.scores = list(scores)
+
+    def batch_loss(self, model, generator, device, amp):
+        return sum(p.square().sum() for p in model.parameters())
+
+    def validate(self, model, device):
+        return [self.scores.pop(0)]
+
+
+@pytest.mark.parametrize(
+    ("scores", "best_epoch"),
+    [
+        ([float("nan")] * 3, 3),  # never scored: the latest epoch, and a best checkpoint exists
+        ([float("nan"), -2.5, float("nan")], 2),  # a score below -1 is kept; an unscored epoch never replaces it
+        ([-3.0, -1.5, -2.0], 2),
+    ],
+)
+def test_best_epoch_with_unscorable_or_very_low_validation_scores(tmp_path, scores, best_epoch):
+    from segmorph.engine.loop import fit_task
+
+    result = fit_task(_model(), _ScriptedScoresTask(scores), _config(max_steps=9), tmp_path, {}, show_progress=False)
+    assert result.best_epoch == best_epoch
+    assert (tmp_path / "checkpoint_best.pt").is_file()
+    expected = scores[best_epoch - 1]
+    assert result.best_score == expected or (expected != expected and result.best_score != result.best_score)
+
+
+class _NaNGradientTask(_ScriptedScoresTask):
+    """Every other batch has a NaN gradient (as a degenerate batch in bfloat16 can)."""
+
+    def __init__(self):
+        super().__init__([0.5] * 3)
+        self.batches = 0
+
+    def batch_loss(self, model, generator, device, amp):
+        self.batches += 1
+        loss = sum(p.square().sum() for p in model.parameters())
+        return loss * (float("nan") if self.batches % 2 else 1.0)
+
+
+def test_steps_with_non_finite_gradients_are_skipped_and_counted(tmp_path, capsys):
+    from segmorph.engine.loop import fit_task
+
+    model = _model()
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fit_task(model, _NaNGradientTask(), _config(max_steps=6, weight_decay=0.0), tmp_path, {})
+    assert (result.steps, result.skipped_steps) == (6, 3)
+    trained, _, extras = load_checkpoint(tmp_path / "checkpoint_last.pt")
+    assert all(torch.isfinite(v).all() for v in trained.values() if v.dtype.is_floating_point)
+    assert any(not torch.equal(trained[k], start[k]) for k in start)  # the finite steps did train
+    assert json.loads(extras["counters_json"])["skipped_steps"] == 3
+    assert "warning: 3 of 6 steps skipped: their gradients were not finite" in capsys.readouterr().err

@@ -99,6 +99,7 @@ def test_outputs_keep_the_scan_geometry(run: Path, tmp_path: Path, capsys, one_t
 def test_cam_window_is_the_whole_volume_or_a_patch_around_the_foreground() -> None:
     foreground = torch.zeros(60, 20, 12, dtype=torch.bool)
     assert cam_window((15, 19, 8), (24, 20, 12), 4, foreground[:15, :19, :8]) == ((0, 0, 0), (15, 19, 8), (16, 20, 8))
+    assert cam_window((1, 1, 1), (24, 20, 12), 4, foreground[:1, :1, :1]) == ((0, 0, 0), (1, 1, 1), (24, 20, 12))
     foreground[40:46, 5:9, 2:4] = True  # centre (42.5, 6.5, 2.5)
     assert cam_window((60, 20, 12), (24, 20, 12), 4, foreground) == ((31, 0, 0), (24, 20, 12), (24, 20, 12))
     foreground[:] = False

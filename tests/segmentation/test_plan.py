@@ -30,6 +30,12 @@ def test_patch_shrinks_the_longest_axis_in_mm_to_fit_the_budget():
     assert max(extents_mm) / min(extents_mm) < 1.3  # shrunk towards a cube in mm, not in voxels
 
 
+def test_patch_of_a_one_voxel_image_keeps_two_voxels_per_axis_at_the_coarsest_level():
+    assert plan_patch((1, 1, 1), (1.0, 1.0, 1.0), 64**3) == ([4, 4, 4], 2)
+    assert plan_patch((1, 1), (1.0, 1.0), 256**2) == ([4, 4], 2)
+    assert plan_patch((2, 3, 2), (1.0, 1.0, 1.0), 64**3) == ([2, 4, 2], 2)  # two coarsest voxels already
+
+
 def test_width_follows_device_and_budget():
     assert base_width("cpu", 20 * 60) == 16
     assert base_width("cpu", 2 * 3600) == 24

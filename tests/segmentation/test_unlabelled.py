@@ -33,6 +33,16 @@ def test_the_same_name_in_two_folders_gets_the_folder_in_front(tmp_path):
     assert unlabelled_spec([tmp_path / "a", tmp_path / "b"]).case_ids == ["a__case", "b__case"]
 
 
+def test_a_folder_of_class_folders_gives_the_images_of_each(tmp_path):
+    for folder, names in (("benign", ["b_1", "same"]), ("normal", ["n_1", "same"]), ("empty", [])):
+        (tmp_path / "classes" / folder).mkdir(parents=True)
+        for name in names:
+            write_image(sphere_case()[0], tmp_path / "classes" / folder / f"{name}.nii.gz")
+    (tmp_path / "classes" / "labels.csv").write_text("file,class\n")
+    ids = unlabelled_spec([tmp_path / "classes"]).case_ids
+    assert ids == ["b_1", "benign__same", "n_1", "normal__same"]
+
+
 def test_mixed_dimensionality_is_refused_naming_the_file(tmp_path):
     (tmp_path / "scans").mkdir()
     write_image(sphere_case()[0], tmp_path / "scans" / "a.nii.gz")

@@ -25,6 +25,7 @@ from segmorph.classification.config import ClassifierConfig, classifier_config
 from segmorph.classification.crossval import train_cross_validation
 from segmorph.classification.crossval_layout import FINAL_FOLDER
 from segmorph.classification.ensemble import load_run_classifier
+from segmorph.classification.init_source import source_model
 from segmorph.classification.pipeline import ClassifyRequest
 from segmorph.classification.pipeline import train_classifier as train_from_request
 from segmorph.classification.predict import image_probabilities
@@ -100,7 +101,8 @@ def train_classifier(
             scalars in ``out/tensorboard`` (needs the tensorboard package).
         init: A run folder or checkpoint (a pretraining run, another classification run) whose tensors of
             matching name and shape start the network; what was loaded and what not is printed and kept in
-            ``run.json`` (``transfer``). Its input size is used unless ``data.size`` is set.
+            ``run.json`` (``transfer``). Its classifier (``model.name``, ``model.width``) and input size are
+            used unless the settings give them.
         freeze_encoder_steps: ``train.freeze_encoder_steps``: for this many first steps only the final
             linear layer trains.
         labelled_fraction: ``data.labelled_fraction``: share of the training images kept (whole groups, per
@@ -114,9 +116,7 @@ def train_classifier(
     """
     check_log(log)
     out = Path(out)
-    base = None
-    if resume and (out / CONFIG_FILE).is_file():
-        base = classifier_config(config=out / CONFIG_FILE)  # an error in it names the file
+    base = _base_settings(out, resume, init)
     extra = _few_label_settings(freeze_encoder_steps, labelled_fraction)
     settings = classifier_config({**extra, **(overrides or {})}, config, time_budget=time_budget, max_steps=max_steps,
                                  seed=seed, base=base)  # fmt: skip
@@ -202,9 +202,7 @@ def cross_validate_classifier(
     """
     check_log(log)
     out = Path(out)
-    base = None
-    if resume and (out / CONFIG_FILE).is_file():
-        base = classifier_config(config=out / CONFIG_FILE)
+    base = _base_settings(out, resume, init)
     extra = {} if num_folds is None else {"data.num_folds": num_folds}
     extra.update(_few_label_settings(freeze_encoder_steps, labelled_fraction))
     settings = classifier_config({**extra, **(overrides or {})}, config, time_budget=time_budget,
@@ -250,6 +248,16 @@ def request_from_config(
         init=None if init is None else Path(init), freeze_encoder_steps=train.freeze_encoder_steps,
         labelled_fraction=data.labelled_fraction,
     )  # fmt: skip
+
+
+def _base_settings(out: Path, resume: bool, init: str | Path | None) -> ClassifierConfig | None:
+    """The settings under the asked ones: on ``resume`` the run's own ``config.json``; for a new run from
+    ``init`` the source's classifier (name and width, :func:`segmorph.classification.init_source.source_model`);
+    else None (the defaults)."""
+    if resume and (out / CONFIG_FILE).is_file():
+        return classifier_config(config=out / CONFIG_FILE)  # an error in it names the file
+    model = None if init is None or resume else source_model(init)
+    return None if model is None else ClassifierConfig(model=model)
 
 
 def _few_label_settings(freeze_encoder_steps: int | None, labelled_fraction: float | None) -> dict[str, Any]:

@@ -44,6 +44,7 @@ from segmorph.classification.data import (
     name_classes,
     resolve_labels_file,
 )
+from segmorph.classification.init_source import source_input_size
 from segmorph.classification.plots import plot_confusion, plot_roc
 from segmorph.classification.split import grouped_fold_split, grouped_holdout_split, labelled_subset
 from segmorph.classification.task import (
@@ -60,7 +61,7 @@ from segmorph.io import atomic_write_text
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
 from segmorph.nn import build_network, count_parameters
 from segmorph.nn.classifiers import Ensemble
-from segmorph.nn.transfer import TransferRecord, checkpoint_of, initialize_from
+from segmorph.nn.transfer import TransferRecord, initialize_from
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import RUN_FILE, data_changed, files_fingerprint, write_run_record
@@ -405,18 +406,6 @@ def initial_input_and_network(request: ClassifyRequest, dataset: ClassificationD
         size = stated
     spec = InputSpec(size, channels)
     return spec, network_config(request, spec.ndim, channels, len(dataset.class_names))
-
-
-def source_input_size(source: Path) -> tuple[int, ...] | None:
-    """The input size (voxels per axis) the network of ``source`` was trained at, when its checkpoint states
-    it: a classification run's ``classifier.input``, or a pretraining run's ``pretraining.input``."""
-    _, config, _ = load_checkpoint(checkpoint_of(source))
-    for section in ("classifier", "pretraining"):
-        facts = config.get(section)
-        stated = facts.get("input") if isinstance(facts, dict) else None
-        if isinstance(stated, dict) and isinstance(stated.get("size"), list) and stated["size"]:
-            return tuple(int(s) for s in stated["size"])
-    return None
 
 
 def transfer_check(request: ClassifyRequest, net: dict[str, Any]) -> TransferRecord | None:

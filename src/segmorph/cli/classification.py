@@ -96,7 +96,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--init", type=Path, metavar="PRE_OR_RUN",
                    help="start from the weights of a pretraining run, another classification run or a checkpoint: "
                         "every tensor whose name and shape match is loaded (printed, and listed in run.json); its "
-                        "input size is used unless --size")  # fmt: skip
+                        "classifier and input size are used unless --model, --width or --size say otherwise")  # fmt: skip
     p.add_argument("--freeze-encoder-steps", type=int, metavar="N",
                    help="for the first N steps train only the final linear layer (train.freeze_encoder_steps, "
                         "default 0)")  # fmt: skip

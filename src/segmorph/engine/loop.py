@@ -29,7 +29,7 @@ from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
 from segmorph.engine.schedules import learning_rate
 from segmorph.io import atomic_write_text
 from segmorph.nn.transfer import encoder_parameter_names
-from segmorph.progress import TrainingProgress
+from segmorph.progress import TrainingProgress, console
 
 
 @dataclass(frozen=True)
@@ -151,6 +151,7 @@ class FitResult:
     stopped_because: str
     world_size: int = 1
     precision: str = "float32"
+    skipped_steps: int = 0
 
 
 @runtime_checkable
@@ -259,6 +260,7 @@ class TrainingLoop:
         self.ema = frozen_copy(self.model) if config.ema_decay > 0 else None
         self.tail: nn.Module | None = None  # the tail average, from its first epoch on
         self.tail_count = 0
+        self.skipped_steps = 0  # steps whose gradients were not finite: counted, the weights left as they were
         self.step = 0
         self.epoch = 0
         self.elapsed_before = 0.0
@@ -279,6 +281,7 @@ class TrainingLoop:
         self.optimizer.load_state_dict(extras["optimizer"])
         counters = json.loads(extras["counters_json"])
         self.tail_count = counters.get("tail_count", 0)
+        self.skipped_steps = counters.get("skipped_steps", 0)
         self.step, self.epoch = counters["step"], counters["epoch"]
         self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
         self.history = [EpochRecord(**r) for r in counters["history"]]
@@ -292,6 +295,7 @@ class TrainingLoop:
         counters = {
             "step": self.step, "epoch": self.epoch, "elapsed_s": self.elapsed(), "best": self.best,
             "best_epoch": self.best_epoch, "history": [asdict(r) for r in self.history], "tail_count": self.tail_count,
+            "skipped_steps": self.skipped_steps,
         }  # fmt: skip
         config = {"network": self.network_config, "train": self.config.to_dict(), **self.extra_config}
         # The best checkpoint holds the weights that were validated (the average when EMA is on); the last
@@ -342,10 +346,13 @@ class TrainingLoop:
                     break
         if main:
             self._write_curves()
+            if self.skipped_steps and show_progress:
+                console.print(f"warning: {self.skipped_steps} of {self.step} steps skipped: their gradients were not "
+                              "finite (NaN or infinite)", highlight=False, soft_wrap=True)  # fmt: skip
         for tracker in (c for c in callbacks if isinstance(c, Tracker)):
             tracker.close()
         return FitResult(self.best, self.best_epoch, self.step, self.elapsed(), self.history, reason, dist.world_size(),
-                         precision_name(self.device, self.config.amp))  # fmt: skip
+                         precision_name(self.device, self.config.amp), self.skipped_steps)  # fmt: skip
 
     def _finished(self) -> bool:
         return dist.any_true(self.progress() >= 1.0, self.device)
@@ -370,8 +377,11 @@ class TrainingLoop:
         if self.step < self.config.freeze_encoder_steps:
             for parameter in self.frozen:  # no gradient: the optimiser leaves it untouched (weight decay too)
                 parameter.grad = None
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
-        self.optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), 12.0)
+        if torch.isfinite(norm):  # a NaN or infinite gradient (a degenerate batch) would poison every weight
+            self.optimizer.step()
+        else:
+            self.skipped_steps += 1
         self.step += 1
         if self.ema is not None:
             update_average(self.ema, self.model, min(self.config.ema_decay, (1 + self.step) / (10 + self.step)))
@@ -392,9 +402,15 @@ class TrainingLoop:
         return record
 
     def _update_best(self, record: EpochRecord) -> None:
-        score = record.val_score if record.val_scores else float(record.epoch)
-        if score > self.best:
-            self.best, self.best_epoch = score, record.epoch
+        """Keep the epoch as the best if its validation score is the highest so far. Until an epoch gets a
+        finite score (no validation data, or validation it could not score, such as the R² of constant
+        images), the latest epoch is the best; an epoch without a finite score never replaces a scored one."""
+        scored = bool(record.val_scores) and math.isfinite(record.val_score)
+        scored_before = any(r.val_scores and math.isfinite(r.val_score) for r in self.history if r is not record)
+        better = not scored_before or (scored and record.val_score > self.best)
+        if better:
+            self.best = record.val_score if scored else float(record.epoch if not record.val_scores else math.nan)
+            self.best_epoch = record.epoch
             self._checkpoint("checkpoint_best.pt")
 
     def _update_tail(self) -> None:

@@ -214,6 +214,8 @@ def cam_window(
         shape the network sees.
     """
     whole = tuple(math.ceil(s / divisor) * divisor for s in shape)
+    if math.prod(w // divisor for w in whole) < 2:  # a voxel or so: padded to the patch, as predict pads it
+        whole = tuple(max(w, p) for w, p in zip(whole, patch_size))
     if math.prod(whole) <= math.prod(patch_size):
         return (0,) * len(shape), tuple(shape), whole
     size = tuple(min(p, s) for p, s in zip(patch_size, shape))

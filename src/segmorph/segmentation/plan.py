@@ -302,7 +302,8 @@ def plan_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) 
     The patch starts at the median shape and, while over ``max_voxels``, shrinks the axis that is
     largest in mm; then the number of levels is the most halvings that keep every axis at least
     :data:`MIN_FEATURE_MAP` voxels (at least 2, at most :data:`MAX_LEVELS`), and each axis is rounded up to a
-    multiple of ``2 ** (levels - 1)``.
+    multiple of ``2 ** (levels - 1)`` (two per axis at the coarsest level where it would hold a single voxel:
+    images of a voxel or a few are padded up to it).
     """
     patch = np.asarray(shape, dtype=float).copy()
     spacing_arr = np.asarray(spacing, dtype=float)
@@ -315,6 +316,8 @@ def plan_patch(shape: Sequence[int], spacing: Sequence[float], max_voxels: int) 
     levels = max(levels, 2)  # a U-Net needs two levels, even where the coarser one is under MIN_FEATURE_MAP
     divisor = 2 ** (levels - 1)
     rounded = [int(math.ceil(p / divisor) * divisor) for p in patch]
+    if math.prod(r // divisor for r in rounded) < 2:  # instance norm needs two voxels at the coarsest level
+        rounded = [2 * divisor] * len(rounded)
     return rounded, levels
 
 

@@ -30,7 +30,8 @@ def unlabelled_spec(sources: Sequence[str | Path], like: DatasetSpec | None = No
     """The scans of ``sources`` as unlabelled cases (``label`` None), sorted by case id.
 
     Args:
-        sources: Image files, folders of image files, DICOM series folders or dataset folders.
+        sources: Image files, folders of image files, DICOM series folders, dataset folders, or folders of
+            such folders (a classification dataset's class folders: one level down).
         like: A labelled dataset the scans will be used beside: its channel names and modalities are taken, and a
             scan with another number of channels or dimensionality is refused.
 
@@ -63,10 +64,23 @@ def _cases_of(source: Path) -> list[list[Path]]:
         return [[source]]
     if _is_dataset_folder(source):
         return _dataset_images(source)
-    files = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
-    series = sorted(p for p in source.iterdir() if p.is_dir() and is_dicom_folder(p))
-    if not files and not series:
-        raise SegmorphError("folder holds no images or DICOM series", source)
+    cases = _folder_cases(source)
+    if not cases:  # a folder of class folders (a classification dataset): the images of each
+        inner = [p for p in sorted(source.iterdir()) if p.is_dir() and not p.name.startswith(".")]
+        cases = [case for folder in inner for case in _folder_cases(folder)]
+    if not cases:
+        raise SegmorphError("folder holds no images or DICOM series (nor do its sub-folders)", source)
+    return cases
+
+
+def _folder_cases(folder: Path) -> list[list[Path]]:
+    """The channel files of each case directly in ``folder``: image files (not hidden), DICOM series folders."""
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise SegmorphError(f"cannot list the folder ({err.strerror or err})", folder) from None
+    files = [p for p in entries if p.is_file() and not p.name.startswith(".") and image_suffix(p)]
+    series = [p for p in entries if p.is_dir() and is_dicom_folder(p)]
     return list(group_channels(files).values()) + [[s] for s in series]
 
 

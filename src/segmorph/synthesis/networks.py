@@ -203,6 +203,22 @@ def build_synthesis_network(config: dict[str, Any]) -> nn.Module:
     return CONSTRUCTORS[name](**arguments)
 
 
+MIN_DISCRIMINATOR_PATCH = 8
+"""Smallest patch axis (voxels) the PatchGAN scores: one stride-2 layer and two stride-1 layers of kernel 4 leave
+at least one score per axis with two voxels at its last normalised layer."""
+
+
+def discriminator_patch(patch_size: Sequence[int], multiple: int = 1) -> list[int]:
+    """``patch_size`` with every axis at least :data:`MIN_DISCRIMINATOR_PATCH`, rounded up to ``multiple`` (the
+    generator's divisor): patches of images smaller than that are padded as the sampler pads any patch.
+
+    Example:
+        >>> discriminator_patch((2, 40, 40), 2)
+        [8, 40, 40]
+    """
+    return [int(-(-max(int(p), MIN_DISCRIMINATOR_PATCH) // multiple) * multiple) for p in patch_size]
+
+
 def discriminator_features(patch_size: Sequence[int], width: int = 32, max_halvings: int = 3) -> list[int]:
     """Channels of a PatchGAN for ``patch_size``: as many stride-2 layers (up to ``max_halvings``, at least 1) as keep
     at least 8 voxels per axis, channels doubling from ``width``.

@@ -35,7 +35,12 @@ from segmorph.segmentation.plan import Plan, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
 from segmorph.synthesis.deform import Deformation, deform_labels
 from segmorph.synthesis.model import RUN_KIND, IntensityScale, SynthesisModel, label_names, raw_scale
-from segmorph.synthesis.networks import LabelToImageGenerator, PatchDiscriminator, discriminator_features
+from segmorph.synthesis.networks import (
+    LabelToImageGenerator,
+    PatchDiscriminator,
+    discriminator_features,
+    discriminator_patch,
+)
 from segmorph.synthesis.pictures import SampleRow, write_sample_grid
 from segmorph.synthesis.task import GanSettings, GanTask
 
@@ -195,10 +200,12 @@ def _plan(spec: DatasetSpec, request: SynthesisRequest) -> Plan:
         raise SegmorphError("every label map is empty (background only); a GAN conditioned on labels needs foreground",
                             spec.root)  # fmt: skip
     try:
-        return make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing,
+        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing,
                          request.network_dims)  # fmt: skip
     except ValueError as err:
         raise SegmorphError(str(err), request.dataset) from None
+    divisor = 2 ** (len(plan.network["features"]) - 1)
+    return replace(plan, train=replace(plan.train, patch_size=discriminator_patch(plan.train.patch_size, divisor)))
 
 
 def _split(spec: DatasetSpec, request: SynthesisRequest) -> tuple[list[str], list[str]]:
