@@ -206,6 +206,18 @@ def test_every_step_keeps_an_oblique_anisotropic_geometry(step, ndim):
         assert on_labels.is_label and on_labels.affine is labels.affine and on_labels.data.dtype == torch.int64
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 1), (12, 10, 1)])
+@pytest.mark.parametrize("step", EXAMPLES)
+def test_every_step_on_a_voxel_or_a_single_slice_keeps_the_grid_or_names_itself(step, shape):
+    image = Image(torch.rand(1, *shape) + 1, OBLIQUE)
+    try:
+        out = enhance(image, step)
+    except SegmorphError as err:
+        assert str(err).startswith(f"{step}: the filter cannot process this image (") and "\n" not in str(err)
+        return
+    assert out.spatial_shape == image.spatial_shape and torch.isfinite(out.data).all()
+
+
 def test_the_public_api():
     image, _ = sphere_case()
     out = sm.enhance(image, ["window:40,400", "clahe"])

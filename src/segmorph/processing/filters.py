@@ -88,7 +88,9 @@ def _unit(array: np.ndarray) -> np.ndarray:
 
 def _noise_sigma(array: np.ndarray) -> float:
     """Noise standard deviation estimated from the median absolute deviation of neighbour differences
-    along I (robust to edges and to the signal's level)."""
+    along I (robust to edges and to the signal's level); 0 for an image of one voxel along I."""
+    if array.shape[0] < 2:
+        return 0.0
     steps = np.diff(array.astype(np.float64), axis=0)
     return float(1.4826 * np.median(np.abs(steps - np.median(steps))) / np.sqrt(2.0))
 
@@ -188,8 +190,9 @@ def denoise(image: Image, method: str) -> Image:
         sigma = _noise_sigma(array)
         if sigma <= 0:
             return array.copy()
-        return denoise_nl_means(array, h=0.8 * sigma, sigma=sigma, patch_size=3, patch_distance=5,
-                                fast_mode=True, channel_axis=None)  # fmt: skip
+        result = denoise_nl_means(array, h=0.8 * sigma, sigma=sigma, patch_size=3, patch_distance=5,
+                                  fast_mode=True, channel_axis=None)  # fmt: skip
+        return result.reshape(array.shape)  # scikit-image drops axes of one voxel
 
     return _per_channel(image, what, nlmeans)
 

@@ -290,11 +290,21 @@ def enhance(image: Image, steps: str | Sequence[str | Step]) -> Image:
 
     Raises:
         SegmorphError: A bad step, or a step that does not apply to this image (an intensity filter on a
-            label map, ``channel:green`` on a one-channel image), naming the step.
+            label map, ``channel:green`` on a one-channel image, a filter that cannot process an image of a
+            voxel), naming the step.
 
     Example:
         >>> windowed = enhance(ct, ["window:brain"])  # HU -> [0, 1]
     """
     for step in parse_steps(steps):
-        image = step(image)
+        try:
+            image = step(image)
+        except RuntimeError as err:  # SimpleITK's filters refuse what they cannot process (a voxel-sized image)
+            raise SegmorphError(f"{step.text}: the filter cannot process this image ({_last_line(err)})") from None
     return image
+
+
+def _last_line(err: Exception) -> str:
+    """The last non-empty line of an error's message (ITK's says where it was thrown first, then why)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return lines[-1] if lines else type(err).__name__
