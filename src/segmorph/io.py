@@ -149,14 +149,17 @@ def read_image_information(path: str | Path) -> tuple[tuple[int, ...], int, Affi
     For describing a file that :func:`read_image` refuses (``segmorph info``); never for loading data.
 
     Raises:
-        SegmorphError: The path is not a regular file, or the header cannot be read.
+        SegmorphError: The path is not a regular file, the header cannot be read, or its geometry is singular.
     """
     path = Path(path)
     check_input_path(path)
     reader = _header_reader(path, path)
     if reader.GetDimension() not in (2, 3):
         raise SegmorphError(f"expected a 2D or 3D image, got {reader.GetDimension()}D", path)
-    affine = Affine.from_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    try:
+        affine = Affine.from_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+    except ValueError as err:  # a singular matrix: zero spacing or degenerate direction cosines
+        raise SegmorphError(f"degenerate geometry: {err}", path) from None
     return tuple(int(s) for s in reader.GetSize()), max(1, reader.GetNumberOfComponents()), affine
 
 

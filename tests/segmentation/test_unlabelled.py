@@ -61,6 +61,17 @@ def test_channels_must_match_the_labelled_dataset(tmp_path):
         unlabelled_spec([tmp_path / "two.nii.gz"], like=dataset)
 
 
+def test_a_scan_of_singular_geometry_is_named(tmp_path):
+    import SimpleITK as sitk
+
+    scan = sitk.GetImageFromArray(torch.rand(6, 7, 8).numpy())
+    scan.SetSpacing((1e-30, 1.0, 1.0))
+    sitk.WriteImage(scan, str(tmp_path / "flat.nii.gz"))
+    with pytest.raises(SegmorphError, match="degenerate geometry") as caught:
+        unlabelled_spec([tmp_path / "flat.nii.gz"])
+    assert caught.value.path.endswith("flat.nii.gz")
+
+
 def test_missing_source_and_empty_folder(tmp_path):
     with pytest.raises(SegmorphError):
         unlabelled_spec([tmp_path / "nowhere"])
