@@ -1,6 +1,7 @@
 """Transfer (:mod:`segmorph.nn.transfer`): exactly the tensors whose name and shape match are copied."""
 
 import json
+import pickle
 
 import pytest
 import torch
@@ -101,9 +102,25 @@ def test_bad_sources_are_refused_naming_the_file(tmp_path):
     with pytest.raises(SegmorphError, match="no checkpoint_best.pt or classifier.pt"):
         checkpoint_of(tmp_path / "empty")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(SegmorphError, match="refused to load checkpoint") as err:
+    with pytest.raises(SegmorphError, match=r"not a PyTorch checkpoint \(neither a zip archive nor a pickle\)") as err:
         initialize_from(_unet(), tmp_path / "junk.pt")
     assert err.value.path == str(tmp_path / "junk.pt")
+    (tmp_path / "legacy.pt").write_bytes(pickle.dumps({"a": 1}, protocol=4))  # a pickle, not a torch file
+    with pytest.raises(SegmorphError, match=r"refused to load checkpoint: not a plain-weights file \(Unsupported"):
+        initialize_from(_unet(), tmp_path / "legacy.pt")
+
+
+class _Evil:
+    def __reduce__(self):
+        return (print, ("arbitrary code",))
+
+
+def test_a_checkpoint_holding_code_is_refused_with_the_reason(tmp_path):
+    torch.save({"model": {}, "config_json": "{}", "extra": _Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(SegmorphError) as err:
+        initialize_from(_unet(), tmp_path / "evil.pt")
+    assert err.value.problem == ("refused to load checkpoint: not a plain-weights file (Unsupported global: GLOBAL "
+                                 "print was not an allowed global by default)")  # fmt: skip
 
 
 def test_a_cross_validation_run_is_refused_naming_a_fold(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io as _io
 import json
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -45,11 +46,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     path = Path(path)
     if not path.is_file():
         raise SegmorphError("checkpoint not found", path)
+    if not _looks_like_torch_file(path):
+        raise SegmorphError("not a PyTorch checkpoint (neither a zip archive nor a pickle)", path)
     try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols on stderr: the error says enough
+            warnings.simplefilter("ignore")
+            payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises UnpicklingError, RuntimeError, EOFError, ...
-        reason = str(err).strip().splitlines()[0][:160] if str(err).strip() else type(err).__name__
-        raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({reason})", path) from None
+        raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({_refusal(err)})", path) from None
     if not isinstance(payload, dict) or "model" not in payload or "config_json" not in payload:
         raise SegmorphError("not a segmorph checkpoint (no model weights and config)", path)
     if not isinstance(payload["model"], dict) or not isinstance(payload["config_json"], str):
@@ -60,6 +64,27 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise SegmorphError(f"the config stored in the checkpoint: {err.problem}", path) from None
     extras = {k: v for k, v in payload.items() if k not in ("model", "config_json")}
     return payload["model"], config, extras
+
+
+def _looks_like_torch_file(path: Path) -> bool:
+    """Whether ``path`` starts as ``torch.save`` writes: a zip archive, or a pickle (the legacy format)."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(4)
+    except OSError as err:
+        raise SegmorphError(f"cannot read checkpoint ({err.strerror or err})", path) from None
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
+def _refusal(err: Exception) -> str:
+    """The line of a failed safe load that says why (torch's own advice on unsafe loading left out)."""
+    text, marker = str(err), "WeightsUnpickler error:"
+    if marker in text:
+        rest = text.split(marker, 1)[1].strip()
+        if rest:
+            return rest.splitlines()[0].split(". ")[0].strip()[:160]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:160]
 
 
 def check_network_fits(config: dict[str, Any], expected: dict[str, Any], path: str | Path) -> None:
