@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.classification.pipeline import ClassifyRequest, train_classifier
+from segmorph.classification.pipeline import train_classifier
+from segmorph.classification.request import ClassifyRequest
 from segmorph.cli.arguments import parse_duration
 from segmorph.metrics.classification import balanced_accuracy, choose_threshold, confusion_matrix, roc_auc
 

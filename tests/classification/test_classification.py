@@ -12,15 +12,9 @@ import pytest
 import torch
 
 from segmorph.classification.data import InputSpec, load_class_folders, load_labels_csv, prepare_image, to_original_grid
-from segmorph.classification.pipeline import (
-    ClassifyRequest,
-    load_classification_dataset,
-    network_config,
-    selected_weights,
-    split_dataset,
-    train_classifier,
-)
+from segmorph.classification.pipeline import selected_weights, train_classifier
 from segmorph.classification.predict import predict_classifier
+from segmorph.classification.request import ClassifyRequest, load_classification_dataset, network_config, split_dataset
 from segmorph.classification.split import grouped_fold_split, grouped_holdout_split, grouped_kfold
 from segmorph.classification.task import (
     ClassificationTask,

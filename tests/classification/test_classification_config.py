@@ -100,7 +100,7 @@ def test_bad_settings_are_one_line_and_write_nothing(tmp_path, capsys, arguments
 
 
 def test_defaults_match_the_request_defaults():
-    from segmorph.classification.pipeline import ClassifyRequest
+    from segmorph.classification.request import ClassifyRequest
 
     settings = classifier_config()
     assert settings == ClassifierConfig() and settings.train.time_budget_s == ClassifyRequest.time_budget_s

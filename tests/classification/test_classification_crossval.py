@@ -17,14 +17,9 @@ import torch
 from segmorph.classification.api import Classifier, cross_validate_classifier
 from segmorph.classification.crossval_layout import CROSSVAL_FILE, OUT_OF_FOLD_JSON, TASK, fold_folder
 from segmorph.classification.ensemble import load_run_classifier
-from segmorph.classification.pipeline import (
-    ClassifyRequest,
-    load_classification_dataset,
-    set_aside,
-    split_dataset,
-    train_classifier,
-)
+from segmorph.classification.pipeline import train_classifier
 from segmorph.classification.predict import predict_classifier
+from segmorph.classification.request import ClassifyRequest, load_classification_dataset, set_aside, split_dataset
 from segmorph.cli.classification import add_classify_arguments, run_classify
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from segmorph.classification import api
-from segmorph.classification.pipeline import ClassifyRequest
+from segmorph.classification.request import ClassifyRequest
 from segmorph.cli.classification import add_classify_arguments, run_classify, train_request
 
 SUMMARY = {

@@ -14,12 +14,8 @@ import torch
 
 from segmorph.classification.api import cross_validate_classifier
 from segmorph.classification.api import train_classifier as train_classifier_api
-from segmorph.classification.pipeline import (
-    ClassifyRequest,
-    load_classification_dataset,
-    split_dataset,
-    train_classifier,
-)
+from segmorph.classification.pipeline import train_classifier
+from segmorph.classification.request import ClassifyRequest, load_classification_dataset, split_dataset
 from segmorph.classification.split import labelled_subset
 from segmorph.cli.main import main
 from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint

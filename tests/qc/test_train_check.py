@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from helpers import sphere_case, write_msd_dataset
-from segmorph.classification.pipeline import ClassifyRequest, train_classifier
+from segmorph.classification.pipeline import train_classifier
+from segmorph.classification.request import ClassifyRequest
 from segmorph.cli.main import main
 from segmorph.errors import SegmorphError
 from segmorph.geometry import Affine

@@ -26,9 +26,9 @@ from segmorph.classification.crossval import train_cross_validation
 from segmorph.classification.crossval_layout import FINAL_FOLDER
 from segmorph.classification.ensemble import load_run_classifier
 from segmorph.classification.init_source import source_model
-from segmorph.classification.pipeline import ClassifyRequest
 from segmorph.classification.pipeline import train_classifier as train_from_request
 from segmorph.classification.predict import image_probabilities
+from segmorph.classification.request import ClassifyRequest
 from segmorph.configs import CONFIG_FILE
 from segmorph.engine.tracking import check_log
 from segmorph.folds import parse_folds

@@ -46,17 +46,9 @@ from segmorph.classification.crossval_layout import (
 )
 from segmorph.classification.data import ClassificationDataset, InputSpec, load_inputs
 from segmorph.classification.ensemble import load_fold_ensemble, load_run_classifier
-from segmorph.classification.pipeline import (
-    MODEL_FILE,
-    ClassifyRequest,
-    initial_input_and_network,
-    load_classification_dataset,
-    set_aside,
-    split_seed,
-    train_classifier,
-    transfer_check,
-)
+from segmorph.classification.pipeline import MODEL_FILE, initial_input_and_network, train_classifier, transfer_check
 from segmorph.classification.plots import plot_confusion, plot_roc
+from segmorph.classification.request import ClassifyRequest, load_classification_dataset, set_aside, split_seed
 from segmorph.classification.split import grouped_kfold
 from segmorph.classification.task import predict_probabilities
 from segmorph.configs import CONFIG_FILE, config_to_dict

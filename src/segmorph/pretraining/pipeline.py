@@ -331,7 +331,7 @@ def _classifier_inputs(request: PretrainRequest, spec: DatasetSpec, stored: dict
 def classifier_network(name: str, width: int, ndim: int, channels: int) -> dict[str, Any]:
     """The classifier config ``segmorph classify train --model name --width width`` builds (2 classes: the final
     linear layer is not pretrained, so the class count does not matter)."""
-    from segmorph.classification.pipeline import ClassifyRequest, network_config
+    from segmorph.classification.request import ClassifyRequest, network_config
 
     request = ClassifyRequest(dataset=Path("."), out=Path("."), model=name, width=width)
     return network_config(request, ndim, channels, 2)
