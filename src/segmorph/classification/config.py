@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from segmorph.configs import check, training_config
-from segmorph.nn.registry import network_names
+from segmorph.nn.names import network_names
 
 CONFIG_NAME = "classifier config"  # what error messages call ClassifierConfig
 SELECTIONS = ("last", "best")
@@ -26,7 +26,7 @@ class ModelSettings:
     """The network.
 
     Attributes:
-        name: One of :func:`segmorph.nn.registry.network_names` ``("classification")``: ``"resnet"``
+        name: One of :func:`segmorph.nn.names.network_names` ``("classification")``: ``"resnet"``
             (ResNet-18 layout) or ``"simplecnn"``.
         width: ResNet first-stage channels / SimpleCNN first-level channels (doubling per level).
         dropout: Dropout before the linear layer; None: the model's default (ResNet 0, SimpleCNN 0.2).

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from segmorph.classification.config import ModelSettings
 from segmorph.engine.checkpoints import load_checkpoint
-from segmorph.nn.registry import network_names
+from segmorph.nn.names import network_names
 from segmorph.nn.transfer import checkpoint_of
 
 

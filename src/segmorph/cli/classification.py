@@ -13,7 +13,7 @@ from pathlib import Path
 from segmorph.classification.config import SELECTIONS
 from segmorph.cli.arguments import flag_overrides, parse_duration, parse_size, say, verb_parser
 from segmorph.errors import SegmorphError
-from segmorph.nn.registry import network_names
+from segmorph.nn.names import network_names
 
 EXAMPLES = {
     "train": (

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from segmorph.cli.arguments import say, verb_parser
-from segmorph.segmentation.mesh import DEFAULT_SMOOTH, FORMATS
+from segmorph.segmentation.names import DEFAULT_SMOOTH, FORMATS
 
 EXAMPLES = {
     "mesh": "segmorph mesh hippocampus_001.nii.gz --out meshes/ --format stl --labels-from runs/hippo --preview",

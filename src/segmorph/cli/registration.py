@@ -9,9 +9,7 @@ import numpy as np
 
 from segmorph.cli.arguments import flag_overrides, parse_duration, say, verb_parser
 from segmorph.errors import SegmorphError
-from segmorph.registration.atlas import FUSIONS, METHODS
-from segmorph.registration.learned.config import PREALIGNMENTS
-from segmorph.registration.similarity import SIMILARITIES
+from segmorph.registration.names import FUSIONS, METHODS, PREALIGNMENTS, SIMILARITY_NAMES
 
 EXAMPLES = {
     'register': 'segmorph register fixed.nii.gz moving.nii.gz --out reg/ --moving-labels moving_labels.nii.gz',
@@ -65,7 +63,7 @@ def _add_register(p: argparse.ArgumentParser) -> None:
                    help="learned: alignment before the network: prior (match the centres of the segmentation "
                         "prior's structures), affine, com, none (default: the model's; auto = prior for models "
                         "with a prior, else none)")  # fmt: skip
-    p.add_argument("--similarity", choices=tuple(SIMILARITIES), default="ncc",
+    p.add_argument("--similarity", choices=SIMILARITY_NAMES, default="ncc",
                    help="classical image similarity: ncc (default, same modality); mi or mind for multi-modal")  # fmt: skip
     p.add_argument("--overlays", action="store_true", help="write checkerboard, grid and Jacobian pictures")
     p.add_argument("--device", default="cpu")
@@ -80,7 +78,7 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, help="pairs per step (train.batch_size, default 2)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (train.learning_rate, default 1e-3)")
     p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 2; 0: unsupervised)")
-    p.add_argument("--similarity", choices=tuple(SIMILARITIES), help="image similarity (default ncc)")
+    p.add_argument("--similarity", choices=SIMILARITY_NAMES, help="image similarity (default ncc)")
     p.add_argument("--segmentation-model", type=Path,
                    help="segmorph segmentation run whose label probabilities the network also sees (copied into "
                         "the run; train it on the same split first; one trained with --spacing 2 is several times cheaper)")  # fmt: skip

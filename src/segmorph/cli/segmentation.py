@@ -181,10 +181,10 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _add_baseline(p: argparse.ArgumentParser) -> None:
-    from segmorph.segmentation.baselines import LEVEL_SET_MODELS, METHODS
+    from segmorph.segmentation.names import BASELINE_METHODS, LEVEL_SET_MODELS
 
     p.add_argument("scans", nargs="+", type=Path, help="image files, folders of images or DICOM series folders")
-    p.add_argument("--method", choices=tuple(METHODS), default="otsu",
+    p.add_argument("--method", choices=BASELINE_METHODS, default="otsu",
                    help="otsu; region_grow, confidence_connected, level_set (seeded); vessels (vesselness + threshold)")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="output folder for masks (and baseline.json, metrics.csv)")
     p.add_argument("--steps", action="append", default=[], metavar="STEP[,STEP...]",

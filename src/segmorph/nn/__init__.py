@@ -1,10 +1,26 @@
 """Networks: U-Net (2D/3D), an FCN baseline and image classifiers, built from small blocks; one registry builds
-any of them from its stored arguments (:mod:`segmorph.nn.registry`)."""
+any of them from its stored arguments (:mod:`segmorph.nn.registry`). Names below are imported on first use, so
+that reading the network names (:mod:`segmorph.nn.names`) needs no torch."""
 
-from segmorph.nn.fcn import FCN
-from segmorph.nn.registry import NETWORKS, build_network, check_network_config, network_names
-from segmorph.nn.unet import UNet, count_parameters
+from __future__ import annotations
 
-__all__ = [
-    "FCN", "NETWORKS", "UNet", "build_network", "check_network_config", "count_parameters", "network_names",
-]  # fmt: skip
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FCN": "segmorph.nn.fcn",
+    "NETWORKS": "segmorph.nn.registry",
+    "UNet": "segmorph.nn.unet",
+    "build_network": "segmorph.nn.registry",
+    "check_network_config": "segmorph.nn.registry",
+    "count_parameters": "segmorph.nn.unet",
+    "network_names": "segmorph.nn.names",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'segmorph.nn' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -2,7 +2,7 @@
 
 Checkpoints and plans store a network as that dict (JSON), so one function rebuilds any of them and one check
 refuses a bad one while the settings are read, before anything is trained or written. Command-line choices
-(``classify train --model``) read :func:`network_names`.
+(``classify train --model``) read :func:`segmorph.nn.names.network_names`, which needs no torch.
 """
 
 from __future__ import annotations
@@ -23,15 +23,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
 }  # fmt: skip
 """Network constructors by the ``name`` stored with their arguments."""
 
-TASKS: dict[str, tuple[str, ...]] = {"segmentation": ("unet", "fcn"), "classification": ("resnet", "simplecnn")}
-"""The networks a task trains (an ensemble of classifiers is made by training several, not by name)."""
-
 DEFAULT_NAME = "unet"  # plans written before networks carried a name are U-Nets
-
-
-def network_names(task: str) -> tuple[str, ...]:
-    """Names of the networks ``task`` (``"segmentation"``, ``"classification"``) can train."""
-    return TASKS[task]
 
 
 def network_arguments(name: str) -> tuple[list[str], list[str]]:

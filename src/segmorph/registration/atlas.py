@@ -33,6 +33,7 @@ from segmorph.metrics.segmentation import case_metrics, dice_score
 from segmorph.outputs import check_outputs
 from segmorph.progress import track
 from segmorph.registration.classical import ClassicalConfig, register_classical
+from segmorph.registration.names import FUSIONS, METHODS
 from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.similarity import box_sum
 from segmorph.registration.transform import Transform
@@ -41,8 +42,6 @@ from segmorph.segmentation.evaluate import dataset_label_names, name_labels, rea
 if TYPE_CHECKING:
     from segmorph.registration.learned.model import LearnedRegistration
 
-METHODS = ("rigid", "affine", "deformable", "learned")
-FUSIONS = ("weighted", "majority")
 EXAMPLE = (
     "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_seg.nii.gz a2.nii.gz:a2_seg.nii.gz --out seg.nii.gz"
 )

@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
+from segmorph.registration.names import SIMILARITY_NAMES
+
 # ----------------------------------------------------------------------------- input checks
 
 
@@ -335,6 +337,7 @@ SIMILARITIES: dict[str, Similarity] = {
     "mind": mind_loss,
 }
 """Similarity losses by name; each is ``loss(fixed, warped, ..., mask=None) -> scalar``, lower is better."""
+assert tuple(SIMILARITIES) == SIMILARITY_NAMES, "segmorph.registration.names lists the similarity losses"
 
 
 def get_similarity(name: str) -> Similarity:

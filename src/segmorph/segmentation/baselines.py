@@ -29,6 +29,7 @@ from skimage.filters import threshold_multiotsu, threshold_otsu
 from segmorph.image import Image
 from segmorph.io import from_sitk, to_sitk
 from segmorph.processing.steps import Step, enhance
+from segmorph.segmentation.names import BASELINE_METHODS, LEVEL_SET_MODELS
 from segmorph.segmentation.postprocess import keep_largest_component
 
 
@@ -275,7 +276,6 @@ def confidence_connected(
     return _as_label_image(from_sitk(region, is_label=True).numpy()[0] > 0, image)
 
 
-LEVEL_SET_MODELS = ("geodesic", "chan-vese")
 
 
 def level_set(
@@ -425,6 +425,7 @@ METHODS = {
     "level_set": level_set,
     "vessels": vessels,
 }
+assert tuple(METHODS) == BASELINE_METHODS, "segmorph.segmentation.names lists the baselines"
 SEEDED = ("region_grow", "confidence_connected", "level_set")
 POSTPROCESS_KEYS = ("opening_mm", "closing_mm", "fill_holes", "largest_component")
 

@@ -35,11 +35,11 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import atomic_write_bytes, atomic_write_text, case_name, read_image
 from segmorph.outputs import Output, check_outputs
+from segmorph.segmentation.names import DEFAULT_SMOOTH, FORMATS
 
 __all__ = ["FORMATS", "FRAMES", "LabelMesh", "MeshFiles", "close_surface", "draw_meshes", "label_values", "mesh",
            "mesh_files", "mesh_label", "vtk_polydata", "write_mesh"]  # fmt: skip
 
-FORMATS = ("stl", "obj", "ply", "vtk")
 FRAMES = ("LPS", "RAS")
 FRAME_AXES = {"LPS": ("Left", "Posterior", "Superior"), "RAS": ("Right", "Anterior", "Superior")}
 # The iso-level on the 0/1 mask: a hair above one half. At exactly 0.5 the saddles of the cube faces and bodies
@@ -47,7 +47,6 @@ FRAME_AXES = {"LPS": ("Left", "Posterior", "Superior"), "RAS": ("Right", "Anteri
 # only at an edge or a corner are meshed apart (the foreground's 6-connectivity). Vertices move 0.0001 voxel.
 LEVEL = 0.5001
 MAX_LABELS = 255  # more foreground values than this: a scan, not a label map
-DEFAULT_SMOOTH = 10
 TAUBIN_SHRINK, TAUBIN_INFLATE = 0.5, 0.53  # Taubin's lambda and -mu: pass-band k = 1/0.5 - 1/0.53 = 0.11
 PREVIEW_FACES = 60_000  # the picture draws at most about this many triangles in all (coarser meshes beyond)
 

@@ -25,7 +25,8 @@ from segmorph.configs import parse_overrides as parse_overrides
 from segmorph.engine.loop import TrainConfig
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
-from segmorph.nn.registry import change_network_config, check_network_config, network_names
+from segmorph.nn.names import network_names
+from segmorph.nn.registry import change_network_config, check_network_config
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec
 from segmorph.segmentation.preprocess import PreprocessConfig, channels_after_steps

@@ -10,10 +10,8 @@ from segmorph.configs import check, check_allocation, refuse_unknown_keys
 from segmorph.registration.classical import (
     ClassicalConfig,
 )
+from segmorph.registration.names import PREALIGNMENTS
 from segmorph.registration.similarity import get_similarity
-
-PREALIGNMENTS = ("auto", "prior", "affine", "com", "none")
-
 
 # A quick affine for pre-alignment: the two coarse pyramid levels only.
 PREALIGN_CONFIG = ClassicalConfig(
