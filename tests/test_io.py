@@ -229,3 +229,38 @@ def test_case_name_is_how_every_command_matches_files(tmp_path):
     series = tmp_path / "series_7"
     series.mkdir()
     assert case_name(series) == "series_7"
+
+
+def _picture(path, mode, array):
+    from PIL import Image as Picture
+
+    Picture.fromarray(array, mode if mode in ("RGBA", "LA") else None).convert(mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize(("mode", "channels"), [("RGBA", 3), ("LA", 1), ("P", 3)])
+def test_a_picture_with_alpha_or_a_palette_reads_as_grey_or_rgb(tmp_path, mode, channels):
+    from segmorph.io import read_image_information
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, (30, 40, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque: the colours exactly
+    source = rgba if mode != "LA" else rgba[..., [0, 3]]
+    path = _picture(tmp_path / f"p_{mode}.png", "LA" if mode == "LA" else "RGBA" if mode == "RGBA" else "P",
+                    source if mode != "P" else rgba[..., :3].copy())  # fmt: skip
+    image = read_image(path)
+    assert image.num_channels == channels and image.spatial_shape == (40, 30)
+    assert read_image_information(path)[:2] == ((40, 30), channels)
+    if mode != "P":  # a palette quantises the colours
+        expected = source[..., :channels].transpose(2, 1, 0).astype(np.float32)
+        assert np.array_equal(image.numpy(), expected)
+
+
+def test_a_transparent_picture_is_laid_over_black(tmp_path):
+    rgba = np.full((8, 6, 4), 200, dtype=np.uint8)
+    rgba[:4, ..., 3] = 0  # the first four rows transparent
+    rgba[4:, ..., 3] = 51  # the others one fifth opaque
+    path = _picture(tmp_path / "t.png", "RGBA", rgba)
+    values = read_image(path).numpy()  # (3, I = 6 columns, J = 8 rows)
+    assert values.shape == (3, 6, 8)
+    assert np.all(values[..., :4] == 0) and np.allclose(values[..., 4:], 40.0)

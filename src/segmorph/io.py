@@ -1,7 +1,7 @@
 """Reading and writing images with their geometry; the only module that knows SimpleITK.
 
 Supported: NIfTI (.nii, .nii.gz), NRRD (.nrrd, .nhdr), MetaImage (.mha, .mhd),
-DICOM series (a folder of slices), PNG/JPEG/BMP/TIFF (2D; RGB becomes 3 channels).
+DICOM series (a folder of slices), PNG/JPEG/BMP/TIFF (2D; RGB becomes 3 channels, an alpha channel is dropped).
 SimpleITK arrays are ``(K, J, I)`` (z, y, x); segmorph tensors are ``(C, I, J, K)``;
 the transposition happens here and nowhere else.
 """
@@ -122,7 +122,13 @@ def stored_pixel_type(path: str | Path) -> str:
         if not series:
             raise SegmorphError("folder holds no DICOM series", path)
         name = Path(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path), series[0])[0])
-    reader = _header_reader(name, path)
+    try:
+        reader = _header_reader(name, path)
+    except SegmorphError:
+        if image_suffix(path) not in PICTURE_SUFFIXES:
+            raise
+        _picture_information(path)  # a picture Pillow reads (grey and alpha): 8-bit, else the same error
+        return "uint8"
     if image_suffix(path) in (".nii", ".nii.gz") and reader.HasMetaDataKey("datatype"):
         stored = NIFTI_DATATYPE_NAMES.get(int(reader.GetMetaData("datatype")))
         if stored:
@@ -153,14 +159,37 @@ def read_image_information(path: str | Path) -> tuple[tuple[int, ...], int, Affi
     """
     path = Path(path)
     check_input_path(path)
-    reader = _header_reader(path, path)
+    picture = image_suffix(path) in PICTURE_SUFFIXES
+    try:
+        reader = _header_reader(path, path)
+    except SegmorphError:
+        if not picture:
+            raise
+        return _picture_information(path)
     if reader.GetDimension() not in (2, 3):
         raise SegmorphError(f"expected a 2D or 3D image, got {reader.GetDimension()}D", path)
     try:
         affine = Affine.from_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
     except ValueError as err:  # a singular matrix: zero spacing or degenerate direction cosines
         raise SegmorphError(f"degenerate geometry: {err}", path) from None
-    return tuple(int(s) for s in reader.GetSize()), max(1, reader.GetNumberOfComponents()), affine
+    components = max(1, reader.GetNumberOfComponents())
+    if picture and components in (2, 4):
+        components -= 1  # the alpha channel, which read_image drops
+    return tuple(int(s) for s in reader.GetSize()), components, affine
+
+
+def _picture_information(path: Path) -> tuple[tuple[int, ...], int, Affine]:
+    """:func:`read_image_information` of a picture SimpleITK cannot read (grey and alpha), from Pillow."""
+    from PIL import Image as Picture
+
+    try:
+        with Picture.open(path) as picture:
+            (width, height), bands = picture.size, picture.getbands()
+    except Exception:  # noqa: BLE001 -- Pillow raises OSError, ValueError, ...
+        raise SegmorphError("cannot read image header (unknown format or corrupt file: no reader recognises it)",
+                            path) from None  # fmt: skip
+    channels = len(bands) - (1 if "A" in bands or "a" in bands else 0)
+    return (int(width), int(height)), max(1, channels), Affine.identity(2)
 
 
 def _sitk_name(path: str | Path) -> str:
@@ -269,7 +298,8 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
 
     Returns:
         An :class:`Image` with data ``(C, I, J[, K])``: float32 for images, int64 for labels.
-        A 3D volume with one slice along K stays 3D; a PNG is 2D with 1 or 3 channels.
+        A 3D volume with one slice along K stays 3D; a PNG is 2D with 1 or 3 channels (an alpha channel is
+        dropped: a transparent picture is laid over black; a palette picture is read as its colours).
 
     Raises:
         SegmorphError: The file is missing, unreadable, 4D, or holds bad values.
@@ -287,8 +317,29 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
     except SegmorphError:
         raise
     except RuntimeError as err:
-        raise SegmorphError(f"cannot read image ({_first_line(err)})", path) from None
+        if image_suffix(path) not in PICTURE_SUFFIXES:
+            raise SegmorphError(f"cannot read image ({_first_line(err)})", path) from None
+        itk = _read_picture_with_pillow(path, voxel_budget, _first_line(err))
     return _from_sitk(itk, path, is_label, check_finite)
+
+
+def _read_picture_with_pillow(path: Path, budget: int | None, sitk_reason: str) -> sitk.Image:
+    """A picture SimpleITK cannot read (a PNG of grey and alpha), read with Pillow: pixels of one unit, the
+    size checked against the voxel budget before it is decoded."""
+    from PIL import Image as Picture
+
+    try:
+        with Picture.open(path) as picture:
+            width, height = picture.size
+            bands = len(picture.getbands())
+            check_voxel_budget(float(width) * height * bands, f"declared size {width}x{height} x {bands}", path,
+                               budget)  # fmt: skip
+            array = np.asarray(picture.convert("LA" if picture.mode in ("LA", "La", "PA") else picture.mode))
+    except SegmorphError:
+        raise
+    except Exception:  # noqa: BLE001 -- Pillow raises OSError, ValueError, DecompressionBombError, ...
+        raise SegmorphError(f"cannot read image ({sitk_reason})", path) from None
+    return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
 
 
 def read_label_map(path: str | Path, like: Image | None = None, voxel_budget: int | None = None) -> Image:
@@ -338,6 +389,8 @@ def _from_sitk(itk: sitk.Image, path: Path, is_label: bool, check_finite: bool) 
         array = array[..., None]
     array = np.moveaxis(array, -1, 0)  # (C, K, J, I)
     array = np.array(array.transpose(0, *range(ndim, 0, -1)), order="C")  # (C, I, J, K): the one copy
+    if image_suffix(path) in PICTURE_SUFFIXES and array.shape[0] in (2, 4):
+        array = _without_alpha(array, is_label)
     affine = Affine.from_geometry(itk.GetSpacing(), itk.GetOrigin(), itk.GetDirection())
     if is_label:
         return Image(torch.from_numpy(_as_labels(array, path)), affine, is_label=True)
@@ -351,6 +404,16 @@ def _from_sitk(itk: sitk.Image, path: Path, is_label: bool, check_finite: bool) 
         if check_finite:
             raise SegmorphError(f"image holds {bad} NaN or infinite voxels", path)
     return Image(torch.from_numpy(values), affine)
+
+
+def _without_alpha(array: np.ndarray, is_label: bool) -> np.ndarray:
+    """A picture's ``(C, ...)`` grey + alpha or RGBA values without the alpha channel: an opaque picture keeps its
+    values exactly; a transparent one is laid over black (a label map just loses the channel)."""
+    colour, alpha = array[:-1], array[-1:]
+    opaque = np.iinfo(array.dtype).max if np.issubdtype(array.dtype, np.integer) else 1.0
+    if is_label or (alpha == opaque).all():
+        return np.ascontiguousarray(colour)
+    return (colour.astype(np.float32) * (alpha.astype(np.float32) / opaque)).astype(np.float32)
 
 
 def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
