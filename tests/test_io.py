@@ -264,3 +264,14 @@ def test_a_transparent_picture_is_laid_over_black(tmp_path):
     values = read_image(path).numpy()  # (3, I = 6 columns, J = 8 rows)
     assert values.shape == (3, 6, 8)
     assert np.all(values[..., :4] == 0) and np.allclose(values[..., 4:], 40.0)
+
+
+def test_a_broken_link_among_the_images_is_named_not_skipped(tmp_path):
+    from segmorph.io import list_images
+
+    write_image(sphere_case()[0], tmp_path / "a.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    (tmp_path / ".hidden.nii.gz").symlink_to(tmp_path / "gone.nii.gz")  # hidden: not an input
+    with pytest.raises(SegmorphError, match=r"broken symbolic link \(to .*gone.nii.gz, which does not exist\)") as err:
+        list_images([tmp_path])
+    assert err.value.path == str(tmp_path / "b.nii.gz")

@@ -208,6 +208,28 @@ def is_dicom_folder(path: str | Path) -> bool:
     return path.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(_sitk_name(path)))
 
 
+def folder_files(folder: Path, wanted: Callable[[Path], bool] | None = None) -> list[Path]:
+    """The files directly in ``folder`` that ``wanted`` accepts (default: an image suffix), sorted; hidden names
+    (a killed writer's temporary files) left out, sub-folders too.
+
+    Raises:
+        SegmorphError: An accepted name that is not a regular file (a broken symbolic link, a FIFO), named: it
+            is refused, not silently skipped (:func:`check_input_path`); a folder that cannot be listed.
+    """
+    accept = wanted if wanted is not None else (lambda p: bool(image_suffix(p)))
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as err:
+        raise SegmorphError(f"cannot list the folder ({err.strerror or err})", folder) from None
+    files = []
+    for entry in entries:
+        if entry.name.startswith(".") or entry.is_dir() or not accept(entry):
+            continue
+        check_input_path(entry)
+        files.append(entry)
+    return files
+
+
 def list_images(paths: Iterable[str | Path]) -> list[Path]:
     """Expand files, folders of image files and DICOM series folders into a sorted list of inputs.
 
@@ -222,7 +244,7 @@ def list_images(paths: Iterable[str | Path]) -> list[Path]:
             found.append(path)
         else:
             # names starting with '.' are hidden files, among them a killed writer's temporary files
-            inside = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+            inside = folder_files(path)
             subseries = sorted(p for p in path.iterdir() if p.is_dir() and is_dicom_folder(p))
             if not inside and not subseries:
                 raise SegmorphError("folder holds no images or DICOM series", path)

@@ -130,6 +130,8 @@ def check_input_path(path: str | Path) -> os.stat_result:
     try:
         info = os.stat(path)
     except FileNotFoundError:
+        if os.path.islink(path):
+            raise SegmorphError(f"broken symbolic link (to {os.readlink(path)}, which does not exist)", path) from None
         raise SegmorphError("no such file or folder", path) from None
     except OSError as err:
         if err.errno == errno.ENAMETOOLONG:

@@ -258,3 +258,14 @@ def test_hippocampus_cases_load() -> None:
         assert min(sample.image.spatial_shape) >= 24 and max(sample.image.spatial_shape) <= 59
         assert set(torch.unique(sample.label.data).tolist()) == {0, 1, 2}
         assert np.allclose(sample.image.spacing, 1.0)
+
+
+def test_a_broken_link_in_a_dataset_folder_is_named(tmp_path):
+    from helpers import write_msd_dataset
+
+    root = write_msd_dataset(tmp_path / "data", num_cases=3)
+    (root / "dataset.json").unlink()  # the cases are the folders' files
+    (root / "imagesTr" / "extra_0000.nii.gz").symlink_to(tmp_path / "moved_away.nii.gz")
+    with pytest.raises(SegmorphError, match="broken symbolic link") as err:
+        load_dataset(root)
+    assert err.value.path.endswith("extra_0000.nii.gz")

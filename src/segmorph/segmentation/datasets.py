@@ -36,7 +36,15 @@ import torch
 
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, Sample, check_same_grid
-from segmorph.io import PICTURE_SUFFIXES, image_suffix, is_segmentation_file, read_image, read_label_map, strip_suffix
+from segmorph.io import (
+    PICTURE_SUFFIXES,
+    folder_files,
+    image_suffix,
+    is_segmentation_file,
+    read_image,
+    read_label_map,
+    strip_suffix,
+)
 from segmorph.records import read_json
 
 MODALITIES = ("CT", "MRI", "rgb", "other")
@@ -310,8 +318,7 @@ def _image_files(folder: Path, suffix: str | None, segmentations: bool = False) 
     """Image files of ``folder`` (``segmentations``: DICOM-SEG files too), hidden files left out."""
     if not folder.is_dir():
         raise SegmorphError("no such folder", folder)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and (image_suffix(p) or (segmentations and is_segmentation_file(p))))  # fmt: skip
+    files = folder_files(folder, lambda p: bool(image_suffix(p)) or (segmentations and is_segmentation_file(p)))
     if suffix:
         files = [p for p in files if p.name.endswith(suffix)]
     if not files:

@@ -37,6 +37,7 @@ from segmorph.image import check_same_grid
 from segmorph.io import (
     atomic_write_text,
     distance_unit,
+    folder_files,
     has_physical_spacing,
     image_suffix,
     is_segmentation_file,
@@ -60,9 +61,7 @@ def _case_files(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise SegmorphError(f"{role} folder does not exist", folder)
     cases: dict[str, Path] = {}
-    for path in sorted(folder.iterdir()):
-        if not path.is_file() or path.name.startswith(".") or not (image_suffix(path) or is_segmentation_file(path)):
-            continue
+    for path in folder_files(folder, lambda p: bool(image_suffix(p)) or is_segmentation_file(p)):
         case = strip_suffix(path)
         if case in cases:
             raise SegmorphError(f"two {role} files for case {case!r}: {cases[case].name} and {path.name}", folder)

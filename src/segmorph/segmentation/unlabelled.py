@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from segmorph.errors import SegmorphError
-from segmorph.io import check_input_path, image_suffix, is_dicom_folder, read_image_information, strip_suffix
+from segmorph.io import check_input_path, folder_files, is_dicom_folder, read_image_information, strip_suffix
 from segmorph.segmentation.datasets import (
     FOLDER_PAIRS,
     CaseFiles,
@@ -75,12 +75,8 @@ def _cases_of(source: Path) -> list[list[Path]]:
 
 def _folder_cases(folder: Path) -> list[list[Path]]:
     """The channel files of each case directly in ``folder``: image files (not hidden), DICOM series folders."""
-    try:
-        entries = sorted(folder.iterdir())
-    except OSError as err:
-        raise SegmorphError(f"cannot list the folder ({err.strerror or err})", folder) from None
-    files = [p for p in entries if p.is_file() and not p.name.startswith(".") and image_suffix(p)]
-    series = [p for p in entries if p.is_dir() and is_dicom_folder(p)]
+    files = folder_files(folder)
+    series = [p for p in sorted(folder.iterdir()) if p.is_dir() and is_dicom_folder(p)]
     return list(group_channels(files).values()) + [[s] for s in series]
 
 
@@ -97,7 +93,7 @@ def _dataset_images(root: Path) -> list[list[Path]]:
         cases = [list(c.images) for c in load_dataset(root, image_folder).cases]
     tests = root / "imagesTs"
     if tests.is_dir():
-        files = sorted(p for p in tests.iterdir() if p.is_file() and not p.name.startswith(".") and image_suffix(p))
+        files = folder_files(tests)
         cases.extend(group_channels(files).values())
     return cases
 
