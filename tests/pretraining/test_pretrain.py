@@ -280,4 +280,8 @@ def test_options_that_do_not_fit_the_network_and_an_input_folder_as_output_are_r
         pretrain(data, data / "pre", max_steps=2)
     with pytest.raises(SegmorphError, match="no checkpoint_last.pt"):
         pretrain(data, tmp_path / "pre", max_steps=2, resume=True)
+    with pytest.raises(SegmorphError, match=r"block: 1000 voxels is larger than the shortest side of the \[.*\] patch"):
+        pretrain(data, tmp_path / "pre", max_steps=2, block=1000)
+    with pytest.raises(SegmorphError, match="block: expected at least 1 voxel, got 0"):
+        pretrain(data, tmp_path / "pre", max_steps=2, block=0)
     assert not (tmp_path / "pre").exists()

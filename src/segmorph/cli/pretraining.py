@@ -41,7 +41,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                         "chooses it)")  # fmt: skip
     p.add_argument("--block", type=int, metavar="VOXELS",
                    help="side of the masked (denoise: shuffled) blocks (default 8 in 3D, 4 in 2D; classifiers an "
-                        "eighth of the input's shortest side)")  # fmt: skip
+                        "eighth of the input's shortest side; at most the patch's shortest side)")  # fmt: skip
     p.add_argument("--mask-ratio", type=float, default=0.6, help="share of the blocks hidden (default 0.6)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--seed", type=int, default=0)

@@ -92,8 +92,9 @@ def pretrain(
         network_dims: U-Net: 2 for a 2D network on slices of 3D scans (as ``segmorph train --network-dims``).
         width: Classifier: first-stage channels (as ``classify train --width``).
         size: Classifier: input size in voxels (one value for every axis); None: chosen from the images.
-        block: Side of the masked (shuffled) cubes in voxels; None: 8 for 3D U-Net patches, 4 for 2D ones, an
-            eighth of a classifier input's shortest side.
+        block: Side of the masked (shuffled) cubes in voxels, at most the patch's shortest side; None: 8 for 3D
+            U-Net patches, 4 for 2D ones, an eighth of a classifier input's shortest side (never more than the
+            patch's shortest side).
         mask_ratio: Share of the blocks hidden (``mask``).
         device: ``cpu``, ``cuda`` or ``mps``.
         seed: Seed of the split, weights, patches and corruption.

@@ -106,12 +106,14 @@ def block_mask(shape: Sequence[int], count: int, block: int, ratio: float, gener
     order = torch.rand((count, cubes), generator=generator, device=generator.device).cpu().argsort(dim=1)
     hidden = torch.zeros((count, cubes), dtype=torch.bool)
     hidden.scatter_(1, order[:, : round(ratio * cubes)], True)
-    hidden = hidden.view(count, 1, *coarse)
-    for axis in range(len(shape)):
-        hidden = hidden.repeat_interleave(block, dim=2 + axis)
+    hidden = hidden.view(count, *coarse)
     offsets = torch.randint(0, block, (count, len(shape)), generator=generator, device=generator.device).cpu()
-    return torch.stack([hidden[(i, slice(None), *(slice(int(o), int(o) + s) for o, s in zip(offsets[i], shape)))]
-                        for i in range(count)])  # fmt: skip
+    patches = []
+    for i in range(count):  # voxel v of an axis lies in cube (v + offset) // block: no block-sized copy is made
+        index = [((torch.arange(s) + int(o)) // block).view(*[-1 if a == axis else 1 for a in range(len(shape))])
+                 for axis, (s, o) in enumerate(zip(shape, offsets[i]))]  # fmt: skip
+        patches.append(hidden[i][tuple(index)])
+    return torch.stack(patches)[:, None]
 
 
 def local_shuffle(

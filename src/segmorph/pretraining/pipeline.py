@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,9 @@ class PretrainRequest:
         objective: ``"mask"`` or ``"denoise"`` (see :mod:`segmorph.pretraining.objectives`).
         network: ``"unet"`` (for ``segmorph train --init``), ``"resnet"`` or ``"simplecnn"`` (for ``segmorph
             classify train --init``).
-        block: Side of the masked or shuffled cubes in voxels; None: 8 for 3D U-Net patches, 4 for 2D ones, an
-            eighth of a classifier input's shortest side (at least 4).
+        block: Side of the masked or shuffled cubes in voxels, at most the patch's shortest side; None: 8 for 3D
+            U-Net patches, 4 for 2D ones, an eighth of a classifier input's shortest side (at least 4), never more
+            than the patch's shortest side.
         mask_ratio: Share of the blocks hidden (``mask``).
         target_spacing: U-Net: plan for this voxel size in mm (as ``segmorph train --spacing``).
         network_dims: U-Net: 2 or 3 (as ``segmorph train --network-dims``; None: the scans').
@@ -186,9 +188,17 @@ def _check_request(request: PretrainRequest) -> None:
     _objective(request, 3)  # the objective's own checks, before anything is read
 
 
-def _objective(request: PretrainRequest, default_block: int) -> ObjectiveConfig:
+def _objective(request: PretrainRequest, default_block: int, patch: Sequence[int] | None = None) -> ObjectiveConfig:
+    """The objective asked for (where no block is given: ``default_block``, at most the shortest side of ``patch``),
+    refused with one line where its block is under a voxel or larger than the shortest side of ``patch``."""
+    if request.block is None:
+        block = default_block if patch is None else min(default_block, *patch)  # small images: smaller blocks
+    else:
+        block = request.block
+    if patch is not None and block > min(patch):
+        raise SegmorphError(f"block: {block} voxels is larger than the shortest side of the {list(patch)} patch")
     try:
-        return ObjectiveConfig(request.objective, request.block or default_block, mask_ratio=request.mask_ratio)
+        return ObjectiveConfig(request.objective, block, mask_ratio=request.mask_ratio)
     except ValueError as err:
         raise SegmorphError(str(err)) from None
 
@@ -248,7 +258,13 @@ def _unet_plan(request: PretrainRequest, spec: DatasetSpec, out: Path, resume: b
                          request.network_dims)  # fmt: skip
     except ValueError as err:
         raise SegmorphError(str(err), spec.root) from None
+    _objective(request, unet_block(plan.ndim), plan.train.patch_size)  # a block the patch holds, before any write
     return replace(plan, network=unet_pretraining_config(plan.network), train=replace(plan.train, seed=request.seed))
+
+
+def unet_block(ndim: int) -> int:
+    """The default block side of a U-Net's patches: 8 voxels in 3D, 4 in 2D."""
+    return 8 if ndim == 3 else 4
 
 
 def _unet_setup(
@@ -264,7 +280,7 @@ def _unet_setup(
         sample, _ = load_preprocessed(path)
         images[sample.case_id] = sample.image.data.float()
     config = plan.train
-    objective = _stored_objective(stored) or _objective(request, 8 if plan.ndim == 3 else 4)
+    objective = _stored_objective(stored) or _objective(request, unet_block(plan.ndim), config.patch_size)
     augmenter = spatial_augmentation(AugmentConfig(), plan.ndim) if config.augment else None
     draw, _ = patch_drawer([images[c] for c in train_ids], config.patch_size, plan.slice_axis, augmenter)
     _, val_sampler = patch_drawer([images[c] for c in val_ids], config.patch_size, plan.slice_axis)
@@ -356,7 +372,7 @@ def _classifier_setup(
             weight_decay=0.05, schedule="cosine", warmup=0.05, max_steps=request.max_steps,
             time_budget_s=request.time_budget_s, steps_per_epoch=25, seed=request.seed,
         )  # fmt: skip
-        objective = _objective(request, max(4, min(spec.size) // 8))
+        objective = _objective(request, max(4, min(spec.size) // 8), spec.size)
     train_images = inputs.images[[position[c] for c in train_ids]]
     val_images = inputs.images[[position[c] for c in val_ids]]
     augmenter = spatial_augmentation(classification_augment_config(spec.ndim), spec.ndim) if config.augment else None
