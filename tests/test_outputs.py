@@ -66,6 +66,10 @@ def test_a_run_folder_inside_its_dataset_is_refused(tmp_path):
     check_run_folder(tmp_path / "runs" / "a", tmp_path / "ds")
     with pytest.raises(SegmorphError, match="or lie inside it"):
         check_run_folder(tmp_path / "ds" / "runs" / "a", tmp_path / "ds")
+    check_run_folder(tmp_path / "runs" / "a", tmp_path / "ds", cache=tmp_path / "cache")
+    with pytest.raises(SegmorphError, match="or lie inside it") as err:  # a cache would write beside the scans
+        check_run_folder(tmp_path / "runs" / "a", tmp_path / "ds", cache=tmp_path / "ds" / "cache")
+    assert err.value.path == str(tmp_path / "ds" / "cache")
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders")

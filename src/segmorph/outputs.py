@@ -234,11 +234,15 @@ def _probe(output: Output, probed: set[str]) -> None:
     os.unlink(name)
 
 
-def check_run_folder(out: str | Path, dataset: str | Path, *reads: str | Path | None) -> None:
-    """Refuse a training run folder that is the dataset folder or lies inside it, is a file, is one of
-    ``reads`` (another run it reads, a labels file), or is not writable; before anything is read.
+def check_run_folder(
+    out: str | Path, dataset: str | Path, *reads: str | Path | None, cache: str | Path | None = None
+) -> None:
+    """Refuse a training run folder (and a preprocessing ``cache`` folder given apart from it) that is the dataset
+    folder or lies inside it, is a file, is one of ``reads`` (another run it reads, a labels file), or is not
+    writable; before anything is read.
 
     Example:
-        >>> check_run_folder("runs/h", "Task04_Hippocampus")
+        >>> check_run_folder("runs/h", "Task04_Hippocampus", cache="/scratch/cache")
     """
-    check_outputs([Output.folder(out)], inputs=[dataset, *reads], outside=[dataset])
+    folders = [Output.folder(out)] + ([Output.folder(cache)] if cache is not None else [])
+    check_outputs(folders, inputs=[dataset, *reads], outside=[dataset])

@@ -99,7 +99,7 @@ def test_channel_correlation_known_answers():
 
 @pytest.mark.parametrize(
     ("changes", "named"),
-    [({"l1_weight": -1.0}, "l1_weight"), ({"generator_lr": 0.0}, "generator_lr"),
+    [({"l1_weight": -1.0}, "l1_weight"), ({"l1_weight": float("inf")}, "finite weight"), ({"generator_lr": 0.0}, "generator_lr"),
      ({"l1_weight": 0.0, "adversarial_weight": 0.0}, "l1_weight"), ({"foreground_fraction": 2.0}, "foreground_fraction")],
 )  # fmt: skip
 def test_bad_gan_settings_are_named(changes, named):

@@ -58,7 +58,7 @@ def train_cross_validation(
         SegmorphError: The folder holds a cross-validation run and ``resume`` is not set, or a different split.
     """
     out = Path(request.out)
-    check_run_folder(out, request.dataset)
+    check_run_folder(out, request.dataset, cache=request.cache_dir)
     record = _start_record(out, request, folds, budget_per_fold)
     request = _recorded_configuration(request, record)
     for fold in folds:

@@ -24,6 +24,7 @@ from segmorph.outputs import check_run_folder
 from segmorph.progress import console
 from segmorph.provenance import data_changed, data_fingerprint, write_run_record
 from segmorph.qc.quality import check_before_training
+from segmorph.readchecks import check_voxel_budget
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
 from segmorph.segmentation.few_labels import (
@@ -185,7 +186,8 @@ def train_segmentation(request: TrainRequest) -> dict[str, Any]:
 
 def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     out = Path(request.out)
-    check_run_folder(out, request.dataset, request.init, request.synthetic, *request.unlabelled_paths)
+    check_run_folder(out, request.dataset, request.init, request.synthetic, *request.unlabelled_paths,
+                     cache=request.cache_dir)  # fmt: skip
     check_log(request.log)
     if request.resume:  # the run's labelled cases and unlabelled sources, where not given again
         recorded = resumed_settings(out).items()
@@ -267,6 +269,9 @@ def _check_extras(request: TrainRequest, plan: Plan) -> None:
             )
         if request.synthetic_count < 0:
             raise SegmorphError(f"--synthetic-count: expected 0 or more pairs, got {request.synthetic_count}")
+        voxels = float(math.prod(plan.median_shape)) * (plan.network_channels + 1)  # an image and its label map
+        check_voxel_budget(request.synthetic_count * voxels, f"--synthetic-count {request.synthetic_count} pairs "
+                           f"of about {math.prod(plan.median_shape):,} voxels, kept in memory", request.synthetic)  # fmt: skip
         synthetic_cases(request.synthetic, [], plan, 0, plan.train.seed)  # the GAN loads and fits the plan
 
 

@@ -114,7 +114,7 @@ def train_synthesis(request: SynthesisRequest) -> dict[str, Any]:
             resumed folder that is not a GAN run.
     """
     out = Path(request.out)
-    check_run_folder(out, request.dataset)
+    check_run_folder(out, request.dataset, cache=request.cache_dir)
     spec = labelled_spec(request.dataset, request.images_dir, request.labels_dir)
     setup = _resumed_setup(out) if request.resume else _new_setup(spec, request)
     out.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ The task is a :class:`segmorph.engine.loop.StatefulTask`: the discriminator and 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -68,12 +69,12 @@ class GanSettings:
 
     def __post_init__(self) -> None:
         for name in ("l1_weight", "adversarial_weight"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: expected a weight of at least 0, got {getattr(self, name)}")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name}: expected a finite weight of at least 0, got {getattr(self, name)}")
         if self.l1_weight == 0 and self.adversarial_weight == 0:
             raise ValueError("l1_weight: with adversarial_weight 0 too, the generator has nothing to learn")
         for name in ("discriminator_lr", "generator_lr"):
-            if not getattr(self, name) > 0:
+            if not 0 < getattr(self, name) < math.inf:
                 raise ValueError(f"{name}: expected a positive learning rate, got {getattr(self, name)}")
         if self.noise_channels < 0 or self.validation_cases < 0:
             raise ValueError(f"noise_channels, validation_cases: expected at least 0, got {self.noise_channels}, "
