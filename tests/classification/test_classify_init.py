@@ -233,3 +233,14 @@ def test_cli_init_from_a_run_of_another_network_is_one_line_and_writes_nothing(d
     assert main([*_cli(dataset, tmp_path / "cv", pre), "--folds", "all", "--num-folds", "2"]) == 1
     assert "no weight matches" in _one_error_line(capsys)
     assert not (tmp_path / "cv").exists()
+
+
+@pytest.mark.parametrize(("flag", "value", "problem"), [("--width", "100000", "resnet network of"),
+                                                        ("--size", "100000", "input size and batch")])  # fmt: skip
+def test_a_network_or_input_beyond_the_memory_budget_is_one_line_and_writes_nothing(dataset, tmp_path, capsys,
+                                                                                   flag, value, problem):  # fmt: skip
+    out = tmp_path / "run"
+    args = ["classify", "train", str(dataset), "--labels", "labels.csv", "--target", "lesion", "--group", "patient",
+            "--out", str(out), "--max-steps", "1", flag, value, "--quiet", "--no-check"]  # fmt: skip
+    assert main(args) == 1
+    assert problem in _one_error_line(capsys) and not out.exists()

@@ -55,3 +55,16 @@ def test_bad_configs_are_refused_naming_the_argument():
         with pytest.raises(ValueError) as err:
             check_network_config(config)
         assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_a_network_beyond_the_memory_budget_is_refused_before_any_weight_is_allocated(monkeypatch):
+    from segmorph.errors import SegmorphError
+    from segmorph.readchecks import MAX_VOXELS_ENV
+
+    small = build_network(UNET)
+    parameters = sum(p.numel() for p in small.parameters())
+    monkeypatch.setenv(MAX_VOXELS_ENV, str(4 * parameters))  # weights, gradients and two moments: just fits
+    build_network(UNET)
+    monkeypatch.setenv(MAX_VOXELS_ENV, str(4 * parameters - 1))
+    with pytest.raises(SegmorphError, match=f"unet network of {parameters:,} parameters"):
+        build_network(UNET)

@@ -36,6 +36,7 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image
 from segmorph.io import list_images, read_image
 from segmorph.progress import track
+from segmorph.readchecks import check_voxel_budget
 from segmorph.records import read_csv
 
 SIZE_MULTIPLE = 8  # input sizes are rounded to this, so a few poolings divide them evenly
@@ -361,7 +362,13 @@ def choose_input_size(
 
 
 def load_inputs(paths: Sequence[str | Path], spec: InputSpec, show_progress: bool = True) -> torch.Tensor:
-    """Read and prepare every image: ``(N, spec.channels, *spec.size)`` float32."""
+    """Read and prepare every image: ``(N, spec.channels, *spec.size)`` float32.
+
+    Raises:
+        SegmorphError: That array beyond the memory budget (checked before it is allocated), or a bad image.
+    """
+    values = float(len(paths)) * spec.channels * math.prod(spec.size)
+    check_voxel_budget(values, f"{len(paths)} images at input size {list(spec.size)}", None)
     out = torch.empty((len(paths), spec.channels, *spec.size), dtype=torch.float32)
     for index, path in enumerate(track(paths, "load images", total=len(paths), enabled=show_progress)):
         out[index] = prepare_image(read_image(path), spec, path)[0]

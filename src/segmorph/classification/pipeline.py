@@ -64,6 +64,7 @@ from segmorph.io import atomic_write_text
 from segmorph.metrics.classification import choose_threshold, classification_report, predict_classes
 from segmorph.nn import build_network, count_parameters
 from segmorph.nn.classifiers import Ensemble
+from segmorph.nn.registry import check_network_size
 from segmorph.nn.transfer import TransferRecord, initialize_from
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
@@ -105,6 +106,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     spec, net = _input_and_network(request, dataset, out)
     train_config = _train_config(request, spec)
     request = _with_resumed_init(request)
+    check_network_size(net["name"], {k: v for k, v in net.items() if k != "name"})  # before anything is written
     transfer = transfer_check(request, net)  # a source that does not fit is refused before anything is written
     out.mkdir(parents=True, exist_ok=True)
     if config is not None:
@@ -237,14 +239,17 @@ def _with_resumed_init(request: ClassifyRequest) -> ClassifyRequest:
 def _train_config(request: ClassifyRequest, spec: InputSpec) -> TrainConfig:
     if request.max_steps <= 0 and request.time_budget_s <= 0:
         raise SegmorphError("give a time budget or a step limit")
-    return TrainConfig(
-        patch_size=spec.size, batch_size=request.batch_size, optimizer="adamw", learning_rate=request.learning_rate,
-        weight_decay=request.weight_decay, schedule="cosine", warmup=0.05, max_steps=request.max_steps,
-        time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
-        patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
-        ema_decay=request.ema_decay, tail_average=request.tail_average,
-        freeze_encoder_steps=request.freeze_encoder_steps,
-    )  # fmt: skip
+    try:
+        return TrainConfig(
+            patch_size=spec.size, batch_size=request.batch_size, optimizer="adamw",
+            learning_rate=request.learning_rate, weight_decay=request.weight_decay, schedule="cosine", warmup=0.05,
+            max_steps=request.max_steps, time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
+            patience_epochs=request.patience_epochs, augment=request.augment, amp=request.amp, seed=request.seed,
+            ema_decay=request.ema_decay, tail_average=request.tail_average,
+            freeze_encoder_steps=request.freeze_encoder_steps,
+        )  # fmt: skip
+    except ValueError as err:  # the input size and batch beyond the memory budget, ...
+        raise SegmorphError(f"input size and batch: {err}") from None
 
 
 def _classifier_facts(

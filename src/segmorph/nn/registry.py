@@ -17,6 +17,7 @@ from torch import nn
 from segmorph.nn.classifiers import Ensemble, ResNet, SimpleCNN
 from segmorph.nn.fcn import FCN
 from segmorph.nn.unet import UNet
+from segmorph.readchecks import check_voxel_budget
 
 NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "unet": UNet, "fcn": FCN, "simplecnn": SimpleCNN, "resnet": ResNet, "ensemble": Ensemble,
@@ -94,9 +95,27 @@ def build_network(config: dict[str, Any], **settings: Any) -> nn.Module:
 
     Raises:
         ValueError: Unknown name.
+        SegmorphError: A network too large for the memory budget (counted on the meta device, before any
+            weight is allocated: weights, gradients and the optimiser's two moments, four values a parameter).
     """
     name = config.get("name", DEFAULT_NAME)
     required, optional = network_arguments(name)
     arguments = {k: v for k, v in config.items() if k != "name"}
     arguments.update({k: v for k, v in settings.items() if k in required + optional})
+    check_network_size(name, arguments)
     return NETWORKS[name](**arguments)
+
+
+def check_network_size(name: str, arguments: dict[str, Any]) -> int:
+    """The parameter count of network ``name`` built with ``arguments``, counted on the meta device (nothing is
+    allocated); refused when weights, gradients and the optimiser's two moments (four values a parameter) would
+    exceed the memory budget (:func:`segmorph.readchecks.check_voxel_budget`).
+
+    Raises:
+        SegmorphError: The network is too large.
+    """
+    with torch.device("meta"):
+        parameters = sum(p.numel() for p in NETWORKS[name](**arguments).parameters())
+    check_voxel_budget(4.0 * parameters, f"{name} network of {parameters:,} parameters (with gradients and "
+                       "optimiser state)", None)  # fmt: skip
+    return parameters
