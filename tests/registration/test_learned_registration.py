@@ -197,6 +197,9 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     assert not (tmp_path / "reg3" / "velocity.nii.gz").exists()  # a composed field has no single velocity
     assert main(["register", *pair, "--out", str(tmp_path / "reg0"), "--passes", "0"]) == 1
     assert "--passes: expected at least 1" in capsys.readouterr().err
+    assert main(["register", *pair, "--out", str(tmp_path / "reg0"), "--refine", "-1"]) == 1
+    assert "refine: expected 0 or more instance-optimisation steps, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "reg0").exists()
 
 
 def test_loading_a_segmentation_run_as_a_registration_model_is_refused(trained_run, capsys):
@@ -331,6 +334,9 @@ def test_label_guidance_is_a_share_and_needs_a_prior(tmp_path, capsys):
     assert LearnedConfig.from_dict({"features": [4, 8]}).label_guidance == 0.0  # checkpoints from before it
     assert main(["train-registration", str(dataset), "--out", str(tmp_path / "reg"), "--label-guidance", "2"]) == 1
     assert "registration.label_guidance: expected a share in 0..1, got 2.0" in capsys.readouterr().err
+    assert main(["train-registration", str(dataset), "--out", str(tmp_path / "big"), "--max-steps", "1",
+                 "--batch-size", "100000000", "--quiet"]) == 1  # fmt: skip
+    assert "exceeds the memory budget" in capsys.readouterr().err and not (tmp_path / "big").exists()
 
 
 def test_a_label_guided_run_trains_and_registers_with_the_moving_labels(tmp_path, trained_run):

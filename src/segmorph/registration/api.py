@@ -170,6 +170,8 @@ def register(
             raise SegmorphError("method 'learned' needs model= (a train-registration run folder or loaded model)")
         if passes is not None and passes < 1:
             raise SegmorphError(f"passes: expected at least 1, got {passes}")
+        if refine < 0:
+            raise SegmorphError(f"refine: expected 0 or more instance-optimisation steps, got {refine}")
         learned = load_registration_model(model, device)
         return learned.register(fixed, moving, refine=refine, matrix=start, prealign=prealign, passes=passes,
                                 moving_labels=moving_labels)  # fmt: skip

@@ -363,11 +363,15 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     task = RegistrationTask(train, monitor, monitor_pairs, config, request.batch_size)
     torch.manual_seed(request.seed)
     network = build_registration_network(len(config.train_shape), config)
-    train_config = TrainConfig(
-        patch_size=config.train_shape, batch_size=request.batch_size, learning_rate=request.learning_rate,
-        weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s, steps_per_epoch=request.steps_per_epoch,
-        augment=config.flip, seed=request.seed, schedule="cosine", warmup=0.02,
-    )  # fmt: skip
+    try:
+        train_config = TrainConfig(
+            patch_size=config.train_shape, batch_size=request.batch_size, learning_rate=request.learning_rate,
+            weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s,
+            steps_per_epoch=request.steps_per_epoch, augment=config.flip, seed=request.seed, schedule="cosine",
+            warmup=0.02,
+        )  # fmt: skip
+    except ValueError as err:  # the training shape times the batch beyond the memory budget, ...
+        raise SegmorphError(f"registration training: {err}", request.dataset) from None
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     if request.config_record is not None:
