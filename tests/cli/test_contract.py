@@ -166,3 +166,15 @@ def test_openmp_wait_policy_is_set_before_torch_is_imported(given, expected):
         **({"OMP_WAIT_POLICY": given} if given else {}),
     )
     assert result.stdout.strip() == f"True [{expected!r}]", result.stderr
+
+
+@pytest.mark.parametrize("value", ["-1", "4294967296", "1.5"])
+def test_every_seed_option_takes_a_whole_number_from_0_to_2_to_the_32(value, capsys):
+    seeded = [(verb, flag) for verb in leaf_parsers(build_parser()) for action in verb._actions
+              for flag in action.option_strings if flag in ("--seed", "--split-seed")]  # fmt: skip
+    assert len(seeded) >= 7
+    for verb, flag in seeded:
+        with pytest.raises(SystemExit) as stopped:
+            verb.parse_known_args([flag, value])
+        assert stopped.value.code == 2
+        assert f"expected a whole number from 0 to 4294967295, got '{value}'" in capsys.readouterr().err

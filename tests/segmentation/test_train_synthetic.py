@@ -84,6 +84,7 @@ def test_annotate_every_keeps_every_kth_slice_of_the_training_cases(data, tmp_pa
         (["--synthetic", "{dataset}"], ""),
         (["--synthetic", "{gan}", "--synthetic-count", "100000000"], "--synthetic-count 100000000 pairs"),
         (["--cache", "{dataset}/cache"], "must not be the input folder"),
+        (["--synthetic-share", "0.5"], "--synthetic-share and --synthetic-count need --synthetic"),
     ],
 )
 def test_bad_synthetic_and_annotation_inputs_exit_1_and_write_nothing(data, tmp_path, capsys, flags, message):

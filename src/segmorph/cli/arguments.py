@@ -40,6 +40,21 @@ def parse_size(text: str) -> tuple[int, ...]:
     return values
 
 
+MAX_SEED = 2**32 - 1
+"""The largest seed (numpy's and torch's generators take every whole number from 0 up to it)."""
+
+
+def parse_seed(text: str) -> int:
+    """argparse type: a seed, a whole number from 0 to :data:`MAX_SEED`."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {MAX_SEED}, got {text!r}")
+    return value
+
+
 def verb_parser(sub: argparse._SubParsersAction, name: str, help_text: str, example: str) -> argparse.ArgumentParser:
     """A verb's parser whose ``--help`` ends with an example command."""
     return sub.add_parser(

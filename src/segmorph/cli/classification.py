@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 
 from segmorph.classification.config import SELECTIONS
-from segmorph.cli.arguments import flag_overrides, parse_duration, parse_size, say, verb_parser
+from segmorph.cli.arguments import flag_overrides, parse_duration, parse_seed, parse_size, say, verb_parser
 from segmorph.errors import SegmorphError
 from segmorph.nn.names import network_names
 
@@ -130,13 +130,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
     p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast where the device runs it fast)")
-    p.add_argument("--seed", type=int, help="seed of the weights, batches and augmentation, and of the split "
+    p.add_argument("--seed", type=parse_seed, help="seed of the weights, batches and augmentation, and of the split "
                    "unless --split-seed (default 0)")
     p.add_argument("--config", type=Path, help="YAML/JSON file of settings (sections model, data, train, scoring)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set one value, e.g. model.width=32 or train.batch_size=16 (repeatable; wins over --config "
                         "and the flags above; the run's config.json lists every key)")  # fmt: skip
-    p.add_argument("--split-seed", type=int, metavar="S",
+    p.add_argument("--split-seed", type=parse_seed, metavar="S",
                    help="seed of the train/validation split alone (default: --seed), to train one split with several seeds")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

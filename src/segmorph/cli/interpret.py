@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import say, verb_parser
+from segmorph.cli.arguments import parse_seed, say, verb_parser
 
 EXAMPLES = {
     'explain': 'segmorph explain runs/hippo scans/case_004.nii.gz --out explain/ --classes 1 2 --tta 8',
@@ -30,7 +30,7 @@ def _add_explain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", nargs="+", default=(), metavar="CLASS",
                    help="classes to explain, label values or names (default: every foreground class)")  # fmt: skip
     p.add_argument("--tta", type=int, default=8, help="test-time-augmentation variants (default 8, at least 2)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the intensity jitter (default 0)")
+    p.add_argument("--seed", type=parse_seed, default=0, help="seed of the intensity jitter (default 0)")
     p.add_argument("--no-cam", action="store_true", help="uncertainty and prediction only, no Grad-CAM")
     p.add_argument("--layer", choices=("decoder", "bottleneck"), default="decoder",
                    help="layer Grad-CAM explains: the coarsest decoder block (default) or the bottleneck")  # fmt: skip

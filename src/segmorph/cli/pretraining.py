@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_size, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import parse_duration, parse_seed, parse_size, parse_spacing, say, time_budget, verb_parser
 from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 
 EXAMPLE = "segmorph pretrain ../shared/datasets/msd_hippocampus --out runs/pre --time-budget 20m"
@@ -44,7 +44,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
                         "eighth of the input's shortest side; at most the patch's shortest side)")  # fmt: skip
     p.add_argument("--mask-ratio", type=float, default=0.6, help="share of the blocks hidden (default 0.6)")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.cli.arguments import flag_overrides, parse_duration, say, verb_parser
+from segmorph.cli.arguments import flag_overrides, parse_duration, parse_seed, say, verb_parser
 from segmorph.errors import SegmorphError
 from segmorph.registration.names import FUSIONS, METHODS, PREALIGNMENTS, SIMILARITY_NAMES
 
@@ -90,7 +90,7 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set one value, e.g. registration.dice_weight=1 or train.batch_size=4 (repeatable; wins "
                         "over --config and the flags above; the run's config.json lists every key)")  # fmt: skip
-    p.add_argument("--seed", type=int, help="seed of the split, weights and pairs (train.seed, default 0)")
+    p.add_argument("--seed", type=parse_seed, help="seed of the split, weights and pairs (train.seed, default 0)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint (and its config.json)")
     p.add_argument("--log", choices=("csv", "tensorboard"), default="csv",

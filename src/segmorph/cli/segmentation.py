@@ -6,8 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import parse_duration, parse_seed, parse_spacing, say, time_budget, verb_parser
 from segmorph.errors import SegmorphError
+from segmorph.segmentation.names import DEFAULT_SYNTHETIC_SHARE
 
 EXAMPLES = {
     'train': 'segmorph train ../shared/datasets/msd_hippocampus --out runs/hippo --time-budget 20m',
@@ -59,7 +60,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
                    help="2 for 3D scans: a 2D network trained on slices across the through-plane axis (largest "
                         "spacing) and applied slice by slice (default: the scans' dimensions: 3D full "
                         "resolution, or coarser with --spacing)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -102,7 +103,7 @@ def _add_few_label_args(p: argparse.ArgumentParser) -> None:
     few.add_argument("--synthetic", type=Path, metavar="GAN",
                      help="a segmorph synthesize train run: its generator makes image/label pairs from deformed label "
                           "maps of the labelled training cases, mixed into training")  # fmt: skip
-    few.add_argument("--synthetic-share", type=float, default=0.3, metavar="F",
+    few.add_argument("--synthetic-share", type=float, default=DEFAULT_SYNTHETIC_SHARE, metavar="F",
                      help="with --synthetic: probability of a training patch coming from the synthetic pairs (0.3)")  # fmt: skip
     few.add_argument("--synthetic-count", type=int, default=0, metavar="N",
                      help="with --synthetic: pairs to make (default: four per labelled case, 20 to 200)")  # fmt: skip

@@ -6,7 +6,7 @@ import argparse
 import math
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import parse_duration, parse_seed, parse_spacing, say, time_budget, verb_parser
 from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 from segmorph.errors import SegmorphError
 
@@ -89,7 +89,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--cache", type=Path, help="preprocessing cache folder (default OUT/preprocessed)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -106,7 +106,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create (missing or empty)")
     p.add_argument("--count", type=int, default=20, help="synthetic pairs to write (default 20)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument(
         "--magnitude",
         type=float,

@@ -104,6 +104,7 @@ class TrainConfig:
         check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
         check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
+        check(0 <= self.seed < 2**32, f"seed: expected a whole number from 0 to {2**32 - 1}, got {self.seed}")
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.steps_per_epoch >= 1, f"steps_per_epoch: expected at least 1, got {self.steps_per_epoch}")
         check(self.patience_epochs >= 0, f"patience_epochs: expected at least 0, got {self.patience_epochs}")

@@ -22,6 +22,7 @@ import numpy as np
 from segmorph.configs import load_overrides_file, parse_duration
 from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
+from segmorph.segmentation.names import DEFAULT_SYNTHETIC_SHARE
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.predict import PredictOptions
 
@@ -189,7 +190,7 @@ def train(
     init: str | Path | None = None,
     freeze_encoder_steps: int = 0,
     synthetic: str | Path | None = None,
-    synthetic_share: float = 0.3,
+    synthetic_share: float = DEFAULT_SYNTHETIC_SHARE,
     synthetic_count: int = 0,
     annotate_every: int = 0,
 ) -> TrainResult:

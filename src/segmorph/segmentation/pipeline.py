@@ -36,6 +36,7 @@ from segmorph.segmentation.few_labels import (
     semi_line,
     source_widths,
 )
+from segmorph.segmentation.names import DEFAULT_SYNTHETIC_SHARE
 from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
 from segmorph.segmentation.semisupervised import SemiSupervisedTask
@@ -122,7 +123,7 @@ class TrainRequest:
     init: Path | None = None
     freeze_encoder_steps: int = 0
     synthetic: Path | None = None
-    synthetic_share: float = 0.3
+    synthetic_share: float = DEFAULT_SYNTHETIC_SHARE
     synthetic_count: int = 0
     annotate_every: int = 0
 
@@ -260,6 +261,8 @@ def _check_extras(request: TrainRequest, plan: Plan) -> None:
     if request.annotate_every < 0 or (request.annotate_every and plan.image_ndim != 3):
         raise SegmorphError(f"--annotate-every: expected a number of slices (1 or more) for 3D scans, got "
                             f"{request.annotate_every} for {plan.image_ndim}D scans")  # fmt: skip
+    if request.synthetic is None and (request.synthetic_share != DEFAULT_SYNTHETIC_SHARE or request.synthetic_count):
+        raise SegmorphError("--synthetic-share and --synthetic-count need --synthetic (a GAN run)")
     if request.synthetic is not None:
         from segmorph.synthesis import synthetic_cases
 
