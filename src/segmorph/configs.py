@@ -330,6 +330,10 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+MAX_LEARNING_RATE = 10.0
+"""The largest learning rate a training config takes: beyond it every optimiser the toolkit uses diverges in a step."""
+
+
 def check_allocation(values: float, message: str) -> None:
     """Raise ``ValueError`` when an allocation of ``values`` numbers a setting asks for (a patch times its batch)
     exceeds the voxel budget (:func:`segmorph.readchecks.max_voxels`); ``message`` starts with the field's name, as for

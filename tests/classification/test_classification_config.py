@@ -82,7 +82,8 @@ def test_a_run_written_before_config_files_still_classifies():
     ("arguments", "message"),
     [
         (["--set", "train.batch_size=0"], "classifier config: train.batch_size: expected at least 1, got 0"),
-        (["--lr", "-0.1"], "classifier config: train.learning_rate: expected a positive value, got -0.1"),
+        (["--lr", "-0.1"], "classifier config: train.learning_rate: expected a value in (0, 10], got -0.1"),
+        (["--lr", "1e12"], "classifier config: train.learning_rate: expected a value in (0, 10], got 1000000000000.0"),
         (["--set", "model.name=vgg"], "classifier config: model.name: expected one of resnet, simplecnn, got 'vgg'"),
         (["--set", "model.depth=3"], "unknown classifier config key 'model.depth'; valid keys: model.name, model.width, model.dropout"),
         (["--set", "model.width=wide"], "classifier config: model.width: expected an integer, got 'wide'"),

@@ -52,7 +52,8 @@ def test_resume_starts_from_the_runs_config(tmp_path):
     ("arguments", "message"),
     [
         (["--set", "train.batch_size=0"], "registration training config: train.batch_size: expected at least 1, got 0"),
-        (["--learning-rate", "-1"], "registration training config: train.learning_rate: expected a positive value"),
+        (["--learning-rate", "-1"], "registration training config: train.learning_rate: expected a value in (0, 10]"),
+        (["--learning-rate", "11"], "registration training config: train.learning_rate: expected a value in (0, 10]"),
         (["--set", "registration.label_guidance=1.5"], "registration.label_guidance: expected a share in 0..1, got 1.5"),
         (["--set", "registration.similarity=foo"], "registration.similarity: unknown name 'foo'; known: mi, mind, mse, ncc"),
         (["--set", "registration.dice=1"], "unknown registration training config key 'registration.dice'; valid keys: "),

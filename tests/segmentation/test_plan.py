@@ -105,7 +105,8 @@ def test_a_bad_network_section_is_one_line_before_anything_is_written(msd_datase
         (["network.features=abc"], "plan: network.features: expected a list of positive integers, got 'abc'"),
         (["network.ndim=4"], "plan: network.ndim: expected 2 or 3, got 4"),
         (["train.batch_size=0"], "plan: train.batch_size: expected at least 1, got 0"),
-        (["train.learning_rate=-1"], "plan: train.learning_rate: expected a positive value, got -1.0"),
+        (["train.learning_rate=-1"], "plan: train.learning_rate: expected a value in (0, 10], got -1.0"),
+        (["train.learning_rate=1e12"], "plan: train.learning_rate: expected a value in (0, 10], got 1000000000000.0"),
     ]  # fmt: skip
     for overrides, message in cases:
         sets = [arg for item in overrides for arg in ("--set", item)]

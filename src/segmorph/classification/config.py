@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segmorph.configs import check, training_config
+from segmorph.configs import MAX_LEARNING_RATE, check, training_config
 from segmorph.nn.names import network_names
 
 CONFIG_NAME = "classifier config"  # what error messages call ClassifierConfig
@@ -125,7 +125,8 @@ class ClassifierTrainSettings:
         check(self.freeze_encoder_steps >= 0,
               f"freeze_encoder_steps: expected at least 0, got {self.freeze_encoder_steps}")  # fmt: skip
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
+        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
+              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
         check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")

@@ -22,7 +22,7 @@ from typing import Protocol, runtime_checkable
 import torch
 from torch import nn
 
-from segmorph.configs import check, check_allocation, refuse_unknown_keys
+from segmorph.configs import MAX_LEARNING_RATE, check, check_allocation, refuse_unknown_keys
 from segmorph.engine import distributed as dist
 from segmorph.engine.autocast import precision_name
 from segmorph.engine.checkpoints import load_checkpoint, save_checkpoint
@@ -101,7 +101,8 @@ class TrainConfig:
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {self.optimizer!r}")
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
+        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
+              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
         check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(0 <= self.seed < 2**32, f"seed: expected a whole number from 0 to {2**32 - 1}, got {self.seed}")

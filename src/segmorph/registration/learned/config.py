@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from segmorph.configs import check, check_allocation, refuse_unknown_keys
+from segmorph.configs import MAX_LEARNING_RATE, check, check_allocation, refuse_unknown_keys
 from segmorph.registration.classical import (
     ClassicalConfig,
 )
@@ -140,7 +140,8 @@ class RegistrationTrainSettings:
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(self.learning_rate > 0, f"learning_rate: expected a positive value, got {self.learning_rate}")
+        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
+              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(self.max_steps > 0 or self.time_budget_s > 0, "max_steps/time_budget_s: give at least one limit")
