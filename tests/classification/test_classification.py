@@ -448,3 +448,13 @@ def test_ensemble_averages_its_members_probabilities(tmp_path, one_thread):
     assert row["p_1"] == pytest.approx(float(expected[1]), abs=1e-5)
     with pytest.raises(SegmorphError, match="ensemble"):
         train_classifier(ClassifyRequest(dataset=data, out=tmp_path / "bad", ensemble=0, max_steps=1))
+
+
+def test_validation_of_a_diverged_network_is_one_error_line():
+    images, labels = torch.randn(8, 1, 16, 16), torch.tensor([0, 1] * 4)
+    task = ClassificationTask(images, labels, images, labels, ["0", "1"], batch_size=4)
+    model = SimpleCNN(2, 1, 2, (4, 8))
+    with torch.no_grad():
+        model.fc.weight.fill_(float("nan"))  # as weights end after a step that blows up
+    with pytest.raises(SegmorphError, match="training diverged: the network's outputs are NaN or infinite"):
+        task.validate(model, torch.device("cpu"))

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segmorph.engine.autocast import autocast
+from segmorph.errors import SegmorphError
 from segmorph.metrics.classification import macro_auc, one_vs_rest_auc
 from segmorph.transforms import AugmentConfig, Augmenter
 from segmorph.transforms.intensity import IntensityConfig
@@ -208,6 +209,9 @@ class ClassificationTask:
         if self.val_images.shape[0] == 0:
             return []
         probabilities = predict_probabilities(model, self.val_images, device, mirror=self.mirror).numpy()
+        if not np.isfinite(probabilities).all():
+            raise SegmorphError("training diverged: the network's outputs are NaN or infinite; lower the learning "
+                                "rate or the weight decay")  # fmt: skip
         labels = self.val_labels.numpy()
         values = (
             [macro_auc(probabilities, labels)]

@@ -44,6 +44,17 @@ MAX_SEED = 2**32 - 1
 """The largest seed (numpy's and torch's generators take every whole number from 0 up to it)."""
 
 
+def non_negative_int(text: str) -> int:
+    """argparse type: a whole number of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
+    return value
+
+
 def parse_seed(text: str) -> int:
     """argparse type: a seed, a whole number from 0 to :data:`MAX_SEED`."""
     try:

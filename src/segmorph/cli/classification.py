@@ -11,7 +11,15 @@ import argparse
 from pathlib import Path
 
 from segmorph.classification.config import SELECTIONS
-from segmorph.cli.arguments import flag_overrides, parse_duration, parse_seed, parse_size, say, verb_parser
+from segmorph.cli.arguments import (
+    flag_overrides,
+    non_negative_int,
+    parse_duration,
+    parse_seed,
+    parse_size,
+    say,
+    verb_parser,
+)
 from segmorph.errors import SegmorphError
 from segmorph.nn.names import network_names
 
@@ -67,7 +75,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=parse_duration,
                    help="training time, e.g. 15m (default 15m; none when only --max-steps is given); with --folds, "
                         "of all folds together")  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
     p.add_argument("--model", choices=network_names("classification"),
                    help="resnet (ResNet-18 layout, default) or simplecnn (model.name)")  # fmt: skip
     p.add_argument("--width", type=int, help="channels of the first stage (model.width, default 16)")

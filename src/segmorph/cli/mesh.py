@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import say, verb_parser
+from segmorph.cli.arguments import non_negative_int, say, verb_parser
 from segmorph.segmentation.names import DEFAULT_SMOOTH, FORMATS
 
 EXAMPLES = {
@@ -36,17 +36,6 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--ras", action="store_true",
                         help="write RAS coordinates (x Right, y Anterior, z Superior) instead of LPS")  # fmt: skip
     parser.set_defaults(handler=run_mesh)
-
-
-def non_negative_int(text: str) -> int:
-    """argparse type: a whole number of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 0, got {text!r}")
-    return value
 
 
 def run_mesh(args: argparse.Namespace) -> int:

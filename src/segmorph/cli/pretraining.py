@@ -5,7 +5,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_seed, parse_size, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import (
+    non_negative_int,
+    parse_duration,
+    parse_seed,
+    parse_size,
+    parse_spacing,
+    say,
+    time_budget,
+    verb_parser,
+)
 from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 
 EXAMPLE = "segmorph pretrain ../shared/datasets/msd_hippocampus --out runs/pre --time-budget 20m"
@@ -25,7 +34,7 @@ def _add_pretrain(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--time-budget", type=parse_duration,
                    help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
     p.add_argument("--objective", choices=("mask", "denoise"), default="mask",
                    help="mask (default): reconstruct hidden blocks; denoise: remove noise and local shuffling")  # fmt: skip
     p.add_argument("--network", choices=("unet", "resnet", "simplecnn"), default="unet",

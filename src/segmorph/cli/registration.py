@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segmorph.cli.arguments import flag_overrides, parse_duration, parse_seed, say, verb_parser
+from segmorph.cli.arguments import flag_overrides, non_negative_int, parse_duration, parse_seed, say, verb_parser
 from segmorph.errors import SegmorphError
 from segmorph.registration.names import FUSIONS, METHODS, PREALIGNMENTS, SIMILARITY_NAMES
 
@@ -74,7 +74,7 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (MSD layout); labels, when present, add a Dice term")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
     p.add_argument("--batch-size", type=int, help="pairs per step (train.batch_size, default 2)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (train.learning_rate, default 1e-3)")
     p.add_argument("--dice-weight", type=float, help="weight of the label Dice term (default 2; 0: unsupervised)")

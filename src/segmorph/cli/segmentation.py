@@ -6,7 +6,15 @@ import argparse
 import json
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_seed, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import (
+    non_negative_int,
+    parse_duration,
+    parse_seed,
+    parse_spacing,
+    say,
+    time_budget,
+    verb_parser,
+)
 from segmorph.errors import SegmorphError
 from segmorph.segmentation.names import DEFAULT_SYNTHETIC_SHARE
 
@@ -47,7 +55,7 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labels", type=Path, help="label folder of a paired-folder dataset (relative to DATASET)")
     p.add_argument("--time-budget", type=parse_duration,
                    help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")  # fmt: skip
-    p.add_argument("--max-steps", type=int, default=0,
+    p.add_argument("--max-steps", type=non_negative_int, default=0,
                    help="stop after this many steps; alone, it makes training time-independent and repeatable")  # fmt: skip
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--config", type=Path, help="JSON/YAML file overriding plan values")

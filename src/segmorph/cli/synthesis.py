@@ -6,7 +6,15 @@ import argparse
 import math
 from pathlib import Path
 
-from segmorph.cli.arguments import parse_duration, parse_seed, parse_spacing, say, time_budget, verb_parser
+from segmorph.cli.arguments import (
+    non_negative_int,
+    parse_duration,
+    parse_seed,
+    parse_spacing,
+    say,
+    time_budget,
+    verb_parser,
+)
 from segmorph.cli.segmentation import DEFAULT_TIME_BUDGET_S
 from segmorph.errors import SegmorphError
 
@@ -59,7 +67,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
         type=parse_duration,
         help="training time, e.g. 20m (default 20m; none when only --max-steps is given)",
     )
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps")
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
     p.add_argument("--spacing", type=parse_spacing, metavar="MM", help="plan for this voxel size in mm, as train")
     p.add_argument(
         "--network-dims",

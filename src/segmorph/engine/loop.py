@@ -103,7 +103,7 @@ class TrainConfig:
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
         check(0 < self.learning_rate <= MAX_LEARNING_RATE,
               f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
-        check(self.weight_decay >= 0, f"weight_decay: expected at least 0, got {self.weight_decay}")
+        check(0 <= self.weight_decay <= 1, f"weight_decay: expected a value in [0, 1], got {self.weight_decay}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(0 <= self.seed < 2**32, f"seed: expected a whole number from 0 to {2**32 - 1}, got {self.seed}")
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
