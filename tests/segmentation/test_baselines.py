@@ -165,3 +165,14 @@ def test_opening_keeps_thin_object_on_the_image_border():
     labels[0:2] = 1  # a slab two voxels thick lying against the i=0 border, spanning j and k
     opened = postprocess(_labels(labels), opening_mm=1.0).numpy()[0]
     assert np.array_equal(opened, labels)
+
+
+@pytest.mark.parametrize(("opening", "closing", "words"), [
+    (-1.0, 0.0, "finite and non-negative"), (float("nan"), 0.0, "finite and non-negative"),
+    (0.0, float("inf"), "finite and non-negative"), (1e12, 0.0, r"1e\+12 mm is more than the image.s"),
+])  # fmt: skip
+def test_postprocess_refuses_radii_that_are_not_finite_or_larger_than_the_image(opening, closing, words):
+    labels = Image(torch.zeros(1, 6, 5, 4, dtype=torch.long), Affine.from_geometry(SPACING, (0, 0, 0), np.eye(3).ravel()),
+                   is_label=True)  # fmt: skip
+    with pytest.raises(ValueError, match=words):
+        postprocess(labels, opening_mm=opening, closing_mm=closing)

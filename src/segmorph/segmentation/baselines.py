@@ -18,6 +18,7 @@ affine. Seeds are voxel indices ``(i, j[, k])``; :func:`seed_from_mask` puts one
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -219,10 +220,14 @@ def postprocess(
     Returns:
         A new label Image on the same grid.
     """
-    if opening_mm < 0 or closing_mm < 0:
-        raise ValueError(f"opening_mm, closing_mm: must be non-negative, got {opening_mm}, {closing_mm}")
+    if not (0 <= opening_mm < math.inf and 0 <= closing_mm < math.inf):
+        raise ValueError(f"opening_mm, closing_mm: must be finite and non-negative, got {opening_mm}, {closing_mm}")
     original = labels.numpy()[0].astype(np.int64)
     spacing = labels.affine.spacing
+    extent = float(np.max(np.asarray(original.shape) * spacing))
+    if max(opening_mm, closing_mm) > extent:
+        raise ValueError(f"opening_mm, closing_mm: {max(opening_mm, closing_mm):g} mm is more than the image's "
+                         f"{extent:g} mm across")  # fmt: skip
     out = np.zeros_like(original)
     for value in np.unique(original[original != 0]):
         mask = original == value
