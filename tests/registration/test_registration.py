@@ -313,6 +313,8 @@ def test_bad_registration_input_gives_one_clear_line(tmp_path, capsys):
                            "--moving-labels", str(tmp_path / "small_labels.nii.gz")], "small_labels.nii.gz", "grid")  # fmt: skip
     _expect_error(capsys, ["register", str(paths["fixed"]), str(paths["moving"]), "--out", out, "--method", "learned"],
                   "--model")  # fmt: skip
+    _expect_error(capsys, ["register", str(paths["fixed"]), str(paths["moving"]), "--out", out, "--method", "affine",
+                           "--refine", "2", "--passes", "3"], "--refine, --passes: only with --method learned")  # fmt: skip
     pairs = tmp_path / "pairs.csv"
     pairs.write_text(f"fixed,moving\n{paths['fixed']},{paths['moving']}\n")
     _expect_error(capsys, ["register", "--pairs", str(pairs), "--out", out, "--moving-labels", str(paths["moving_labels"])],

@@ -143,6 +143,11 @@ def run_register(args: argparse.Namespace) -> int:
         raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
     if args.method == "structures" and args.fixed_structures is None and args.moving_structures is None:
         raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
+    learned_only = [flag for flag, given in (("--model", args.model is not None), ("--refine", args.refine != 0),
+                                             ("--passes", args.passes is not None)) if given]  # fmt: skip
+    if args.method != "learned" and learned_only:
+        raise SegmorphError(f"{', '.join(learned_only)}: only with --method learned (the {args.method} method ignores "
+                            "them)")  # fmt: skip
     model_dir = args.model if args.method == "learned" else None
     if args.pairs is not None and not (args.fixed or args.moving):  # outputs checked before the model loads
         run.check_pairs_outputs(args.pairs, args.out, run.pair_requests(args.pairs, args.out), model_dir)
