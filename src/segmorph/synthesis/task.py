@@ -175,8 +175,9 @@ class GanTask:
                       F.mse_loss(fake_score, torch.zeros_like(fake_score)))  # fmt: skip
         self.d_optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), 12.0)
-        self.d_optimizer.step()
+        norm = torch.nn.utils.clip_grad_norm_(self.discriminator.parameters(), 12.0)
+        if torch.isfinite(norm):  # as the engine's loop: a non-finite gradient is skipped, not applied
+            self.d_optimizer.step()
         return loss.detach()
 
     def _flip(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
