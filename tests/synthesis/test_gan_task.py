@@ -90,6 +90,18 @@ def test_batch_loss_updates_the_discriminator_and_returns_the_generators_loss():
     assert all(torch.equal(p.grad, g) for p, g in zip(task.discriminator.parameters(), grads))
 
 
+def test_a_non_finite_discriminator_gradient_is_skipped():
+    torch.manual_seed(0)
+    cases = [_phantom(i) for i in range(4)]
+    cases[:3] = [(image * float("nan"), label) for image, label in cases[:3]]  # every training image NaN
+    task, _ = _task(1, cases)
+    before = {k: v.clone() for k, v in task.discriminator.state_dict().items()}
+    task.batch_loss(LabelToImageGenerator(2, 2, 1, (4, 8)), torch.Generator().manual_seed(0), torch.device("cpu"),
+                    amp=False)  # fmt: skip
+    after = task.discriminator.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if before[k].is_floating_point())
+
+
 def test_channel_correlation_known_answers():
     x = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(0))
     assert torch.allclose(channel_correlation(3 * x + 1, x), torch.ones(2), atol=1e-6)
