@@ -53,6 +53,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             warnings.simplefilter("ignore")
             payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 -- torch raises UnpicklingError, RuntimeError, EOFError, ...
+        if "PytorchStreamReader" in str(err) or isinstance(err, EOFError):
+            raise SegmorphError("checkpoint is corrupt or truncated (its archive cannot be read)", path) from None
         raise SegmorphError(f"refused to load checkpoint: not a plain-weights file ({_refusal(err)})", path) from None
     if not isinstance(payload, dict) or "model" not in payload or "config_json" not in payload:
         raise SegmorphError("not a segmorph checkpoint (no model weights and config)", path)
