@@ -17,7 +17,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "segmorph"
 
 CORE_MODULES = {"__init__", "__main__", "geometry", "image", "io", "errors", "configs", "progress", "provenance",
-                "plots", "threads", "records", "outputs", "readchecks", "folds"}  # fmt: skip
+                "plots", "threads", "records", "outputs", "readchecks", "folds", "lazy"}  # fmt: skip
 LAYOUT = {
     "nn": ["blocks", "unet", "fcn", "classifiers", "transfer", "names"],
     "transforms": [],

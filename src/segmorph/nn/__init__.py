@@ -4,8 +4,7 @@ that reading the network names (:mod:`segmorph.nn.names`) needs no torch."""
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segmorph.lazy import lazy_exports
 
 _EXPORTS = {
     "FCN": "segmorph.nn.fcn",
@@ -19,8 +18,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'segmorph.nn' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)

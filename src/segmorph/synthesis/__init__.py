@@ -9,8 +9,7 @@ on first use, so that every ``segmorph`` command starts fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from segmorph.lazy import lazy_exports
 
 _EXPORTS = {
     "synthetic_cases": "segmorph.synthesis.sampling",
@@ -25,8 +24,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'segmorph.synthesis' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports(__name__, _EXPORTS)
