@@ -62,8 +62,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--images", type=int, default=100, help="BUSI images classified (default 100)")
     parser.add_argument("--steps", type=int, default=60, help="segmentation training steps (default 60)")
     parser.add_argument("--pairs", type=int, default=30, help="hippocampus pairs registered (default 30)")
-    parser.add_argument("--workloads", nargs=2, default=["classify", "train"],
-                        choices=["classify", "train", "register"], help="the two workloads (default classify train)")
+    parser.add_argument(
+        "--workloads",
+        nargs=2,
+        default=["classify", "train"],
+        choices=["classify", "train", "register"],
+        help="the two workloads (default classify train)",
+    )
     parser.add_argument("--policies", nargs="+", default=["current", "old"], choices=["current", "passive", "old"])
     return parser.parse_args()
 

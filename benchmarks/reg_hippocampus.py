@@ -139,7 +139,11 @@ def main() -> None:
     parser.add_argument("--model", type=Path, help="segmorph train-registration run folder")
     parser.add_argument("--pairs", type=int, default=30)
     parser.add_argument("--refine", type=int, default=20, help="instance-optimisation steps for learned+refine")
-    parser.add_argument("--prealign", choices=("auto", "prior", "affine", "com", "none"), help="learned pre-alignment (default: the model's)")
+    parser.add_argument(
+        "--prealign",
+        choices=("auto", "prior", "affine", "com", "none"),
+        help="learned pre-alignment (default: the model's)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (e.g. ants learned)")

@@ -65,7 +65,9 @@ def main() -> None:
     baseline = otsu_baseline(args.data, val_ids)
 
     print("\nhippocampus segmentation benchmark")
-    print(f"  validation cases       {summary['val_cases']} (fold {args.fold}), training cases {summary['train_cases']}")
+    print(
+        f"  validation cases       {summary['val_cases']} (fold {args.fold}), training cases {summary['train_cases']}"
+    )
     print(f"  training               {summary['fit']['steps']} steps in {summary['fit']['elapsed_s'] / 60:.1f} min "
           f"(budget {args.time_budget / 60:.1f} min)")  # fmt: skip
     for label, name in (("1", "anterior"), ("2", "posterior")):

@@ -74,9 +74,11 @@ class DevTools:
         bad = []
         for message in self.events:
             method, params = message.get("method"), message.get("params", {})
-            if method == "Runtime.exceptionThrown" or (
-                method == "Runtime.consoleAPICalled" and params.get("type") == "error"
-            ) or (method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error"):
+            if (
+                method == "Runtime.exceptionThrown"
+                or (method == "Runtime.consoleAPICalled" and params.get("type") == "error")
+                or (method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error")
+            ):
                 bad.append(message)
         return bad
 

@@ -553,7 +553,9 @@ BASE_CASES: tuple[BadInput, ...] = (
     BadInput("warp_transform_json_unknown_step", warp_transform_json_unknown_step, "unknown step type"),
     BadInput("landmarks_with_text", landmarks_with_text, "landmarks must be rows of numbers"),
     BadInput("predict_run_without_plan", predict_run_without_plan, "plan not found"),
-    BadInput("predict_corrupt_checkpoint", predict_corrupt_checkpoint, "checkpoint is corrupt or truncated", needs_model=True),
+    BadInput(
+        "predict_corrupt_checkpoint", predict_corrupt_checkpoint, "checkpoint is corrupt or truncated", needs_model=True
+    ),
     BadInput("classify_missing_image", classify_missing_image, "does not exist"),
     BadInput("classify_unknown_column", classify_unknown_column, "no target column 'diagnosis'"),
 )

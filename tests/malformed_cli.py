@@ -149,19 +149,31 @@ CASES: tuple[BadInput, ...] = (
     BadInput("name_with_c1_controls", _info_missing(C1), "no such file"),
     BadInput("name_with_unicode_line_separator", _info_truncated(LINE_SEPARATOR), "truncated"),
     BadInput("very_long_name_with_escape", _info_truncated(LONG), "truncated"),
-    BadInput("predict_scan_name_setting_title", predict_scan_with_escape_and_nan, "NaN or infinite voxels",
-             needs_model=True),  # fmt: skip
+    BadInput(
+        "predict_scan_name_setting_title", predict_scan_with_escape_and_nan, "NaN or infinite voxels", needs_model=True
+    ),  # fmt: skip
     BadInput("baseline_scan_name_with_tab", baseline_scan_with_tab_and_inf, "NaN or infinite voxels"),
     BadInput("evaluate_prediction_name_with_newline", evaluate_prediction_with_newline, "non-integer"),
-    BadInput("warp_transform_folder_clearing_terminal", warp_transform_folder_with_clear_screen,
-             "malformed transform record"),  # fmt: skip
+    BadInput(
+        "warp_transform_folder_clearing_terminal", warp_transform_folder_with_clear_screen, "malformed transform record"
+    ),  # fmt: skip
     BadInput("register_moving_name_with_c1_controls", register_moving_with_c1_controls, "is 2D"),
-    BadInput("plan_config_file_bad_value_names_the_file", plan_config_file_with_bad_value,
-             "train.batch_size: expected an integer"),  # fmt: skip
-    BadInput("plan_config_file_unknown_key_names_the_file", plan_config_file_with_unknown_key,
-             "unknown plan key 'train.batch_sise'"),  # fmt: skip
-    BadInput("train_registration_config_file_names_the_file", train_registration_config_file_out_of_range,
-             "batch_size"),  # fmt: skip
-    BadInput("classify_config_file_names_the_file", classify_config_file_with_wrong_type,
-             "train.learning_rate: expected a number"),  # fmt: skip
+    BadInput(
+        "plan_config_file_bad_value_names_the_file",
+        plan_config_file_with_bad_value,
+        "train.batch_size: expected an integer",
+    ),  # fmt: skip
+    BadInput(
+        "plan_config_file_unknown_key_names_the_file",
+        plan_config_file_with_unknown_key,
+        "unknown plan key 'train.batch_sise'",
+    ),  # fmt: skip
+    BadInput(
+        "train_registration_config_file_names_the_file", train_registration_config_file_out_of_range, "batch_size"
+    ),  # fmt: skip
+    BadInput(
+        "classify_config_file_names_the_file",
+        classify_config_file_with_wrong_type,
+        "train.learning_rate: expected a number",
+    ),  # fmt: skip
 )

@@ -218,7 +218,15 @@ def warp_out_onto_the_transform_folder(tmp: Path, run: Path | None) -> Prepared:
 
 def register_out_is_the_images_folder(tmp: Path, run: Path | None) -> Prepared:
     images = _scans(tmp / "images", "fixed.nii.gz", "moving.nii.gz")
-    argv = ["register", str(images / "fixed.nii.gz"), str(images / "moving.nii.gz"), "--out", str(images), "--method", "rigid"]
+    argv = [
+        "register",
+        str(images / "fixed.nii.gz"),
+        str(images / "moving.nii.gz"),
+        "--out",
+        str(images),
+        "--method",
+        "rigid",
+    ]
     return Prepared(argv, "images")
 
 
@@ -230,7 +238,11 @@ def register_pairs_out_is_the_images_folder(tmp: Path, run: Path | None) -> Prep
 
 
 def atlas_segment_out_onto_an_atlas(tmp: Path, run: Path | None) -> Prepared:
-    scan, atlas, labels = _scan(tmp / "scan.nii.gz"), _scan(tmp / "atlas.nii.gz", 1), _scan(tmp / "atlas_labels.nii.gz", 2)
+    scan, atlas, labels = (
+        _scan(tmp / "scan.nii.gz"),
+        _scan(tmp / "atlas.nii.gz", 1),
+        _scan(tmp / "atlas_labels.nii.gz", 2),
+    )
     argv = ["atlas-segment", str(scan), "--atlases", f"{atlas}:{labels}", "--out", str(labels)]
     return Prepared(argv, "atlas_labels.nii.gz")
 
@@ -269,7 +281,9 @@ def classify_train_out_is_the_dataset(tmp: Path, run: Path | None) -> Prepared:
 def classify_predict_out_onto_an_image(tmp: Path, run: Path | None) -> Prepared:
     root = _classification_folder(tmp)
     image = root / "normal" / "normal_1.nii.gz"
-    return Prepared(["classify", "predict", str(_stand_in_run(tmp)), str(image), "--out", str(image)], "normal_1.nii.gz")
+    return Prepared(
+        ["classify", "predict", str(_stand_in_run(tmp)), str(image), "--out", str(image)], "normal_1.nii.gz"
+    )
 
 
 def classify_predict_out_onto_the_run(tmp: Path, run: Path | None) -> Prepared:
@@ -298,8 +312,12 @@ CASES: tuple[BadInput, ...] = (
     BadInput("out_predict_out_below_a_file", predict_out_below_a_file, "is a file, not a folder"),
     BadInput("out_predict_mask_symlinked_to_input", predict_mask_symlinked_to_an_input, OVERWRITE),
     BadInput("out_predict_out_symlinked_to_input_folder", predict_out_symlinked_to_the_input_folder, IS_INPUT_FOLDER),
-    BadInput("out_predict_read_only_folder", predict_out_in_a_read_only_folder, "permission denied",
-             skip_reason=_reads_despite_chmod),  # fmt: skip
+    BadInput(
+        "out_predict_read_only_folder",
+        predict_out_in_a_read_only_folder,
+        "permission denied",
+        skip_reason=_reads_despite_chmod,
+    ),  # fmt: skip
     BadInput("out_baseline_into_input_folder", baseline_into_input_folder, IS_INPUT_FOLDER),
     BadInput("out_baseline_two_scans_one_case_name", baseline_two_scans_one_case_name, COLLIDE),
     BadInput("out_baseline_mask_hard_linked_to_input", baseline_mask_hard_linked_to_an_input, OVERWRITE),

@@ -311,7 +311,17 @@ def _train(tmp: Path, key: str, value: str) -> Prepared:
 def _train_registration(tmp: Path, key: str, value: str) -> Prepared:
     root = _dataset(tmp / "ds")
     out = tmp / "run"
-    argv = ["train-registration", str(root), "--out", str(out), "--max-steps", "2", "--quiet", "--set", f"{key}={value}"]
+    argv = [
+        "train-registration",
+        str(root),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        "--quiet",
+        "--set",
+        f"{key}={value}",
+    ]
     return Prepared(argv, key, out)
 
 
@@ -425,8 +435,11 @@ CASES: tuple[BadInput, ...] = (
     BadInput("landmarks_infinite", landmarks_infinite, "line 2: landmarks must be finite numbers"),
     BadInput("labels_csv_latin1", labels_csv_latin1, "line 6: byte 0xe9 is not UTF-8"),
     BadInput("labels_csv_duplicate_image", labels_csv_duplicate_image, "image 'img1.png' is listed with class '0'"),
-    BadInput("labels_csv_numbers_written_two_ways", labels_csv_numbers_written_two_ways,
-             "image 'img2.png' is listed again on row 4"),  # fmt: skip
+    BadInput(
+        "labels_csv_numbers_written_two_ways",
+        labels_csv_numbers_written_two_ways,
+        "image 'img2.png' is listed again on row 4",
+    ),  # fmt: skip
     BadInput("set_steps_per_epoch_zero", set_steps_per_epoch_zero, "expected at least 1, got 0"),
     BadInput("set_learning_rate_nan", set_learning_rate_nan, "expected a finite number, got nan"),
     BadInput("set_momentum_nan", set_momentum_nan, "expected a finite number, got nan"),
@@ -436,8 +449,9 @@ CASES: tuple[BadInput, ...] = (
     BadInput("registration_steps_per_epoch_zero", registration_steps_per_epoch_zero, "expected at least 1, got 0"),
     BadInput("registration_time_budget_infinite", registration_time_budget_infinite, "expected a finite number"),
     BadInput("registration_smoothness_nan", registration_smoothness_nan, "expected a finite number, got nan"),
-    BadInput("registration_train_shape_beyond_budget", registration_train_shape_beyond_budget,
-             "the memory budget"),  # fmt: skip
+    BadInput(
+        "registration_train_shape_beyond_budget", registration_train_shape_beyond_budget, "the memory budget"
+    ),  # fmt: skip
     BadInput("classify_learning_rate_nan", classify_learning_rate_nan, "expected a finite number, got nan"),
     BadInput("classify_time_budget_infinite", classify_time_budget_infinite, "expected a finite number, got inf"),
     BadInput("classify_batch_size_negative", classify_batch_size_negative, "expected at least 1, got -1"),

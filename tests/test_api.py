@@ -60,7 +60,9 @@ def test_unknown_name_is_an_attribute_error():
 def test_segmenter_gives_what_cli_predict_writes(trained_run, tmp_path):
     image, _ = sphere_case(seed=11)
     write_image(image, tmp_path / "scan.nii.gz")
-    assert main(["predict", str(trained_run), str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(["predict", str(trained_run), str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    )
     written = read_image(tmp_path / "m" / "scan.nii.gz", is_label=True)
 
     segmenter = sm.Segmenter(trained_run)

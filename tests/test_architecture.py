@@ -151,7 +151,7 @@ def import_cycles(imports: list[Import]) -> list[list[Import]]:
     def visit(module: str, path: list[Import], on_path: list[str]) -> None:
         for target, imp in sorted(edges.get(module, {}).items()):
             if target in on_path:
-                cycle = path[on_path.index(target):] + [imp]
+                cycle = path[on_path.index(target) :] + [imp]
                 key = frozenset(i.source for i in cycle)
                 if key not in seen:
                     seen.add(key)

@@ -70,7 +70,9 @@ def test_an_unknown_key_is_one_line_naming_it_and_the_valid_ones():
     assert "train.batch_size" in message and "train.learning_rate" in message
     with pytest.raises(SegmorphError, match="unknown config key 'optim'; valid keys: train, network, amp"):
         apply_overrides(Settings(), {"optim.batch_size": 4})
-    with pytest.raises(SegmorphError, match="unknown config key 'network.width'; valid keys: network.name, network.features"):
+    with pytest.raises(
+        SegmorphError, match="unknown config key 'network.width'; valid keys: network.name, network.features"
+    ):
         apply_overrides(Settings(), {"network.width": 4})
     with pytest.raises(SegmorphError, match="unknown config key 'amp.x'"):
         apply_overrides(Settings(), {"amp.x": 1})

@@ -186,7 +186,9 @@ def _rebuild(node: Any, tree: _Tree, name: str, path: str) -> Any:
             if key not in by_text:
                 raise _unknown(name, path + key, [path + k for k in by_text])
             original = by_text[key]
-            result[original] = _rebuild(node[original], value, name, f"{path}{key}.") if isinstance(value, _Tree) else value
+            result[original] = (
+                _rebuild(node[original], value, name, f"{path}{key}.") if isinstance(value, _Tree) else value
+            )
         return result
     raise _unknown(name, path + next(iter(tree)), [])
 
@@ -259,7 +261,11 @@ def coerce(value: Any, kind: Any, key: str, name: str = "config") -> Any:
             return tuple(coerce(v, args[0], f"{key}[{i}]", name) for i, v in enumerate(value))
         if args and len(args) != len(value):
             raise _wrong(value, f"a list of {len(args)} values", key, name)
-        return tuple(coerce(v, a, f"{key}[{i}]", name) for i, (v, a) in enumerate(zip(value, args))) if args else tuple(value)
+        return (
+            tuple(coerce(v, a, f"{key}[{i}]", name) for i, (v, a) in enumerate(zip(value, args)))
+            if args
+            else tuple(value)
+        )
     if origin in (list, dict) or kind in (list, dict):
         base = origin or kind
         if not isinstance(value, base):
@@ -377,7 +383,9 @@ def training_config(
     return apply_naming_file(lambda values: apply_overrides(base, values, name), given, config)
 
 
-def apply_naming_file(apply: Callable[[dict[str, Any]], T], settings: Mapping[str, Any], config: str | Path | None) -> T:
+def apply_naming_file(
+    apply: Callable[[dict[str, Any]], T], settings: Mapping[str, Any], config: str | Path | None
+) -> T:
     """``apply(settings)``, where a refusal caused by a value read from the ``config`` file names that file.
 
     ``settings`` holds the file's values and those given otherwise (which win). When ``apply`` refuses them,

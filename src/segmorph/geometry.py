@@ -121,7 +121,9 @@ class Affine:
 
     def allclose(self, other: Affine, atol: float = 1e-6) -> bool:
         """True when both matrices agree within ``atol`` (mm for origin, mm for spacing)."""
-        return self.matrix.shape == other.matrix.shape and bool(np.allclose(self.matrix, other.matrix, atol=atol, rtol=0))
+        return self.matrix.shape == other.matrix.shape and bool(
+            np.allclose(self.matrix, other.matrix, atol=atol, rtol=0)
+        )
 
     def to_dict(self) -> dict:
         """JSON-friendly form: spacing, origin, direction (row-major)."""

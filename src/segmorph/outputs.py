@@ -175,8 +175,13 @@ def _check_against_inputs(output: Output, real: str, readers: _Readers, own: lis
             raise SegmorphError(f"output folder holds the input {source.path}; choose another folder", output.path)
         if output.kind == "tree" and _inside(source.real, real):
             raise SegmorphError(f"output folder would be replaced whole but holds the input {source.path}", output.path)
-        if (source.is_dir and output.kind != "folder" and os.path.lexists(output.path) and _inside(real, source.real)
-                and not _own_output(real, source.real, own)):
+        if (
+            source.is_dir
+            and output.kind != "folder"
+            and os.path.lexists(output.path)
+            and _inside(real, source.real)
+            and not _own_output(real, source.real, own)
+        ):
             raise SegmorphError(f"output would overwrite a file of the input folder {source.path}", output.path)
     if stat is not None and output.kind == "file" and stat.st_nlink > 1:
         _check_hard_links(output, real, stat, readers.folders)
@@ -189,8 +194,11 @@ def _check_hard_links(output: Output, real: str, stat: os.stat_result, folders: 
         for folder, _, names in os.walk(source.path):
             for name in names:
                 found = _stat(Path(folder) / name)
-                if (found is not None and (found.st_dev, found.st_ino) == key
-                        and os.path.realpath(Path(folder) / name) != real):
+                if (
+                    found is not None
+                    and (found.st_dev, found.st_ino) == key
+                    and os.path.realpath(Path(folder) / name) != real
+                ):
                     raise SegmorphError(f"output is a hard link to {Path(folder) / name}, an input; it would be "
                                         "overwritten", output.path)  # fmt: skip
 

@@ -88,7 +88,9 @@ def versions() -> dict[str, str]:
     }  # fmt: skip
 
 
-def write_run_record(out: Path, facts: dict[str, Any], fingerprint: dict[str, Any], resume: bool = False) -> dict[str, Any]:
+def write_run_record(
+    out: Path, facts: dict[str, Any], fingerprint: dict[str, Any], resume: bool = False
+) -> dict[str, Any]:
     """Write ``out/run.json``: ``facts`` plus the command line, the time, :func:`versions` and the data
     ``fingerprint`` (:func:`data_fingerprint` or :func:`files_fingerprint`).
 

@@ -213,7 +213,9 @@ def test_split_seed_fixes_the_split_whatever_the_training_seed(tmp_path):
     assert split_dataset(dataset, replace(request, seed=5)) == expected  # no split seed: the seed splits
     assert split_dataset(dataset, replace(request, seed=9)) != expected
     folds = replace(request, fold=1, num_folds=3, seed=2, split_seed=7)
-    assert split_dataset(dataset, folds) == grouped_fold_split(dataset.labels, dataset.groups, 1, 3, 7, dataset.class_names)
+    assert split_dataset(dataset, folds) == grouped_fold_split(
+        dataset.labels, dataset.groups, 1, 3, 7, dataset.class_names
+    )
 
 
 def test_labels_csv_errors_name_the_file_and_column(tmp_path):
@@ -277,11 +279,15 @@ def test_mirrored_probabilities_average_the_image_and_its_mirror():
 def test_shifted_views_known_answer_and_their_average():
     image = torch.arange(12.0).view(1, 1, 3, 4)
     assert torch.equal(shift_zero_filled(image, 3, 1)[0, 0, 0], torch.tensor([0.0, 0.0, 1.0, 2.0]))
-    assert torch.equal(shift_zero_filled(image, 2, -1)[0, 0], torch.tensor([[4.0, 5, 6, 7], [8, 9, 10, 11], [0, 0, 0, 0]]))
+    assert torch.equal(
+        shift_zero_filled(image, 2, -1)[0, 0], torch.tensor([[4.0, 5, 6, 7], [8, 9, 10, 11], [0, 0, 0, 0]])
+    )
     assert torch.equal(shift_zero_filled(image, 2, 5), torch.zeros_like(image))
     views = scoring_views(image, mirror=True, shift=0.25)  # 3 x 4 voxels: 1 voxel either way along both axes
     assert len(views) == 6 and torch.equal(views[1], image.flip(2))
-    assert torch.equal(views[4], shift_zero_filled(image, 3, 1)) and torch.equal(views[5], shift_zero_filled(image, 3, -1))
+    assert torch.equal(views[4], shift_zero_filled(image, 3, 1)) and torch.equal(
+        views[5], shift_zero_filled(image, 3, -1)
+    )
     assert len(scoring_views(image)) == 1 and len(scoring_views(image, shift=0.01)) == 5  # at least one voxel
     torch.manual_seed(1)
     model = SimpleCNN(2, 1, 2, (4, 8)).eval()
@@ -408,7 +414,9 @@ def test_cli_parses_train_and_reports_bad_input(tmp_path):
     defaults = train_request(args)
     assert (defaults.select, defaults.shift) == (ClassifyRequest.select, ClassifyRequest.shift) == ("last", 0.04)
     assert (defaults.tail_average, defaults.refresh_batch_norm) == (0.5, True)
-    args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--tail-average", "0", "--no-bn-refresh"])
+    args = parser.parse_args(
+        ["classify", "train", str(tmp_path), "--out", "x", "--tail-average", "0", "--no-bn-refresh"]
+    )
     assert (train_request(args).tail_average, train_request(args).refresh_batch_norm) == (0.0, False)
     args = parser.parse_args(["classify", "train", str(tmp_path), "--out", "x", "--select", "best", "--tta-shift", "0"])
     assert (train_request(args).select, train_request(args).shift) == ("best", 0.0)

@@ -38,7 +38,9 @@ def _pictures(root: Path, count: int = 24, size: int = 16) -> Path:
 
 def test_set_config_and_flags_reach_the_training_and_the_run_folder(tmp_path, capsys, one_thread):
     data = _pictures(tmp_path / "pictures")
-    (tmp_path / "f.yaml").write_text("model:\n  name: simplecnn\ntrain:\n  batch_size: 6\n  amp: false\ndata:\n  size: [16]\n")
+    (tmp_path / "f.yaml").write_text(
+        "model:\n  name: simplecnn\ntrain:\n  batch_size: 6\n  amp: false\ndata:\n  size: [16]\n"
+    )
     out = tmp_path / "run"
     code = main(["classify", "train", str(data), "--out", str(out), "--max-steps", "2", "--quiet",
                  "--config", str(tmp_path / "f.yaml"), "--set", "model.width=4", "--set", "train.steps_per_epoch=1",
@@ -67,7 +69,9 @@ def test_python_api_trains_and_classifies_images(tmp_path, one_thread):
     assert probabilities.shape == (2,) and probabilities.sum() == pytest.approx(1.0, abs=1e-5)
     assert classifier.class_names == ["disc", "plain"]
     row = predict_classifier(result.out, [data / "disc" / "img_01.png"], show_progress=False)[0]
-    assert row["p_disc"] == pytest.approx(float(probabilities[0]), abs=1e-5) and row["predicted"] == classifier.predict(image)
+    assert row["p_disc"] == pytest.approx(float(probabilities[0]), abs=1e-5) and row["predicted"] == classifier.predict(
+        image
+    )
     again = train_classifier(data, tmp_path / "run", max_steps=3, resume=True, show_progress=False)
     assert again.steps == 3 and again.config.model.width == 4  # the run's config.json, not the defaults
 
@@ -106,7 +110,10 @@ def test_defaults_match_the_request_defaults():
     settings = classifier_config()
     assert settings == ClassifierConfig() and settings.train.time_budget_s == ClassifyRequest.time_budget_s
     assert (settings.model.name, settings.model.width, settings.train.batch_size) == ("resnet", 16, 32)
-    assert settings.train.learning_rate == ClassifyRequest.learning_rate and settings.scoring.shift == ClassifyRequest.shift
+    assert (
+        settings.train.learning_rate == ClassifyRequest.learning_rate
+        and settings.scoring.shift == ClassifyRequest.shift
+    )
 
 
 def test_a_resumed_run_keeps_the_class_names_it_was_trained_with(tmp_path, one_thread):

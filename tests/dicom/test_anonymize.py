@@ -327,7 +327,9 @@ CREATOR = element((0x0009, 0x0010), "LO", b"SEGMORPH")
 
 def test_person_names_are_replaced_at_every_depth_public_or_private(tmp_path: Path) -> None:
     assert all(pydicom.tag.Tag(t) not in PROFILE for t in (SECONDARY_REVIEWER, EVALUATOR, LANGUAGE_CODES, REGIONS))
-    private = sequence((0x0009, 0x1001), item(sequence((0x0009, 0x1002), item(element((0x0009, 0x1003), "PN", b"Doe^Private")))))
+    private = sequence(
+        (0x0009, 0x1001), item(sequence((0x0009, 0x1002), item(element((0x0009, 0x1003), "PN", b"Doe^Private"))))
+    )
     public = sequence(LANGUAGE_CODES, item(sequence(REGIONS, item(element(EVALUATOR, "PN", b"Doe^Nested")))))
     top = element(SECONDARY_REVIEWER, "PN", b"Doe^Top")
     source = tiny_dicom(tmp_path / "in" / "x.dcm", public + CREATOR + private + top)
@@ -404,7 +406,11 @@ def test_rename_writes_pseudonymous_consistent_paths(tmp_path: Path) -> None:
     assert len(studies) == 2 and all(len(folders) == 1 for folders in studies.values())
     assert len(series) == 3 and all(len(folders) == 1 for folders in series.values())
     assert len({next(iter(f)) for f in series.values()}) == 3
-    assert sorted(sorted(n) for n in names.values()) == [["0001.dcm"], ["0001.dcm"], ["0001.dcm", "0002.dcm", "0003.dcm"]]
+    assert sorted(sorted(n) for n in names.values()) == [
+        ["0001.dcm"],
+        ["0001.dcm"],
+        ["0001.dcm", "0002.dcm", "0003.dcm"],
+    ]
     assert _rename_run(source, tmp_path / "again", "salt") == paths  # repeatable with the salt
     assert set(_rename_run(source, tmp_path / "other", "pepper")).isdisjoint(paths)
 

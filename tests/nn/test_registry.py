@@ -26,7 +26,10 @@ def test_every_network_rebuilds_from_its_stored_config():
         assert type(rebuilt) is type(network)
         assert [p.shape for p in rebuilt.parameters()] == [p.shape for p in network.parameters()]
     assert type(build_network({k: v for k, v in UNET.items() if k != "name"})) is UNet  # early plans: no name
-    assert network_names("segmentation") == ("unet", "fcn") and network_names("classification") == ("resnet", "simplecnn")
+    assert network_names("segmentation") == ("unet", "fcn") and network_names("classification") == (
+        "resnet",
+        "simplecnn",
+    )
 
 
 def test_inference_settings_apply_where_the_network_takes_them():

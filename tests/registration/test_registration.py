@@ -215,7 +215,9 @@ def test_saved_transform_is_read_by_simpleitk_and_reloads(tmp_path):
     assert np.allclose(itk.TransformPoint(point), matrix[:3, :3] @ point + matrix[:3, 3], atol=1e-6)
     field = read_image(tmp_path / "displacement.nii.gz")
     assert field.num_channels == 3 and field.affine.allclose(OBLIQUE, atol=1e-5)
-    itk_field = sitk.DisplacementFieldTransform(sitk.ReadImage(str(tmp_path / "displacement.nii.gz"), sitk.sitkVectorFloat64))
+    itk_field = sitk.DisplacementFieldTransform(
+        sitk.ReadImage(str(tmp_path / "displacement.nii.gz"), sitk.sitkVectorFloat64)
+    )
     voxel_centre = OBLIQUE.voxel_to_world(np.array([12, 10, 6]))
     assert np.allclose(itk_field.TransformPoint(voxel_centre.tolist()),
                        transform.map_points(voxel_centre[None]).numpy()[0], atol=1e-3)  # fmt: skip
@@ -281,7 +283,9 @@ def test_target_registration_error_from_landmark_files(tmp_path):
     fixed_points = OBLIQUE.voxel_to_world(np.array([[14.0, 12.0, 7.0], [8.0, 15.0, 5.0], [20.0, 6.0, 9.0]]))
     (tmp_path / "f.csv").write_text("x,y,z\n" + "\n".join(",".join(map(str, p)) for p in fixed_points))
     (tmp_path / "m.csv").write_text("\n".join(",".join(map(str, p + [3.0, 0, 0])) for p in fixed_points))
-    assert main(["evaluate-registration", str(out), "--landmarks", str(tmp_path / "f.csv"), str(tmp_path / "m.csv")]) == 0
+    assert (
+        main(["evaluate-registration", str(out), "--landmarks", str(tmp_path / "f.csv"), str(tmp_path / "m.csv")]) == 0
+    )
     tre = json.loads((out / "metrics.json").read_text())["tre"]
     assert tre["before_mean_mm"] == pytest.approx(3.0)
     assert tre["mean_mm"] < 1.0

@@ -173,7 +173,9 @@ def test_registration_training_page(tmp_path: Path) -> None:
     run.mkdir()
     split = {"train": ["a", "b", "c"], "monitor": ["d", "e"], "held_out": ["f"]}
     (run / "run.json").write_text(json.dumps({"kind": "registration", "dataset": "/data", "split": split}))
-    (run / "summary.json").write_text(json.dumps({"monitor_score": "Dice", "best_monitor_score": 0.81, "best_epoch": 2, "steps": 200}))
+    (run / "summary.json").write_text(
+        json.dumps({"monitor_score": "Dice", "best_monitor_score": 0.81, "best_epoch": 2, "steps": 200})
+    )
     (run / "train_log.csv").write_text("epoch,step,elapsed_s,lr,train_loss,val_dice\n1,100,1,0.001,0.5,0.7\n"
                                        "2,200,2,0.0005,0.4,0.81\n")  # fmt: skip
     assert detect_kind(run) == "registration training"
@@ -209,7 +211,8 @@ def test_classification_page_shows_the_most_confidently_wrong_first(tmp_path: Pa
     for k, epochs in ((0, 2), (1, 3)):  # an ensemble run: one training log per member
         (run / f"member_{k}").mkdir()
         log = "epoch,step,elapsed_s,lr,train_loss,val_auc\n" + "".join(
-            f"{e},{10 * e},{e},0.001,0.5,0.{6 + e}\n" for e in range(1, epochs + 1))
+            f"{e},{10 * e},{e},0.001,0.5,0.{6 + e}\n" for e in range(1, epochs + 1)
+        )
         (run / f"member_{k}" / "train_log.csv").write_text(log)
     page = build_report(run, tmp_path / "r.html").read_text(encoding="utf-8")
     assert "train_log.csv: 2 epochs" in page and "train_log.csv: 3 epochs" in page

@@ -114,7 +114,9 @@ def test_cross_validation_trains_folds_scores_out_of_fold_and_resumes_only_missi
     assert {r["name"] for r in rows} == {"outer", "core"} and {r["fold"] for r in rows} == {"0", "1", "2", "3", "4"}
     summary = json.loads((out / "cross_validation.json").read_text())
     outer = summary["classes"]["1"]
-    assert outer["dice_out_of_fold"] == pytest.approx(np.mean([float(r["dice"]) for r in rows if r["label"] == "1"]), abs=1e-4)
+    assert outer["dice_out_of_fold"] == pytest.approx(
+        np.mean([float(r["dice"]) for r in rows if r["label"] == "1"]), abs=1e-4
+    )
     for fold in range(5):
         assert len(list((fold_folder(out, fold) / "validation" / "probabilities").glob("*.npz"))) == 1
     assert set(json.loads((out / "postprocessing.json").read_text())["classes"]) == {"1", "2"}

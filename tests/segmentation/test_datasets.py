@@ -64,8 +64,12 @@ def make_nnunet(root: Path, ids: tuple[str, ...] = ("case_a", "case_b"), trainin
         write_case(root / "imagesTr", f"{case_id}_0000", volume(2 * n))
         write_case(root / "imagesTr", f"{case_id}_0001", volume(2 * n + 1))
         write_case(root / "labelsTr", case_id, label_map(top=1), is_label=True)
-    meta: dict = {"channel_names": {"0": "CT", "1": "T2"}, "labels": {"background": 0, "tumour": 1},
-                  "file_ending": ".nii.gz", "numTraining": len(ids)}
+    meta: dict = {
+        "channel_names": {"0": "CT", "1": "T2"},
+        "labels": {"background": 0, "tumour": 1},
+        "file_ending": ".nii.gz",
+        "numTraining": len(ids),
+    }
     if training_list:
         meta["training"] = [{"image": f"./imagesTr/{i}.nii.gz", "label": f"./labelsTr/{i}.nii.gz"} for i in ids]
     (root / "dataset.json").write_text(json.dumps(meta))

@@ -21,7 +21,8 @@ def _small_dataset(tmp_path, count=14):
     root = tmp_path / "hippo"
     root.mkdir()
     meta["training"] = [
-        {"image": str(HIPPOCAMPUS / e["image"]), "label": str(HIPPOCAMPUS / e["label"])} for e in meta["training"][:count]
+        {"image": str(HIPPOCAMPUS / e["image"]), "label": str(HIPPOCAMPUS / e["label"])}
+        for e in meta["training"][:count]
     ]
     (root / "dataset.json").write_text(json.dumps(meta))
     return root, [e["image"] for e in meta["training"]]

@@ -25,7 +25,9 @@ def test_run_folder_holds_plan_checkpoints_and_validation(trained_run):
 def test_predict_keeps_geometry_of_an_oblique_anisotropic_scan(trained_run, tmp_path):
     image, _ = sphere_case((26, 22, 13), seed=11)
     write_image(image, tmp_path / "scans" / "scan_a.nii.gz")
-    assert main(["predict", str(trained_run), str(tmp_path / "scans"), "--out", str(tmp_path / "masks"), "--quiet"]) == 0
+    assert (
+        main(["predict", str(trained_run), str(tmp_path / "scans"), "--out", str(tmp_path / "masks"), "--quiet"]) == 0
+    )
     mask = read_image(tmp_path / "masks" / "scan_a.nii.gz", is_label=True)
     assert mask.spatial_shape == image.spatial_shape
     assert mask.affine.allclose(OBLIQUE, atol=1e-6)
@@ -35,7 +37,9 @@ def test_predict_keeps_geometry_of_an_oblique_anisotropic_scan(trained_run, tmp_
 def test_predicted_mask_overlays_the_object(trained_run, tmp_path):
     image, label = sphere_case((24, 20, 12), seed=12)
     write_image(image, tmp_path / "scan.nrrd")
-    assert main(["predict", str(trained_run), str(tmp_path / "scan.nrrd"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(["predict", str(trained_run), str(tmp_path / "scan.nrrd"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    )
     mask = read_image(tmp_path / "m" / "scan.nii.gz", is_label=True).numpy() > 0
     reference = label.numpy() > 0
     dice = 2 * (mask & reference).sum() / (mask.sum() + reference.sum())
@@ -215,7 +219,9 @@ def test_max_steps_alone_means_no_time_budget():
     parse = build_parser().parse_args
     assert time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10"]), 1200.0) == 0.0
     assert time_budget(parse(["train", "ds", "--out", "r"]), 1200.0) == 1200.0
-    assert time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10", "--time-budget", "5m"]), 1200.0) == 300.0
+    assert (
+        time_budget(parse(["train", "ds", "--out", "r", "--max-steps", "10", "--time-budget", "5m"]), 1200.0) == 300.0
+    )
 
 
 def test_predict_wrong_channel_count_names_the_scan(trained_run, tmp_path, capsys):

@@ -43,7 +43,9 @@ def test_a_plan_with_steps_trains_predicts_and_records_them(steps_run, tmp_path)
     assert json.loads((steps_run / "run.json").read_text())["preprocess_steps"] == STEPS
     image, _ = sphere_case((20, 16, 10), seed=7)
     write_image(image, tmp_path / "scan.nii.gz")
-    assert main(["predict", str(steps_run), str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    assert (
+        main(["predict", str(steps_run), str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "m"), "--quiet"]) == 0
+    )
     mask = read_image(tmp_path / "m" / "scan.nii.gz", is_label=True)
     assert mask.spatial_shape == image.spatial_shape and mask.affine.allclose(image.affine, atol=1e-6)
 
@@ -62,8 +64,10 @@ def test_training_and_the_predictor_preprocess_a_scan_identically(steps_run, mon
     Predictor(steps_run).probabilities(scan)
     assert len(seen) == 1
     np.testing.assert_array_equal(seen[0].numpy(), trained.image.numpy())
-    plain = preprocess_sample(Sample("scan", scan), PreprocessConfig(**{**Plan.load(steps_run / "plan.json")
-                                                                         .preprocess.to_dict(), "steps": ()}))[0]
+    plain = preprocess_sample(
+        Sample("scan", scan),
+        PreprocessConfig(**{**Plan.load(steps_run / "plan.json").preprocess.to_dict(), "steps": ()}),
+    )[0]
     assert not np.allclose(plain.image.numpy(), trained.image.numpy())  # the steps did change the input
 
 
@@ -72,8 +76,11 @@ def test_the_cache_key_depends_on_the_steps(tmp_path):
     write_image(image, tmp_path / "image.nii.gz")
     case = CaseFiles("case", (tmp_path / "image.nii.gz",), None)
     plain = PreprocessConfig(target_spacing=None, normalization=("zscore",))
-    keys = {cache_key(case, plain), cache_key(case, PreprocessConfig(None, ("zscore",), steps=("n4",))),
-            cache_key(case, PreprocessConfig(None, ("zscore",), steps=("clahe",)))}
+    keys = {
+        cache_key(case, plain),
+        cache_key(case, PreprocessConfig(None, ("zscore",), steps=("n4",))),
+        cache_key(case, PreprocessConfig(None, ("zscore",), steps=("clahe",))),
+    }
     assert len(keys) == 3
     old = {k: v for k, v in plain.to_dict().items() if k != "steps"}  # a plan.json written before steps existed
     assert cache_key(case, PreprocessConfig.from_dict(old)) == cache_key(case, plain)
@@ -92,8 +99,11 @@ def test_a_bad_step_in_set_is_one_line_and_writes_nothing(tmp_path, capsys):
 
 
 def test_channel_steps_set_the_network_channels():
-    config = PreprocessConfig(None, ("zscore", "ct", "zscore"),
-                              ct_stats=(None, {"mean": 0, "std": 1, "percentile_00_5": -1, "percentile_99_5": 1}, None))
+    config = PreprocessConfig(
+        None,
+        ("zscore", "ct", "zscore"),
+        ct_stats=(None, {"mean": 0, "std": 1, "percentile_00_5": -1, "percentile_99_5": 1}, None),
+    )
     plan = Plan(3, {0: "background", 1: "x"}, ("r", "g", "b"), ("other", "CT", "other"), config,
                 {"name": "unet", "ndim": 3, "in_channels": 3, "num_classes": 2, "features": [4, 8]},
                 TrainConfig(patch_size=(8, 8, 8), max_steps=1), (8, 8, 8))  # fmt: skip

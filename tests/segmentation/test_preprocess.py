@@ -49,8 +49,12 @@ def sphere_sample(zero_border: bool = True, radius: float = 7.0) -> Sample:
     if zero_border:
         image = np.where(_box_mask(), image, 0.0)
     label = (distance < radius).astype(np.int64) + (distance < radius / 2)
-    return Sample("case", Image(torch.from_numpy(image[None].astype(np.float32)), AFFINE),
-                  Image(torch.from_numpy(label[None]), AFFINE, True), {})
+    return Sample(
+        "case",
+        Image(torch.from_numpy(image[None].astype(np.float32)), AFFINE),
+        Image(torch.from_numpy(label[None]), AFFINE, True),
+        {},
+    )
 
 
 def _box_mask() -> np.ndarray:
@@ -180,7 +184,10 @@ def test_config_and_undo_record_round_trip_through_json() -> None:
     again = UndoRecord.from_dict(json.loads(json.dumps(record.to_dict())))
     assert np.array_equal(again.original_affine.matrix, record.original_affine.matrix)
     assert (again.crop_start, again.resampled_shape, again.cropped_shape) == (
-        record.crop_start, record.resampled_shape, record.cropped_shape)
+        record.crop_start,
+        record.resampled_shape,
+        record.cropped_shape,
+    )
 
 
 def write_dataset(root: Path, num_cases: int = 2) -> Path:
@@ -188,7 +195,7 @@ def write_dataset(root: Path, num_cases: int = 2) -> Path:
     affine = Affine.from_geometry((0.9, 1.3, 2.0), (3.0, 1.0, -2.0), DIRECTION)
     for n in range(num_cases):
         label = torch.zeros((1, 6, 5, 4), dtype=torch.int64)
-        label[0, n:n + 2, 1:3, 1:3] = 1
+        label[0, n : n + 2, 1:3, 1:3] = 1
         image = torch.where(label > 0, 7.0, 1.0)
         write_image(Image(image, affine), root / "imagesTr" / f"c{n}.nii.gz")
         write_image(Image(label, affine, True), root / "labelsTr" / f"c{n}.nii.gz")

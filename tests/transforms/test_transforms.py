@@ -21,8 +21,15 @@ from segmorph.transforms import (
     warp,
 )
 
-INTENSITY_PROBABILITIES = ("p_noise", "p_blur", "p_brightness", "p_contrast", "p_low_resolution", "p_gamma_inverted",
-                           "p_gamma")
+INTENSITY_PROBABILITIES = (
+    "p_noise",
+    "p_blur",
+    "p_brightness",
+    "p_contrast",
+    "p_low_resolution",
+    "p_gamma_inverted",
+    "p_gamma",
+)
 ALL_SPATIAL = SpatialConfig(p_rotation=1.0, p_scaling=1.0, p_elastic=1.0)
 ALL_INTENSITY = IntensityConfig(**dict.fromkeys(INTENSITY_PROBABILITIES, 1.0))
 SPATIAL_ONLY = AugmentConfig(spatial=ALL_SPATIAL, intensity=IntensityConfig(enabled=False))
@@ -200,8 +207,15 @@ def test_gamma_keeps_mean_and_std() -> None:
 
 def test_unselected_samples_are_untouched() -> None:
     images = torch.randn(8, 1, 6, 6, 6, generator=seeded())
-    spatial_only = AugmentConfig(spatial=SpatialConfig(p_rotation=0.5, p_flip=0.0), intensity=IntensityConfig(enabled=False))
-    for config in (spatial_only, only(p_blur=0.5), only(p_gamma=0.5), only(p_low_resolution=0.5, low_resolution=(1.5, 2.0))):
+    spatial_only = AugmentConfig(
+        spatial=SpatialConfig(p_rotation=0.5, p_flip=0.0), intensity=IntensityConfig(enabled=False)
+    )
+    for config in (
+        spatial_only,
+        only(p_blur=0.5),
+        only(p_gamma=0.5),
+        only(p_low_resolution=0.5, low_resolution=(1.5, 2.0)),
+    ):
         out = Augmenter(config, 3)(images, None, seeded(2))[0]
         same = [torch.equal(a, b) for a, b in zip(out, images)]
         assert any(same) and not all(same)
@@ -241,20 +255,26 @@ def test_config_from_dict() -> None:
         (lambda: Augmenter(AugmentConfig(), 4), "ndim"),
         (lambda: Augmenter(AugmentConfig(), 3)(torch.zeros(1, 1, 4, 4), None, seeded()), "images"),
         (lambda: Augmenter(AugmentConfig(), 2)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 4), seeded()), "labels"),
-        (lambda: Augmenter(AugmentConfig(), 2)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5).long(), seeded()),
-         "labels"),
+        (
+            lambda: Augmenter(AugmentConfig(), 2)(torch.zeros(1, 1, 4, 4), torch.zeros(1, 1, 4, 5).long(), seeded()),
+            "labels",
+        ),
         (lambda: SpatialConfig(p_rotation=1.5), "p_rotation"),
         (lambda: SpatialConfig(rotation_deg=(30.0, -30.0)), "rotation_deg"),
         (lambda: SpatialConfig(translation=0.7), "translation"),
         (lambda: SpatialConfig(p_translation=-0.1), "p_translation"),
         (lambda: IntensityConfig(gamma=(0.0, 1.0)), "gamma"),
         (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2, 2)), "patch_size"),
-        (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2), 1.5),
-         "foreground_fraction"),
+        (
+            lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2), 1.5),
+            "foreground_fraction",
+        ),
         (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 5).long()], (2, 2)), "labels"),
         (lambda: PatchSampler([torch.zeros(1, 4, 4)], [], (2, 2)), "labels"),
-        (lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2)).sample(0, seeded()),
-         "count"),
+        (
+            lambda: PatchSampler([torch.zeros(1, 4, 4)], [torch.zeros(1, 4, 4).long()], (2, 2)).sample(0, seeded()),
+            "count",
+        ),
     ],
 )
 def test_bad_arguments_name_the_argument(build, name: str) -> None:
@@ -272,7 +292,9 @@ def sparse_cases(ndim: int, cases: int = 3, size: int = 24) -> tuple[list[torch.
         label = torch.zeros((1,) + (size,) * ndim, dtype=torch.long)
         label[(0,) + (size - 2,) * ndim] = 2
         label[(0, slice(1, 4)) + (1 + case,) * (ndim - 1)] = 1
-        images.append(label.float() + 0.3 * torch.sin(torch.arange(label.numel(), dtype=torch.float32)).view(label.shape))
+        images.append(
+            label.float() + 0.3 * torch.sin(torch.arange(label.numel(), dtype=torch.float32)).view(label.shape)
+        )
         labels.append(label)
     return images, labels
 

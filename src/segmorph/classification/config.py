@@ -40,7 +40,10 @@ class ModelSettings:
         names = network_names("classification")
         check(self.name in names, f"name: expected one of {', '.join(names)}, got {self.name!r}")
         check(self.width >= 1, f"width: expected at least 1 channel, got {self.width}")
-        check(self.dropout is None or 0.0 <= self.dropout < 1.0, f"dropout: expected a share in [0, 1), got {self.dropout}")
+        check(
+            self.dropout is None or 0.0 <= self.dropout < 1.0,
+            f"dropout: expected a share in [0, 1), got {self.dropout}",
+        )
 
 
 @dataclass(frozen=True)
@@ -125,18 +128,26 @@ class ClassifierTrainSettings:
         check(self.freeze_encoder_steps >= 0,
               f"freeze_encoder_steps: expected at least 0, got {self.freeze_encoder_steps}")  # fmt: skip
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
-              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
+        check(
+            0 < self.learning_rate <= MAX_LEARNING_RATE,
+            f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}",
+        )
         check(0 <= self.weight_decay <= 1, f"weight_decay: expected a value in [0, 1], got {self.weight_decay}")
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(self.max_steps > 0 or self.time_budget_s > 0, "max_steps/time_budget_s: give at least one limit")
         check(self.steps_per_epoch >= 1, f"steps_per_epoch: expected at least 1, got {self.steps_per_epoch}")
         check(self.patience_epochs >= 0, f"patience_epochs: expected at least 0, got {self.patience_epochs}")
-        check(0.0 <= self.label_smoothing < 1.0, f"label_smoothing: expected a share in [0, 1), got {self.label_smoothing}")
+        check(
+            0.0 <= self.label_smoothing < 1.0,
+            f"label_smoothing: expected a share in [0, 1), got {self.label_smoothing}",
+        )
         check(self.mixup >= 0, f"mixup: expected at least 0 (0: off), got {self.mixup}")
         check(0.0 <= self.ema_decay < 1.0, f"ema_decay: expected 0 <= value < 1, got {self.ema_decay}")
-        check(0.0 <= self.tail_average <= 1.0, f"tail_average: expected a fraction of training in [0, 1], got {self.tail_average}")
+        check(
+            0.0 <= self.tail_average <= 1.0,
+            f"tail_average: expected a fraction of training in [0, 1], got {self.tail_average}",
+        )
         check(self.select in SELECTIONS, f"select: expected one of {', '.join(SELECTIONS)}, got {self.select!r}")
         check(self.ensemble >= 1, f"ensemble: expected at least 1 network, got {self.ensemble}")
 

@@ -94,7 +94,10 @@ def predict_classifier(
     paths = list_images(image_paths)
     outputs = [] if out_csv is None else [Output.file(out_csv)]
     if cam_dir is not None:
-        outputs += [Output.folder(cam_dir), *(Output.file(Path(cam_dir) / f"{strip_suffix(p)}_cam.png", p) for p in paths)]
+        outputs += [
+            Output.folder(cam_dir),
+            *(Output.file(Path(cam_dir) / f"{strip_suffix(p)}_cam.png", p) for p in paths),
+        ]
     check_outputs(outputs, inputs=[run_dir, *image_paths, *paths])  # before the model loads
     from segmorph.classification.ensemble import load_run_classifier  # it builds on this module
 

@@ -113,8 +113,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "--seed; validation is untouched (data.labelled_fraction, default 1)")  # fmt: skip
     p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
     p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
-    p.add_argument("--dropout", type=float,
-                   help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)")
+    p.add_argument(
+        "--dropout", type=float, help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)"
+    )
     p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0.1)")
     p.add_argument("--mixup", type=float, help="mixup Beta parameter, 0 turns it off (default 0.2)")
     p.add_argument("--ema", type=float,
@@ -137,15 +138,26 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
     p.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    p.add_argument("--no-amp", action="store_true", help="train in float32 (default: bfloat16 autocast where the device runs it fast)")
-    p.add_argument("--seed", type=parse_seed, help="seed of the weights, batches and augmentation, and of the split "
-                   "unless --split-seed (default 0)")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in float32 (default: bfloat16 autocast where the device runs it fast)",
+    )
+    p.add_argument(
+        "--seed",
+        type=parse_seed,
+        help="seed of the weights, batches and augmentation, and of the split unless --split-seed (default 0)",
+    )
     p.add_argument("--config", type=Path, help="YAML/JSON file of settings (sections model, data, train, scoring)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set one value, e.g. model.width=32 or train.batch_size=16 (repeatable; wins over --config "
                         "and the flags above; the run's config.json lists every key)")  # fmt: skip
-    p.add_argument("--split-seed", type=parse_seed, metavar="S",
-                   help="seed of the train/validation split alone (default: --seed), to train one split with several seeds")
+    p.add_argument(
+        "--split-seed",
+        type=parse_seed,
+        metavar="S",
+        help="seed of the train/validation split alone (default: --seed), to train one split with several seeds",
+    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")

@@ -8,7 +8,7 @@ from pathlib import Path
 from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
-    'anonymize': 'segmorph anonymize dicom_in/ --out dicom_anon/ --shift-dates -30 --rename',
+    "anonymize": "segmorph anonymize dicom_in/ --out dicom_anon/ --shift-dates -30 --rename",
 }
 
 
@@ -56,6 +56,9 @@ def run_anonymize(args: argparse.Namespace) -> int:
         say(f"note: {note}", err=True)
     for warning in report.warnings:
         say(f"warning: {warning}", err=True)
-    say(f"anonymized {len(report.written)} files into {args.out}; skipped {len(report.skipped)}; "
-        f"{len(report.warnings)} warnings", err=True)
+    say(
+        f"anonymized {len(report.written)} files into {args.out}; skipped {len(report.skipped)}; "
+        f"{len(report.warnings)} warnings",
+        err=True,
+    )
     return 0

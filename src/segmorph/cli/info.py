@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from segmorph.image import Image
 
 EXAMPLES = {
-    'info': 'segmorph info scan.nii.gz',
+    "info": "segmorph info scan.nii.gz",
 }
 MAX_LABEL_VALUES = 32  # an integer image with at most this many values in 0..255 is shown as a label map
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from segmorph.cli.arguments import parse_seed, say, verb_parser
 
 EXAMPLES = {
-    'explain': 'segmorph explain runs/hippo scans/case_004.nii.gz --out explain/ --classes 1 2 --tta 8',
+    "explain": "segmorph explain runs/hippo scans/case_004.nii.gz --out explain/ --classes 1 2 --tta 8",
 }
 
 

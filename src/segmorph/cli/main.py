@@ -39,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     for capability in CAPABILITIES:
         capability.add_verbs(sub)
     for verb in leaf_parsers(parser):
-        verb.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                          help="CPU threads for torch (default: the physical cores this process may use)")
+        verb.add_argument(
+            "--threads",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="CPU threads for torch (default: the physical cores this process may use)",
+        )
     return parser
 
 

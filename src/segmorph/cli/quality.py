@@ -8,14 +8,19 @@ from pathlib import Path
 from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
-    'check': 'segmorph check ../shared/datasets/busi_ultrasound --labels labels.csv --out qc.csv',
+    "check": "segmorph check ../shared/datasets/busi_ultrasound --labels labels.csv --out qc.csv",
 }
 
 
 def add_verbs(sub: argparse._SubParsersAction) -> None:
     """``segmorph check``."""
-    parser = verb_parser(sub, "check", "Check a dataset: geometry, intensities, label volumes, exact and near "
-                         "duplicates, outliers by robust z-score; prints the flagged cases.", EXAMPLES["check"])
+    parser = verb_parser(
+        sub,
+        "check",
+        "Check a dataset: geometry, intensities, label volumes, exact and near "
+        "duplicates, outliers by robust z-score; prints the flagged cases.",
+        EXAMPLES["check"],
+    )
     parser.add_argument("dataset", type=Path,
                         help="dataset folder: MSD (dataset.json), paired image/label folders, class folders, "
                              "or a folder of images")  # fmt: skip
@@ -25,14 +30,27 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--images", type=Path, help="image folder of a paired-folder dataset (relative to DATASET)")
     parser.add_argument("--target", help="class column of the labels CSV (default: label, class, target or diagnosis)")
     parser.add_argument("--file-column", default="file", help="image path column of the labels CSV (default: file)")
-    parser.add_argument("--out", type=Path, help="write one CSV row per case here, and a PNG of the flagged cases "
-                        "beside it (same name, .png)")
-    parser.add_argument("--z-limit", type=float, default=None, help="robust z-score beyond which a case is an outlier "
-                        "(default 3.5)")
-    parser.add_argument("--near-bits", type=int, default=None, help="near-duplicate candidates differ in at most this "
-                        "many of the 256 difference-hash bits (default 64)")
-    parser.add_argument("--near-correlation", type=float, default=None, help="a candidate is a near-duplicate when the "
-                        "two thumbnails, less what every case shares, correlate at least this much (default 0.9)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write one CSV row per case here, and a PNG of the flagged cases beside it (same name, .png)",
+    )
+    parser.add_argument(
+        "--z-limit", type=float, default=None, help="robust z-score beyond which a case is an outlier (default 3.5)"
+    )
+    parser.add_argument(
+        "--near-bits",
+        type=int,
+        default=None,
+        help="near-duplicate candidates differ in at most this many of the 256 difference-hash bits (default 64)",
+    )
+    parser.add_argument(
+        "--near-correlation",
+        type=float,
+        default=None,
+        help="a candidate is a near-duplicate when the "
+        "two thumbnails, less what every case shares, correlate at least this much (default 0.9)",
+    )
     parser.set_defaults(handler=run_check)
 
 
@@ -67,8 +85,10 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def _print_table(report, rows: list[tuple[str, str]]) -> None:
-    say(f"{report.root}: {len(report.cases)} case(s) ({report.layout}), {len(rows)} flagged; "
-        f"{len(report.exact_groups)} exact-duplicate group(s), {len(report.near_pairs)} near-duplicate pair(s)")
+    say(
+        f"{report.root}: {len(report.cases)} case(s) ({report.layout}), {len(rows)} flagged; "
+        f"{len(report.exact_groups)} exact-duplicate group(s), {len(report.near_pairs)} near-duplicate pair(s)"
+    )
     if not rows:
         return
     width = max(len("case"), *(len(case_id) for case_id, _ in rows))

@@ -12,12 +12,12 @@ from segmorph.errors import SegmorphError
 from segmorph.registration.names import FUSIONS, METHODS, PREALIGNMENTS, SIMILARITY_NAMES
 
 EXAMPLES = {
-    'register': 'segmorph register fixed.nii.gz moving.nii.gz --out reg/ --moving-labels moving_labels.nii.gz',
-    'train-registration': 'segmorph train-registration ../shared/datasets/msd_hippocampus --out runs/reg --time-budget 20m '
-                          '--set train.batch_size=4',
-    'warp': 'segmorph warp moving_labels.nii.gz --transform reg/ --out warped_labels.nii.gz --labels',
-    'evaluate-registration': 'segmorph evaluate-registration reg/ --fixed-labels fixed_labels.nii.gz',
-    'atlas-segment': 'segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_labels.nii.gz --out seg.nii.gz',
+    "register": "segmorph register fixed.nii.gz moving.nii.gz --out reg/ --moving-labels moving_labels.nii.gz",
+    "train-registration": "segmorph train-registration ../shared/datasets/msd_hippocampus --out runs/reg --time-budget 20m "
+    "--set train.batch_size=4",
+    "warp": "segmorph warp moving_labels.nii.gz --transform reg/ --out warped_labels.nii.gz --labels",
+    "evaluate-registration": "segmorph evaluate-registration reg/ --fixed-labels fixed_labels.nii.gz",
+    "atlas-segment": "segmorph atlas-segment scan.nii.gz --atlases a1.nii.gz:a1_labels.nii.gz --out seg.nii.gz",
 }
 
 
@@ -45,7 +45,11 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("moving", type=Path, nargs="?", help="moving image")
     p.add_argument("--pairs", type=Path, help="CSV with columns fixed,moving[,fixed_labels,moving_labels]")
     p.add_argument("--out", type=Path, required=True, help="output folder (one sub-folder per pair with --pairs)")
-    p.add_argument("--moving-labels", type=Path, help="label map of the moving image, warped label-wise (each label interpolated, largest weight wins)")
+    p.add_argument(
+        "--moving-labels",
+        type=Path,
+        help="label map of the moving image, warped label-wise (each label interpolated, largest weight wins)",
+    )
     p.add_argument("--fixed-labels", type=Path, help="label map of the fixed image: writes metrics.json")
     p.add_argument("--method", choices=("rigid", "affine", "deformable", "learned", "structures"), default="deformable",
                    help="structures: align by segmentations only (needs --fixed/--moving-structures)")  # fmt: skip
@@ -73,7 +77,11 @@ def _add_register(p: argparse.ArgumentParser) -> None:
 def _add_train_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (MSD layout); labels, when present, add a Dice term")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--time-budget", type=parse_duration, help="training time, e.g. 20m (default 20m; none when only --max-steps is given)")
+    p.add_argument(
+        "--time-budget",
+        type=parse_duration,
+        help="training time, e.g. 20m (default 20m; none when only --max-steps is given)",
+    )
     p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
     p.add_argument("--batch-size", type=int, help="pairs per step (train.batch_size, default 2)")
     p.add_argument("--learning-rate", type=float, help="peak learning rate (train.learning_rate, default 1e-3)")
@@ -92,7 +100,9 @@ def _add_train_registration(p: argparse.ArgumentParser) -> None:
                         "over --config and the flags above; the run's config.json lists every key)")  # fmt: skip
     p.add_argument("--seed", type=parse_seed, help="seed of the split, weights and pairs (train.seed, default 0)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint (and its config.json)")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the run folder's last checkpoint (and its config.json)"
+    )
     p.add_argument("--log", choices=("csv", "tensorboard"), default="csv",
                    help="csv: train_log.csv (default); tensorboard: also event files in OUT/tensorboard "
                         "(pip install segmorph[tensorboard])")  # fmt: skip
@@ -114,7 +124,11 @@ def _add_warp(p: argparse.ArgumentParser) -> None:
 def _add_evaluate_registration(p: argparse.ArgumentParser) -> None:
     p.add_argument("reg_dir", type=Path, help="folder written by segmorph register")
     p.add_argument("--fixed-labels", type=Path, help="reference label map on the fixed grid")
-    p.add_argument("--fixed-image", type=Path, help="fixed image whose grid is scored (default: the --fixed-labels grid, else the warped image's)")
+    p.add_argument(
+        "--fixed-image",
+        type=Path,
+        help="fixed image whose grid is scored (default: the --fixed-labels grid, else the warped image's)",
+    )
     p.add_argument("--landmarks", type=Path, nargs=2, metavar=("FIXED_CSV", "MOVING_CSV"),
                    help="corresponding points x,y,z in mm (LPS) for the target registration error")  # fmt: skip
 

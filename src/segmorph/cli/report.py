@@ -8,7 +8,7 @@ from pathlib import Path
 from segmorph.cli.arguments import say, verb_parser
 
 EXAMPLES = {
-    'report': 'segmorph report runs/hippo --out hippo_report.html --cases 12',
+    "report": "segmorph report runs/hippo --out hippo_report.html --cases 12",
 }
 
 

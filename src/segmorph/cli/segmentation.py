@@ -19,14 +19,14 @@ from segmorph.errors import SegmorphError
 from segmorph.segmentation.names import DEFAULT_SYNTHETIC_SHARE
 
 EXAMPLES = {
-    'train': 'segmorph train ../shared/datasets/msd_hippocampus --out runs/hippo --time-budget 20m',
-    'plan': 'segmorph plan ../shared/datasets/msd_hippocampus --out plan.json --time-budget 20m',
-    'predict': 'segmorph predict runs/hippo scans/ --out masks/ --overlays',
-    'evaluate': 'segmorph evaluate masks/ labels/ --out metrics.csv',
-    'export': 'segmorph export runs/hippo --format onnx --out model.onnx',
-    'baseline': 'segmorph baseline scans/ --method region_grow --seed-point 20,25,18 --out masks/',
-    'demo': 'segmorph demo --time-budget 5m',
-    'find-best': 'segmorph find-best runs/h_cv runs/h_cv_2mm --out runs/h_best',
+    "train": "segmorph train ../shared/datasets/msd_hippocampus --out runs/hippo --time-budget 20m",
+    "plan": "segmorph plan ../shared/datasets/msd_hippocampus --out plan.json --time-budget 20m",
+    "predict": "segmorph predict runs/hippo scans/ --out masks/ --overlays",
+    "evaluate": "segmorph evaluate masks/ labels/ --out metrics.csv",
+    "export": "segmorph export runs/hippo --format onnx --out model.onnx",
+    "baseline": "segmorph baseline scans/ --method region_grow --seed-point 20,25,18 --out masks/",
+    "demo": "segmorph demo --time-budget 5m",
+    "find-best": "segmorph find-best runs/h_cv runs/h_cv_2mm --out runs/h_best",
 }
 DEFAULT_TIME_BUDGET_S = 1200.0
 
@@ -39,7 +39,12 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
         ("predict", "Segment scans with a trained run; masks keep each scan's geometry.", _add_predict, run_predict),
         ("evaluate", "Score predicted masks against reference masks.", _add_evaluate, run_evaluate),
         ("export", "Export a trained run or an ensemble to ONNX or TorchScript.", _add_export, run_export),
-        ("baseline", "Classical segmentation (Otsu, region growing, level sets, vesselness) for comparison.", _add_baseline, run_baseline),
+        (
+            "baseline",
+            "Classical segmentation (Otsu, region growing, level sets, vesselness) for comparison.",
+            _add_baseline,
+            run_baseline,
+        ),
         ("demo", "Train briefly, predict and evaluate on the hippocampus data.", _add_demo, run_demo),
         ("find-best", "Choose among cross-validation runs and their pairs out of fold.", _add_find_best, run_find_best),
     )
@@ -209,8 +214,12 @@ def _add_baseline(p: argparse.ArgumentParser) -> None:
     seeds.add_argument("--seed-masks", type=Path, metavar="FILE|DIR",
                        help="masks matched by case name: each scan's seed is the mask voxel nearest its centre")  # fmt: skip
     seeds.add_argument("--tolerance", type=float, help="region_grow: intensity tolerance around the region mean")
-    seeds.add_argument("--multiplier", type=float, help="confidence_connected: window width in standard deviations (2.5)")
-    seeds.add_argument("--iterations", type=int, help="confidence_connected: statistics updates (4); level_set: iterations (8)")
+    seeds.add_argument(
+        "--multiplier", type=float, help="confidence_connected: window width in standard deviations (2.5)"
+    )
+    seeds.add_argument(
+        "--iterations", type=int, help="confidence_connected: statistics updates (4); level_set: iterations (8)"
+    )
     seeds.add_argument("--level-set", dest="level_set", choices=LEVEL_SET_MODELS, help="level_set: model (geodesic)")
     seeds.add_argument("--radius", type=float, metavar="MM", help="level_set: radius of the starting ball (2 mm)")
     vessel = p.add_argument_group("otsu and vessels")
@@ -267,8 +276,11 @@ def run_train(args: argparse.Namespace) -> int:
         init=args.init, freeze_encoder_steps=args.freeze_encoder_steps, synthetic=args.synthetic,
         synthetic_share=args.synthetic_share, synthetic_count=args.synthetic_count, annotate_every=args.annotate_every,
     )  # fmt: skip
-    say(f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
-        f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}", err=True)
+    say(
+        f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
+        f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}",
+        err=True,
+    )
     return 0
 
 
@@ -277,7 +289,9 @@ def _run_cross_validation(args: argparse.Namespace) -> int:
     from segmorph.segmentation.api import cross_validate
 
     if args.val_cases or args.fold != 0 or args.no_validate:
-        raise SegmorphError("--folds: cross-validation validates every fold; drop --fold, --val-cases and --no-validate")
+        raise SegmorphError(
+            "--folds: cross-validation validates every fold; drop --fold, --val-cases and --no-validate"
+        )
     if (args.labelled_cases or args.unlabelled or args.init is not None or args.freeze_encoder_steps
             or args.synthetic is not None or args.annotate_every):  # fmt: skip
         raise SegmorphError("--folds: --labelled-cases, --unlabelled, --init, --freeze-encoder-steps, --synthetic and "
@@ -289,8 +303,11 @@ def _run_cross_validation(args: argparse.Namespace) -> int:
         device=args.device, seed=args.seed, resume=args.resume, show_progress=not args.quiet, images_dir=args.images,
         labels_dir=args.labels, cache_dir=args.cache, check=not args.no_check, log=args.log,
     )  # fmt: skip
-    say(f"cross-validation: {len(result.folds)} folds, out-of-fold mean Dice {result.mean_dice:.4f} over "
-        f"{result.cases} cases; run folder {args.out}", err=True)
+    say(
+        f"cross-validation: {len(result.folds)} folds, out-of-fold mean Dice {result.mean_dice:.4f} over "
+        f"{result.cases} cases; run folder {args.out}",
+        err=True,
+    )
     return 0
 
 

@@ -254,7 +254,12 @@ def _check_request(request: PacsPrediction) -> None:
 
 
 def _segment(
-    predictor: AnyPredictor, request: PacsPrediction, codes: dict | None, series_uid: str, series_dir: Path, out_path: Path
+    predictor: AnyPredictor,
+    request: PacsPrediction,
+    codes: dict | None,
+    series_uid: str,
+    series_dir: Path,
+    out_path: Path,
 ) -> Path:
     """Segment the series folder and write the result object referring to it (segment ``codes`` for a SEG)."""
     try:

@@ -101,8 +101,10 @@ class TrainConfig:
         if self.optimizer not in ("adamw", "sgd"):
             raise ValueError(f"optimizer: expected 'adamw' or 'sgd', got {self.optimizer!r}")
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
-              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
+        check(
+            0 < self.learning_rate <= MAX_LEARNING_RATE,
+            f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}",
+        )
         check(0 <= self.weight_decay <= 1, f"weight_decay: expected a value in [0, 1], got {self.weight_decay}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(0 <= self.seed < 2**32, f"seed: expected a whole number from 0 to {2**32 - 1}, got {self.seed}")
@@ -115,8 +117,13 @@ class TrainConfig:
         check(0.0 <= self.warmup < 1.0, f"warmup: expected a fraction in [0, 1), got {self.warmup}")
         check(0.0 <= self.val_overlap < 1.0, f"val_overlap: expected a fraction in [0, 1), got {self.val_overlap}")
         for name in ("foreground_fraction", "loss_alpha"):
-            check(0.0 <= getattr(self, name) <= 1.0, f"{name}: expected a fraction in [0, 1], got {getattr(self, name)}")
-        check(all(int(p) >= 1 for p in self.patch_size), f"patch_size: expected positive sizes, got {list(self.patch_size)}")
+            check(
+                0.0 <= getattr(self, name) <= 1.0, f"{name}: expected a fraction in [0, 1], got {getattr(self, name)}"
+            )
+        check(
+            all(int(p) >= 1 for p in self.patch_size),
+            f"patch_size: expected positive sizes, got {list(self.patch_size)}",
+        )
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
         check_allocation(math.prod(self.patch_size) * self.batch_size,
                          f"patch_size: {list(self.patch_size)} x batch_size {self.batch_size}")  # fmt: skip
@@ -253,9 +260,7 @@ class TrainingLoop:
         self.network_config = network_config
         self.extra_config = extra_config
         self.model = model.to(self.device)
-        self.train_model = (
-            nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
-        )
+        self.train_model = nn.parallel.DistributedDataParallel(self.model) if self.distributed else self.model
         self.generator = torch.Generator().manual_seed(config.seed + 1000 * dist.rank())
         self.optimizer = _make_optimizer(self.model, config)
         self.frozen = _encoder_parameters(self.model) if config.freeze_encoder_steps > 0 else []
@@ -285,7 +290,11 @@ class TrainingLoop:
         self.tail_count = counters.get("tail_count", 0)
         self.skipped_steps = counters.get("skipped_steps", 0)
         self.step, self.epoch = counters["step"], counters["epoch"]
-        self.elapsed_before, self.best, self.best_epoch = counters["elapsed_s"], counters["best"], counters["best_epoch"]
+        self.elapsed_before, self.best, self.best_epoch = (
+            counters["elapsed_s"],
+            counters["best"],
+            counters["best_epoch"],
+        )
         self.history = [EpochRecord(**r) for r in counters["history"]]
         self.generator.set_state(extras["generator"])
         if isinstance(self.task, StatefulTask) and "task" in extras:
@@ -456,7 +465,9 @@ class TrainingLoop:
         writer = csv.writer(buffer)
         writer.writerow(self._log_columns())
         for r in self.history:
-            writer.writerow([r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_score, *r.val_scores])
+            writer.writerow(
+                [r.epoch, r.step, r.elapsed_s, f"{r.lr:.6g}", f"{r.train_loss:.5f}", r.val_score, *r.val_scores]
+            )
         atomic_write_text(self.run_dir / "train_log.csv", buffer.getvalue())
 
     def _write_curves(self) -> None:

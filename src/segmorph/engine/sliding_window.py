@@ -143,7 +143,11 @@ def sliding_window_logits(
     if device.type == "cpu":
         batch_size = max(1, min(batch_size, CPU_BATCH_VOXELS // math.prod(patch)))
     scores: torch.Tensor | None = None
-    with _eval_mode(model), torch.inference_mode(), autocast(device, amp, torch.float16 if device.type == "cuda" else torch.bfloat16):
+    with (
+        _eval_mode(model),
+        torch.inference_mode(),
+        autocast(device, amp, torch.float16 if device.type == "cuda" else torch.bfloat16),
+    ):
         for chunk in _chunks(jobs, batch_size):
             logits = model(_gather_tiles(padded, chunk, patch, device))
             if scores is None:

@@ -24,7 +24,10 @@ class FCN(nn.Module):
         self.config = {"ndim": ndim, "in_channels": in_channels, "num_classes": num_classes, "features": list(features)}
         self.deep_supervision = False
         self.encoder = nn.Sequential(
-            *(DoubleConv(ndim, in_channels if i == 0 else features[i - 1], f, 1 if i == 0 else 2) for i, f in enumerate(features))
+            *(
+                DoubleConv(ndim, in_channels if i == 0 else features[i - 1], f, 1 if i == 0 else 2)
+                for i, f in enumerate(features)
+            )
         )
         self.head = head_layer(ndim, features[-1], num_classes)
         self.mode = "trilinear" if ndim == 3 else "bilinear"

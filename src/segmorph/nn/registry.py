@@ -53,14 +53,19 @@ def check_network_config(config: dict[str, Any]) -> None:
     arguments = {k: v for k, v in config.items() if k != "name"}
     for key in arguments:
         if key not in required + optional:
-            raise ValueError(f"{key}: {name} takes no argument {key!r}; its arguments: {', '.join(required + optional)}")
+            raise ValueError(
+                f"{key}: {name} takes no argument {key!r}; its arguments: {', '.join(required + optional)}"
+            )
     missing = [k for k in required if k not in arguments]
     if missing:
         raise ValueError(f"{missing[0]}: {name} needs it (required: {', '.join(required)})")
     for key in ("features", "blocks"):
         value = arguments.get(key)
-        if value is not None and not (isinstance(value, (list, tuple)) and value and
-                                      all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)):
+        if value is not None and not (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value)
+        ):
             raise ValueError(f"{key}: expected a list of positive integers, got {value!r}")
     try:
         with torch.device("meta"):

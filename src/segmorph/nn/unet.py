@@ -55,7 +55,9 @@ class UNet(nn.Module):
             DoubleConv(ndim, in_channels if i == 0 else features[i - 1], f, 1 if i == 0 else 2, residual)
             for i, f in enumerate(features)
         )
-        self.upsample = nn.ModuleList(upsample_layer(ndim, features[i + 1], features[i]) for i in range(len(features) - 1))
+        self.upsample = nn.ModuleList(
+            upsample_layer(ndim, features[i + 1], features[i]) for i in range(len(features) - 1)
+        )
         self.decoder = nn.ModuleList(DoubleConv(ndim, 2 * features[i], features[i]) for i in range(len(features) - 1))
         self.heads = nn.ModuleList(head_layer(ndim, features[i], num_classes) for i in range(len(features) - 1))
 
@@ -84,4 +86,3 @@ class UNet(nn.Module):
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-

@@ -173,6 +173,7 @@ def denoise(image: Image, method: str) -> Image:
     if method == "median":
         return _per_channel_itk(image, what, lambda itk: sitk.Median(itk, [1] * ndim))
     if method == "bilateral":
+
         def bilateral(array: np.ndarray) -> np.ndarray:
             range_sigma = max(2 * _noise_sigma(array), 1e-6)
             return _from_itk(sitk.Bilateral(_to_itk(array, image), 2 * finest, range_sigma))

@@ -68,8 +68,6 @@ def draw_pairs(count: int, num_cases: int, seed: int) -> list[tuple[int, int]]:
     return rng.sample(every, count)
 
 
-
-
 def normalise_intensity(data: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
     """Scale intensities to about 0..1 by the 1st and 99th percentiles (of ``reference`` when given),
     clipped to -0.5..1.5.

@@ -374,4 +374,3 @@ def load_model(model_dir: Path | None, device: str = "cpu", passes: int | None =
             raise SegmorphError(f"--passes: expected at least 1, got {passes}")
         model.config = replace(model.config, passes=passes)
     return model
-

@@ -311,7 +311,9 @@ def _load_folder(folder: Path) -> Transform:
         if ndim != (steps[0].shape[0] - 1 if isinstance(steps[0], np.ndarray) else steps[0].affine.ndim):
             raise SegmorphError(f"{where}a {ndim}D step in a {Transform(steps[:1]).ndim}D transform chain", record_path)
     grid = record.get("fixed_grid")
-    grid_ndim = len(grid.get("spacing") or []) if isinstance(grid, dict) and isinstance(grid.get("spacing"), list) else 0
+    grid_ndim = (
+        len(grid.get("spacing") or []) if isinstance(grid, dict) and isinstance(grid.get("spacing"), list) else 0
+    )
     if steps and grid_ndim in (2, 3) and Transform(steps).ndim != grid_ndim:
         raise SegmorphError(f"a {Transform(steps).ndim}D transform chain on a {grid_ndim}D fixed_grid", record_path)
     return Transform(steps)

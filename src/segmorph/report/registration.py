@@ -278,6 +278,9 @@ def _split_block(split: dict[str, Any]) -> Markup:
         return note("run.json holds no split")
     rows = [[name, len(ids or []), ", ".join(map(str, (ids or [])[:3])) + (" …" if len(ids or []) > 3 else "")]
             for name, ids in split.items()]  # fmt: skip
-    return join([table(["part", "cases", "first cases"], rows), note("monitor pairs are drawn from the monitor "
-                                                                      "cases; held-out cases were never seen")])
-
+    return join(
+        [
+            table(["part", "cases", "first cases"], rows),
+            note("monitor pairs are drawn from the monitor cases; held-out cases were never seen"),
+        ]
+    )

@@ -103,7 +103,9 @@ def few_label_facts(record: dict, summary: dict) -> dict[str, Any]:
     transfer = record.get("transfer")
     if isinstance(transfer, dict) and isinstance(transfer.get("loaded"), list):
         total = len(transfer["loaded"]) + len(transfer.get("skipped") or {})
-        facts["initialised from"] = f"{record.get('init', transfer.get('source'))} ({len(transfer['loaded'])} of {total} tensors)"
+        facts["initialised from"] = (
+            f"{record.get('init', transfer.get('source'))} ({len(transfer['loaded'])} of {total} tensors)"
+        )
     synthetic = record.get("synthetic")
     if isinstance(synthetic, dict):
         facts["synthetic pairs"] = f"from {synthetic.get('run')}, share {synthetic.get('share')}"

@@ -244,8 +244,11 @@ def pair_stack(
             series["labels"].append(layer_uri(labels[::step, ::step, k].T, palette))
     if labels is None:
         del series["labels"]
-    moved = Panel("warped moving + warped labels", "warped", "labels") if labels is not None else Panel(
-        "warped moving", "warped")
+    moved = (
+        Panel("warped moving + warped labels", "warped", "labels")
+        if labels is not None
+        else Panel("warped moving", "warped")
+    )
     panels = [Panel("fixed", "fixed"), moved, Panel("checkerboard fixed / warped", "checkerboard"),
               Panel("|fixed − warped|", "difference")]  # fmt: skip
     width, height = display_size(shape[:2], spacing[:2])

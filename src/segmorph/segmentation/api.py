@@ -353,7 +353,9 @@ def cross_validate(
     from segmorph.folds import parse_folds
     from segmorph.segmentation.crossval import train_cross_validation
 
-    chosen = parse_folds(folds, num_folds) if isinstance(folds, str) else parse_folds(",".join(map(str, folds)), num_folds)
+    chosen = (
+        parse_folds(folds, num_folds) if isinstance(folds, str) else parse_folds(",".join(map(str, folds)), num_folds)
+    )
     request = _request(
         dataset, out, time_budget=time_budget, max_steps=max_steps, spacing=spacing, overrides=overrides,
         config=config, device=device, seed=seed, images_dir=images_dir, labels_dir=labels_dir,

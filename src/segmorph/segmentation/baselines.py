@@ -281,8 +281,6 @@ def confidence_connected(
     return _as_label_image(from_sitk(region, is_label=True).numpy()[0] > 0, image)
 
 
-
-
 def level_set(
     image: Image,
     seeds: Sequence[Sequence[int]],

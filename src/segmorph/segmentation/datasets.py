@@ -140,7 +140,9 @@ def modality_of(channel_name: str) -> str:
     return "MRI" if name in _MR_NAMES else "other"
 
 
-def load_dataset(root: str | Path, images_dir: str | Path | None = None, labels_dir: str | Path | None = None) -> DatasetSpec:
+def load_dataset(
+    root: str | Path, images_dir: str | Path | None = None, labels_dir: str | Path | None = None
+) -> DatasetSpec:
     """Find the cases of a dataset folder.
 
     Args:
@@ -203,8 +205,11 @@ def _load_msd(root: Path) -> DatasetSpec:
         cases = _pair_folders(root / "imagesTr", root / "labelsTr", suffix)
     for case in cases:
         if len(case.images) != len(channels):
-            raise SegmorphError(f"case {case.case_id} has {len(case.images)} channel files, "
-                                f"dataset.json names {len(channels)} channels", case.images[0])
+            raise SegmorphError(
+                f"case {case.case_id} has {len(case.images)} channel files, "
+                f"dataset.json names {len(channels)} channels",
+                case.images[0],
+            )
     return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels), ignore)
 
 
@@ -390,8 +395,9 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
         check_same_grid(channel, first, f"channel differs from {case.images[0].name}", path)
     image = Image(torch.cat([c.data for c in channels], dim=0), first.affine)
     if spec.channel_names and image.num_channels != len(spec.channel_names):
-        raise SegmorphError(f"case has {image.num_channels} channels, the dataset declares "
-                            f"{len(spec.channel_names)}", case.images[0])
+        raise SegmorphError(
+            f"case has {image.num_channels} channels, the dataset declares {len(spec.channel_names)}", case.images[0]
+        )
     meta: dict[str, Any] = {"image_paths": [str(p) for p in case.images], "label_path": None}
     if case.label is None:
         return Sample(case.case_id, image, None, meta)
@@ -400,8 +406,9 @@ def load_sample(case: CaseFiles, spec: DatasetSpec) -> Sample:
     if spec.labels:
         undeclared = sorted(set(torch.unique(label.data).tolist()) - set(spec.labels) - {spec.ignore})
         if undeclared:
-            raise SegmorphError(f"label values {undeclared} are not declared (declared: {sorted(spec.labels)})",
-                                case.label)
+            raise SegmorphError(
+                f"label values {undeclared} are not declared (declared: {sorted(spec.labels)})", case.label
+            )
     if spec.ignore is not None:
         label = label.with_data(label.data.masked_fill(label.data == spec.ignore, IGNORE))
     meta["label_path"] = str(case.label)

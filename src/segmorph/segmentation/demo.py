@@ -25,7 +25,9 @@ def run_demo(data: Path, out: Path, time_budget_s: float = 300.0, device: str = 
     from segmorph.segmentation.pipeline import TrainRequest, train_segmentation
     from segmorph.segmentation.predict import PredictOptions, predict_files
 
-    console.print(f"segmorph demo: hippocampus data at {data}, training for {time_budget_s / 60:.1f} min", highlight=False)
+    console.print(
+        f"segmorph demo: hippocampus data at {data}, training for {time_budget_s / 60:.1f} min", highlight=False
+    )
     request = TrainRequest(dataset=data, out=out, time_budget_s=time_budget_s, device=device, fold=0)
     summary = train_segmentation(request)
     run = json.loads((out / "run.json").read_text())
@@ -40,7 +42,6 @@ def run_demo(data: Path, out: Path, time_budget_s: float = 300.0, device: str = 
         highlight=False,
     )
     return summary
-
 
 
 def find_demo_data(given: Path | None) -> Path:

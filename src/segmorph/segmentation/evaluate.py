@@ -89,8 +89,10 @@ def pair_cases(pred_dir: Path, ref_dir: Path) -> tuple[list[tuple[str, Path, Pat
     preds, refs = _case_files(Path(pred_dir), "prediction"), _case_files(Path(ref_dir), "reference")
     common = sorted(set(preds) & set(refs))
     if not common:
-        raise SegmorphError(f"no prediction matches a reference case; references: {_names(refs)}; "
-                            f"predictions: {_names(preds)}", pred_dir)
+        raise SegmorphError(
+            f"no prediction matches a reference case; references: {_names(refs)}; predictions: {_names(preds)}",
+            pred_dir,
+        )
     missing = set(refs) - set(preds)
     if missing:
         raise SegmorphError(f"{len(missing)} reference case(s) have no prediction: {_names(missing)}", pred_dir)
@@ -122,8 +124,9 @@ def _values_found(pairs: Sequence[tuple[str, Path, Path]], ignore: int | None = 
     values.discard(0)
     values.discard(ignore)
     if not values:
-        raise SegmorphError("no foreground label in any prediction or reference; give labels explicitly",
-                            pairs[0][2].parent)
+        raise SegmorphError(
+            "no foreground label in any prediction or reference; give labels explicitly", pairs[0][2].parent
+        )
     return {int(v) for v in values}
 
 
@@ -240,13 +243,19 @@ def summarize(rows: Sequence[dict]) -> dict:
     per_class: dict[str, dict] = {}
     for label in sorted({row["label"] for row in rows}):
         chosen = [row for row in rows if row["label"] == label]
-        stats: dict = {"name": chosen[0]["name"], "cases": len(chosen),
-                       "empty_ref": sum(bool(r["empty_ref"]) for r in chosen),
-                       "empty_pred": sum(bool(r["empty_pred"]) for r in chosen)}
+        stats: dict = {
+            "name": chosen[0]["name"],
+            "cases": len(chosen),
+            "empty_ref": sum(bool(r["empty_ref"]) for r in chosen),
+            "empty_pred": sum(bool(r["empty_pred"]) for r in chosen),
+        }
         for metric in METRIC_NAMES:
             values = np.array([row[metric] for row in chosen], dtype=np.float64)
-            stats[metric] = {"mean": float(values.mean()), "std": float(values.std()),
-                             "median": float(np.median(values))}
+            stats[metric] = {
+                "mean": float(values.mean()),
+                "std": float(values.std()),
+                "median": float(np.median(values)),
+            }
         per_class[str(label)] = stats
     overall = {m: float(np.mean([c[m]["mean"] for c in per_class.values()])) for m in METRIC_NAMES}
     units = sorted({str(row.get("unit", "mm")) for row in rows})
@@ -277,8 +286,10 @@ def _print_table(summary: dict) -> None:
         console = Console(width=120)
     console.print(table)
     if summary["unmatched_predictions"]:
-        console.print(f"[yellow]warning:[/] predictions without a reference were not evaluated: "
-                      f"{_names(summary['unmatched_predictions'])}")
+        console.print(
+            f"[yellow]warning:[/] predictions without a reference were not evaluated: "
+            f"{_names(summary['unmatched_predictions'])}"
+        )
 
 
 def evaluate_folders(

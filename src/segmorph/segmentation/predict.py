@@ -190,7 +190,9 @@ def predict_files(
         except SegmorphError as err:
             raise SegmorphError(err.problem, err.path or scan) from None
         if save_probabilities and format != "dicom-seg":
-            write_image(Image(probabilities.float(), image.affine), out_dir / f"{strip_suffix(target)}_probabilities.nii.gz")
+            write_image(
+                Image(probabilities.float(), image.affine), out_dir / f"{strip_suffix(target)}_probabilities.nii.gz"
+            )
         if overlays:
             from segmorph.plots import overlay_slices
 

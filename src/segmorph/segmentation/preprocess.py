@@ -88,9 +88,14 @@ def fingerprint(
     for index, sample in enumerate(samples):
         image = sample.image.numpy()
         start, stop = nonzero_box(image)
-        cases.append({"case_id": sample.case_id, "spacing": sample.image.spacing.tolist(),
-                      "shape": list(sample.image.spatial_shape),
-                      "nonzero_fraction": float(np.prod(stop - start) / np.prod(image.shape[1:]))})
+        cases.append(
+            {
+                "case_id": sample.case_id,
+                "spacing": sample.image.spacing.tolist(),
+                "shape": list(sample.image.spatial_shape),
+                "nonzero_fraction": float(np.prod(stop - start) / np.prod(image.shape[1:])),
+            }
+        )
         flat = image.reshape(image.shape[0], -1)
         if sample.label is not None:
             labels = sample.label.numpy().ravel()
@@ -111,11 +116,19 @@ def _summarise(spec: DatasetSpec, cases: list[dict], values: np.ndarray, counts:
     for channel, (name, modality) in enumerate(zip(names, modalities)):
         v = values[channel].astype(np.float64)
         low, median, high = np.percentile(v, [0.5, 50, 99.5])
-        intensity.append({
-            "channel": name, "modality": modality, "mean": float(v.mean()), "std": float(v.std()),
-            "min": float(v.min()), "max": float(v.max()), "median": float(median),
-            "percentile_00_5": float(low), "percentile_99_5": float(high),
-        })
+        intensity.append(
+            {
+                "channel": name,
+                "modality": modality,
+                "mean": float(v.mean()),
+                "std": float(v.std()),
+                "min": float(v.min()),
+                "max": float(v.max()),
+                "median": float(median),
+                "percentile_00_5": float(low),
+                "percentile_99_5": float(high),
+            }
+        )
     nonzero = float(np.median([c["nonzero_fraction"] for c in cases]))
     total = max(sum(counts.values()), 1)
     return {
@@ -165,7 +178,9 @@ class PreprocessConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.steps, (list, tuple)) or not all(isinstance(step, str) for step in self.steps):
-            raise ValueError(f"steps: expected a list of step texts such as ['channel:green', 'clahe'], got {self.steps!r}")
+            raise ValueError(
+                f"steps: expected a list of step texts such as ['channel:green', 'clahe'], got {self.steps!r}"
+            )
         object.__setattr__(self, "steps", tuple(step.strip() for step in self.steps))
         try:
             parse_steps(list(self.steps))
@@ -233,7 +248,8 @@ class UndoRecord:
     @property
     def was_resampled(self) -> bool:
         return self.resampled_shape != self.cropped_shape or not np.allclose(
-            self.resampled_spacing, self.original_affine.spacing, rtol=1e-9, atol=0)
+            self.resampled_spacing, self.original_affine.spacing, rtol=1e-9, atol=0
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form; ``original_affine.matrix`` keeps the affine bit-exact through JSON."""
@@ -253,8 +269,11 @@ class UndoRecord:
         affine = values["original_affine"]
         return cls(
             Affine(np.array(affine["matrix"])) if "matrix" in affine else Affine.from_dict(affine),
-            tuple(values["original_shape"]), tuple(values["crop_start"]), tuple(values["crop_stop"]),
-            tuple(values["resampled_shape"]), tuple(float(s) for s in values["resampled_spacing"]),
+            tuple(values["original_shape"]),
+            tuple(values["crop_start"]),
+            tuple(values["crop_stop"]),
+            tuple(values["resampled_shape"]),
+            tuple(float(s) for s in values["resampled_spacing"]),
         )
 
 
@@ -278,7 +297,9 @@ def channels_after_steps(steps: Sequence[str], channels: int) -> tuple[int, ...]
             index = {"red": 0, "green": 1, "blue": 2}.get(argument)
             index = int(argument) if index is None else index
             if index >= len(kept):
-                raise SegmorphError(f"step {step.text!r}: channel {index} asked of an image with {len(kept)} channel(s)")
+                raise SegmorphError(
+                    f"step {step.text!r}: channel {index} asked of an image with {len(kept)} channel(s)"
+                )
             kept = (kept[index],)
     return kept
 
@@ -311,11 +332,15 @@ def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample,
             raise SegmorphError(f"case {sample.case_id}: preprocess.steps: {err.problem}", err.path or where) from None
     image, affine = np.asarray(source.numpy(), dtype=np.float32), sample.image.affine  # no copy: never written
     if len(config.normalization) != image.shape[0]:
-        raise SegmorphError(f"config has {len(config.normalization)} normalization entries, case "
-                            f"{sample.case_id} has {image.shape[0]} channels", where)
+        raise SegmorphError(
+            f"config has {len(config.normalization)} normalization entries, case "
+            f"{sample.case_id} has {image.shape[0]} channels",
+            where,
+        )
     if config.target_spacing is not None and len(config.target_spacing) != affine.ndim:
-        raise SegmorphError(f"target_spacing has {len(config.target_spacing)} values, case "
-                            f"{sample.case_id} is {affine.ndim}D", where)
+        raise SegmorphError(
+            f"target_spacing has {len(config.target_spacing)} values, case {sample.case_id} is {affine.ndim}D", where
+        )
     start, stop = nonzero_box(image) if config.crop_to_nonzero else (np.zeros(affine.ndim, int), image.shape[1:])
     box = (slice(None), *(slice(int(a), int(b)) for a, b in zip(start, stop)))
     image = image[box]
@@ -332,11 +357,18 @@ def preprocess_sample(sample: Sample, config: PreprocessConfig) -> tuple[Sample,
         image = resample_array(image, scale, shape, config.image_order)
         label = None if label is None else resample_array(label, scale, shape, 0)
         affine = affine.with_spacing(target)
-    record = UndoRecord(sample.image.affine, sample.image.spatial_shape, tuple(int(a) for a in start),
-                        tuple(int(b) for b in stop), tuple(image.shape[1:]), tuple(affine.spacing.tolist()))
+    record = UndoRecord(
+        sample.image.affine,
+        sample.image.spatial_shape,
+        tuple(int(a) for a in start),
+        tuple(int(b) for b in stop),
+        tuple(image.shape[1:]),
+        tuple(affine.spacing.tolist()),
+    )
     out_label = None if label is None else Image(torch.from_numpy(np.ascontiguousarray(label)), affine, True)
-    out = Sample(sample.case_id, Image(torch.from_numpy(np.ascontiguousarray(image)), affine), out_label,
-                 dict(sample.meta))
+    out = Sample(
+        sample.case_id, Image(torch.from_numpy(np.ascontiguousarray(image)), affine), out_label, dict(sample.meta)
+    )
     return out, record
 
 
@@ -414,12 +446,21 @@ def resample_array(array: np.ndarray, scale: Sequence[float], shape: Sequence[in
         if order > 1 and np.issubdtype(array.dtype, np.floating):
             coefficients = np.pad(array[channel].astype(np.float32, copy=False), _SPLINE_PAD, mode="edge")
             ndimage.spline_filter(coefficients, order, output=coefficients, mode="nearest")
-            ndimage.affine_transform(coefficients, scale, offset=float(_SPLINE_PAD), output_shape=tuple(shape),
-                                     output=out[channel], order=order, mode="nearest", prefilter=False)
+            ndimage.affine_transform(
+                coefficients,
+                scale,
+                offset=float(_SPLINE_PAD),
+                output_shape=tuple(shape),
+                output=out[channel],
+                order=order,
+                mode="nearest",
+                prefilter=False,
+            )
             del coefficients
         else:
-            ndimage.affine_transform(array[channel], scale, output_shape=tuple(shape), output=out[channel],
-                                     order=order, mode="nearest")
+            ndimage.affine_transform(
+                array[channel], scale, output_shape=tuple(shape), output=out[channel], order=order, mode="nearest"
+            )
     return out
 
 
@@ -440,8 +481,10 @@ def undo_preprocessing(probabilities: torch.Tensor, record: UndoRecord) -> torch
         ``(K, *S_orig)`` scores on the original grid; their argmax over K is the label map.
     """
     if tuple(probabilities.shape[1:]) != tuple(record.resampled_shape) or not probabilities.is_floating_point():
-        raise ValueError(f"probabilities: expected float (K, {', '.join(map(str, record.resampled_shape))}), "
-                         f"got {probabilities.dtype} {tuple(probabilities.shape)}")
+        raise ValueError(
+            f"probabilities: expected float (K, {', '.join(map(str, record.resampled_shape))}), "
+            f"got {probabilities.dtype} {tuple(probabilities.shape)}"
+        )
     if not record.was_resampled and tuple(record.cropped_shape) == tuple(record.original_shape):
         return probabilities
     out = probabilities.new_zeros((probabilities.shape[0], *record.original_shape))

@@ -69,19 +69,20 @@ class Augmenter:
         self.config = config
         self.ndim = ndim
 
-    def draw(self, batch_size: int, num_channels: int, spatial_shape: tuple[int, ...],
-             generator: torch.Generator) -> AugmentParams:
+    def draw(
+        self, batch_size: int, num_channels: int, spatial_shape: tuple[int, ...], generator: torch.Generator
+    ) -> AugmentParams:
         """Draw the parameters of one batch (spatial first, then intensity)."""
         spatial = intensity = None
         if self.config.enabled and self.config.spatial.enabled:
             spatial = draw_spatial_params(self.config.spatial, batch_size, spatial_shape, generator)
         if self.config.enabled and self.config.intensity.enabled:
-            intensity = draw_intensity_params(self.config.intensity, batch_size, num_channels, spatial_shape,
-                                              generator)
+            intensity = draw_intensity_params(self.config.intensity, batch_size, num_channels, spatial_shape, generator)
         return AugmentParams(spatial, intensity)
 
-    def apply(self, images: torch.Tensor, labels: torch.Tensor | None,
-              params: AugmentParams) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def apply(
+        self, images: torch.Tensor, labels: torch.Tensor | None, params: AugmentParams
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Apply drawn parameters: spatial transforms to images and labels, then intensity to images."""
         self._check(images, labels)
         if params.spatial is not None:
@@ -90,8 +91,9 @@ class Augmenter:
             images = apply_intensity(images, params.intensity)
         return images, labels
 
-    def __call__(self, images: torch.Tensor, labels: torch.Tensor | None,
-                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def __call__(
+        self, images: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Augment one batch.
 
         Args:
@@ -109,8 +111,10 @@ class Augmenter:
     def _check(self, images: torch.Tensor, labels: torch.Tensor | None) -> None:
         axes = "(B, C, I, J)" if self.ndim == 2 else "(B, C, I, J, K)"
         if not isinstance(images, torch.Tensor) or images.ndim != self.ndim + 2:
-            raise ValueError(f"images: expected a {axes} tensor for ndim={self.ndim}, got "
-                             f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}")
+            raise ValueError(
+                f"images: expected a {axes} tensor for ndim={self.ndim}, got "
+                f"{tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__}"
+            )
         if not images.is_floating_point():
             raise ValueError(f"images: expected a floating tensor, got {images.dtype}")
         if labels is None:

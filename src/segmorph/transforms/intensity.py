@@ -100,7 +100,10 @@ def _select(probability: float, values: torch.Tensor, generator: torch.Generator
 
 
 def draw_intensity_params(
-    config: IntensityConfig, batch_size: int, num_channels: int, spatial_shape: Sequence[int],
+    config: IntensityConfig,
+    batch_size: int,
+    num_channels: int,
+    spatial_shape: Sequence[int],
     generator: torch.Generator,
 ) -> IntensityParams:
     """Draw every random intensity parameter of a batch, in a fixed order.
@@ -114,16 +117,18 @@ def draw_intensity_params(
     """
     per_channel = (batch_size, num_channels)
     variance = _select(config.p_noise, uniform(*config.noise_variance, (batch_size,), generator), generator)
-    field = torch.randn((variance.rows.numel(), num_channels, *spatial_shape), generator=generator,
-                        device=generator.device)
+    field = torch.randn(
+        (variance.rows.numel(), num_channels, *spatial_shape), generator=generator, device=generator.device
+    )
     std = variance.values.sqrt().to(dtype=field.dtype, device=field.device).view(-1, *[1] * (field.ndim - 1))
     return IntensityParams(
         noise=Selection(variance.rows, field * std),
         blur=_select(config.p_blur, uniform(*config.blur_sigma, per_channel, generator), generator),
         brightness=_select(config.p_brightness, split_uniform(config.brightness, per_channel, generator), generator),
         contrast=_select(config.p_contrast, split_uniform(config.contrast, per_channel, generator), generator),
-        low_resolution=_select(config.p_low_resolution, uniform(*config.low_resolution, (batch_size,), generator),
-                               generator),
+        low_resolution=_select(
+            config.p_low_resolution, uniform(*config.low_resolution, (batch_size,), generator), generator
+        ),
         gamma_inverted=_select(config.p_gamma_inverted, split_uniform(config.gamma, per_channel, generator), generator),
         gamma=_select(config.p_gamma, split_uniform(config.gamma, per_channel, generator), generator),
     )

@@ -29,8 +29,10 @@ def _check_cases(images: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
     channels = images[0].shape[0] if images[0].ndim else 0
     for case, (image, label) in enumerate(zip(images, labels)):
         if image.ndim != ndim + 1:
-            raise ValueError(f"patch_size: has {ndim} values but case {case} has {image.ndim - 1} spatial axes "
-                             f"(image shape {tuple(image.shape)}, expected (C, *S))")
+            raise ValueError(
+                f"patch_size: has {ndim} values but case {case} has {image.ndim - 1} spatial axes "
+                f"(image shape {tuple(image.shape)}, expected (C, *S))"
+            )
         if image.shape[0] != channels:
             raise ValueError(f"images: case {case} has {image.shape[0]} channels, case 0 has {channels}")
         if tuple(label.shape) != (1, *image.shape[1:]):

@@ -230,7 +230,9 @@ def _displaced_grid(linear: torch.Tensor, displacement: torch.Tensor, spatial_sh
     """
     n = len(spatial_shape)
     coarse = displacement.shape[2:]
-    axes = [torch.linspace(-1.0 + 1.0 / s, 1.0 - 1.0 / s, g, dtype=torch.float64) for s, g in zip(spatial_shape, coarse)]
+    axes = [
+        torch.linspace(-1.0 + 1.0 / s, 1.0 - 1.0 / s, g, dtype=torch.float64) for s, g in zip(spatial_shape, coarse)
+    ]
     points = torch.stack(torch.meshgrid(*axes, indexing="ij"))  # (n, *G), normalised, index order
     size = torch.tensor(spatial_shape, dtype=torch.float64).view(1, n, *[1] * n)
     points = points + displacement.double() * (2.0 / size)
@@ -285,8 +287,12 @@ def _unshifted_grid(
         affine = _linear_grid(linear[plain].to(dtype=dtype, device=device), spatial_shape)
     if displaced_rows.numel():
         mapped = _displaced_grid(linear[displaced_rows], displacement, spatial_shape)
-        dense = F.interpolate(mapped.to(dtype=dtype, device=device), size=list(spatial_shape),
-                              mode="bilinear" if n == 2 else "trilinear", align_corners=True).movedim(1, -1)
+        dense = F.interpolate(
+            mapped.to(dtype=dtype, device=device),
+            size=list(spatial_shape),
+            mode="bilinear" if n == 2 else "trilinear",
+            align_corners=True,
+        ).movedim(1, -1)
     if dense is None or affine is None:
         return affine if dense is None else dense
     grid = torch.empty((k, *spatial_shape, n), dtype=dtype, device=device)
@@ -324,8 +330,15 @@ def apply_spatial(
     """
     n = images.ndim - 2
     if params.rows.numel():
-        grid = sampling_grid(params.matrices, images.shape[2:], params.elastic, params.elastic_rows,
-                             images.dtype, images.device, params.offsets)
+        grid = sampling_grid(
+            params.matrices,
+            images.shape[2:],
+            params.elastic,
+            params.elastic_rows,
+            images.dtype,
+            images.device,
+            params.offsets,
+        )
         images, labels = _on_rows(images, labels, params.rows, lambda x, y: warp(x, y, grid))
     for axis in range(n):
         rows = params.flips[:, axis].nonzero().flatten()
@@ -341,8 +354,12 @@ def _flip(labels: torch.Tensor | None, axis: int) -> torch.Tensor | None:
 _Pair = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
-def _on_rows(images: torch.Tensor, labels: torch.Tensor | None, rows: torch.Tensor,
-             fn: Callable[[torch.Tensor, torch.Tensor | None], _Pair]) -> _Pair:
+def _on_rows(
+    images: torch.Tensor,
+    labels: torch.Tensor | None,
+    rows: torch.Tensor,
+    fn: Callable[[torch.Tensor, torch.Tensor | None], _Pair],
+) -> _Pair:
     """Apply ``fn(images, labels)`` to the batch members ``rows`` (sorted, unique); new tensors."""
     if rows.numel() == images.shape[0]:
         return fn(images, labels)

@@ -140,8 +140,10 @@ class RegistrationTrainSettings:
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, f"batch_size: expected at least 1, got {self.batch_size}")
-        check(0 < self.learning_rate <= MAX_LEARNING_RATE,
-              f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}")
+        check(
+            0 < self.learning_rate <= MAX_LEARNING_RATE,
+            f"learning_rate: expected a value in (0, {MAX_LEARNING_RATE:g}], got {self.learning_rate}",
+        )
         check(self.time_budget_s >= 0, f"time_budget_s: expected at least 0 seconds, got {self.time_budget_s}")
         check(self.max_steps >= 0, f"max_steps: expected at least 0, got {self.max_steps}")
         check(self.max_steps > 0 or self.time_budget_s > 0, "max_steps/time_budget_s: give at least one limit")

@@ -84,7 +84,9 @@ class PairData:
             return network_input(self.images[fixed], self.images[moving])
         moving_prior = self.prior[moving]
         if guided is not None and bool(guided.any()):
-            moving_prior = torch.where(guided.view(-1, *[1] * (moving_prior.ndim - 1)), self.onehot[moving, 1:], moving_prior)
+            moving_prior = torch.where(
+                guided.view(-1, *[1] * (moving_prior.ndim - 1)), self.onehot[moving, 1:], moving_prior
+            )
         return network_input(self.images[fixed], self.images[moving], self.prior[fixed], moving_prior)
 
     def can_guide(self) -> bool:
@@ -105,7 +107,9 @@ class RegistrationTask:
         num_classes = train.onehot.shape[1] if train.onehot is not None else 0
         self.score_parts = [f"dice_{k}" for k in range(1, num_classes)] if num_classes else ["ncc"]
         similarity = get_similarity(config.similarity)
-        self.similarity = (lambda f, w: similarity(f, w, window=config.ncc_window)) if config.similarity == "ncc" else similarity
+        self.similarity = (
+            (lambda f, w: similarity(f, w, window=config.ncc_window)) if config.similarity == "ncc" else similarity
+        )
         if config.label_guidance > 0 and not (train.can_guide() and val.can_guide()):
             raise ValueError("label_guidance: needs labels and a segmentation prior with the same classes")
 
@@ -315,7 +319,11 @@ def train_registration_run(
     settings = registration_train_config(overrides, config, time_budget=time_budget, max_steps=max_steps, seed=seed,
                                          base=base)  # fmt: skip
     asked = {**(load_overrides_file(config) if config is not None else {}), **(overrides or {})}
-    if "registration.label_guidance" in asked and settings.registration.label_guidance > 0 and segmentation_model is None:
+    if (
+        "registration.label_guidance" in asked
+        and settings.registration.label_guidance > 0
+        and segmentation_model is None
+    ):
         raise SegmorphError("registration.label_guidance: needs a segmentation model (--segmentation-model), whose "
                             "probabilities the moving labels stand in for")  # fmt: skip
     train = settings.train
@@ -407,7 +415,9 @@ def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
     return PairData.from_cases([c.image for c in cases], labels, num_classes, prior)
 
 
-def _write_provenance(out: Path, spec: DatasetSpec, request: RegistrationTrainRequest, split: dict[str, list[str]]) -> None:
+def _write_provenance(
+    out: Path, spec: DatasetSpec, request: RegistrationTrainRequest, split: dict[str, list[str]]
+) -> None:
     """``run.json`` (see :mod:`segmorph.provenance`); a resumed run appends to the first run's record."""
     facts = {
         "kind": "registration", "dataset": str(Path(request.dataset).resolve()), "seed": request.seed,
