@@ -46,6 +46,21 @@ def test_n4_removes_a_known_smooth_multiplicative_bias_to_within_two_percent():
     assert corrected.affine is biased.affine and corrected.data.dtype == torch.float32
 
 
+def test_n4_on_a_single_slice_volume_fits_the_field_in_the_slice_plane():
+    shape = (32, 1, 24)
+    grid, distance = _grid(shape, OBLIQUE)
+    truth = np.where(distance < 9, 100.0, 10.0)
+    bias = np.exp(0.25 * (grid[..., 0] - 15.5) / 16)
+    volume = _image(truth * bias, OBLIQUE)
+    spacing = OBLIQUE.spacing
+    plane = _image((truth * bias)[:, 0, :], Affine.from_geometry((spacing[0], spacing[2])))
+    corrected, corrected_plane = enhance(volume, "n4:shrink=2"), enhance(plane, "n4:shrink=2")
+    assert corrected.spatial_shape == shape and corrected.affine is volume.affine
+    np.testing.assert_allclose(corrected.numpy()[0, :, 0, :], corrected_plane.numpy()[0], rtol=1e-5)
+    with pytest.raises(SegmorphError, match=r"n4 needs at least two axes longer than one voxel.*\(1, 1, 32\)"):
+        filters.n4(_image(np.ones((1, 1, 32)), OBLIQUE))
+
+
 def test_median_removes_salt_and_pepper_noise():
     rng = np.random.default_rng(0)
     clean = np.full((32, 32), 100.0)
@@ -213,7 +228,8 @@ def test_every_step_on_a_voxel_or_a_single_slice_keeps_the_grid_or_names_itself(
     try:
         out = enhance(image, step)
     except SegmorphError as err:
-        assert str(err).startswith(f"{step}: the filter cannot process this image (") and "\n" not in str(err)
+        named = (f"{step}: the filter cannot process this image (", f"step {step!r}: ")
+        assert str(err).startswith(named) and "\n" not in str(err)
         return
     assert out.spatial_shape == image.spatial_shape and torch.isfinite(out.data).all()
 

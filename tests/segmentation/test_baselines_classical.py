@@ -137,6 +137,20 @@ def test_level_set_gives_the_same_answer_every_call():
         assert np.array_equal(first, second) and np.array_equal(first, third)
 
 
+@pytest.mark.parametrize("model", ["geodesic", "chan-vese"])
+def test_level_set_on_a_single_slice_volume_equals_the_2d_level_set(model):
+    image, _ = _sphere_phantom()
+    plane = image.numpy()[:, :, :, 7:8]  # one slice through the sphere's centre
+    volume = Image(torch.from_numpy(plane.copy()), AFFINE)
+    flat = Image(torch.from_numpy(plane[..., 0].copy()), Affine.from_geometry(SPACING[:2]))
+    on_volume = level_set(volume, seeds=[SEED[:2] + (0,)], model=model).numpy()[0]
+    on_plane = level_set(flat, seeds=[SEED[:2]], model=model).numpy()[0]
+    assert on_volume.shape == plane.shape[1:] and on_plane.sum() > 50
+    assert np.array_equal(on_volume[..., 0], on_plane)
+    with pytest.raises(ValueError, match="at least two axes longer than one voxel"):
+        level_set(Image(torch.from_numpy(plane[:, :1].copy()), AFFINE), seeds=[(0, 0, 0)])
+
+
 def test_level_set_unknown_model_lists_the_choices():
     image, _ = _sphere_phantom()
     with pytest.raises(ValueError, match="model.*geodesic or chan-vese"):

@@ -128,9 +128,24 @@ def n4(image: Image, shrink: int = 4, mask: str | Image = "otsu", iterations: in
     elif mask not in ("otsu", "all"):
         raise SegmorphError(f"n4 mask must be 'otsu', 'all' or a label map, got {mask!r}")
 
-    def correct(itk: sitk.Image) -> sitk.Image:
+    # an axis one voxel thick takes no part in the fit: the field is fitted on the axes that have extent
+    wide = [axis for axis, size in enumerate(image.spatial_shape) if size > 1]
+    if len(wide) < 2:
+        raise SegmorphError(
+            f"n4 needs at least two axes longer than one voxel; the image has shape {image.spatial_shape}"
+        )
+    spacing = [float(image.affine.spacing[axis]) for axis in wide]
+
+    def as_itk(array: np.ndarray) -> sitk.Image:
+        squeezed = array.reshape([array.shape[axis] for axis in wide])
+        itk = sitk.GetImageFromArray(np.ascontiguousarray(squeezed.T))
+        itk.SetSpacing(spacing)
+        return itk
+
+    def correct(array: np.ndarray) -> np.ndarray:
+        itk = as_itk(array)
         if isinstance(mask, Image):
-            mask_itk = _to_itk(fixed_mask, image)
+            mask_itk = as_itk(fixed_mask)
         elif mask == "otsu":
             mask_itk = sitk.OtsuThreshold(itk, 0, 1, 200)
         else:
@@ -141,9 +156,10 @@ def n4(image: Image, shrink: int = 4, mask: str | Image = "otsu", iterations: in
         corrector.SetMaximumNumberOfIterations([int(iterations)] * 4)
         corrector.Execute(sitk.Shrink(itk, factors), sitk.Shrink(mask_itk, factors))
         log_field = corrector.GetLogBiasFieldAsImage(itk)
-        return sitk.Cast(itk, sitk.sitkFloat32) / sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32)
+        corrected = sitk.Cast(itk, sitk.sitkFloat32) / sitk.Cast(sitk.Exp(log_field), sitk.sitkFloat32)
+        return sitk.GetArrayFromImage(corrected).T.reshape(array.shape)
 
-    return _per_channel_itk(image, "n4", correct)
+    return _per_channel(image, "n4", correct)
 
 
 def denoise(image: Image, method: str) -> Image:

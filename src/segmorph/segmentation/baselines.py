@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import SimpleITK as sitk
@@ -314,10 +315,6 @@ def level_set(
     Returns:
         Label Image ``(1, I, J[, K])`` with 1 inside the contour.
     """
-    from skimage.segmentation import inverse_gaussian_gradient, morphological_chan_vese
-    from skimage.segmentation import morphological_geodesic_active_contour as geodesic_active_contour
-    from skimage.segmentation.morphsnakes import inf_sup, sup_inf
-
     if model not in LEVEL_SET_MODELS:
         raise ValueError(f"model: unknown level set {model!r}; choose {' or '.join(LEVEL_SET_MODELS)}")
     if iterations < 1 or radius_mm < 0 or sigma_mm <= 0 or smoothing < 0:
@@ -325,36 +322,69 @@ def level_set(
                          f"got {iterations}, {radius_mm}, {sigma_mm}, {smoothing}")  # fmt: skip
     values = intensities(image, channel).astype(np.float64)
     points = _check_seeds(seeds, values.shape)
-    spacing = image.affine.spacing
+    # a 3D image one voxel thick along an axis is a 2D problem: the level set runs on the axes that have extent
+    wide = [axis for axis, size in enumerate(values.shape) if size > 1]
+    if len(wide) < 2:
+        raise ValueError(
+            f"a level set needs at least two axes longer than one voxel; the image has shape {values.shape}"
+        )
+    inside = _level_set_inside(
+        values.reshape([values.shape[a] for a in wide]),
+        image.affine.spacing[wide],
+        [tuple(point[a] for a in wide) for point in points],
+        _LevelSetSettings(model, int(iterations), radius_mm, sigma_mm, int(smoothing), float(balloon)),
+    )
+    return _as_label_image(inside.reshape(values.shape), image)
+
+
+@dataclass(frozen=True)
+class _LevelSetSettings:
+    model: str
+    iterations: int
+    radius_mm: float
+    sigma_mm: float
+    smoothing: int
+    balloon: float
+
+
+def _level_set_inside(
+    values: np.ndarray, spacing: np.ndarray, points: list[tuple[int, ...]], settings: _LevelSetSettings
+) -> np.ndarray:
+    """Boolean ``(I, J[, K])`` region of the level set that contains a seed; ``values`` float64, ``spacing`` mm."""
+    from skimage.segmentation import inverse_gaussian_gradient, morphological_chan_vese
+    from skimage.segmentation import morphological_geodesic_active_contour as geodesic_active_contour
+    from skimage.segmentation.morphsnakes import inf_sup, sup_inf
+
+    model, smoothing = settings.model, settings.smoothing
     start = np.zeros(values.shape, dtype=bool)
     for point in points:
         start[point] = True
-    start = ndimage.binary_dilation(start, structure=_ellipsoid(max(radius_mm, float(spacing.max())), spacing))
+    start = ndimage.binary_dilation(start, structure=_ellipsoid(max(settings.radius_mm, float(spacing.max())), spacing))
     median = float(np.median(values))
     scale = 1.4826 * float(np.median(np.abs(values - median))) or float(values.std()) or 1.0
     standardised = (values - median) / scale
     if model == "geodesic":
-        sigma = float(sigma_mm / spacing.mean())
+        sigma = float(settings.sigma_mm / spacing.mean())
         edges = inverse_gaussian_gradient(standardised, alpha=100.0, sigma=sigma)
         level = float(np.percentile(edges, 40))  # scikit-image's threshold="auto"
     # scikit-image alternates its smoothing (SI∘IS, IS∘SI) through one cycle shared by every call in the process,
     # so a result would depend on the level sets run before it: one iteration at a time, smoothed here instead
     phases = start.astype(np.int8)
-    for index in range(int(iterations)):
+    for index in range(settings.iterations):
         if model == "geodesic":
             phases = geodesic_active_contour(edges, 1, init_level_set=phases, smoothing=0, threshold=level,
-                                             balloon=float(balloon))  # fmt: skip
+                                             balloon=settings.balloon)  # fmt: skip
         else:
             phases = morphological_chan_vese(standardised, 1, init_level_set=phases, smoothing=0)
-        for step in range(int(smoothing)):
-            odd = (index * int(smoothing) + step) % 2
+        for step in range(smoothing):
+            odd = (index * smoothing + step) % 2
             phases = inf_sup(sup_inf(phases)) if odd else sup_inf(inf_sup(phases))
     inside = phases > 0
     if model == "chan-vese" and sum(inside[p] for p in points) * 2 < len(points):  # seeds in the other phase
         inside = ~inside
     components, _ = ndimage.label(inside, structure=ndimage.generate_binary_structure(values.ndim, 1))
     kept = {components[p] for p in points} - {0}
-    return _as_label_image(np.isin(components, list(kept)) if kept else np.zeros(values.shape, bool), image)
+    return np.isin(components, list(kept)) if kept else np.zeros(values.shape, bool)
 
 
 def vessels(
