@@ -175,6 +175,16 @@ def test_train_refuses_a_missing_folder_and_a_folder_without_images(tmp_path, ca
     assert not out.exists()
 
 
+def test_train_under_torchrun_is_refused_before_anything_is_written(tmp_path, capfd, monkeypatch):
+    dataset = write_msd_dataset(tmp_path / "dataset", num_cases=2)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    out = tmp_path / "gan"
+    assert main(["synthesize", "train", str(dataset), "--out", str(out), "--max-steps", "1", "--quiet"]) == 1
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == ["error: synthesize train runs in one process: start it without torchrun"]
+    assert not out.exists()
+
+
 def test_train_refuses_a_label_map_on_another_grid_than_its_image(tmp_path, capfd):
     dataset = write_msd_dataset(tmp_path / "dataset", num_cases=3)
     bad = dataset / "labelsTr" / "case_001.nii.gz"

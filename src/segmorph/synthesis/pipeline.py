@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from segmorph.engine.checkpoints import load_checkpoint
+from segmorph.engine.distributed import launched_by_torchrun
 from segmorph.engine.loop import FitResult, TrainConfig, fit_task
 from segmorph.errors import SegmorphError
 from segmorph.io import atomic_write_text
@@ -111,8 +112,10 @@ def train_synthesis(request: SynthesisRequest) -> dict[str, Any]:
     Raises:
         SegmorphError: One line naming the file: a missing or empty dataset folder, unlabelled cases, a label
             map on another grid than its image, undeclared label values, a run folder inside the dataset, a
-            resumed folder that is not a GAN run.
+            resumed folder that is not a GAN run; a start by torchrun with several processes.
     """
+    if launched_by_torchrun():  # each process would train its own discriminator and write the same files
+        raise SegmorphError("synthesize train runs in one process: start it without torchrun")
     out = Path(request.out)
     check_run_folder(out, request.dataset, cache=request.cache_dir)
     spec = labelled_spec(request.dataset, request.images_dir, request.labels_dir)
