@@ -154,6 +154,22 @@ def test_sample_refuses_a_run_of_another_kind_and_a_missing_gan(gan, tmp_path, c
     assert not out.exists()
 
 
+def test_sample_refuses_a_count_out_of_range_or_beyond_the_free_disk(gan, tmp_path, capfd, monkeypatch):
+    from segmorph.synthesis import sampling
+
+    dataset, run = gan
+    out = tmp_path / "synthetic"
+    command = ["synthesize", "sample", str(run), "--labels", str(dataset / "labelsTr"), "--out", str(out), "--quiet"]
+    assert main([*command, "--count", "100001"]) == 1
+    assert "count: expected 1 to 100,000 pairs, got 100001" in capfd.readouterr().err
+    real = sampling.shutil.disk_usage
+    monkeypatch.setattr(sampling.shutil, "disk_usage", lambda path: real(path)._replace(free=1000))
+    assert main([*command, "--count", "5"]) == 1  # 5 x 5,760 voxels x 0.5 bytes > 1,000 bytes
+    line = _one_error_line(capfd, out)
+    assert "need at least 14.1 KiB and the disk has 1000 bytes free; ask for fewer pairs (--count)" in line
+    assert not out.exists() and not list(tmp_path.glob(".synthetic*"))
+
+
 def test_sample_refuses_a_folder_that_is_not_empty(gan, tmp_path, capfd):
     dataset, run = gan
     out = tmp_path / "out"

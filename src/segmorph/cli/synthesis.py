@@ -113,7 +113,7 @@ def _add_sample(p: argparse.ArgumentParser) -> None:
         help="label maps: files, folders of them, or dataset folders (their label maps)",
     )
     p.add_argument("--out", type=Path, required=True, help="dataset folder to create (missing or empty)")
-    p.add_argument("--count", type=int, default=20, help="synthetic pairs to write (default 20)")
+    p.add_argument("--count", type=int, default=20, help="synthetic pairs to write (1 to 100,000; default 20)")
     p.add_argument("--seed", type=parse_seed, default=0)
     p.add_argument(
         "--magnitude",

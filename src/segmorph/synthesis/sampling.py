@@ -23,6 +23,7 @@ Pictures (PNG, 8 bits) are written in their raw 0..255 scale (the scale of the G
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import uuid
@@ -57,6 +58,12 @@ from segmorph.segmentation.preprocess import (
 )
 from segmorph.synthesis.deform import Deformation, deform_label_image, deform_labels
 from segmorph.synthesis.model import SynthesisModel
+
+MAX_PAIRS = 100_000
+# Floors of the bytes one generated intensity takes on disk, well under the rates of real outputs (about 3.7 for
+# float32 hippocampus volumes in .nii.gz, 0.4 for DRIVE pictures): a dataset that needs more than the free space
+# at these rates is sure not to fit.
+MIN_BYTES_PER_VOXEL = {".nii.gz": 0.5, ".png": 0.1}
 
 
 def synthetic_cases(
@@ -241,8 +248,8 @@ def write_synthetic_dataset(
             or with values the GAN does not know, an output that would overwrite an input or a non-empty folder.
     """
     gan_dir, out = Path(gan_dir), Path(out)
-    if count < 1:
-        raise SegmorphError(f"count: expected at least 1 pair, got {count}")
+    if not 1 <= count <= MAX_PAIRS:
+        raise SegmorphError(f"count: expected 1 to {MAX_PAIRS:,} pairs, got {count}")
     files = label_files(sources)
     folders = [Path(s) for s in sources if Path(s).is_dir()]
     check_outputs([Output.folder(out)], inputs=[gan_dir, *sources], outside=[gan_dir, *folders])
@@ -250,9 +257,9 @@ def write_synthetic_dataset(
         raise SegmorphError("output folder is not empty; give a new folder for the synthetic dataset", out)
     model = SynthesisModel(gan_dir, device)
     suffix = _output_suffix(files)
-    for path in files:
-        _read_checked(path, model)
+    voxels = [math.prod(_read_checked(path, model).spatial_shape) for path in files]
     order = _draw_order(len(files), count, seed)
+    _check_room(out, sum(voxels[index] for index in order) * len(model.channel_names), suffix)
     ids = [f"{strip_suffix(files[index])}_syn{number:03d}" for number, index in enumerate(order)]
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -267,6 +274,24 @@ def write_synthetic_dataset(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return ids
+
+
+def _check_room(out: Path, image_voxels: int, suffix: str) -> None:
+    """Refuse a dataset that cannot fit on ``out``'s file system: compressed, generated intensities take at least
+    ``MIN_BYTES_PER_VOXEL`` of their suffix (label maps not counted), so a smaller free space is sure to run out."""
+    folder = next(parent for parent in (out, *out.parents) if parent.exists())
+    needed = image_voxels * MIN_BYTES_PER_VOXEL[suffix]
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise SegmorphError(f"the synthetic images need at least {_bytes_text(needed)} and the disk has "
+                            f"{_bytes_text(free)} free; ask for fewer pairs (--count)", out)  # fmt: skip
+
+
+def _bytes_text(size: float) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size:.0f} bytes"
 
 
 def _output_suffix(files: Sequence[Path]) -> str:
