@@ -244,8 +244,9 @@ def test_split_is_deterministic_disjoint_and_covering() -> None:
 def test_split_rejects_bad_arguments() -> None:
     with pytest.raises(SegmorphError, match="fold"):
         split_cases(["a", "b", "c"], fold=3, num_folds=3)
-    with pytest.raises(SegmorphError, match="num_folds"):
-        split_cases(["a", "b"], fold=0, num_folds=5)
+    with pytest.raises(SegmorphError, match=r"2 cases cannot make 5 folds.*between 2 and the number of cases") as err:
+        split_cases(["a", "b"], fold=0, num_folds=5, dataset="data")
+    assert err.value.path == "data"
     assert split_from_list(["c", "a", "b"], ["b"]) == (["a", "c"], ["b"])
     with pytest.raises(SegmorphError, match="zz"):
         split_from_list(["a", "b"], ["a", "zz"])

@@ -428,7 +428,9 @@ def with_declared_ignore(label: torch.Tensor, spec: DatasetSpec) -> torch.Tensor
     return label.masked_fill(label == IGNORE, spec.ignore)
 
 
-def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int = 0) -> tuple[list[str], list[str]]:
+def split_cases(
+    case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: int = 0, dataset: str | Path | None = None
+) -> tuple[list[str], list[str]]:
     """K-fold split after a seeded shuffle; the same ids, fold and seed always give the same split.
 
     Args:
@@ -436,19 +438,21 @@ def split_cases(case_ids: Sequence[str], fold: int, num_folds: int = 5, seed: in
         fold: Which fold to hold out for validation, ``0 <= fold < num_folds``; -1 trains on every case.
         num_folds: Number of folds.
         seed: Seed of the shuffle.
+        dataset: The folder the cases come from, named in errors.
 
     Returns:
         ``(train_ids, val_ids)``, each sorted.
     """
     ids = sorted(case_ids)
     if len(set(ids)) != len(ids):
-        raise SegmorphError("case ids must be unique")
+        raise SegmorphError("case ids must be unique", dataset)
     if fold == -1:
         return ids, []
     if num_folds < 2 or num_folds > len(ids):
-        raise SegmorphError(f"num_folds must be between 2 and the number of cases ({len(ids)}), got {num_folds}")
+        raise SegmorphError(f"{len(ids)} cases cannot make {num_folds} folds: the number of folds (--num-folds) must "
+                            f"be between 2 and the number of cases", dataset)  # fmt: skip
     if not 0 <= fold < num_folds:
-        raise SegmorphError(f"fold must be -1 or in 0..{num_folds - 1}, got {fold}")
+        raise SegmorphError(f"fold must be -1 or in 0..{num_folds - 1}, got {fold}", dataset)
     order = np.random.default_rng(seed).permutation(len(ids))
     val_index = set(np.array_split(order, num_folds)[fold].tolist())
     train = [c for i, c in enumerate(ids) if i not in val_index]

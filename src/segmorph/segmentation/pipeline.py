@@ -315,7 +315,7 @@ def _synthetic_pairs(request: TrainRequest, plan: Plan, labels: list[torch.Tenso
 def _split(spec: DatasetSpec, request: TrainRequest) -> tuple[list[str], list[str]]:
     if request.val_cases:
         return split_from_list(spec.case_ids, request.val_cases, request.dataset)
-    return split_cases(spec.case_ids, request.fold, request.num_folds, request.seed)
+    return split_cases(spec.case_ids, request.fold, request.num_folds, request.seed, request.dataset)
 
 
 def _load_cases(spec: DatasetSpec, plan: Plan, request: TrainRequest, case_ids: Sequence[str]) -> dict:

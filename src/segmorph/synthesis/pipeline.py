@@ -214,10 +214,7 @@ def _plan(spec: DatasetSpec, request: SynthesisRequest) -> Plan:
 def _split(spec: DatasetSpec, request: SynthesisRequest) -> tuple[list[str], list[str]]:
     """``segmorph train``'s split (same fold, folds and seed), the training part narrowed to ``train_cases`` or to
     ``labelled_cases`` of them (:func:`segmorph.segmentation.few_labels.choose_labelled`)."""
-    try:
-        train_ids, val_ids = split_cases(spec.case_ids, request.fold, request.num_folds, request.seed)
-    except SegmorphError as err:
-        raise SegmorphError(err.problem, err.path or request.dataset) from None
+    train_ids, val_ids = split_cases(spec.case_ids, request.fold, request.num_folds, request.seed, request.dataset)
     if request.train_cases:
         chosen = set(request.train_cases)
         outside = sorted(chosen - set(train_ids))

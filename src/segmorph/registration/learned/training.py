@@ -212,7 +212,7 @@ MONITOR_DICE = "Dice"  # the monitor score of labelled datasets; unlabelled ones
 def split_registration_cases(case_ids: list[str], fold: int, num_folds: int, seed: int,
                              dataset: Path | None = None) -> dict[str, list[str]]:  # fmt: skip
     """``train``, ``monitor`` and ``held_out`` case lists (disjoint); ``dataset`` names the folder in errors."""
-    train, rest = split_cases(case_ids, fold, num_folds, seed)
+    train, rest = split_cases(case_ids, fold, num_folds, seed, dataset)
     if len(rest) < 2 or len(train) < 2:
         raise SegmorphError(f"need at least 4 cases to train registration, found {len(case_ids)}", dataset)
     monitor = rest[: min(MONITOR_CASES, max(2, len(rest) // 3))]
