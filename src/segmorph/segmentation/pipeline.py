@@ -28,6 +28,7 @@ from segmorph.readchecks import check_voxel_budget
 from segmorph.records import read_json
 from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases, split_from_list
 from segmorph.segmentation.few_labels import (
+    FewLabels,
     check_flags,
     few_labels,
     initialize,
@@ -41,6 +42,8 @@ from segmorph.segmentation.plan import Plan, apply_overrides, make_plan
 from segmorph.segmentation.preprocess import fingerprint, load_preprocessed, preprocess_dataset
 from segmorph.segmentation.semisupervised import SemiSupervisedTask
 from segmorph.segmentation.task import fit
+
+Case = tuple[torch.Tensor, torch.Tensor]  # a preprocessed image (C, *S) float32 and its label map (1, *S) int64
 
 
 @dataclass(frozen=True)
@@ -190,26 +193,13 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
     check_run_folder(out, request.dataset, request.init, request.synthetic, *request.unlabelled_paths,
                      cache=request.cache_dir)  # fmt: skip
     check_log(request.log)
-    if request.resume:  # the run's labelled cases and unlabelled sources, where not given again
-        recorded = resumed_settings(out).items()
-        request = replace(request, **{k: v for k, v in recorded if not getattr(request, k)
-                                      or (k.startswith("synthetic_") and request.synthetic is None)})  # fmt: skip
-    check_flags(request.labelled_cases, request.unlabelled, request.init, request.freeze_encoder_steps)
-    if request.resume:
-        spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
-        spec = spec if spec.labels else infer_labels(spec)
-        plan = Plan.load(out / "plan.json")
-        if request.target_spacing is not None or request.network_dims is not None or request.overrides:
-            console.print("warning: --resume keeps the run's plan.json; --spacing, --network-dims and --set are "
-                          "ignored", highlight=False)  # fmt: skip
-    else:
-        spec, plan = plan_dataset(request)
+    request = _settled_request(request, out)
+    spec, plan = _spec_and_plan(request, out)
     quality = {"ran": False, "flagged_cases": []}
     if request.check and not request.resume and dist.is_main_process():
         quality = check_before_training(request.dataset, images_dir=request.images_dir, labels_dir=request.labels_dir)
     train_ids, val_ids = _split(spec, request)
     cases_of = few_labels(spec, train_ids, request.labelled_cases, request.unlabelled, request.seed)
-    labelled, fold_unlabelled = cases_of.labelled, cases_of.fold_unlabelled
     _check_extras(request, plan)
     torch.manual_seed(plan.train.seed)
     model = build_network(plan.network)
@@ -224,35 +214,78 @@ def _train_segmentation(request: TrainRequest) -> dict[str, Any]:
         facts = cases_of.facts() | ({} if transfer is None else {"init": str(request.init), "transfer": transfer})
         facts |= _extra_facts(request)
         _write_provenance(out, spec, request, plan, train_ids, val_ids, quality, facts)
-    cases = _load_cases(spec, plan, request, labelled + val_ids + fold_unlabelled)
-    cache = (Path(request.cache_dir) if request.cache_dir else out / "preprocessed") / "unlabelled"
-    unlabelled = [cases.pop(c)[0] for c in fold_unlabelled]
-    unlabelled += load_unlabelled(cases_of.extra, plan, cache, request.show_progress)
+    data = _training_data(spec, plan, request, cases_of, val_ids)
     if dist.is_main_process():
-        console.print(_summary_line(plan, model, len(labelled), len(val_ids)), highlight=False)
-        if unlabelled:
-            console.print(semi_line(plan, len(unlabelled)), highlight=False)
-    if request.annotate_every:
-        cases |= {c: (cases[c][0], sparse_label(cases[c][1], plan, request.annotate_every)) for c in labelled}
-    synthetic = _synthetic_pairs(request, plan, [cases[c][1] for c in labelled])
-    preview = SlicePreview(val_ids[0], *cases[val_ids[0]], plan.train, plan.slice_axis) if val_ids else None
+        console.print(_summary_line(plan, model, len(data.labelled), len(val_ids)), highlight=False)
+        if data.unlabelled:
+            console.print(semi_line(plan, len(data.unlabelled)), highlight=False)
+    preview = SlicePreview(val_ids[0], *data.validation[0], plan.train, plan.slice_axis) if val_ids else None
     tracker = open_tracker(request.log, out, preview)
     result = fit(
-        model, [cases[c] for c in labelled], [cases[c] for c in val_ids], plan.train, out, plan.network,
+        model, data.labelled, data.validation, plan.train, out, plan.network,
         plan.num_classes, request.device, resume=request.resume, show_progress=request.show_progress,
         callbacks=() if tracker is None else (tracker,), label_names=plan.labels, slice_axis=plan.slice_axis,
-        compose=partial(SemiSupervisedTask, unlabelled=unlabelled, semi=plan.semi) if unlabelled else None,
-        synthetic=synthetic, synthetic_share=request.synthetic_share,
+        compose=partial(SemiSupervisedTask, unlabelled=data.unlabelled, semi=plan.semi) if data.unlabelled else None,
+        synthetic=data.synthetic, synthetic_share=request.synthetic_share,
     )  # fmt: skip
-    summary = {"fit": _fit_summary(result), "train_cases": len(labelled), "val_cases": len(val_ids)}
-    if unlabelled:
-        summary["unlabelled_cases"] = len(unlabelled)
+    summary = {"fit": _fit_summary(result), "train_cases": len(data.labelled), "val_cases": len(val_ids)}
+    if data.unlabelled:
+        summary["unlabelled_cases"] = len(data.unlabelled)
     if request.validate_with_predictor and val_ids and dist.is_main_process():
         summary["validation"] = validate_run(out, spec, val_ids, request.device, request.show_progress,
                                              save_probabilities=request.save_validation_probabilities)  # fmt: skip
     if dist.is_main_process():
         atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _settled_request(request: TrainRequest, out: Path) -> TrainRequest:
+    """``request`` with a resumed run's labelled cases and unlabelled sources where not given again, its few-label
+    flags checked."""
+    if request.resume:
+        recorded = resumed_settings(out).items()
+        request = replace(request, **{k: v for k, v in recorded if not getattr(request, k)
+                                      or (k.startswith("synthetic_") and request.synthetic is None)})  # fmt: skip
+    check_flags(request.labelled_cases, request.unlabelled, request.init, request.freeze_encoder_steps)
+    return request
+
+
+def _spec_and_plan(request: TrainRequest, out: Path) -> tuple[DatasetSpec, Plan]:
+    """The dataset and a new plan, or on resume the run's own ``plan.json`` (plan options then warned about)."""
+    if not request.resume:
+        return plan_dataset(request)
+    spec = load_dataset(request.dataset, request.images_dir, request.labels_dir)
+    spec = spec if spec.labels else infer_labels(spec)
+    if request.target_spacing is not None or request.network_dims is not None or request.overrides:
+        console.print("warning: --resume keeps the run's plan.json; --spacing, --network-dims and --set are "
+                      "ignored", highlight=False)  # fmt: skip
+    return spec, Plan.load(out / "plan.json")
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    """Preprocessed ``(image, label)`` cases of training and validation, unlabelled ``(C, *S)`` volumes and
+    synthetic pairs."""
+
+    labelled: list[Case]
+    validation: list[Case]
+    unlabelled: list[torch.Tensor]
+    synthetic: list[Case]
+
+
+def _training_data(
+    spec: DatasetSpec, plan: Plan, request: TrainRequest, cases_of: FewLabels, val_ids: list[str]
+) -> _TrainingData:
+    """Load (or read from the cache) every case the run uses; labels thinned with ``annotate_every``."""
+    labelled, fold_unlabelled = cases_of.labelled, cases_of.fold_unlabelled
+    cases = _load_cases(spec, plan, request, labelled + val_ids + fold_unlabelled)
+    cache = (Path(request.cache_dir) if request.cache_dir else Path(request.out) / "preprocessed") / "unlabelled"
+    unlabelled = [cases.pop(c)[0] for c in fold_unlabelled]
+    unlabelled += load_unlabelled(cases_of.extra, plan, cache, request.show_progress)
+    if request.annotate_every:
+        cases |= {c: (cases[c][0], sparse_label(cases[c][1], plan, request.annotate_every)) for c in labelled}
+    synthetic = _synthetic_pairs(request, plan, [cases[c][1] for c in labelled])
+    return _TrainingData([cases[c] for c in labelled], [cases[c] for c in val_ids], unlabelled, synthetic)
 
 
 def _check_extras(request: TrainRequest, plan: Plan) -> None:
