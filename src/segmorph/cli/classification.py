@@ -63,6 +63,15 @@ def add_classify_arguments(target: argparse.ArgumentParser | argparse._SubParser
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
+    _add_train_data(p.add_argument_group("data"))
+    _add_train_split(p.add_argument_group("split and cross-validation"))
+    _add_train_model(p.add_argument_group("network and optimisation"))
+    _add_train_few_labels(p.add_argument_group("few labels"))
+    _add_train_scoring(p.add_argument_group("weights kept and scoring"))
+    _add_train_run(p.add_argument_group("run"))
+
+
+def _add_train_data(p: argparse._ArgumentGroup) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder (with a labels CSV, or one sub-folder per class)")
     p.add_argument("--labels", type=Path, help="labels CSV (inside DATASET, or a path); omit for class folders")
     p.add_argument("--target", default="label", help="CSV column holding the class (default: label)")
@@ -72,17 +81,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", help="CSV column of groups kept on one side of the split (patient, duplicates)")
     p.add_argument("--file-column", default="file", help="CSV column holding image paths (default: file)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--time-budget", type=parse_duration,
-                   help="training time, e.g. 15m (default 15m; none when only --max-steps is given); with --folds, "
-                        "of all folds together")  # fmt: skip
-    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
-    p.add_argument("--model", choices=network_names("classification"),
-                   help="resnet (ResNet-18 layout, default) or simplecnn (model.name)")  # fmt: skip
-    p.add_argument("--width", type=int, help="channels of the first stage (model.width, default 16)")
-    p.add_argument("--size", type=parse_size, metavar="N[,N...]",
-                   help="input size in voxels, one value or one per axis (default: from the data, at most 128 in 2D, 64 in 3D)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
-    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine; default 2e-3)")
+
+
+def _add_train_split(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--val-fraction", type=float, help="hold-out share, whole groups (default 0.2)")
     p.add_argument("--fold", type=int, metavar="K",
                    help="train one model validated on fold K of a grouped k-fold split, not the hold-out split")  # fmt: skip
@@ -101,6 +102,49 @@ def _add_train(p: argparse.ArgumentParser) -> None:
                         "fold's share of --time-budget (TIME / folds; with --budget-per-fold, TIME) on top of the "
                         "folds' time, with the out-of-fold threshold, into OUT/final; predict uses it unless "
                         "--use ensemble")  # fmt: skip
+    p.add_argument(
+        "--split-seed",
+        type=parse_seed,
+        metavar="S",
+        help="seed of the train/validation split alone (default: --seed), to train one split with several seeds",
+    )
+
+
+def _add_train_model(p: argparse._ArgumentGroup) -> None:
+    p.add_argument("--time-budget", type=parse_duration,
+                   help="training time, e.g. 15m (default 15m; none when only --max-steps is given); with --folds, "
+                        "of all folds together")  # fmt: skip
+    p.add_argument("--max-steps", type=non_negative_int, default=0, help="stop after this many steps")
+    p.add_argument("--model", choices=network_names("classification"),
+                   help="resnet (ResNet-18 layout, default) or simplecnn (model.name)")  # fmt: skip
+    p.add_argument("--width", type=int, help="channels of the first stage (model.width, default 16)")
+    p.add_argument("--size", type=parse_size, metavar="N[,N...]",
+                   help="input size in voxels, one value or one per axis (default: from the data, at most 128 in 2D, 64 in 3D)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="images per step (default 32)")
+    p.add_argument("--lr", type=float, help="peak learning rate (AdamW, cosine; default 2e-3)")
+    p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
+    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
+    p.add_argument(
+        "--dropout", type=float, help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)"
+    )
+    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0.1)")
+    p.add_argument("--mixup", type=float, help="mixup Beta parameter, 0 turns it off (default 0.2)")
+    p.add_argument("--ema", type=float,
+                   help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
+    p.add_argument("--no-augment", action="store_true", help="no training augmentation")
+    p.add_argument(
+        "--no-amp",
+        action="store_true",
+        help="train in float32 (default: bfloat16 autocast where the device runs it fast)",
+    )
+    p.add_argument(
+        "--seed",
+        type=parse_seed,
+        help="seed of the weights, batches and augmentation, and of the split unless --split-seed (default 0)",
+    )
+
+
+def _add_train_few_labels(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--init", type=Path, metavar="PRE_OR_RUN",
                    help="start from the weights of a pretraining run, another classification run or a checkpoint: "
                         "every tensor whose name and shape match is loaded (printed, and listed in run.json); its "
@@ -111,15 +155,9 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--labelled-fraction", type=float, metavar="F",
                    help="keep only F (0 < F <= 1) of the training images, whole groups, every class, seeded by "
                         "--seed; validation is untouched (data.labelled_fraction, default 1)")  # fmt: skip
-    p.add_argument("--patience", type=int, help="early stopping after N epochs without a better AUC (default 0: off)")
-    p.add_argument("--weight-decay", type=float, help="AdamW weight decay (default 0.05)")
-    p.add_argument(
-        "--dropout", type=float, help="dropout before the last layer (default: 0 for resnet, 0.2 for simplecnn)"
-    )
-    p.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing (default 0.1)")
-    p.add_argument("--mixup", type=float, help="mixup Beta parameter, 0 turns it off (default 0.2)")
-    p.add_argument("--ema", type=float,
-                   help="decay of the weight average that is validated and saved, 0 turns it off (default 0.998)")  # fmt: skip
+
+
+def _add_train_scoring(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--no-mirror", action="store_true",
                    help="score the image alone (default: average with its left-right mirror)")  # fmt: skip
     p.add_argument("--tta-shift", type=float, metavar="F",
@@ -137,27 +175,13 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ensemble", type=int, metavar="N",
                    help="train N networks (seeds seed..seed+N-1), each for 1/N of the budget, and average their "
                         "probabilities (default 1)")  # fmt: skip
-    p.add_argument("--no-augment", action="store_true", help="no training augmentation")
-    p.add_argument(
-        "--no-amp",
-        action="store_true",
-        help="train in float32 (default: bfloat16 autocast where the device runs it fast)",
-    )
-    p.add_argument(
-        "--seed",
-        type=parse_seed,
-        help="seed of the weights, batches and augmentation, and of the split unless --split-seed (default 0)",
-    )
+
+
+def _add_train_run(p: argparse._ArgumentGroup) -> None:
     p.add_argument("--config", type=Path, help="YAML/JSON file of settings (sections model, data, train, scoring)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="set one value, e.g. model.width=32 or train.batch_size=16 (repeatable; wins over --config "
                         "and the flags above; the run's config.json lists every key)")  # fmt: skip
-    p.add_argument(
-        "--split-seed",
-        type=parse_seed,
-        metavar="S",
-        help="seed of the train/validation split alone (default: --seed), to train one split with several seeds",
-    )
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or mps")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
     p.add_argument("--no-check", action="store_true", help="skip the dataset quality check before training")
