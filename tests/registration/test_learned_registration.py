@@ -177,7 +177,7 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     points = torch.tensor([[1.0, 2.0, 3.0], [4.0, -1.0, 2.0]], dtype=torch.float64)
     assert torch.allclose(transform.inverse().map_points(transform.map_points(points)), points, atol=1e-2)
     assert model.register(fixed, moving, passes=1).steps[0].velocity is not None  # one pass: exp(v)
-    with pytest.raises(ValueError, match="passes: expected at least 1"):
+    with pytest.raises(ValueError, match="passes: expected 1 to 20 network passes, got 0"):
         model.register(fixed, moving, passes=0)
 
     write_image(fixed, tmp_path / "fixed.nii.gz")
@@ -195,10 +195,15 @@ def test_train_registration_writes_a_run_that_registers_on_the_fixed_grid(tmp_pa
     assert main(["register", *pair, "--out", str(tmp_path / "reg3"), "--passes", "3"]) == 0
     assert json.loads((tmp_path / "reg3" / "registration.json").read_text())["passes"] == 3
     assert not (tmp_path / "reg3" / "velocity.nii.gz").exists()  # a composed field has no single velocity
-    assert main(["register", *pair, "--out", str(tmp_path / "reg0"), "--passes", "0"]) == 1
-    assert "--passes: expected at least 1" in capsys.readouterr().err
-    assert main(["register", *pair, "--out", str(tmp_path / "reg0"), "--refine", "-1"]) == 1
-    assert "refine: expected 0 or more instance-optimisation steps, got -1" in capsys.readouterr().err
+    capsys.readouterr()
+    for flag, value, words in [
+        ("--passes", "0", "--passes: expected 1 to 20 network passes, got 0"),
+        ("--passes", "21", "--passes: expected 1 to 20 network passes, got 21"),
+        ("--refine", "-1", "--refine: expected 0 to 10,000 instance-optimisation steps, got -1"),
+        ("--refine", "1000000000", "--refine: expected 0 to 10,000 instance-optimisation steps, got 1000000000"),
+    ]:
+        assert main(["register", *pair, "--out", str(tmp_path / "reg0"), flag, value]) == 1
+        assert capsys.readouterr().err == f"error: {words}\n"
     assert not (tmp_path / "reg0").exists()
 
 

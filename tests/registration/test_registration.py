@@ -370,3 +370,9 @@ def read_affine(folder):
     from segmorph.io import read_affine_transform
 
     return read_affine_transform(folder / "affine.tfm")
+
+
+@pytest.mark.parametrize("iterations", [(30, 0, -1), (30, 10_001, 0), (10**9, 0, 0)])
+def test_classical_config_refuses_steps_outside_0_to_10000_a_level(iterations):
+    with pytest.raises(ValueError, match=r"deformable_iterations: expected 0 to 10,000 steps a level"):
+        ClassicalConfig(deformable_iterations=iterations)

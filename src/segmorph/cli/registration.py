@@ -169,7 +169,7 @@ def run_register(args: argparse.Namespace) -> int:
         run.check_pair_outputs(run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels,
                                                fixed_structures=args.fixed_structures,
                                                moving_structures=args.moving_structures), model_dir)  # fmt: skip
-    model = run.load_model(args.model, args.device, args.passes) if args.method == "learned" else None
+    model = run.load_model(args.model, args.device, args.passes, args.refine) if args.method == "learned" else None
     if args.pairs is not None:
         if args.fixed or args.moving:
             raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)

@@ -24,6 +24,7 @@ from segmorph.errors import SegmorphError
 from segmorph.image import Image, check_same_grid
 from segmorph.metrics.registration import folding_fraction, jacobian_determinant, log_jacobian_std
 from segmorph.registration.classical import ClassicalConfig, register_classical
+from segmorph.registration.learned.config import check_passes, check_refine
 from segmorph.registration.transform import Transform
 
 if TYPE_CHECKING:
@@ -168,10 +169,11 @@ def register(
     if method == "learned":
         if model is None:
             raise SegmorphError("method 'learned' needs model= (a train-registration run folder or loaded model)")
-        if passes is not None and passes < 1:
-            raise SegmorphError(f"passes: expected at least 1, got {passes}")
-        if refine < 0:
-            raise SegmorphError(f"refine: expected 0 or more instance-optimisation steps, got {refine}")
+        try:
+            check_refine(refine)
+            check_passes(1 if passes is None else passes)
+        except ValueError as err:
+            raise SegmorphError(str(err)) from None
         learned = load_registration_model(model, device)
         return learned.register(fixed, moving, refine=refine, matrix=start, prealign=prealign, passes=passes,
                                 moving_labels=moving_labels)  # fmt: skip

@@ -22,6 +22,7 @@ from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.nn.blocks import convolution
 from segmorph.registration import spatial
+from segmorph.registration.names import MAX_OPTIMISATION_STEPS
 from segmorph.registration.pairs import normalise_intensity
 from segmorph.registration.regularize import diffusion
 from segmorph.registration.similarity import get_similarity
@@ -77,6 +78,10 @@ class ClassicalConfig:
         for name in ("rigid_iterations", "affine_iterations", "deformable_iterations"):
             if len(getattr(self, name)) != len(self.shrink):
                 raise ValueError(f"{name}: needs one value per pyramid level ({len(self.shrink)})")
+            if not all(0 <= steps <= MAX_OPTIMISATION_STEPS for steps in getattr(self, name)):
+                raise ValueError(
+                    f"{name}: expected 0 to {MAX_OPTIMISATION_STEPS:,} steps a level, got {getattr(self, name)}"
+                )
 
 
 # -- pyramid ------------------------------------------------------------------------------------

@@ -12,3 +12,8 @@ PREALIGNMENTS = ("auto", "prior", "affine", "com", "none")
 """Pre-alignments of learned registration (:mod:`segmorph.registration.learned.config`)."""
 SIMILARITY_NAMES = ("mse", "ncc", "mi", "mind")
 """The similarity losses of :data:`segmorph.registration.similarity.SIMILARITIES`, in its order."""
+MAX_PASSES = 20
+"""The most network passes of learned registration (each pass after the first refines the field a little less)."""
+MAX_OPTIMISATION_STEPS = 10_000
+"""The most optimiser steps of one stage at one level (classical iterations, ``--refine`` of learned registration):
+tens to hundreds are usual, ANTs' defaults are at most 100 a level."""

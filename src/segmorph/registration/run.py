@@ -362,15 +362,20 @@ def _summary_csv(records: list[dict]) -> str:
     return buffer.getvalue()
 
 
-def load_model(model_dir: Path | None, device: str = "cpu", passes: int | None = None):
-    """The learned model of a run folder, or None; ``passes`` replaces the model's network passes."""
+def load_model(model_dir: Path | None, device: str = "cpu", passes: int | None = None, refine: int = 0):
+    """The learned model of a run folder, or None; ``passes`` replaces the model's network passes. ``passes`` and
+    ``refine`` (instance-optimisation steps) are checked before the model loads (errors name the flags)."""
     if model_dir is None:
         return None
+    from segmorph.registration.learned.config import check_passes, check_refine
     from segmorph.registration.learned.model import LearnedRegistration
 
+    try:
+        check_refine(refine)
+        check_passes(1 if passes is None else passes)
+    except ValueError as err:
+        raise SegmorphError(f"--{err}") from None
     model = LearnedRegistration.load(model_dir, device)
     if passes is not None:
-        if passes < 1:
-            raise SegmorphError(f"--passes: expected at least 1, got {passes}")
         model.config = replace(model.config, passes=passes)
     return model

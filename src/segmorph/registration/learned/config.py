@@ -10,13 +10,25 @@ from segmorph.configs import MAX_LEARNING_RATE, check, check_allocation, refuse_
 from segmorph.registration.classical import (
     ClassicalConfig,
 )
-from segmorph.registration.names import PREALIGNMENTS
+from segmorph.registration.names import MAX_OPTIMISATION_STEPS, MAX_PASSES, PREALIGNMENTS
 from segmorph.registration.similarity import get_similarity
 
 # A quick affine for pre-alignment: the two coarse pyramid levels only.
 PREALIGN_CONFIG = ClassicalConfig(
     shrink=(4, 2), rigid_iterations=(30, 0), affine_iterations=(30, 10), deformable_iterations=(0, 0)
 )
+
+
+def check_passes(passes: int) -> None:
+    """Refuse a number of network passes outside 1..:data:`MAX_PASSES` (``ValueError``)."""
+    if not 1 <= passes <= MAX_PASSES:
+        raise ValueError(f"passes: expected 1 to {MAX_PASSES} network passes, got {passes}")
+
+
+def check_refine(steps: int) -> None:
+    """Refuse a number of instance-optimisation steps outside 0..:data:`MAX_OPTIMISATION_STEPS` (``ValueError``)."""
+    if not 0 <= steps <= MAX_OPTIMISATION_STEPS:
+        raise ValueError(f"refine: expected 0 to {MAX_OPTIMISATION_STEPS:,} instance-optimisation steps, got {steps}")
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,7 @@ class LearnedConfig:
             raise ValueError(f"label_guidance: expected a share in 0..1, got {self.label_guidance}")
         if self.input_shrink not in (1, 2):
             raise ValueError(f"input_shrink: expected 1 or 2, got {self.input_shrink}")
-        if self.passes < 1:
-            raise ValueError(f"passes: expected at least 1, got {self.passes}")
+        check_passes(self.passes)
         if self.prealign not in PREALIGNMENTS:
             raise ValueError(f"prealign: expected one of {PREALIGNMENTS}, got {self.prealign!r}")
         object.__setattr__(self, "features", tuple(int(f) for f in self.features))

@@ -36,7 +36,13 @@ from segmorph.registration.classical import (
     register_classical,
     velocity_transform,
 )
-from segmorph.registration.learned.config import PREALIGN_CONFIG, PREALIGNMENTS, LearnedConfig
+from segmorph.registration.learned.config import (
+    PREALIGN_CONFIG,
+    PREALIGNMENTS,
+    LearnedConfig,
+    check_passes,
+    check_refine,
+)
 from segmorph.registration.learned.network import (
     build_registration_network,
     network_input,
@@ -228,9 +234,9 @@ class LearnedRegistration:
 
     def passes_used(self, refine: int = 0, passes: int | None = None) -> int:
         """Network passes :meth:`register` runs: one with ``refine``, else ``passes`` or the model's."""
+        check_refine(refine)
         passes = 1 if refine > 0 else self.config.passes if passes is None else passes
-        if passes < 1:
-            raise ValueError(f"passes: expected at least 1, got {passes}")
+        check_passes(passes)
         return passes
 
     def _refine(self, fixed: Image, moving: Image, matrix: np.ndarray, velocity: torch.Tensor, steps: int,
