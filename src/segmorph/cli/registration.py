@@ -59,10 +59,10 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--moving-structures", type=Path, help="segmentation of the moving image (same labels)")
     p.add_argument("--model", type=Path, help="train-registration run folder (for --method learned)")
     p.add_argument("--refine", type=int, default=0,
-                   help="learned: instance-optimisation steps polishing one network pass's field")  # fmt: skip
+                   help="learned: instance-optimisation steps polishing one network pass's field (0 to 10,000)")  # fmt: skip
     p.add_argument("--passes", type=int,
                    help="learned: network passes, each registering the fixed image to the moving one warped so far "
-                        "(default: the model's, 2)")  # fmt: skip
+                        "(1 to 20; default: the model's, 2)")  # fmt: skip
     p.add_argument("--prealign", choices=PREALIGNMENTS,
                    help="learned: alignment before the network: prior (match the centres of the segmentation "
                         "prior's structures), affine, com, none (default: the model's; auto = prior for models "
