@@ -9,7 +9,14 @@ import numpy as np
 
 from segmorph.cli.arguments import flag_overrides, non_negative_int, parse_duration, parse_seed, say, verb_parser
 from segmorph.errors import SegmorphError
-from segmorph.registration.names import FUSIONS, METHODS, PREALIGNMENTS, SIMILARITY_NAMES
+from segmorph.registration.names import (
+    FUSIONS,
+    MAX_OPTIMISATION_STEPS,
+    MAX_PASSES,
+    METHODS,
+    PREALIGNMENTS,
+    SIMILARITY_NAMES,
+)
 
 EXAMPLES = {
     "register": "segmorph register fixed.nii.gz moving.nii.gz --out reg/ --moving-labels moving_labels.nii.gz",
@@ -59,10 +66,11 @@ def _add_register(p: argparse.ArgumentParser) -> None:
     p.add_argument("--moving-structures", type=Path, help="segmentation of the moving image (same labels)")
     p.add_argument("--model", type=Path, help="train-registration run folder (for --method learned)")
     p.add_argument("--refine", type=int, default=0,
-                   help="learned: instance-optimisation steps polishing one network pass's field (0 to 10,000)")  # fmt: skip
+                   help=f"learned: instance-optimisation steps polishing one network pass's field (0 to "
+                        f"{MAX_OPTIMISATION_STEPS:,})")  # fmt: skip
     p.add_argument("--passes", type=int,
                    help="learned: network passes, each registering the fixed image to the moving one warped so far "
-                        "(1 to 20; default: the model's, 2)")  # fmt: skip
+                        f"(1 to {MAX_PASSES}; default: the model's, 2)")  # fmt: skip
     p.add_argument("--prealign", choices=PREALIGNMENTS,
                    help="learned: alignment before the network: prior (match the centres of the segmentation "
                         "prior's structures), affine, com, none (default: the model's; auto = prior for models "
