@@ -275,6 +275,42 @@ def series_slice_tilted(tmp: Path, run: Path | None) -> Prepared:
     return Prepared(["info", str(folder)], "tilted")
 
 
+def _edited_slice(tmp: Path, name: str, edit) -> Path:
+    """A 4-slice series whose slice_002.dcm was rewritten by ``edit(dataset)``."""
+    folder = _dicom_series(tmp / name, [0.0, 1.0, 2.0, 3.0])
+    ds = pydicom.dcmread(folder / "slice_002.dcm")
+    edit(ds)
+    ds.save_as(folder / "slice_002.dcm")
+    return folder
+
+
+def series_slice_with_short_pixel_data(tmp: Path, run: Path | None) -> Prepared:
+    """A slice whose pixel data lost its second half (8x8 int16 declared, 64 bytes kept)."""
+    folder = _edited_slice(tmp, "short", lambda ds: setattr(ds, "PixelData", ds.PixelData[:64]))
+    return Prepared(["info", str(folder)], "slice_002.dcm")
+
+
+def file_with_more_frames_than_pixel_data(tmp: Path, run: Path | None) -> Prepared:
+    """One file declaring 1000 frames of 8x8 with one frame of pixel data (GDCM reads memory beyond it)."""
+    folder = _edited_slice(tmp, "frames", lambda ds: setattr(ds, "NumberOfFrames", 1000))
+    return Prepared(["info", str(folder / "slice_002.dcm")], "slice_002.dcm")
+
+
+def file_with_more_samples_than_pixel_data(tmp: Path, run: Path | None) -> Prepared:
+    def rgb(ds: Dataset) -> None:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+
+    folder = _edited_slice(tmp, "samples", rgb)
+    return Prepared(["baseline", str(folder / "slice_002.dcm"), "--method", "otsu", "--out", str(tmp / "masks")],
+                    "slice_002.dcm", tmp / "masks")  # fmt: skip
+
+
+def file_with_12_bits_allocated(tmp: Path, run: Path | None) -> Prepared:
+    folder = _edited_slice(tmp, "bits", lambda ds: setattr(ds, "BitsAllocated", 12))
+    return Prepared(["enhance", str(folder / "slice_002.dcm"), "--steps", "clahe", "--out", str(tmp / "out.nii.gz")],
+                    "slice_002.dcm", tmp / "out.nii.gz")  # fmt: skip
+
+
 CASES: tuple[BadInput, ...] = (
     BadInput("anonymize_depth_bomb_defined_lengths", depth_bomb_defined_lengths, "nested deeper than 64 levels"),
     BadInput("anonymize_depth_bomb_undefined_lengths", depth_bomb_undefined_lengths, "nested deeper than 64"),
@@ -299,4 +335,11 @@ CASES: tuple[BadInput, ...] = (
     BadInput("dicom_series_mixed_uids", series_mixed_uids, "2 DICOM series"),
     BadInput("dicom_series_slice_of_another_size", series_slice_of_another_size, "cannot read image"),
     BadInput("dicom_series_slice_tilted", series_slice_tilted, "orientation"),
-)
+    BadInput("dicom_series_slice_with_short_pixel_data", series_slice_with_short_pixel_data,
+             "pixel data holds 64 bytes; the header declares 8x8 pixels x 1 frame(s) x 1 sample(s) of 16 bits (128"),
+    BadInput("dicom_file_with_more_frames_than_pixel_data", file_with_more_frames_than_pixel_data,
+             "x 1000 frame(s)"),
+    BadInput("dicom_file_with_more_samples_than_pixel_data", file_with_more_samples_than_pixel_data,
+             "x 3 sample(s) of 16 bits (384 bytes)"),
+    BadInput("dicom_file_with_12_bits_allocated", file_with_12_bits_allocated, "bits allocated 12"),
+)  # fmt: skip

@@ -36,6 +36,7 @@ from segmorph.readchecks import (
 )
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+DICOM_ROWS_KEY = "0028|0010"  # a tag GDCM reports for every DICOM image it reads
 DICOM_SUFFIX = ".dcm"  # DICOM files; a DICOM-SEG label map is read by read_image(path, is_label=True)
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COMPLEX_PIXEL_IDS = frozenset(getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64"))
@@ -280,11 +281,19 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
     components = max(1, reader.GetNumberOfComponents())
     shown = "x".join(map(str, size)) + (f" x {components} components" if components > 1 else "")
     check_voxel_budget(float(np.prod(size, dtype=np.float64)) * components, f"declared size {shown}", path, budget)
+    if reader.HasMetaDataKey(DICOM_ROWS_KEY):  # read by GDCM: the pixel data must hold what the header declares
+        _check_dicom_pixels(path)
     if reader.GetPixelID() in COMPLEX_PIXEL_IDS:
         raise SegmorphError(f"complex-valued image ({sitk.GetPixelIDValueAsString(reader.GetPixelID())}): "
                             "segmorph reads real values only; save the magnitude or the real part", path)  # fmt: skip
     check_geometry(reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), path)
     return reader.Execute()
+
+
+def _check_dicom_pixels(path: Path) -> None:
+    from segmorph.dicom.pixels import check_pixel_data  # pydicom only where DICOM is read
+
+    check_pixel_data(path)
 
 
 def _slice_facts(name: str) -> SliceFacts:
@@ -295,6 +304,7 @@ def _slice_facts(name: str) -> SliceFacts:
         reader.ReadImageInformation()
     except RuntimeError as err:
         raise SegmorphError(f"cannot read DICOM slice ({_first_line(err)})", name) from None
+    _check_dicom_pixels(Path(name))
     tags = {key: reader.GetMetaData(key).strip() for key in SLICE_TAGS if reader.HasMetaDataKey(key)}
     values = int(np.prod(reader.GetSize(), dtype=np.float64)) * max(1, reader.GetNumberOfComponents())
     return slice_facts(tags, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection(), values, name)

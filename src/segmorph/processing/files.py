@@ -86,8 +86,7 @@ def enhance_files(
     if preview:
         planned += [Output.file(out / f"{mask_file_name(s, '')}_preview.png", s) for s in sources]
     check_outputs(planned, inputs=[*paths, *sources])
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
+    written = []  # the folder appears with the first result written: an input that cannot be read leaves nothing
     for source, target in zip(sources, targets, strict=True):
         image = read_image(source, is_label=is_label)
         try:
