@@ -314,6 +314,26 @@ def nrrd_huge_header(tmp: Path, run: Path | None) -> Prepared:
     return _info(_nrrd(tmp / "bomb.nrrd", sizes="4000 4000 4000"))
 
 
+def mha_data_shorter_than_declared(tmp: Path, run: Path | None) -> Prepared:
+    """48 floats declared, 100 bytes of data: MetaIO printed two lines on stderr and failed without words."""
+    path = _mha(tmp / "short.mha")
+    path.write_bytes(path.read_bytes()[: -4 * 48 + 100])
+    return _baseline(tmp, path)
+
+
+def mhd_detached_data_shorter_than_declared(tmp: Path, run: Path | None) -> Prepared:
+    header = _mha(tmp / "detached.mhd").read_bytes().split(b"ElementDataFile")[0]
+    (tmp / "detached.mhd").write_bytes(header + b"ElementDataFile = detached.raw\n")
+    (tmp / "detached.raw").write_bytes(bytes(100))
+    return _info(tmp / "detached.mhd")
+
+
+def nrrd_data_shorter_than_declared(tmp: Path, run: Path | None) -> Prepared:
+    path = _nrrd(tmp / "short.nrrd")
+    path.write_bytes(path.read_bytes()[:-100])
+    return _info(path)
+
+
 def mha_huge_header(tmp: Path, run: Path | None) -> Prepared:
     return _baseline(tmp, _mha(tmp / "bomb.mha", shape=(3000, 3000, 3000)))
 
@@ -448,6 +468,21 @@ CASES: tuple[BadInput, ...] = (
     BadInput("png_bomb_baseline", png_bomb_baseline, "more than the memory budget"),
     BadInput("nrrd_huge_header", nrrd_huge_header, "declared size 4000x4000x4000"),
     BadInput("mha_huge_header", mha_huge_header, "more than the memory budget"),
+    BadInput(
+        "mha_data_shorter_than_declared",
+        mha_data_shorter_than_declared,
+        "MetaImage data holds 100 bytes; the header declares 4x4x3 x 1 channel(s) of 4 bytes (192 bytes)",
+    ),
+    BadInput(
+        "mhd_detached_data_shorter_than_declared",
+        mhd_detached_data_shorter_than_declared,
+        "MetaImage data holds 100 bytes",
+    ),
+    BadInput(
+        "nrrd_data_shorter_than_declared",
+        nrrd_data_shorter_than_declared,
+        "cannot read image (fread got only 23 4-sized things, not 48",
+    ),
     BadInput("mha_huge_vector_header", mha_huge_vector_header, "x 3 components (3,000,000,000 values)"),
     BadInput("long_file_name", long_file_name, "file name too long"),
     BadInput("long_path", long_path, "file name too long"),

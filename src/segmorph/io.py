@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from segmorph.readchecks import (
     SliceFacts,
     check_geometry,
     check_input_path,
+    check_metaimage_data,
     check_metaimage_header,
     check_nifti,
     check_series,
@@ -281,6 +283,8 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
     components = max(1, reader.GetNumberOfComponents())
     shown = "x".join(map(str, size)) + (f" x {components} components" if components > 1 else "")
     check_voxel_budget(float(np.prod(size, dtype=np.float64)) * components, f"declared size {shown}", path, budget)
+    if image_suffix(path) in (".mha", ".mhd"):
+        check_metaimage_data(path)
     if reader.HasMetaDataKey(DICOM_ROWS_KEY):  # read by GDCM: the pixel data must hold what the header declares
         _check_dicom_pixels(path)
     if reader.GetPixelID() in COMPLEX_PIXEL_IDS:
@@ -407,6 +411,10 @@ def _first_line(err: Exception) -> str:
     errors = [ln.split("ERROR:", 1)[1] for ln in lines if "ERROR:" in ln]
     useful = [ln for ln in lines if "Description:" in ln] or errors or lines or ["unknown error"]
     text = useful[0].replace("Description:", "").strip()
+    text = re.sub(r"^\w+\(0x[0-9a-fA-F]+\):\s*", "", text)  # ITK's "NrrdImageIO(0x55...): ": a memory address
+    reasons = [ln.removeprefix("[nrrd]").strip() for ln in lines if ln.startswith("[nrrd]")]
+    if text.endswith(":") and reasons:  # the NRRD reader's reason is its innermost (last) line
+        text = re.sub(r"^_?\w+:\s*", "", reasons[-1]) or text
     if text.startswith("Unable to determine ImageIO reader"):
         return "unknown format or corrupt file: no reader recognises it"
     return text[:200]

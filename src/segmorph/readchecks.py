@@ -5,7 +5,8 @@
 * the input path (:func:`check_input_path`): no FIFO, device or socket is opened;
 * degenerate geometry (:func:`check_geometry`): spacing, origin, direction cosines;
 * the raw NIfTI-1 header (:func:`check_nifti`): declared size against the file and the budget, qform/sform,
-  pixdim, the gzip trailer; the MetaImage header's geometry fields (:func:`check_metaimage_header`);
+  pixdim, the gzip trailer; the MetaImage header's geometry fields (:func:`check_metaimage_header`) and data
+  length (:func:`check_metaimage_data`);
 * a DICOM series (:func:`slice_facts`, :func:`check_series`): PixelSpacing, orientations, slice gaps, gantry tilt.
 
 Pure checks on bytes, numbers and tag values: :mod:`segmorph.io` reads the files and the tags with SimpleITK
@@ -17,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import gzip
+import math
 import os
 import stat
 import struct
@@ -41,6 +43,11 @@ GANTRY_TILT_TOLERANCE = 1e-3  # DICOM: drift across the slice plane accepted, pe
 NIFTI_COMPONENTS = {128: 3, 2304: 4, 32: 2, 1792: 2, 2048: 2}  # NIfTI datatype codes holding several values a voxel
 # MetaImage header lines holding geometry (synonyms included)
 META_GEOMETRY_FIELDS = frozenset(b"Offset Origin Position ElementSpacing TransformMatrix Rotation Orientation".split())
+# Bytes per element of the MetaIO element types whose size does not depend on the platform (MET_LONG does).
+META_ELEMENT_BYTES = {
+    b"MET_CHAR": 1, b"MET_UCHAR": 1, b"MET_SHORT": 2, b"MET_USHORT": 2, b"MET_INT": 4, b"MET_UINT": 4,
+    b"MET_LONG_LONG": 8, b"MET_ULONG_LONG": 8, b"MET_FLOAT": 4, b"MET_DOUBLE": 8,
+}  # fmt: skip
 # DICOM tags a slice's checks read: Modality, ImageOrientationPatient, ImagePositionPatient, PixelSpacing
 SLICE_TAGS = ("0008|0060", "0020|0037", "0020|0032", "0028|0030")
 # a DICOM slice's modality, unit normal and position (None without position tags), and its values
@@ -183,17 +190,9 @@ def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction:
 
 
 def check_metaimage_header(path: Path) -> None:
-    """Refuse a MetaImage header whose geometry fields are not finite numbers: ITK's MetaIO reads ``nan``
-    and ``inf`` (and any text) as 0, silently moving the image or giving it zero spacing."""
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(1 << 16)
-    except OSError as err:
-        raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
-    for line in head.split(b"\n"):
-        key, _, value = (part.strip() for part in line.partition(b"="))
-        if key == b"ElementDataFile":
-            return
+    """Refuse a MetaImage header whose geometry fields are not finite numbers: ITK's MetaIO reads ``nan`` and
+    ``inf`` (and any text) as 0, silently moving the image or giving it zero spacing."""
+    for key, value in _metaimage_fields(path)[0].items():
         if key in META_GEOMETRY_FIELDS:
             try:
                 numbers = [float(v) for v in value.split()]
@@ -203,6 +202,57 @@ def check_metaimage_header(path: Path) -> None:
                 shown = value.decode("ascii", "backslashreplace")[:80]
                 raise SegmorphError(f"degenerate geometry: {key.decode()} = {shown!r} in the MetaImage header is not "
                                     "finite numbers", path)  # fmt: skip
+
+
+def check_metaimage_data(path: Path) -> None:
+    """Refuse a MetaImage whose uncompressed data is shorter than its header declares: MetaIO prints its
+    complaint on stderr and fails without words. Checked for data in one file (``LOCAL``, after the header, or
+    one detached file) of an element type of fixed size; other layouts are left to MetaIO."""
+    fields, offset = _metaimage_fields(path)
+    if b"ElementDataFile" in fields:
+        _check_metaimage_data(path, fields, offset)
+
+
+def _metaimage_fields(path: Path) -> tuple[dict[bytes, bytes], int]:
+    """The header's ``key = value`` fields up to ``ElementDataFile`` (the last) and the bytes they take."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(1 << 16)
+    except OSError as err:
+        raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
+    fields: dict[bytes, bytes] = {}
+    offset = 0
+    for line in head.split(b"\n"):
+        offset += len(line) + 1
+        key, _, value = (part.strip() for part in line.partition(b"="))
+        fields[key] = value
+        if key == b"ElementDataFile":
+            break
+    return fields, offset
+
+
+def _check_metaimage_data(path: Path, fields: dict[bytes, bytes], offset: int) -> None:
+    """The data's bytes against the header's ``DimSize`` x ``ElementNumberOfChannels`` x the element size."""
+    element_bytes = META_ELEMENT_BYTES.get(fields.get(b"ElementType", b""))
+    source = fields[b"ElementDataFile"]
+    compressed = fields.get(b"CompressedData", b"False").lower() == b"true"
+    if element_bytes is None or compressed or b"HeaderSize" in fields or source in (b"LIST", b"") or b" " in source:
+        return
+    try:
+        sizes = [int(v) for v in fields.get(b"DimSize", b"").split()]
+        channels = int(fields.get(b"ElementNumberOfChannels", b"1"))
+    except ValueError:
+        return  # MetaIO's own error
+    declared = math.prod(sizes) * channels * element_bytes
+    data = path if source == b"LOCAL" else path.parent / source.decode("utf-8", "replace")
+    try:
+        available = data.stat().st_size - (offset if source == b"LOCAL" else 0)
+    except OSError as err:
+        raise SegmorphError(f"cannot read the MetaImage data file {data.name} ({err.strerror or err})", path) from None
+    if available < declared:
+        shape = "x".join(map(str, sizes))
+        raise SegmorphError(f"MetaImage data holds {max(available, 0):,} bytes; the header declares {shape} x "
+                            f"{channels} channel(s) of {element_bytes} bytes ({declared:,} bytes)", path)  # fmt: skip
 
 
 def _nifti_header(path: Path) -> tuple[bytes, str | None]:
