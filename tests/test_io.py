@@ -275,3 +275,21 @@ def test_a_broken_link_among_the_images_is_named_not_skipped(tmp_path):
     with pytest.raises(SegmorphError, match=r"broken symbolic link \(to .*gone.nii.gz, which does not exist\)") as err:
         list_images([tmp_path])
     assert err.value.path == str(tmp_path / "b.nii.gz")
+
+
+def test_a_picture_that_makes_libpng_warn_reads_without_a_word_on_stderr(tmp_path, capfd):
+    import struct
+    import zlib
+
+    from segmorph.io import read_image_information
+
+    pixels = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    write_image(Image(torch.from_numpy(pixels.transpose(2, 1, 0).copy()), Affine.identity(2)), tmp_path / "ok.png")
+    data = (tmp_path / "ok.png").read_bytes()
+    profile = b"prof\0\0" + zlib.compress(b"too short")  # libpng: "iCCP: too short", printed on stderr
+    chunk = struct.pack(">I", len(profile)) + b"iCCP" + profile + struct.pack(">I", zlib.crc32(b"iCCP" + profile))
+    (tmp_path / "iccp.png").write_bytes(data[:33] + chunk + data[33:])  # after the signature and IHDR
+    capfd.readouterr()
+    assert torch.equal(read_image(tmp_path / "iccp.png").data, read_image(tmp_path / "ok.png").data)
+    assert read_image_information(tmp_path / "iccp.png")[0] == (4, 4)
+    assert capfd.readouterr().err == ""

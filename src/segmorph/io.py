@@ -8,13 +8,15 @@ the transposition happens here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gzip
 import os
 import re
 import shutil
+import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -140,12 +142,36 @@ def stored_pixel_type(path: str | Path) -> str:
     return _SITK_COMPONENT_NAMES.get(pixel_id) or sitk.GetPixelIDValueAsString(pixel_id)
 
 
+@contextlib.contextmanager
+def native_stderr_silenced() -> Iterator[None]:
+    """Send what C libraries print on the process's stderr (file descriptor 2) to nowhere while a file is read.
+
+    The image libraries under SimpleITK print warnings there that no switch turns off (libpng's "iCCP: too
+    short", libtiff's unknown tags, MetaIO's complaints), around the one line segmorph reports; what a failed
+    read means comes back in ITK's exception all the same. Python's own stderr is flushed first.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no stderr to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _header_reader(name: Path, path: Path) -> sitk.ImageFileReader:
     """A SimpleITK reader that has read ``name``'s header; a failure is one error line naming ``path``."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(_sitk_name(name))
     try:
-        reader.ReadImageInformation()
+        with native_stderr_silenced():
+            reader.ReadImageInformation()
     except RuntimeError as err:
         raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
     return reader
@@ -349,7 +375,8 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
 
         return read_segmentation(path, voxel_budget=voxel_budget)
     try:
-        itk = _read_sitk(path, check_finite, voxel_budget)
+        with native_stderr_silenced():
+            itk = _read_sitk(path, check_finite, voxel_budget)
     except SegmorphError:
         raise
     except RuntimeError as err:
