@@ -144,7 +144,8 @@ def stored_pixel_type(path: str | Path) -> str:
 
 @contextlib.contextmanager
 def native_stderr_silenced() -> Iterator[None]:
-    """Send what C libraries print on the process's stderr (file descriptor 2) to nowhere while a file is read.
+    """Send what C libraries print on the process's stderr (file descriptor 2) to nowhere while a file is read
+    or written.
 
     The image libraries under SimpleITK print warnings there that no switch turns off (libpng's "iCCP: too
     short", libtiff's unknown tags, MetaIO's complaints), around the one line segmorph reports; what a failed
@@ -572,7 +573,8 @@ def _write_with_sitk(path: Path, suffix: str, write: Callable[[str], None], what
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        write(tmp_name)
+        with native_stderr_silenced():  # the NIfTI writer's complaint on a full disk: _check_written says it
+            write(tmp_name)
         _check_written(Path(tmp_name), suffix)
         _fsync(tmp_name)
         os.chmod(tmp_name, file_mode())
