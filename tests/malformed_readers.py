@@ -334,6 +334,17 @@ def nrrd_data_shorter_than_declared(tmp: Path, run: Path | None) -> Prepared:
     return _info(path)
 
 
+def jpeg_truncated(tmp: Path, run: Path | None) -> Prepared:
+    """Half a JPEG: libjpeg decoded it with grey rows and printed "Premature end of JPEG file" on stdout."""
+    from PIL import Image as Picture
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Picture.fromarray(pixels).save(tmp / "whole.jpg", quality=90)
+    data = (tmp / "whole.jpg").read_bytes()
+    (tmp / "half.jpg").write_bytes(data[: len(data) // 2])
+    return _baseline(tmp, tmp / "half.jpg")
+
+
 def mha_huge_header(tmp: Path, run: Path | None) -> Prepared:
     return _baseline(tmp, _mha(tmp / "bomb.mha", shape=(3000, 3000, 3000)))
 
@@ -468,6 +479,7 @@ CASES: tuple[BadInput, ...] = (
     BadInput("png_bomb_baseline", png_bomb_baseline, "more than the memory budget"),
     BadInput("nrrd_huge_header", nrrd_huge_header, "declared size 4000x4000x4000"),
     BadInput("mha_huge_header", mha_huge_header, "more than the memory budget"),
+    BadInput("jpeg_truncated", jpeg_truncated, "truncated JPEG file: the image data ends without the end-of-image"),
     BadInput(
         "mha_data_shorter_than_declared",
         mha_data_shorter_than_declared,

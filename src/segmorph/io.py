@@ -31,6 +31,7 @@ from segmorph.readchecks import (
     SliceFacts,
     check_geometry,
     check_input_path,
+    check_jpeg_complete,
     check_metaimage_data,
     check_metaimage_header,
     check_nifti,
@@ -143,27 +144,29 @@ def stored_pixel_type(path: str | Path) -> str:
 
 
 @contextlib.contextmanager
-def native_stderr_silenced() -> Iterator[None]:
-    """Send what C libraries print on the process's stderr (file descriptor 2) to nowhere while a file is read
-    or written.
+def native_output_silenced() -> Iterator[None]:
+    """Send what C libraries print on the process's stdout and stderr (file descriptors 1 and 2) to nowhere
+    while a file is read or written.
 
-    The image libraries under SimpleITK print warnings there that no switch turns off (libpng's "iCCP: too
-    short", libtiff's unknown tags, MetaIO's complaints), around the one line segmorph reports; what a failed
-    read means comes back in ITK's exception all the same. Python's own stderr is flushed first.
+    The image libraries under SimpleITK print there, and no switch turns it off: libpng's "iCCP: too short" and
+    MetaIO's complaints on stderr, libjpeg's "Premature end of JPEG file" on stdout; around the one line segmorph
+    reports. A failed read's reason comes back in ITK's exception all the same, and the conditions that matter
+    are checked before reading (:mod:`segmorph.readchecks`). Python's own streams are flushed first.
     """
+    saved: list[tuple[int, int]] = []
     try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no stderr to silence
-        yield
-        return
-    try:
+        for stream, descriptor in ((sys.stdout, 1), (sys.stderr, 2)):
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                stream.flush()
+                saved.append((descriptor, os.dup(descriptor)))
         with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
+            for descriptor, _ in saved:
+                os.dup2(null.fileno(), descriptor)
         yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        for descriptor, copy in saved:
+            os.dup2(copy, descriptor)
+            os.close(copy)
 
 
 def _header_reader(name: Path, path: Path) -> sitk.ImageFileReader:
@@ -171,7 +174,7 @@ def _header_reader(name: Path, path: Path) -> sitk.ImageFileReader:
     reader = sitk.ImageFileReader()
     reader.SetFileName(_sitk_name(name))
     try:
-        with native_stderr_silenced():
+        with native_output_silenced():
             reader.ReadImageInformation()
     except RuntimeError as err:
         raise SegmorphError(f"cannot read image header ({_first_line(err)})", path) from None
@@ -312,6 +315,8 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
     check_voxel_budget(float(np.prod(size, dtype=np.float64)) * components, f"declared size {shown}", path, budget)
     if image_suffix(path) in (".mha", ".mhd"):
         check_metaimage_data(path)
+    if image_suffix(path) in PICTURE_SUFFIXES:
+        check_jpeg_complete(path)
     if reader.HasMetaDataKey(DICOM_ROWS_KEY):  # read by GDCM: the pixel data must hold what the header declares
         _check_dicom_pixels(path)
     if reader.GetPixelID() in COMPLEX_PIXEL_IDS:
@@ -376,7 +381,7 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
 
         return read_segmentation(path, voxel_budget=voxel_budget)
     try:
-        with native_stderr_silenced():
+        with native_output_silenced():
             itk = _read_sitk(path, check_finite, voxel_budget)
     except SegmorphError:
         raise
@@ -573,7 +578,7 @@ def _write_with_sitk(path: Path, suffix: str, write: Callable[[str], None], what
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        with native_stderr_silenced():  # the NIfTI writer's complaint on a full disk: _check_written says it
+        with native_output_silenced():  # the NIfTI writer's complaint on a full disk: _check_written says it
             write(tmp_name)
         _check_written(Path(tmp_name), suffix)
         _fsync(tmp_name)

@@ -6,7 +6,7 @@
 * degenerate geometry (:func:`check_geometry`): spacing, origin, direction cosines;
 * the raw NIfTI-1 header (:func:`check_nifti`): declared size against the file and the budget, qform/sform,
   pixdim, the gzip trailer; the MetaImage header's geometry fields (:func:`check_metaimage_header`) and data
-  length (:func:`check_metaimage_data`);
+  length (:func:`check_metaimage_data`); a JPEG file's end (:func:`check_jpeg_complete`);
 * a DICOM series (:func:`slice_facts`, :func:`check_series`): PixelSpacing, orientations, slice gaps, gantry tilt.
 
 Pure checks on bytes, numbers and tag values: :mod:`segmorph.io` reads the files and the tags with SimpleITK
@@ -253,6 +253,22 @@ def _check_metaimage_data(path: Path, fields: dict[bytes, bytes], offset: int) -
         shape = "x".join(map(str, sizes))
         raise SegmorphError(f"MetaImage data holds {max(available, 0):,} bytes; the header declares {shape} x "
                             f"{channels} channel(s) of {element_bytes} bytes ({declared:,} bytes)", path)  # fmt: skip
+
+
+def check_jpeg_complete(path: Path) -> None:
+    """Refuse a JPEG file (recognised by its first bytes, whatever its suffix) whose image data ends without the
+    end-of-image marker: libjpeg decodes a truncated file with grey in place of the missing rows and only
+    prints a warning. Entropy-coded data escapes its 0xFF bytes, so the marker cannot appear inside it."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as err:
+        raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
+    if not data.startswith(b"\xff\xd8\xff"):
+        return
+    scan = data.find(b"\xff\xda")  # start of scan
+    if scan < 0 or data.rfind(b"\xff\xd9") < scan:
+        raise SegmorphError("truncated JPEG file: the image data ends without the end-of-image marker", path)
 
 
 def _nifti_header(path: Path) -> tuple[bytes, str | None]:
