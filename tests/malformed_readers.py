@@ -345,6 +345,17 @@ def jpeg_truncated(tmp: Path, run: Path | None) -> Prepared:
     return _baseline(tmp, tmp / "half.jpg")
 
 
+def bmp_truncated(tmp: Path, run: Path | None) -> Prepared:
+    """Half a BMP: ITK's reader filled the missing rows with black and said nothing."""
+    from PIL import Image as Picture
+
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Picture.fromarray(pixels).save(tmp / "whole.bmp")
+    data = (tmp / "whole.bmp").read_bytes()
+    (tmp / "half.bmp").write_bytes(data[: len(data) // 2])
+    return _info(tmp / "half.bmp")
+
+
 def mha_huge_header(tmp: Path, run: Path | None) -> Prepared:
     return _baseline(tmp, _mha(tmp / "bomb.mha", shape=(3000, 3000, 3000)))
 
@@ -480,6 +491,11 @@ CASES: tuple[BadInput, ...] = (
     BadInput("nrrd_huge_header", nrrd_huge_header, "declared size 4000x4000x4000"),
     BadInput("mha_huge_header", mha_huge_header, "more than the memory budget"),
     BadInput("jpeg_truncated", jpeg_truncated, "truncated JPEG file: the image data ends without the end-of-image"),
+    BadInput(
+        "bmp_truncated",
+        bmp_truncated,
+        "truncated BMP file: 1,563 bytes, its header declares 32x32 pixels of 24 bits ending at byte 3,126",
+    ),
     BadInput(
         "mha_data_shorter_than_declared",
         mha_data_shorter_than_declared,

@@ -31,10 +31,10 @@ from segmorph.readchecks import (
     SliceFacts,
     check_geometry,
     check_input_path,
-    check_jpeg_complete,
     check_metaimage_data,
     check_metaimage_header,
     check_nifti,
+    check_picture_complete,
     check_series,
     check_voxel_budget,
     slice_facts,
@@ -316,7 +316,7 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
     if image_suffix(path) in (".mha", ".mhd"):
         check_metaimage_data(path)
     if image_suffix(path) in PICTURE_SUFFIXES:
-        check_jpeg_complete(path)
+        check_picture_complete(path)
     if reader.HasMetaDataKey(DICOM_ROWS_KEY):  # read by GDCM: the pixel data must hold what the header declares
         _check_dicom_pixels(path)
     if reader.GetPixelID() in COMPLEX_PIXEL_IDS:

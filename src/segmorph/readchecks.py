@@ -6,7 +6,7 @@
 * degenerate geometry (:func:`check_geometry`): spacing, origin, direction cosines;
 * the raw NIfTI-1 header (:func:`check_nifti`): declared size against the file and the budget, qform/sform,
   pixdim, the gzip trailer; the MetaImage header's geometry fields (:func:`check_metaimage_header`) and data
-  length (:func:`check_metaimage_data`); a JPEG file's end (:func:`check_jpeg_complete`);
+  length (:func:`check_metaimage_data`); the end of JPEG and BMP files (:func:`check_picture_complete`);
 * a DICOM series (:func:`slice_facts`, :func:`check_series`): PixelSpacing, orientations, slice gaps, gantry tilt.
 
 Pure checks on bytes, numbers and tag values: :mod:`segmorph.io` reads the files and the tags with SimpleITK
@@ -255,20 +255,31 @@ def _check_metaimage_data(path: Path, fields: dict[bytes, bytes], offset: int) -
                             f"{channels} channel(s) of {element_bytes} bytes ({declared:,} bytes)", path)  # fmt: skip
 
 
-def check_jpeg_complete(path: Path) -> None:
-    """Refuse a JPEG file (recognised by its first bytes, whatever its suffix) whose image data ends without the
-    end-of-image marker: libjpeg decodes a truncated file with grey in place of the missing rows and only
-    prints a warning. Entropy-coded data escapes its 0xFF bytes, so the marker cannot appear inside it."""
+def check_picture_complete(path: Path) -> None:
+    """Refuse a JPEG or BMP file (recognised by its first bytes, whatever its suffix) that ends before its image
+    data does: libjpeg and ITK's BMP reader decode a truncated file with grey or black in place of the missing
+    rows (libjpeg prints a warning, the BMP reader nothing). PNG and TIFF readers refuse truncation themselves.
+
+    JPEG: the end-of-image marker must follow the start of the scan (entropy-coded data escapes its 0xFF bytes,
+    so the marker cannot appear inside it). BMP, uncompressed: the pixel rows (padded to 4 bytes) must fit
+    between the pixel data offset and the end of the file.
+    """
     try:
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as err:
         raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
-    if not data.startswith(b"\xff\xd8\xff"):
-        return
-    scan = data.find(b"\xff\xda")  # start of scan
-    if scan < 0 or data.rfind(b"\xff\xd9") < scan:
-        raise SegmorphError("truncated JPEG file: the image data ends without the end-of-image marker", path)
+    if data.startswith(b"\xff\xd8\xff"):
+        scan = data.find(b"\xff\xda")  # start of scan
+        if scan < 0 or data.rfind(b"\xff\xd9") < scan:
+            raise SegmorphError("truncated JPEG file: the image data ends without the end-of-image marker", path)
+    elif data.startswith(b"BM") and len(data) >= 34:
+        offset, _, width, height, _, bits, compression = struct.unpack_from("<IIiiHHI", data, 10)
+        if compression in (0, 3) and width > 0 and bits > 0:  # BI_RGB, BI_BITFIELDS: rows stored as they are
+            needed = offset + (width * bits + 31) // 32 * 4 * abs(height)
+            if len(data) < needed:
+                raise SegmorphError(f"truncated BMP file: {len(data):,} bytes, its header declares {width}x"
+                                    f"{abs(height)} pixels of {bits} bits ending at byte {needed:,}", path)  # fmt: skip
 
 
 def _nifti_header(path: Path) -> tuple[bytes, str | None]:
