@@ -87,6 +87,16 @@ def test_read_csv_with_bom_columns_lines_and_blank_rows(tmp_path):
     assert read_csv_rows(path, ["fixed"]) == table.rows
 
 
+@pytest.mark.parametrize("separator", [b";", b"\t"])
+def test_read_csv_takes_semicolons_or_tabs_where_the_header_uses_only_those(tmp_path, separator):
+    rows = b"fixed,moving\na 1.nii,b,2.nii\n".replace(b",", separator).replace(b"b" + separator, b"b,")
+    table = read_csv(_write(tmp_path / "pairs.csv", rows), ["fixed", "moving"])
+    assert table.columns == ("fixed", "moving")
+    assert table.rows == [{"fixed": "a 1.nii", "moving": "b,2.nii"}]  # a comma inside a cell stays
+    commas = read_csv(_write(tmp_path / "commas.csv", b"fixed,moving\na;1,b\tc\n"), ["fixed", "moving"])
+    assert commas.rows == [{"fixed": "a;1", "moving": "b\tc"}]  # a comma in the header: commas separate
+
+
 @pytest.mark.parametrize(
     ("payload", "fragment"),
     [

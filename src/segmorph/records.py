@@ -10,6 +10,7 @@ labels, landmarks, training logs, predictions). Anyone can edit them, so every r
   one :class:`SegmorphError` naming the file.
 * :func:`read_csv` / :func:`read_csv_rows`: UTF-8 (a byte-order mark is accepted); a byte that is not UTF-8
   (Latin-1 from a spreadsheet) names the file and its line; missing columns and empty tables are refused.
+  Cells are separated by commas, or by semicolons or tabs where the header line uses only those.
 * :func:`finite_number`: one cell or value as a finite float, or an error naming the file and where.
 """
 
@@ -184,7 +185,7 @@ def read_csv_lines(path: str | Path, kind: str = "CSV file") -> list[tuple[int, 
     """
     path = Path(path)
     text = read_text(path, kind)
-    reader = csv.reader(_io.StringIO(text, newline=""))
+    reader = csv.reader(_io.StringIO(text, newline=""), delimiter=_delimiter(text))
     rows: list[tuple[int, list[str]]] = []
     start = 1
     try:
@@ -195,6 +196,14 @@ def read_csv_lines(path: str | Path, kind: str = "CSV file") -> list[tuple[int, 
     except csv.Error as err:
         raise SegmorphError(f"line {reader.line_num}: not a CSV row ({err})", path) from None
     return rows
+
+
+def _delimiter(text: str) -> str:
+    """``,``, or ``;`` / a tab where the first non-blank line has no comma and only that one (the CSV that
+    spreadsheets write in locales with a decimal comma, and tab-separated tables)."""
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    others = [d for d in ";\t" if d in first]
+    return others[0] if "," not in first and len(others) == 1 else ","
 
 
 def read_csv(path: str | Path, required_columns: Sequence[str] = (), kind: str = "CSV file",
