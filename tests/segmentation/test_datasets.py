@@ -90,6 +90,14 @@ def test_msd_layout_loads_cases_labels_and_geometry(tmp_path: Path) -> None:
     assert sample.meta["label_path"].endswith("hip_002.nii.gz")
 
 
+def test_a_file_ending_that_no_image_has_is_named(tmp_path: Path) -> None:
+    root = make_nnunet(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nrrd"}))
+    with pytest.raises(SegmorphError, match=r"imagesTr: holds no \.nrrd files, the file_ending of dataset\.json"):
+        load_dataset(root)
+
+
 @pytest.mark.parametrize("training_list", [False, True])
 def test_nnunet_channel_files_are_stacked(tmp_path: Path, training_list: bool) -> None:
     spec = load_dataset(make_nnunet(tmp_path, training_list=training_list))

@@ -324,6 +324,9 @@ def _image_files(folder: Path, suffix: str | None, segmentations: bool = False) 
     if not folder.is_dir():
         raise SegmorphError("no such folder", folder)
     files = folder_files(folder, lambda p: bool(image_suffix(p)) or (segmentations and is_segmentation_file(p)))
+    if suffix and files and not any(p.name.endswith(suffix) for p in files):
+        raise SegmorphError(f"holds no {suffix} files, the file_ending of dataset.json (it holds {files[0].name}...)",
+                            folder)  # fmt: skip
     if suffix:
         files = [p for p in files if p.name.endswith(suffix)]
     if not files:
