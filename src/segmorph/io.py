@@ -31,7 +31,6 @@ from segmorph.readchecks import (
     SliceFacts,
     check_geometry,
     check_input_path,
-    check_metaimage_data,
     check_metaimage_header,
     check_nifti,
     check_picture_complete,
@@ -302,8 +301,6 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
         return itk
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti(path, check_finite, budget)
-    if image_suffix(path) in (".mha", ".mhd"):
-        check_metaimage_header(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(_sitk_name(path))
     reader.ReadImageInformation()
@@ -313,8 +310,8 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
     components = max(1, reader.GetNumberOfComponents())
     shown = "x".join(map(str, size)) + (f" x {components} components" if components > 1 else "")
     check_voxel_budget(float(np.prod(size, dtype=np.float64)) * components, f"declared size {shown}", path, budget)
-    if image_suffix(path) in (".mha", ".mhd"):
-        check_metaimage_data(path)
+    if image_suffix(path) in (".mha", ".mhd"):  # after the budget: a header declaring a bomb is told so
+        check_metaimage_header(path)
     if image_suffix(path) in PICTURE_SUFFIXES:
         check_picture_complete(path)
     if reader.HasMetaDataKey(DICOM_ROWS_KEY):  # read by GDCM: the pixel data must hold what the header declares

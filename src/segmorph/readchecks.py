@@ -5,8 +5,8 @@
 * the input path (:func:`check_input_path`): no FIFO, device or socket is opened;
 * degenerate geometry (:func:`check_geometry`): spacing, origin, direction cosines;
 * the raw NIfTI-1 header (:func:`check_nifti`): declared size against the file and the budget, qform/sform,
-  pixdim, the gzip trailer; the MetaImage header's geometry fields (:func:`check_metaimage_header`) and data
-  length (:func:`check_metaimage_data`); the end of JPEG and BMP files (:func:`check_picture_complete`);
+  pixdim, the gzip trailer; the MetaImage header's geometry fields and data length
+  (:func:`check_metaimage_header`); the end of JPEG and BMP files (:func:`check_picture_complete`);
 * a DICOM series (:func:`slice_facts`, :func:`check_series`): PixelSpacing, orientations, slice gaps, gantry tilt.
 
 Pure checks on bytes, numbers and tag values: :mod:`segmorph.io` reads the files and the tags with SimpleITK
@@ -190,9 +190,13 @@ def check_geometry(spacing: Sequence[float], origin: Sequence[float], direction:
 
 
 def check_metaimage_header(path: Path) -> None:
-    """Refuse a MetaImage header whose geometry fields are not finite numbers: ITK's MetaIO reads ``nan`` and
-    ``inf`` (and any text) as 0, silently moving the image or giving it zero spacing."""
-    for key, value in _metaimage_fields(path)[0].items():
+    """Refuse a MetaImage header whose geometry fields are not finite numbers (ITK's MetaIO reads ``nan`` and
+    ``inf``, and any text, as 0, silently moving the image or giving it zero spacing), or whose uncompressed data
+    is shorter than it declares (MetaIO prints its complaint on stderr and fails without words). The data is
+    checked where it lies in one file (``LOCAL``, after the header, or one detached file) and its element type
+    has a fixed size; other layouts are left to MetaIO."""
+    fields, offset = _metaimage_fields(path)
+    for key, value in fields.items():
         if key in META_GEOMETRY_FIELDS:
             try:
                 numbers = [float(v) for v in value.split()]
@@ -202,13 +206,6 @@ def check_metaimage_header(path: Path) -> None:
                 shown = value.decode("ascii", "backslashreplace")[:80]
                 raise SegmorphError(f"degenerate geometry: {key.decode()} = {shown!r} in the MetaImage header is not "
                                     "finite numbers", path)  # fmt: skip
-
-
-def check_metaimage_data(path: Path) -> None:
-    """Refuse a MetaImage whose uncompressed data is shorter than its header declares: MetaIO prints its
-    complaint on stderr and fails without words. Checked for data in one file (``LOCAL``, after the header, or
-    one detached file) of an element type of fixed size; other layouts are left to MetaIO."""
-    fields, offset = _metaimage_fields(path)
     if b"ElementDataFile" in fields:
         _check_metaimage_data(path, fields, offset)
 
@@ -266,20 +263,28 @@ def check_picture_complete(path: Path) -> None:
     """
     try:
         with open(path, "rb") as handle:
-            data = handle.read()
+            head = handle.read(34)
+            if head.startswith(b"\xff\xd8\xff"):  # a JPEG: the whole file (other pictures are not read twice)
+                _check_jpeg_end(head + handle.read(), path)
+            elif head.startswith(b"BM") and len(head) == 34:
+                _check_bmp_length(head, os.fstat(handle.fileno()).st_size, path)
     except OSError as err:
         raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
-    if data.startswith(b"\xff\xd8\xff"):
-        scan = data.find(b"\xff\xda")  # start of scan
-        if scan < 0 or data.rfind(b"\xff\xd9") < scan:
-            raise SegmorphError("truncated JPEG file: the image data ends without the end-of-image marker", path)
-    elif data.startswith(b"BM") and len(data) >= 34:
-        offset, _, width, height, _, bits, compression = struct.unpack_from("<IIiiHHI", data, 10)
-        if compression in (0, 3) and width > 0 and bits > 0:  # BI_RGB, BI_BITFIELDS: rows stored as they are
-            needed = offset + (width * bits + 31) // 32 * 4 * abs(height)
-            if len(data) < needed:
-                raise SegmorphError(f"truncated BMP file: {len(data):,} bytes, its header declares {width}x"
-                                    f"{abs(height)} pixels of {bits} bits ending at byte {needed:,}", path)  # fmt: skip
+
+
+def _check_jpeg_end(data: bytes, path: Path) -> None:
+    scan = data.find(b"\xff\xda")  # start of scan
+    if scan < 0 or data.rfind(b"\xff\xd9") < scan:
+        raise SegmorphError("truncated JPEG file: the image data ends without the end-of-image marker", path)
+
+
+def _check_bmp_length(head: bytes, size: int, path: Path) -> None:
+    offset, _, width, height, _, bits, compression = struct.unpack_from("<IIiiHHI", head, 10)
+    if compression in (0, 3) and width > 0 and bits > 0:  # BI_RGB, BI_BITFIELDS: rows stored as they are
+        needed = offset + (width * bits + 31) // 32 * 4 * abs(height)
+        if size < needed:
+            raise SegmorphError(f"truncated BMP file: {size:,} bytes, its header declares {width}x{abs(height)} "
+                                f"pixels of {bits} bits ending at byte {needed:,}", path)  # fmt: skip
 
 
 def _nifti_header(path: Path) -> tuple[bytes, str | None]:

@@ -201,7 +201,7 @@ def read_csv_lines(path: str | Path, kind: str = "CSV file") -> list[tuple[int, 
 def _delimiter(text: str) -> str:
     """``,``, or ``;`` / a tab where the first non-blank line has no comma and only that one (the CSV that
     spreadsheets write in locales with a decimal comma, and tab-separated tables)."""
-    first = next((line for line in text.splitlines() if line.strip()), "")
+    first = next((line for line in _io.StringIO(text) if line.strip()), "")
     others = [d for d in ";\t" if d in first]
     return others[0] if "," not in first and len(others) == 1 else ","
 
