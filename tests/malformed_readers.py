@@ -334,6 +334,39 @@ def nrrd_data_shorter_than_declared(tmp: Path, run: Path | None) -> Prepared:
     return _info(path)
 
 
+def _nhdr(path: Path, data_file: str, after: str = "") -> Path:
+    """A detached NRRD header of 4x4x3 raw floats whose ``data file`` field is ``data_file`` (``after``: the
+    lines after it, a LIST's names)."""
+    header = _nrrd(path.with_suffix(".nrrd")).read_bytes().split(b"\n\n")[0].decode()
+    path.with_suffix(".nrrd").unlink()
+    path.write_text(f"{header}\ndata file: {data_file}\n{after}")
+    return path
+
+
+def nhdr_data_file_fifo(tmp: Path, run: Path | None) -> Prepared:
+    """The NRRD reader opened the FIFO and waited for a writer forever, even to read the header."""
+    os.mkfifo(tmp / "pipe.raw")
+    return _info(_nhdr(tmp / "scan.nhdr", "pipe.raw"))
+
+
+def nhdr_data_file_device(tmp: Path, run: Path | None) -> Prepared:
+    """The NRRD reader read zeros from the device and gave an image of them."""
+    return _baseline(tmp, _nhdr(tmp / "scan.nhdr", "/dev/zero"))
+
+
+def nhdr_data_list_names_a_missing_file(tmp: Path, run: Path | None) -> Prepared:
+    for z in range(2):
+        (tmp / f"slice_{z}.raw").write_bytes(bytes(4 * 16))
+    return _info(_nhdr(tmp / "scan.nhdr", "LIST 2", "slice_0.raw\nslice_1.raw\nslice_2.raw\n"))
+
+
+def nhdr_data_pattern_names_a_folder(tmp: Path, run: Path | None) -> Prepared:
+    for z in range(2):
+        (tmp / f"slice_{z}.raw").write_bytes(bytes(4 * 16))
+    (tmp / "slice_2.raw").mkdir()
+    return _info(_nhdr(tmp / "scan.nhdr", "slice_%d.raw 0 2 1 2"))
+
+
 def jpeg_truncated(tmp: Path, run: Path | None) -> Prepared:
     """Half a JPEG: libjpeg decoded it with grey rows and printed "Premature end of JPEG file" on stdout."""
     from PIL import Image as Picture
@@ -511,6 +544,28 @@ CASES: tuple[BadInput, ...] = (
         nrrd_data_shorter_than_declared,
         "cannot read image (fread got only 23 4-sized things, not 48",
     ),
+    BadInput(
+        "nhdr_data_file_fifo",
+        nhdr_data_file_fifo,
+        "NRRD data file 'pipe.raw': not a regular file or folder: a FIFO",
+        skip_reason=_no_fifo,
+    ),
+    BadInput(
+        "nhdr_data_file_device",
+        nhdr_data_file_device,
+        "NRRD data file '/dev/zero': not a regular file or folder",
+        skip_reason=_no_dev_zero,
+    ),
+    BadInput(
+        "nhdr_data_list_names_a_missing_file",
+        nhdr_data_list_names_a_missing_file,
+        "NRRD data file 'slice_2.raw': no such file or folder",
+    ),  # fmt: skip
+    BadInput(
+        "nhdr_data_pattern_names_a_folder",
+        nhdr_data_pattern_names_a_folder,
+        "NRRD data file 'slice_2.raw' is a folder, not a file",
+    ),  # fmt: skip
     BadInput("mha_huge_vector_header", mha_huge_vector_header, "x 3 components (3,000,000,000 values)"),
     BadInput("long_file_name", long_file_name, "file name too long"),
     BadInput("long_path", long_path, "file name too long"),

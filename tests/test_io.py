@@ -81,6 +81,17 @@ def test_non_integer_labels_are_refused(tmp_path):
         read_image(tmp_path / "frac.nii.gz", is_label=True)
 
 
+def test_a_scan_read_as_a_label_map_is_refused_by_its_count_of_values(tmp_path):
+    values = torch.arange(2000, dtype=torch.float32).reshape(1, 20, 10, 10)  # whole numbers, as an int16 MRI
+    write_image(Image(values, Affine.identity()), tmp_path / "scan.nii.gz")
+    with pytest.raises(SegmorphError, match="scan.nii.gz: not a label map: holds 2,000 distinct values"):
+        read_image(tmp_path / "scan.nii.gz", is_label=True)
+    many = torch.zeros(1, 20, 10, 10, dtype=torch.int64)
+    many.view(-1)[:1024] = torch.arange(1024) * 50  # 1,024 values far apart: still a label map
+    write_image(Image(many, Affine.identity(), is_label=True), tmp_path / "parcels.nii.gz")
+    assert len(torch.unique(read_image(tmp_path / "parcels.nii.gz", is_label=True).data)) == 1024
+
+
 def test_empty_folder_is_an_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SegmorphError, match="holds no images"):

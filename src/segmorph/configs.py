@@ -245,50 +245,57 @@ def coerce(value: Any, kind: Any, key: str, name: str = "config") -> Any:
     if isinstance(kind, type) and is_dataclass(kind):
         raise _wrong(value, "a mapping of its keys", key, name)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for option in (a for a in args if a is not type(None)):
-            try:
-                return coerce(value, option, key, name)
-            except SegmorphError as err:
-                errors.append(err)
-        raise errors[0] if len(errors) == 1 else _wrong(value, " or ".join(_describe(a) for a in args), key, name)
+        return _coerce_union(value, args, key, name)
     if origin is tuple or kind is tuple:
-        if not isinstance(value, (list, tuple)):
-            raise _wrong(value, "a list", key, name)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(coerce(v, args[0], f"{key}[{i}]", name) for i, v in enumerate(value))
-        if args and len(args) != len(value):
-            raise _wrong(value, f"a list of {len(args)} values", key, name)
-        return (
-            tuple(coerce(v, a, f"{key}[{i}]", name) for i, (v, a) in enumerate(zip(value, args)))
-            if args
-            else tuple(value)
-        )
+        return _coerce_tuple(value, args, key, name)
     if origin in (list, dict) or kind in (list, dict):
         base = origin or kind
         if not isinstance(value, base):
             raise _wrong(value, "a list" if base is list else "a mapping", key, name)
         return value
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise _wrong(value, _TYPE_WORDS[bool], key, name)
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise _wrong(value, _TYPE_WORDS[int], key, name)
-        return value
+    return _coerce_scalar(value, kind, key, name)
+
+
+def _coerce_union(value: Any, args: tuple[Any, ...], key: str, name: str) -> Any:
+    """``value`` as the first of the union's types it fits (None where the union allows it)."""
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for option in (a for a in args if a is not type(None)):
+        try:
+            return coerce(value, option, key, name)
+        except SegmorphError as err:
+            errors.append(err)
+    raise errors[0] if len(errors) == 1 else _wrong(value, " or ".join(_describe(a) for a in args), key, name)
+
+
+def _coerce_tuple(value: Any, args: tuple[Any, ...], key: str, name: str) -> tuple:
+    """A list or tuple as a tuple, each item coerced (``tuple[X, ...]`` or a fixed ``tuple[X, Y]``)."""
+    if not isinstance(value, (list, tuple)):
+        raise _wrong(value, "a list", key, name)
+    if len(args) == 2 and args[1] is Ellipsis:
+        return tuple(coerce(v, args[0], f"{key}[{i}]", name) for i, v in enumerate(value))
+    if args and len(args) != len(value):
+        raise _wrong(value, f"a list of {len(args)} values", key, name)
+    if not args:
+        return tuple(value)
+    return tuple(coerce(v, a, f"{key}[{i}]", name) for i, (v, a) in enumerate(zip(value, args)))
+
+
+def _coerce_scalar(value: Any, kind: Any, key: str, name: str) -> Any:
+    """``value`` as bool, int, float (finite; ints accepted), str or Path; other kinds pass it through."""
+    if kind is bool and not isinstance(value, bool):
+        raise _wrong(value, _TYPE_WORDS[bool], key, name)
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise _wrong(value, _TYPE_WORDS[int], key, name)
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise _wrong(value, _TYPE_WORDS[float], key, name)
         if not math.isfinite(value):
             raise _wrong(value, "a finite number", key, name)
         return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise _wrong(value, _TYPE_WORDS[str], key, name)
-        return value
+    if kind is str and not isinstance(value, str):
+        raise _wrong(value, _TYPE_WORDS[str], key, name)
     if kind is Path:
         if not isinstance(value, (str, Path)):
             raise _wrong(value, "a path", key, name)

@@ -33,15 +33,18 @@ from segmorph.readchecks import (
     check_input_path,
     check_metaimage_header,
     check_nifti,
+    check_nrrd_data_files,
     check_picture_complete,
     check_series,
     check_voxel_budget,
     slice_facts,
 )
 
+NRRD_SUFFIXES = (".nrrd", ".nhdr")
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 DICOM_ROWS_KEY = "0028|0010"  # a tag GDCM reports for every DICOM image it reads
 DICOM_SUFFIX = ".dcm"  # DICOM files; a DICOM-SEG label map is read by read_image(path, is_label=True)
+MAX_LABEL_VALUES = 1024  # distinct values of a label map, background included: more, and it is refused as a scan
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 COMPLEX_PIXEL_IDS = frozenset(getattr(sitk, name) for name in ("sitkComplexFloat32", "sitkComplexFloat64"))
 # NIfTI-1 datatype codes -> numpy name of one stored value (RGB24 and RGBA32 store uint8 components)
@@ -170,6 +173,8 @@ def native_output_silenced() -> Iterator[None]:
 
 def _header_reader(name: Path, path: Path) -> sitk.ImageFileReader:
     """A SimpleITK reader that has read ``name``'s header; a failure is one error line naming ``path``."""
+    if image_suffix(name) in NRRD_SUFFIXES:
+        check_nrrd_data_files(name)
     reader = sitk.ImageFileReader()
     reader.SetFileName(_sitk_name(name))
     try:
@@ -301,6 +306,8 @@ def _read_sitk(path: Path, check_finite: bool = False, budget: int | None = None
         return itk
     if image_suffix(path) in (".nii", ".nii.gz"):
         check_nifti(path, check_finite, budget)
+    if image_suffix(path) in NRRD_SUFFIXES:  # before the header is read: the reader opens its data files
+        check_nrrd_data_files(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(_sitk_name(path))
     reader.ReadImageInformation()
@@ -356,7 +363,8 @@ def read_image(path: str | Path, is_label: bool = False, check_finite: bool = Tr
         path: A file (NIfTI, NRRD, MHA/MHD, PNG, JPEG, ...) or a DICOM series folder; with ``is_label``
             also a DICOM-SEG file, decoded on the grid of the series it segments
             (:func:`segmorph.dicom.seg.read_segmentation`).
-        is_label: Read as an integer label map (values must be whole numbers).
+        is_label: Read as an integer label map (values must be whole numbers, at most :data:`MAX_LABEL_VALUES`
+            distinct ones).
         check_finite: Refuse images holding NaN or infinite voxels (values that overflow float32 when
             cast are refused either way).
         voxel_budget: Most values (voxels x components) to load; :func:`max_voxels` when None.
@@ -498,6 +506,10 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
         raise SegmorphError(f"label map holds negative value {array.min()}", path)
     if array.max() >= 2**63:  # uint64 or float values that int64 cannot hold (the cast would wrap)
         raise SegmorphError(f"label map holds value {array.max():.6g}, beyond the int64 range", path)
+    count = len(np.unique(array)) if array.max() - array.min() >= MAX_LABEL_VALUES else 0  # unique only if it may
+    if count > MAX_LABEL_VALUES:
+        raise SegmorphError(f"not a label map: holds {count:,} distinct values (a label map holds at most "
+                            f"{MAX_LABEL_VALUES:,}, background included); is it a scan?", path)  # fmt: skip
     return array.astype(np.int64)
 
 

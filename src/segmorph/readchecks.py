@@ -6,7 +6,8 @@
 * degenerate geometry (:func:`check_geometry`): spacing, origin, direction cosines;
 * the raw NIfTI-1 header (:func:`check_nifti`): declared size against the file and the budget, qform/sform,
   pixdim, the gzip trailer; the MetaImage header's geometry fields and data length
-  (:func:`check_metaimage_header`); the end of JPEG and BMP files (:func:`check_picture_complete`);
+  (:func:`check_metaimage_header`); the detached data files an NRRD header names (:func:`check_nrrd_data_files`:
+  regular files, as for the input path); the end of JPEG and BMP files (:func:`check_picture_complete`);
 * a DICOM series (:func:`slice_facts`, :func:`check_series`): PixelSpacing, orientations, slice gaps, gantry tilt.
 
 Pure checks on bytes, numbers and tag values: :mod:`segmorph.io` reads the files and the tags with SimpleITK
@@ -48,6 +49,9 @@ META_ELEMENT_BYTES = {
     b"MET_CHAR": 1, b"MET_UCHAR": 1, b"MET_SHORT": 2, b"MET_USHORT": 2, b"MET_INT": 4, b"MET_UINT": 4,
     b"MET_LONG_LONG": 8, b"MET_ULONG_LONG": 8, b"MET_FLOAT": 4, b"MET_DOUBLE": 8,
 }  # fmt: skip
+NRRD_HEADER_BYTES = 1 << 20  # the most of an NRRD header read to find its data files (a LIST of names included)
+NRRD_MAX_DATA_FILES = 100_000  # an NRRD header naming more detached data files than this is refused
+NRRD_DATA_KEYS = ("data file", "datafile")  # the NRRD field naming detached data, in both spellings
 # DICOM tags a slice's checks read: Modality, ImageOrientationPatient, ImagePositionPatient, PixelSpacing
 SLICE_TAGS = ("0008|0060", "0020|0037", "0020|0032", "0028|0030")
 # a DICOM slice's modality, unit normal and position (None without position tags), and its values
@@ -241,15 +245,94 @@ def _check_metaimage_data(path: Path, fields: dict[bytes, bytes], offset: int) -
     except ValueError:
         return  # MetaIO's own error
     declared = math.prod(sizes) * channels * element_bytes
-    data = path if source == b"LOCAL" else path.parent / source.decode("utf-8", "replace")
-    try:
-        available = data.stat().st_size - (offset if source == b"LOCAL" else 0)
-    except OSError as err:
-        raise SegmorphError(f"cannot read the MetaImage data file {data.name} ({err.strerror or err})", path) from None
+    if source == b"LOCAL":
+        available = path.stat().st_size - offset
+    else:
+        available = _check_data_file(source.decode("utf-8", "replace"), path, "MetaImage").st_size
     if available < declared:
         shape = "x".join(map(str, sizes))
         raise SegmorphError(f"MetaImage data holds {max(available, 0):,} bytes; the header declares {shape} x "
                             f"{channels} channel(s) of {element_bytes} bytes ({declared:,} bytes)", path)  # fmt: skip
+
+
+def check_nrrd_data_files(path: Path) -> None:
+    """Refuse an NRRD header whose detached data (``data file:`` one name, a ``%d`` pattern with its range, or
+    ``LIST`` and the names after it) is missing or not a regular file: the NRRD reader opens a FIFO and waits
+    forever, reads a device without end and names neither. Relative names are taken from the header's folder.
+
+    Raises:
+        SegmorphError: A data file is missing, a folder or a special file, or the header names more than
+            :data:`NRRD_MAX_DATA_FILES`; naming the header and the data file.
+    """
+    fields, rest = _nrrd_fields(path)
+    value = next((fields[key] for key in NRRD_DATA_KEYS if key in fields), None)
+    for name in [] if value is None else _nrrd_data_names(value, rest, path):
+        _check_data_file(name, path, "NRRD")
+
+
+def _nrrd_fields(path: Path) -> tuple[dict[str, str], list[str]]:
+    """The header's ``field: value`` lines up to its data file field (lower-case names) and the lines after it."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(NRRD_HEADER_BYTES)
+    except OSError as err:
+        raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
+    head = raw.replace(b"\r\n", b"\n")
+    end = head.find(b"\n\n")  # the header's end (attached data follows)
+    lines = (head if end < 0 else head[:end]).decode("latin-1").splitlines()
+    if end < 0 and len(raw) == NRRD_HEADER_BYTES:
+        lines = lines[:-1]  # the last line may be cut
+    if not lines or not lines[0].startswith("NRRD"):
+        return {}, []  # not NRRD: the reader says so
+    fields: dict[str, str] = {}
+    for index, line in enumerate(lines[1:], start=1):
+        if not line.strip():
+            break
+        key, colon, value = line.partition(":")
+        if line.startswith("#") or not colon or value.startswith("="):  # comments and key:=value pairs
+            continue
+        fields[key.strip().lower()] = value.strip()
+        if key.strip().lower() in NRRD_DATA_KEYS:
+            return fields, lines[index + 1 :]
+    return fields, []
+
+
+def _nrrd_data_names(value: str, rest: list[str], path: Path) -> list[str]:
+    """The data file names of a ``data file`` field; none where the reader itself refuses the field."""
+    parts = value.split()
+    if parts and parts[0] == "LIST":
+        names = [line.strip() for line in rest if line.strip()]
+    elif len(parts) in (4, 5) and "%" in parts[0]:
+        try:
+            first, last, step = (int(part) for part in parts[1:4])
+        except ValueError:
+            return []
+        if step == 0 or (last - first) * step < 0:
+            return []
+        count = (last - first) // step + 1
+        if count > NRRD_MAX_DATA_FILES:
+            raise SegmorphError(f"the NRRD header names {count:,} data files (at most {NRRD_MAX_DATA_FILES:,})", path)
+        try:
+            names = [parts[0] % number for number in range(first, last + (1 if step > 0 else -1), step)]
+        except (TypeError, ValueError):
+            return []
+    else:
+        names = [value]
+    if len(names) > NRRD_MAX_DATA_FILES:
+        raise SegmorphError(f"the NRRD header names {len(names):,} data files (at most {NRRD_MAX_DATA_FILES:,})", path)
+    return names
+
+
+def _check_data_file(name: str, header: Path, kind: str) -> os.stat_result:
+    """A detached data file named in ``header`` (relative to its folder) must be a regular file; its stat."""
+    data = header.parent / name
+    try:
+        info = check_input_path(data)
+    except SegmorphError as err:
+        raise SegmorphError(f"{kind} data file {name!r}: {err.problem}", header) from None
+    if stat.S_ISDIR(info.st_mode):
+        raise SegmorphError(f"{kind} data file {name!r} is a folder, not a file", header)
+    return info
 
 
 def check_picture_complete(path: Path) -> None:

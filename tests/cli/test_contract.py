@@ -99,6 +99,24 @@ def test_keyboard_interrupt_is_one_line(tmp_path, capfd, monkeypatch):
     assert capfd.readouterr().err.splitlines() == ["error: interrupted"]
 
 
+def test_a_segmorph_warning_is_one_escaped_line_and_the_verb_goes_on(tmp_path, capfd, monkeypatch):
+    import warnings
+
+    from segmorph.errors import SegmorphWarning
+
+    def odd(args):
+        odd_count = SegmorphWarning("numTraining is 5 but 2 training cases were found", tmp_path / HOSTILE)
+        warnings.warn(odd_count, stacklevel=2)
+        warnings.warn("another library's warning", DeprecationWarning, stacklevel=2)
+        return 0
+
+    monkeypatch.setattr(info, "run_info", odd)
+    with pytest.warns(DeprecationWarning, match="another library's warning"):  # handed on as Python shows it
+        assert main(["info", str(tmp_path / "scan.nii.gz")]) == 0
+    lines = capfd.readouterr().err.splitlines()
+    assert lines == [f"warning: {tmp_path}/{ESCAPED}: numTraining is 5 but 2 training cases were found"]
+
+
 def test_every_verb_takes_threads():
     verbs = leaf_parsers(build_parser())
     assert len(verbs) >= 15

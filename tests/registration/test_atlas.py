@@ -139,6 +139,17 @@ def test_atlas_segment_refuses_bad_atlases():
         atlas_segment(scan, [(flat, Image(labels.data[..., 0], Affine.identity(2), True))], progress=False)
 
 
+def test_weighted_vote_beyond_the_memory_budget_is_refused_before_registering(monkeypatch):
+    scan, _ = sphere_case(seed=0)
+    image, labels = sphere_case(seed=1)
+    voxels, values = int(np.prod(scan.spatial_shape)), len(torch.unique(labels.data))  # background included
+    monkeypatch.setenv("SEGMORPH_MAX_VOXELS", str(2 * values * voxels - 1))  # one value short for 2 atlases
+    expected = rf"the weighted vote's label probabilities \(2 atlases x {values} labels"
+    with pytest.raises(SegmorphError, match=expected) as err:
+        atlas_segment(scan, [(image, labels)] * 2, names=["a_seg.nii.gz", "b_seg.nii.gz"], progress=False)
+    assert err.value.path == "a_seg.nii.gz"
+
+
 # -- files and command line ----------------------------------------------------------------------
 
 

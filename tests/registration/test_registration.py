@@ -141,6 +141,17 @@ def test_label_interpolation_moves_boundaries_by_fractions_of_a_voxel():
         spatial.sample_labels(labels, torch.zeros(1, 2, 1, 1), "cubic")
 
 
+def test_label_interpolation_in_groups_of_labels_equals_all_at_once(monkeypatch):
+    """Many labels are interpolated a group at a time (bounded memory); the labels chosen do not change."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 7, (1, 1, 9, 8, 7), generator=generator)
+    coords = spatial.identity_grid((9, 8, 7)) + 0.8 * torch.rand(1, 3, 9, 8, 7, generator=generator) - 0.4
+    at_once = spatial.sample_labels(labels, coords)
+    monkeypatch.setattr(spatial, "LABEL_GROUP_VOXELS", 2 * labels.numel())  # one label a group
+    assert torch.equal(spatial.sample_labels(labels, coords), at_once)
+    assert len(torch.unique(at_once)) == 7
+
+
 def test_label_warp_of_a_shifted_sphere_beats_nearest_neighbour():
     """Half-voxel shifts: label-wise interpolation keeps a sphere's volume, nearest neighbour rounds it."""
     grid = Affine.from_geometry((1.0, 1.0, 1.0))

@@ -10,13 +10,14 @@ import pytest
 import torch
 
 from helpers import require_dataset
-from segmorph.errors import SegmorphError
+from segmorph.errors import SegmorphError, SegmorphWarning
 from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import write_image
 from segmorph.segmentation.datasets import (
     CaseFiles,
     DatasetSpec,
+    class_count,
     infer_labels,
     load_dataset,
     load_sample,
@@ -96,6 +97,43 @@ def test_a_file_ending_that_no_image_has_is_named(tmp_path: Path) -> None:
     (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nrrd"}))
     with pytest.raises(SegmorphError, match=r"imagesTr: holds no \.nrrd files, the file_ending of dataset\.json"):
         load_dataset(root)
+
+
+@pytest.mark.parametrize(("declared", "expected"), [(5, "numTraining is 5 but 2 training cases were found"),
+                                                    ("two", "numTraining is not a whole number")])  # fmt: skip
+def test_a_num_training_that_disagrees_is_a_warning_and_the_cases_found_are_used(tmp_path, declared, expected):
+    root = make_nnunet(tmp_path)
+    meta = json.loads((root / "dataset.json").read_text())
+    (root / "dataset.json").write_text(json.dumps({**meta, "numTraining": declared}))
+    with pytest.warns(SegmorphWarning, match=expected) as caught:
+        spec = load_dataset(root)
+    assert spec.case_ids == ["case_a", "case_b"]
+    assert str(caught[0].message).startswith(str(root / "dataset.json"))
+
+
+def test_class_count_is_the_highest_label_value_plus_one(tmp_path: Path) -> None:
+    import warnings
+    from dataclasses import replace
+
+    spec = load_dataset(make_nnunet(tmp_path))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmorphWarning)
+        assert class_count(spec) == 2
+        assert class_count(replace(spec, labels={})) == 2
+    with pytest.warns(SegmorphWarning, match="label values 0, 255 are not consecutive: 254 of the network's 256"):
+        assert class_count(replace(spec, labels={0: "background", 255: "lesion"})) == 256
+    with pytest.raises(SegmorphError, match="label value 5000: a label's value is its network output channel") as err:
+        class_count(replace(spec, labels={0: "background", 1: "a", 5000: "b"}))
+    assert err.value.path == str(tmp_path)
+
+
+def test_a_num_training_that_agrees_gives_no_warning(tmp_path: Path) -> None:
+    import warnings
+
+    root = make_nnunet(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SegmorphWarning)
+        assert len(load_dataset(root).cases) == 2
 
 
 @pytest.mark.parametrize("training_list", [False, True])

@@ -89,15 +89,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
         SegmorphError: Bad input (missing files or columns, too few groups per class, ...).
     """
     out = Path(request.out)
-    if request.ensemble < 1:
-        raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
-    check_select(request.select)
-    if not 0.0 <= request.tail_average <= 1.0:
-        raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
-    if not 0.0 <= request.shift < 0.5:
-        raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
-    check_log(request.log)
-    check_run_folder(out, request.dataset, request.labels, request.init)
+    _check_request(request)
     dataset = load_classification_dataset(request)
     quality = {"ran": False, "flagged_cases": []}
     if request.check and not request.resume:
@@ -127,6 +119,29 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     if request.ensemble <= 1:
         model, result = _fit_member(request, task, net, train_config, out, facts)
         return _finish(out, model, task, dataset, val_index, facts, net, train_config, [result], request.device)
+    ensemble, results = _fit_ensemble(request, task, net, train_config, out, facts)
+    return _finish(out, ensemble, task, dataset, val_index, facts, ensemble.config, train_config, results,
+                   request.device)  # fmt: skip
+
+
+def _check_request(request: ClassifyRequest) -> None:
+    """Refuse settings out of range and an output folder that would overwrite an input, before anything is read."""
+    if request.ensemble < 1:
+        raise SegmorphError(f"ensemble: expected at least 1 network, got {request.ensemble}")
+    check_select(request.select)
+    if not 0.0 <= request.tail_average <= 1.0:
+        raise SegmorphError(f"tail average: expected a fraction of training in [0, 1], got {request.tail_average}")
+    if not 0.0 <= request.shift < 0.5:
+        raise SegmorphError(f"tta shift: expected a fraction of the image size in [0, 0.5), got {request.shift}")
+    check_log(request.log)
+    check_run_folder(Path(request.out), request.dataset, request.labels, request.init)
+
+
+def _fit_ensemble(
+    request: ClassifyRequest, task: ClassificationTask, net: dict, train_config: TrainConfig, out: Path, facts: dict
+) -> tuple[Ensemble, list[FitResult]]:
+    """Train ``request.ensemble`` networks one after the other (``out/member_k``, seeds ``seed + k``), sharing the
+    time budget and the step limit; the ensemble of the weights each keeps."""
     members, results = [], []
     for k in range(request.ensemble):
         member_config = replace(
@@ -139,8 +154,7 @@ def train_classifier(request: ClassifyRequest, config: ClassifierConfig | None =
     ensemble = Ensemble([net] * len(members))
     for slot, model in zip(ensemble.members, members):
         slot.load_state_dict(model.state_dict())
-    return _finish(out, ensemble, task, dataset, val_index, facts, ensemble.config, train_config, results,
-                   request.device)  # fmt: skip
+    return ensemble, results
 
 
 def _fit_member(

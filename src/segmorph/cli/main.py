@@ -1,7 +1,9 @@
 """``segmorph``: the command line. Each capability's module adds its verbs and attaches their handlers.
 
 Exit codes: 0 success; 1 bad input or a failed step (one line ``error: <file>: <problem>``, control
-characters in it escaped by :func:`segmorph.cli.arguments.printable`); 2 usage errors (argparse); 130
+characters in it escaped by :func:`segmorph.cli.arguments.printable`; a
+:class:`~segmorph.errors.SegmorphWarning` is printed as one line ``warning: <file>: <problem>`` and the work goes
+on); 2 usage errors (argparse); 130
 interrupted (Ctrl-C); 141 (128 + SIGPIPE, what ``cat`` and ``ls`` give) when the program reading the output
 stopped reading early (``segmorph info scan.nii.gz | head -3``): the rest of the output is dropped quietly,
 without a traceback.
@@ -15,7 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 
 from segmorph.cli import classification, dicom, info, interpret, processing, quality, registration, report, segmentation
 from segmorph.cli import mesh as mesh_verb
@@ -24,7 +27,7 @@ from segmorph.cli import pretraining as pretraining_verb
 from segmorph.cli import synthesis as synthesis_verbs
 from segmorph.cli import view as view_verb
 from segmorph.cli.arguments import printable
-from segmorph.errors import SegmorphError
+from segmorph.errors import SegmorphError, SegmorphWarning
 from segmorph.threads import set_threads
 
 CAPABILITIES = (segmentation, info, registration, dicom, classification, report, interpret, quality, processing,
@@ -87,7 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         set_threads(args.threads)
-        code = args.handler(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warnings(warnings.showwarning)
+            code = args.handler(args)
         sys.stdout.flush()  # here, so that a closed pipe is met inside this try and not at exit
         return code
     except SegmorphError as err:
@@ -99,6 +104,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         discard_stdout()
         return 141
+
+
+def one_line_warnings(fallback: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints a :class:`SegmorphWarning` as one ``warning:`` line on stderr and
+    hands every other warning to ``fallback``."""
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        if issubclass(category, SegmorphWarning):
+            print(f"warning: {printable(str(message))}", file=sys.stderr)
+        else:
+            fallback(message, category, filename, lineno, file, line)
+
+    return show
 
 
 def discard_stdout() -> None:

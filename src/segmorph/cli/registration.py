@@ -160,16 +160,7 @@ def _add_atlas(parser: argparse.ArgumentParser) -> None:
 def run_register(args: argparse.Namespace) -> int:
     from segmorph.registration import run
 
-    # The alignment is segmorph.registration.api.register's; these say what it lacks in the CLI's words.
-    if args.method == "learned" and args.model is None:
-        raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
-    if args.method == "structures" and args.fixed_structures is None and args.moving_structures is None:
-        raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
-    learned_only = [flag for flag, given in (("--model", args.model is not None), ("--refine", args.refine != 0),
-                                             ("--passes", args.passes is not None)) if given]  # fmt: skip
-    if args.method != "learned" and learned_only:
-        raise SegmorphError(f"{', '.join(learned_only)}: only with --method learned (the {args.method} method ignores "
-                            "them)")  # fmt: skip
+    _check_method_flags(args)
     model_dir = args.model if args.method == "learned" else None
     if args.pairs is not None and not (args.fixed or args.moving):  # outputs checked before the model loads
         run.check_pairs_outputs(args.pairs, args.out, run.pair_requests(args.pairs, args.out), model_dir)
@@ -179,23 +170,7 @@ def run_register(args: argparse.Namespace) -> int:
                                                moving_structures=args.moving_structures), model_dir)  # fmt: skip
     model = run.load_model(args.model, args.device, args.passes, args.refine) if args.method == "learned" else None
     if args.pairs is not None:
-        if args.fixed or args.moving:
-            raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)
-        per_pair = [flag for flag, value in (("--fixed-labels", args.fixed_labels), ("--moving-labels", args.moving_labels),
-                    ("--fixed-structures", args.fixed_structures), ("--moving-structures", args.moving_structures))
-                    if value is not None]  # fmt: skip
-        if per_pair:
-            raise SegmorphError(f"{', '.join(per_pair)}: not with --pairs (label maps go in the CSV's fixed_labels "
-                                "and moving_labels columns; structures are for single pairs)", args.pairs)  # fmt: skip
-        records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
-                                     args.overlays, progress=not args.quiet, prealign=args.prealign,
-                                     device=args.device)  # fmt: skip
-        dice = [r["metrics"]["mean_dice"] for r in records if "mean_dice" in r.get("metrics", {})]
-        seconds = np.mean([r["seconds"] for r in records])
-        extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
-        say(f"registered {len(records)} pairs, {seconds:.2f} s per pair{extra}; summary {args.out / 'summary.csv'}",
-            err=True)  # fmt: skip
-        return 0
+        return _register_pairs(args, model)
     if args.fixed is None or args.moving is None:
         raise SegmorphError("give FIXED and MOVING images, or --pairs CSV")
     request = run.PairRequest(args.fixed, args.moving, args.out, args.moving_labels, args.fixed_labels, args.method,
@@ -209,6 +184,43 @@ def run_register(args: argparse.Namespace) -> int:
             line += f", mean Dice {metrics['mean_dice']:.4f}"
         line += f", folding {metrics['folding_percent']:.3f}%"
     say(f"{line}; folder {args.out}", err=True)
+    return 0
+
+
+def _check_method_flags(args: argparse.Namespace) -> None:
+    """Refuse flags the chosen ``--method`` needs and lacks, or ignores (the alignment itself is
+    :func:`segmorph.registration.api.register`'s; these say what it lacks in the command line's words)."""
+    if args.method == "learned" and args.model is None:
+        raise SegmorphError("--method learned needs --model RUN_DIR (a segmorph train-registration run)")
+    if args.method == "structures" and args.fixed_structures is None and args.moving_structures is None:
+        raise SegmorphError("--method structures needs --fixed-structures and --moving-structures")
+    learned_only = [flag for flag, given in (("--model", args.model is not None), ("--refine", args.refine != 0),
+                                             ("--passes", args.passes is not None)) if given]  # fmt: skip
+    if args.method != "learned" and learned_only:
+        raise SegmorphError(f"{', '.join(learned_only)}: only with --method learned (the {args.method} method ignores "
+                            "them)")  # fmt: skip
+
+
+def _register_pairs(args: argparse.Namespace, model) -> int:
+    """``register --pairs CSV``: every pair of the CSV into its own folder under ``--out``, and ``summary.csv``."""
+    from segmorph.registration import run
+
+    if args.fixed or args.moving:
+        raise SegmorphError("give either FIXED MOVING or --pairs CSV, not both", args.pairs)
+    per_pair = [flag for flag, value in (("--fixed-labels", args.fixed_labels), ("--moving-labels", args.moving_labels),
+                ("--fixed-structures", args.fixed_structures), ("--moving-structures", args.moving_structures))
+                if value is not None]  # fmt: skip
+    if per_pair:
+        raise SegmorphError(f"{', '.join(per_pair)}: not with --pairs (label maps go in the CSV's fixed_labels "
+                            "and moving_labels columns; structures are for single pairs)", args.pairs)  # fmt: skip
+    records = run.register_pairs(args.pairs, args.out, args.method, model, args.refine, args.similarity,
+                                 args.overlays, progress=not args.quiet, prealign=args.prealign,
+                                 device=args.device)  # fmt: skip
+    dice = [r["metrics"]["mean_dice"] for r in records if "mean_dice" in r.get("metrics", {})]
+    seconds = np.mean([r["seconds"] for r in records])
+    extra = f", mean Dice {np.mean(dice):.4f}" if dice else ""
+    say(f"registered {len(records)} pairs, {seconds:.2f} s per pair{extra}; summary {args.out / 'summary.csv'}",
+        err=True)  # fmt: skip
     return 0
 
 

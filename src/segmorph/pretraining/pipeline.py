@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +30,7 @@ from torch import nn
 
 from segmorph.engine.checkpoints import load_checkpoint
 from segmorph.engine.loop import FitResult, TrainConfig, fit_task
-from segmorph.errors import SegmorphError
+from segmorph.errors import SegmorphError, SegmorphWarning
 from segmorph.io import atomic_write_text
 from segmorph.nn import build_network, count_parameters
 from segmorph.outputs import Output, check_outputs
@@ -254,8 +255,10 @@ def _unet_plan(request: PretrainRequest, spec: DatasetSpec, out: Path, resume: b
         return Plan.load(out / "plan.json")
     facts = fingerprint(spec, progress=request.show_progress)
     try:
-        plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps, request.target_spacing,
-                         request.network_dims)  # fmt: skip
+        with warnings.catch_warnings():  # the labels' channels are not the autoencoder's: no word on them
+            warnings.simplefilter("ignore", SegmorphWarning)
+            plan = make_plan(spec, facts, request.device, request.time_budget_s, request.max_steps,
+                             request.target_spacing, request.network_dims)  # fmt: skip
     except ValueError as err:
         raise SegmorphError(str(err), spec.root) from None
     _objective(request, unet_block(plan.ndim), plan.train.patch_size)  # a block the patch holds, before any write

@@ -32,6 +32,7 @@ from segmorph.io import atomic_write_text, distance_unit, image_suffix, read_ima
 from segmorph.metrics.segmentation import case_metrics, dice_score
 from segmorph.outputs import check_outputs
 from segmorph.progress import track
+from segmorph.readchecks import check_voxel_budget
 from segmorph.registration.classical import ClassicalConfig, register_classical
 from segmorph.registration.names import FUSIONS, METHODS
 from segmorph.registration.pairs import normalise_intensity
@@ -271,7 +272,8 @@ def atlas_segment(
 
     Raises:
         SegmorphError: No atlases; an atlas of other dimensionality than the scan; a label map not on
-            its image's grid; a reference not on the scan's grid.
+            its image's grid; a reference not on the scan's grid; the weighted vote's probabilities (atlases x
+            labels x scan voxels) beyond the memory budget (:func:`segmorph.readchecks.max_voxels`).
         ValueError: Unknown ``method`` or ``fusion``, or ``"learned"`` without a model.
     """
     if method not in METHODS:
@@ -287,6 +289,11 @@ def atlas_segment(
     if reference is not None:
         check_same_grid(reference, scan, "reference grid differs from the scan's", "reference")
     values = _label_values(atlases)
+    if fusion == "weighted":  # every atlas's warped probability of every label is held until the vote
+        shape = "x".join(map(str, scan.spatial_shape))
+        check_voxel_budget(float(len(atlases)) * len(values) * np.prod(scan.spatial_shape, dtype=np.float64),
+                           f"the weighted vote's label probabilities ({len(atlases)} atlases x {len(values)} labels x "
+                           f"{shape} voxels)", names[0])  # fmt: skip
     propagated, probabilities, warped_images = [], [], []
     for image, labels in track(atlases, "atlases", total=len(atlases), enabled=progress):
         transform = register_atlas(scan, image, method, model, config, device, labels)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 INTERPOLATIONS = ("linear", "nearest", "cubic")
 LABEL_INTERPOLATIONS = ("label", "nearest")
+LABEL_GROUP_VOXELS = 2**25  # label interpolation: the most indicator values (input and output grids) held at once
 
 
 def identity_grid(shape: Sequence[int], dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
@@ -77,20 +78,29 @@ def sample_labels(labels: torch.Tensor, coords: torch.Tensor, interpolation: str
     dtype = torch.float64 if coords.dtype == torch.float64 else torch.float32
     if interpolation == "nearest":
         return sample(labels.to(dtype), coords, "nearest", "zeros").round().long()
-    # Label 0 is not sampled: its weight is 1 minus the others' (points outside the grid count as 0).
+    # Label 0 is not sampled: its weight is 1 minus the others' (points outside the grid count as 0). Indicators
+    # are interpolated in groups sharing one grid_sample, a group's indicators before and after sampling at most
+    # LABEL_GROUP_VOXELS values (memory bounded whatever the number of labels). Ties: the lowest label, 0 first.
     values = [int(v) for v in torch.unique(labels).tolist() if v != 0]
     channels = labels.shape[1]
-    # One interpolation for every label's indicator: labels stacked along the channel axis share the grid.
-    indicators = torch.cat([(labels == value) for value in values], dim=1).to(dtype) if values else None
-    stacked = sample(indicators, coords, "linear", "zeros") if values else None
-    weights = [stacked[:, k * channels : (k + 1) * channels] for k in range(len(values))]
-    best_weight = 1.0 - sum(weights) if weights else torch.ones(1, dtype=dtype, device=labels.device)
-    best_label = torch.zeros(labels.shape[:2] + coords.shape[2:], dtype=torch.int64, device=labels.device)
-    for value, weight in zip(values, weights):
-        better = weight > best_weight
-        best_weight = torch.where(better, weight, best_weight)
-        best_label.masked_fill_(better, value)
-    return best_label
+    out_shape = labels.shape[:2] + coords.shape[2:]
+    best_label = torch.zeros(out_shape, dtype=torch.int64, device=labels.device)
+    if not values:
+        return best_label
+    best_weight = torch.full(out_shape, -1.0, dtype=dtype, device=labels.device)
+    total = torch.zeros(out_shape, dtype=dtype, device=labels.device)
+    group = max(1, LABEL_GROUP_VOXELS // (labels.numel() + best_label.numel()))
+    for start in range(0, len(values), group):
+        chunk = values[start : start + group]
+        indicators = torch.cat([(labels == value) for value in chunk], dim=1).to(dtype)
+        stacked = sample(indicators, coords, "linear", "zeros")
+        for k, value in enumerate(chunk):
+            weight = stacked[:, k * channels : (k + 1) * channels]
+            total += weight
+            better = weight > best_weight
+            best_weight = torch.where(better, weight, best_weight)
+            best_label.masked_fill_(better, value)
+    return best_label.masked_fill_(best_weight <= 1.0 - total, 0)
 
 
 def _keys_weights(t: torch.Tensor) -> list[torch.Tensor]:

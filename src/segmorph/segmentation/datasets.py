@@ -5,7 +5,8 @@ Two layouts are understood:
 * **MSD / nnU-Net**: ``dataset.json`` beside ``imagesTr/`` and ``labelsTr/``. ``modality`` (MSD) or
   ``channel_names`` (nnU-Net v2) name the input channels; ``labels`` maps values to names in either
   direction (``{"0": "background"}`` or ``{"background": 0}``). Cases come from the ``training`` list or,
-  without one, from pairing ``imagesTr``/``labelsTr`` by case id. Channels stored as separate files carry
+  without one, from pairing ``imagesTr``/``labelsTr`` by case id; a ``numTraining`` that is not the number of
+  cases found is a warning (:class:`~segmorph.errors.SegmorphWarning`), not an error. Channels stored as separate files carry
   nnU-Net's ``_0000``, ``_0001``... suffix and are stacked as input channels.
 * **Paired folders**: images and labels in two folders (given, or found among ``imagesTr/labelsTr``,
   ``images/labels``, ``images/masks``, ``image/label``), paired by case id. Label values are then not
@@ -26,6 +27,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -34,9 +36,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from segmorph.errors import SegmorphError
+from segmorph.errors import SegmorphError, SegmorphWarning
 from segmorph.image import Image, Sample, check_same_grid
 from segmorph.io import (
+    MAX_LABEL_VALUES,
     PICTURE_SUFFIXES,
     folder_files,
     image_suffix,
@@ -187,6 +190,29 @@ def infer_labels(spec: DatasetSpec) -> DatasetSpec:
     return replace(spec, labels=labels)
 
 
+def class_count(spec: DatasetSpec) -> int:
+    """The output channels a network needs for ``spec``'s labels: the highest label value + 1 (a label's value is its
+    channel), 2 when no label is known. Label values that are not consecutive leave channels that are never
+    trained: a :class:`SegmorphWarning` says so (0/255 masks give 256 channels; relabel them 0/1).
+
+    Raises:
+        SegmorphError: A label value of :data:`segmorph.io.MAX_LABEL_VALUES` or more, naming the dataset.
+    """
+    if not spec.labels:
+        return 2
+    top = max(spec.labels)
+    if top >= MAX_LABEL_VALUES:
+        raise SegmorphError(f"label value {top}: a label's value is its network output channel, at most "
+                            f"{MAX_LABEL_VALUES - 1}; relabel to consecutive values 0, 1, 2, ...", spec.root)  # fmt: skip
+    unused = top + 1 - len(set(spec.labels) | {0})
+    if unused:
+        values = ", ".join(map(str, sorted(set(spec.labels) | {0})))
+        warnings.warn(SegmorphWarning(f"label values {values} are not consecutive: {unused} of the network's {top + 1} "
+                                      "output channels are never trained; relabel to 0, 1, 2, ...", spec.root),
+                      stacklevel=2)  # fmt: skip
+    return top + 1
+
+
 def _load_msd(root: Path) -> DatasetSpec:
     path = root / "dataset.json"
     meta = read_json(path, "dataset.json")
@@ -210,7 +236,20 @@ def _load_msd(root: Path) -> DatasetSpec:
                 f"dataset.json names {len(channels)} channels",
                 case.images[0],
             )
+    _check_case_count(meta.get("numTraining"), len(cases), path)
     return DatasetSpec(root, cases, labels, channels, tuple(modality_of(n) for n in channels), ignore)
+
+
+def _check_case_count(declared: Any, found: int, path: Path) -> None:
+    """Warn (:class:`SegmorphWarning`) when ``numTraining`` is not the number of cases found; the cases found are
+    used either way (``numTraining`` is optional)."""
+    if declared is None:
+        return
+    if isinstance(declared, bool) or not isinstance(declared, int):
+        warnings.warn(SegmorphWarning(f"numTraining is not a whole number ({declared!r}); ignored", path), stacklevel=3)
+    elif declared != found:
+        warnings.warn(SegmorphWarning(f"numTraining is {declared} but {found} training cases were found; "
+                                      f"using the {found} found", path), stacklevel=3)  # fmt: skip
 
 
 def _label_entries(raw: dict, path: str | Path) -> list[tuple[int, str]]:

@@ -28,7 +28,7 @@ from segmorph.io import atomic_write_text
 from segmorph.nn.names import network_names
 from segmorph.nn.registry import change_network_config, check_network_config
 from segmorph.records import read_json
-from segmorph.segmentation.datasets import DatasetSpec
+from segmorph.segmentation.datasets import DatasetSpec, class_count
 from segmorph.segmentation.preprocess import PreprocessConfig, channels_after_steps
 from segmorph.segmentation.semisupervised import SemiConfig
 
@@ -218,7 +218,7 @@ def make_plan(
     patch, levels = plan_patch(resampled[in_plane], spacing[in_plane], PATCH_VOXELS[(kind, ndim)])
     base = base_width(kind, time_budget_s, max_steps)
     features = [min(base * 2**level, 320) for level in range(levels)]
-    num_classes = max(spec.labels) + 1 if spec.labels else 2
+    num_classes = class_count(spec)
     network = {
         "name": "unet", "ndim": ndim, "in_channels": len(spec.channel_names), "num_classes": num_classes,
         "features": features, "residual": False, "deep_supervision": True,

@@ -52,7 +52,7 @@ from segmorph.registration.learned.network import (
 from segmorph.registration.pairs import draw_pairs, load_registration_cases, normalise_intensity
 from segmorph.registration.regularize import diffusion
 from segmorph.registration.similarity import get_similarity
-from segmorph.segmentation.datasets import DatasetSpec, infer_labels, load_dataset, split_cases
+from segmorph.segmentation.datasets import DatasetSpec, class_count, infer_labels, load_dataset, split_cases
 
 
 @dataclass
@@ -351,35 +351,11 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     spec = spec if spec.labels else infer_labels(spec)
     split = split_registration_cases(list(spec.case_ids), request.fold, request.num_folds, request.seed,
                                      request.dataset)  # fmt: skip
-    config = request.config
-    prior = None
-    if request.segmentation_run is not None:
-        from segmorph.registration.learned.prior import SegmentationPrior
-
-        prior = SegmentationPrior(request.segmentation_run, request.device)
-        config = replace(config, prior_classes=prior.num_classes)
-    train_cases = load_registration_cases(spec, split["train"], config.train_shape)
-    monitor_cases = load_registration_cases(spec, split["monitor"], config.train_shape)
-    num_classes = max(spec.labels) + 1 if spec.labels else 0
-    labelled = num_classes > 0 and all(c.label is not None for c in train_cases + monitor_cases)
-    train = _pair_data(train_cases, labelled, num_classes, prior)
-    monitor = _pair_data(monitor_cases, labelled, num_classes, prior)
-    if not (train.can_guide() and monitor.can_guide()):
-        config = replace(config, label_guidance=0.0)  # labels can stand in only for a prior of their classes
-    monitor_pairs = draw_pairs(min(MONITOR_PAIRS, len(monitor_cases) * (len(monitor_cases) - 1)),
-                               len(monitor_cases), request.seed)  # fmt: skip
-    task = RegistrationTask(train, monitor, monitor_pairs, config, request.batch_size)
+    task, prior, labelled = _registration_task(request, spec, split)
+    config, monitor_pairs = task.config, task.val_pairs
     torch.manual_seed(request.seed)
     network = build_registration_network(len(config.train_shape), config)
-    try:
-        train_config = TrainConfig(
-            patch_size=config.train_shape, batch_size=request.batch_size, learning_rate=request.learning_rate,
-            weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s,
-            steps_per_epoch=request.steps_per_epoch, augment=config.flip, seed=request.seed, schedule="cosine",
-            warmup=0.02,
-        )  # fmt: skip
-    except ValueError as err:  # the training shape times the batch beyond the memory budget, ...
-        raise SegmorphError(f"registration training: {err}", request.dataset) from None
+    train_config = _train_config(request, config)
     out = Path(request.out)
     out.mkdir(parents=True, exist_ok=True)
     if request.config_record is not None:
@@ -408,6 +384,44 @@ def train_registration(request: RegistrationTrainRequest) -> dict[str, Any]:
     }  # fmt: skip
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
+
+
+def _registration_task(
+    request: RegistrationTrainRequest, spec: DatasetSpec, split: dict[str, list[str]]
+) -> tuple[RegistrationTask, Any, bool]:
+    """The training task (its pairs, monitor pairs and settings), the segmentation prior (or None) and whether
+    every case has a label map (label-guided training and a Dice monitor)."""
+    config = request.config
+    prior = None
+    if request.segmentation_run is not None:
+        from segmorph.registration.learned.prior import SegmentationPrior
+
+        prior = SegmentationPrior(request.segmentation_run, request.device)
+        config = replace(config, prior_classes=prior.num_classes)
+    train_cases = load_registration_cases(spec, split["train"], config.train_shape)
+    monitor_cases = load_registration_cases(spec, split["monitor"], config.train_shape)
+    num_classes = class_count(spec) if spec.labels else 0
+    labelled = num_classes > 0 and all(c.label is not None for c in train_cases + monitor_cases)
+    train = _pair_data(train_cases, labelled, num_classes, prior)
+    monitor = _pair_data(monitor_cases, labelled, num_classes, prior)
+    if not (train.can_guide() and monitor.can_guide()):
+        config = replace(config, label_guidance=0.0)  # labels can stand in only for a prior of their classes
+    monitor_pairs = draw_pairs(min(MONITOR_PAIRS, len(monitor_cases) * (len(monitor_cases) - 1)),
+                               len(monitor_cases), request.seed)  # fmt: skip
+    return RegistrationTask(train, monitor, monitor_pairs, config, request.batch_size), prior, labelled
+
+
+def _train_config(request: RegistrationTrainRequest, config: LearnedConfig) -> TrainConfig:
+    """The training loop's settings of a registration request."""
+    try:
+        return TrainConfig(
+            patch_size=config.train_shape, batch_size=request.batch_size, learning_rate=request.learning_rate,
+            weight_decay=0.0, max_steps=request.max_steps, time_budget_s=request.time_budget_s,
+            steps_per_epoch=request.steps_per_epoch, augment=config.flip, seed=request.seed, schedule="cosine",
+            warmup=0.02,
+        )  # fmt: skip
+    except ValueError as err:  # the training shape times the batch beyond the memory budget, ...
+        raise SegmorphError(f"registration training: {err}", request.dataset) from None
 
 
 def _pair_data(cases, labelled: bool, num_classes: int, prior=None) -> PairData:
