@@ -502,11 +502,12 @@ def _as_labels(array: np.ndarray, path: Path) -> np.ndarray:
             raise SegmorphError("label map holds NaN or infinite values", path)
         if not np.array_equal(array, np.round(array)):
             raise SegmorphError("label map holds non-integer values", path)
-    if array.min() < 0:
-        raise SegmorphError(f"label map holds negative value {array.min()}", path)
-    if array.max() >= 2**63:  # uint64 or float values that int64 cannot hold (the cast would wrap)
-        raise SegmorphError(f"label map holds value {array.max():.6g}, beyond the int64 range", path)
-    count = len(np.unique(array)) if array.max() - array.min() >= MAX_LABEL_VALUES else 0  # unique only if it may
+    low, high = array.min(), array.max()
+    if low < 0:
+        raise SegmorphError(f"label map holds negative value {low}", path)
+    if high >= 2**63:  # uint64 or float values that int64 cannot hold (the cast would wrap)
+        raise SegmorphError(f"label map holds value {high:.6g}, beyond the int64 range", path)
+    count = len(np.unique(array)) if high - low >= MAX_LABEL_VALUES else 0  # counted only where the range allows more
     if count > MAX_LABEL_VALUES:
         raise SegmorphError(f"not a label map: holds {count:,} distinct values (a label map holds at most "
                             f"{MAX_LABEL_VALUES:,}, background included); is it a scan?", path)  # fmt: skip

@@ -264,37 +264,44 @@ def check_nrrd_data_files(path: Path) -> None:
         SegmorphError: A data file is missing, a folder or a special file, or the header names more than
             :data:`NRRD_MAX_DATA_FILES`; naming the header and the data file.
     """
-    fields, rest = _nrrd_fields(path)
-    value = next((fields[key] for key in NRRD_DATA_KEYS if key in fields), None)
+    value, rest = _nrrd_data_field(path)
     for name in [] if value is None else _nrrd_data_names(value, rest, path):
         _check_data_file(name, path, "NRRD")
 
 
-def _nrrd_fields(path: Path) -> tuple[dict[str, str], list[str]]:
-    """The header's ``field: value`` lines up to its data file field (lower-case names) and the lines after it."""
+def _nrrd_header_lines(path: Path) -> list[str]:
+    """The header's lines: up to its blank line (attached data follows), else the whole file up to
+    :data:`NRRD_HEADER_BYTES` (a detached header); read in 64 KiB blocks until the header ends."""
+    raw = b""
     try:
         with open(path, "rb") as handle:
-            raw = handle.read(NRRD_HEADER_BYTES)
+            while len(raw) < NRRD_HEADER_BYTES and b"\n\n" not in raw and b"\n\r\n" not in raw:
+                block = handle.read(1 << 16)
+                if not block:
+                    break
+                raw += block
     except OSError as err:
         raise SegmorphError(f"cannot read image ({err.strerror or err})", path) from None
     head = raw.replace(b"\r\n", b"\n")
-    end = head.find(b"\n\n")  # the header's end (attached data follows)
+    end = head.find(b"\n\n")
     lines = (head if end < 0 else head[:end]).decode("latin-1").splitlines()
-    if end < 0 and len(raw) == NRRD_HEADER_BYTES:
-        lines = lines[:-1]  # the last line may be cut
+    return lines[:-1] if end < 0 and len(raw) >= NRRD_HEADER_BYTES else lines  # the last line may be cut
+
+
+def _nrrd_data_field(path: Path) -> tuple[str | None, list[str]]:
+    """The value of the header's data file field (None without one) and the lines after it (a LIST's names)."""
+    lines = _nrrd_header_lines(path)
     if not lines or not lines[0].startswith("NRRD"):
-        return {}, []  # not NRRD: the reader says so
-    fields: dict[str, str] = {}
+        return None, []  # not NRRD: the reader says so
     for index, line in enumerate(lines[1:], start=1):
         if not line.strip():
             break
         key, colon, value = line.partition(":")
         if line.startswith("#") or not colon or value.startswith("="):  # comments and key:=value pairs
             continue
-        fields[key.strip().lower()] = value.strip()
         if key.strip().lower() in NRRD_DATA_KEYS:
-            return fields, lines[index + 1 :]
-    return fields, []
+            return value.strip(), lines[index + 1 :]
+    return None, []
 
 
 def _nrrd_data_names(value: str, rest: list[str], path: Path) -> list[str]:
@@ -302,25 +309,26 @@ def _nrrd_data_names(value: str, rest: list[str], path: Path) -> list[str]:
     parts = value.split()
     if parts and parts[0] == "LIST":
         names = [line.strip() for line in rest if line.strip()]
-    elif len(parts) in (4, 5) and "%" in parts[0]:
-        try:
-            first, last, step = (int(part) for part in parts[1:4])
-        except ValueError:
-            return []
-        if step == 0 or (last - first) * step < 0:
-            return []
-        count = (last - first) // step + 1
-        if count > NRRD_MAX_DATA_FILES:
-            raise SegmorphError(f"the NRRD header names {count:,} data files (at most {NRRD_MAX_DATA_FILES:,})", path)
-        try:
-            names = [parts[0] % number for number in range(first, last + (1 if step > 0 else -1), step)]
-        except (TypeError, ValueError):
-            return []
-    else:
-        names = [value]
-    if len(names) > NRRD_MAX_DATA_FILES:
-        raise SegmorphError(f"the NRRD header names {len(names):,} data files (at most {NRRD_MAX_DATA_FILES:,})", path)
-    return names
+        _check_data_file_count(len(names), path)
+        return names
+    if len(parts) not in (4, 5) or "%" not in parts[0]:
+        return [value]
+    try:
+        first, last, step = (int(part) for part in parts[1:4])
+    except ValueError:
+        return []
+    if step == 0 or (last - first) * step < 0:
+        return []
+    _check_data_file_count((last - first) // step + 1, path)
+    try:
+        return [parts[0] % number for number in range(first, last + (1 if step > 0 else -1), step)]
+    except (TypeError, ValueError):
+        return []
+
+
+def _check_data_file_count(count: int, path: Path) -> None:
+    if count > NRRD_MAX_DATA_FILES:
+        raise SegmorphError(f"the NRRD header names {count:,} data files (at most {NRRD_MAX_DATA_FILES:,})", path)
 
 
 def _check_data_file(name: str, header: Path, kind: str) -> os.stat_result:

@@ -204,10 +204,11 @@ def class_count(spec: DatasetSpec) -> int:
     if top >= MAX_LABEL_VALUES:
         raise SegmorphError(f"label value {top}: a label's value is its network output channel, at most "
                             f"{MAX_LABEL_VALUES - 1}; relabel to consecutive values 0, 1, 2, ...", spec.root)  # fmt: skip
-    unused = top + 1 - len(set(spec.labels) | {0})
+    values = sorted(set(spec.labels) | {0})
+    unused = top + 1 - len(values)
     if unused:
-        values = ", ".join(map(str, sorted(set(spec.labels) | {0})))
-        warnings.warn(SegmorphWarning(f"label values {values} are not consecutive: {unused} of the network's {top + 1} "
+        shown = ", ".join(map(str, values))
+        warnings.warn(SegmorphWarning(f"label values {shown} are not consecutive: {unused} of the network's {top + 1} "
                                       "output channels are never trained; relabel to 0, 1, 2, ...", spec.root),
                       stacklevel=2)  # fmt: skip
     return top + 1
