@@ -203,6 +203,47 @@ def test_cli_writes_the_csv_and_a_picture(dataset, tmp_path, capfd):
     assert (tmp_path / "qc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def _scaled_group_dataset(root, num_cases=20, group=5, lone=12):
+    """Paired folders: the first ``group`` cases at 1000x intensities (another scanner's scale), case ``lone``
+    at 1/30, the rest as drawn."""
+    for index in range(num_cases):
+        image, label = sphere_case(SHAPE, seed=index)
+        scale = 1000.0 if index < group else 1 / 30 if index == lone else 1.0
+        write_image(image.with_data(image.data * scale), root / "images" / f"case_{index:03d}.nii.gz")
+        write_image(label, root / "labels" / f"case_{index:03d}.nii.gz")
+    return root
+
+
+def _intensity_outliers(report) -> list[str]:
+    return [case.case_id for case in report.cases if any("outlier: intensity range" in f for f in case.flags)]
+
+
+def test_many_cases_beyond_the_limit_on_one_side_are_a_group_not_outliers(tmp_path, capfd):
+    root = _scaled_group_dataset(tmp_path / "scaled")
+    report = check_dataset(root, show_progress=False)
+    (group,) = report.groups
+    assert (group.feature, group.side) == ("intensity range (p99 - p1)", "above")
+    assert group.case_ids == tuple(f"case_{i:03d}" for i in range(5))
+    assert _intensity_outliers(report) == ["case_012"]  # alone below: an outlier
+    assert group.sentence().startswith("intensity range (p99 - p1): 5 cases far above the median ")
+    out = tmp_path / "qc.csv"
+    assert main(["check", str(root), "--out", str(out)]) == 0
+    printed = capfd.readouterr().out
+    assert "20 case(s) (folders)" in printed and "1 group(s) of cases" in printed
+    assert f"group: {group.sentence()}: case_000, case_001, case_002, case_003, case_004" in printed
+    with open(out, newline="") as f:
+        rows = {row["case"]: row for row in csv.DictReader(f)}
+    assert rows["case_003"]["groups"] == "intensity range (p99 - p1) above"
+    assert "intensity range" not in rows["case_003"]["reasons"]
+    assert rows["case_012"]["groups"] == "" and rows["case_012"]["flagged"] == "yes"
+
+
+def test_two_cases_beyond_the_limit_stay_outliers(tmp_path):
+    report = check_dataset(_scaled_group_dataset(tmp_path / "two", group=2), show_progress=False)
+    assert report.groups == []
+    assert _intensity_outliers(report) == ["case_000", "case_001", "case_012"]
+
+
 def test_errors_are_one_line(tmp_path, capfd):
     assert main(["check", str(tmp_path / "missing")]) == 1
     err = capfd.readouterr().err.strip().splitlines()

@@ -19,7 +19,7 @@ from segmorph.geometry import Affine
 from segmorph.image import Image
 from segmorph.io import write_image
 from segmorph.qc import quality
-from segmorph.qc.quality import CaseQuality, QualityReport, summary_line
+from segmorph.qc.quality import CaseGroup, CaseQuality, QualityReport, summary_line
 
 TRAIN = ["--max-steps", "2", "--quiet", "--no-validate", "--set", "network.features=[4,8]",
          "--set", "train.batch_size=1"]  # fmt: skip
@@ -191,6 +191,17 @@ def test_summary_line_names_at_most_max_cases_and_counts_the_rest():
     assert "(c0: reason 0; c1: reason 1; c2: reason 2; c3: reason 3; c4: reason 4; c5: reason 5; c6: reason 6)" in (
         summary_line(report, max_cases=10)
     )
+
+
+def test_summary_line_names_the_groups_of_cases():
+    group = CaseGroup("spacing K", "above", ("b", "c", "d"), "3 mm", "1 mm")
+    report = _report(_case("a", "odd"), _case("b"), _case("c"), _case("d"))
+    report.groups = [group]
+    assert summary_line(report) == ("segmorph check flags 1 of 4 cases (a: odd) and finds 1 group of cases "
+                                    "(spacing K: 3 cases far above the median 1 mm (theirs 3 mm)); "
+                                    "run segmorph check data/set for the table")  # fmt: skip
+    report.cases[0].flags.clear()
+    assert summary_line(report).startswith("segmorph check finds 1 group of cases among 4 (spacing K: 3 cases")
 
 
 def test_summary_line_takes_the_command_that_prints_the_table():

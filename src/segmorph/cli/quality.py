@@ -18,7 +18,8 @@ def add_verbs(sub: argparse._SubParsersAction) -> None:
         sub,
         "check",
         "Check a dataset: geometry, intensities, label volumes, exact and near "
-        "duplicates, outliers by robust z-score; prints the flagged cases.",
+        "duplicates, outliers by robust z-score; prints the flagged cases and the groups of cases that differ from "
+        "the rest.",
         EXAMPLES["check"],
     )
     parser.add_argument("dataset", type=Path,
@@ -87,11 +88,13 @@ def run_check(args: argparse.Namespace) -> int:
 def _print_table(report, rows: list[tuple[str, str]]) -> None:
     say(
         f"{report.root}: {len(report.cases)} case(s) ({report.layout}), {len(rows)} flagged; "
-        f"{len(report.exact_groups)} exact-duplicate group(s), {len(report.near_pairs)} near-duplicate pair(s)"
+        f"{len(report.exact_groups)} exact-duplicate group(s), {len(report.near_pairs)} near-duplicate pair(s), "
+        f"{len(report.groups)} group(s) of cases"
     )
-    if not rows:
-        return
-    width = max(len("case"), *(len(case_id) for case_id, _ in rows))
-    say(f"{'case':<{width}}  reasons")
-    for case_id, reasons in rows:
-        say(f"{case_id:<{width}}  {reasons}")
+    if rows:
+        width = max(len("case"), *(len(case_id) for case_id, _ in rows))
+        say(f"{'case':<{width}}  reasons")
+        for case_id, reasons in rows:
+            say(f"{case_id:<{width}}  {reasons}")
+    for group in report.groups:
+        say(f"group: {group.sentence()}: {', '.join(group.case_ids)}")

@@ -42,6 +42,10 @@ Per case (a :class:`CaseQuality` row):
   noise in spacings counts as equal). When the MAD is 0 (more than half the cases share one value) the scale
   is ``1.2533 x`` the mean absolute deviation instead; when that is 0 too, nothing is flagged. A case is
   flagged when ``|z| > z_limit`` (default 3.5), with the reason.
+* groups: outliers are rare by nature. When the cases beyond the limit on one side of one feature are more than
+  ``GROUP_SHARE`` (5 %) of the dataset and at least ``GROUP_MIN_CASES`` (3), they are a group of cases that
+  differ from the rest (another scanner's intensity scale, another resolution), not outliers: the report
+  lists the group once (:class:`CaseGroup`) and does not flag its cases for that feature.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ from segmorph.progress import console, track
 from segmorph.records import read_csv
 
 Z_LIMIT = 3.5  # Iglewicz & Hoaglin's cut-off for modified z-scores
+GROUP_SHARE = 0.05  # cases beyond the limit on one side of a feature: above this share of the dataset ...
+GROUP_MIN_CASES = 3  # ... and at least this many, they are a group of cases, not outliers
 HASH_SIZE = 16  # dHash grid: HASH_SIZE**2 bits
 NEAR_BITS = 64  # near-duplicate candidates differ in at most this many of the HASH_SIZE**2 bits
 THUMB_SIZE = 32  # side of the thumbnails that confirm near-duplicate candidates
@@ -163,13 +169,14 @@ class CaseQuality:
         row["sha256"] = self.sha256
         row["flagged"] = "yes" if self.flags else "no"
         row["reasons"] = "; ".join(self.flags)
+        row["groups"] = ""
         return row
 
 
 CSV_COLUMNS = ("case", "image", "label", "class", "channels", "orientation", "shape_I", "shape_J", "shape_K",
                "spacing_I", "spacing_J", "spacing_K", "min", "max", "mean", "std",
                *[f"p{p}" for p in PERCENTILES], "label_values", "label_voxels", "label_volumes",
-               "foreground_volume", "sha256", "flagged", "reasons")  # fmt: skip
+               "foreground_volume", "sha256", "flagged", "reasons", "groups")  # fmt: skip
 
 
 class NearPair(NamedTuple):
@@ -189,6 +196,30 @@ class NearPair(NamedTuple):
     correlation: float
 
 
+@dataclass(frozen=True)
+class CaseGroup:
+    """Cases that lie together beyond the outlier limit on one side of a feature: too many to be outliers.
+
+    Attributes:
+        feature: The feature's name, as in the outlier flags (``"intensity range (p99 - p1)"``, ``"spacing K"``).
+        side: ``"above"`` or ``"below"`` the dataset median.
+        case_ids: The group's cases, in dataset order.
+        median: The median value of the group's cases, as printed (with its unit).
+        dataset_median: The median over all cases, as printed.
+    """
+
+    feature: str
+    side: str
+    case_ids: tuple[str, ...]
+    median: str
+    dataset_median: str
+
+    def sentence(self) -> str:
+        """The group in words: ``intensity range (p99 - p1): 45 cases far below the median 841.8 (theirs 98)``."""
+        return (f"{self.feature}: {len(self.case_ids)} cases far {self.side} the median {self.dataset_median} "
+                f"(theirs {self.median})")  # fmt: skip
+
+
 @dataclass
 class QualityReport:
     """The result of :func:`check_dataset`.
@@ -204,6 +235,8 @@ class QualityReport:
         near_bits: Hamming distance limit of near-duplicate candidates.
         z_limit: Robust z-score limit of outliers.
         near_correlation: Residual thumbnail correlation limit of near-duplicates.
+        groups: Groups of cases beyond the outlier limit on one side of a feature (:class:`CaseGroup`), listed
+            once instead of flagging each case.
     """
 
     root: Path
@@ -215,6 +248,7 @@ class QualityReport:
     near_bits: int = NEAR_BITS
     z_limit: float = Z_LIMIT
     near_correlation: float = NEAR_CORRELATION
+    groups: list[CaseGroup] = field(default_factory=list)
 
     @property
     def flagged(self) -> list[CaseQuality]:
@@ -222,8 +256,14 @@ class QualityReport:
         return [case for case in self.cases if case.flags]
 
     def rows(self) -> list[dict[str, str]]:
-        """One CSV row per case."""
-        return [case.row() for case in self.cases]
+        """One CSV row per case; ``groups`` names the case's groups (``intensity range (p99 - p1) below``)."""
+        rows = [case.row() for case in self.cases]
+        member = {case.case_id: row for case, row in zip(self.cases, rows)}
+        for group in self.groups:
+            for case_id in group.case_ids:
+                row = member[case_id]
+                row["groups"] = "; ".join(filter(None, [row["groups"], f"{group.feature} {group.side}"]))
+        return rows
 
     def csv_text(self) -> str:
         """The report as CSV text (header :data:`CSV_COLUMNS`)."""
@@ -346,8 +386,9 @@ def check_dataset(
     exact = _exact_groups(cases)
     near = _near_pairs(cases, exact, near_bits, near_correlation)
     _flag_duplicates(cases, exact, near)
-    _flag_outliers(cases, z_limit)
-    return QualityReport(Path(path), layout, cases, exact, near, hash_size, near_bits, z_limit, near_correlation)
+    groups = _flag_outliers(cases, z_limit)
+    return QualityReport(Path(path), layout, cases, exact, near, hash_size, near_bits, z_limit, near_correlation,
+                         groups)  # fmt: skip
 
 
 def orientation_code(affine: Affine) -> str:
@@ -576,22 +617,36 @@ def _features(cases: Sequence[CaseQuality]) -> dict[str, tuple[np.ndarray, Calla
     return features
 
 
-def _flag_outliers(cases: Sequence[CaseQuality], z_limit: float) -> None:
+def _flag_outliers(cases: Sequence[CaseQuality], z_limit: float) -> list[CaseGroup]:
+    """Flag each feature's outliers; return the groups (too many cases beyond the limit on one side)."""
     if len(cases) < 3:
-        return
+        return []
+    groups = []
+    group_size = max(GROUP_MIN_CASES, math.floor(GROUP_SHARE * len(cases)) + 1)
     for name, (values, show) in _features(cases).items():
-        positive = np.where(values > 0, values, np.nan)
-        logs = np.round(np.log10(positive), 3)
-        # a zero label volume has no log: give it the log of a tenth of the smallest positive volume
-        if name == "label volume" and np.any(values == 0) and np.any(values > 0):
-            logs = np.where(values == 0, np.round(np.log10(np.nanmin(positive) / 10), 3), logs)
-        z = robust_z(logs)
-        median = float(np.nanmedian(values))
-        for case, value, score in zip(cases, values, z):
-            if np.isfinite(score) and abs(score) > z_limit:
-                side = "above" if score > 0 else "below"
-                case.flags.append(f"outlier: {name} {show(float(value))} far {side} the median {show(median)} "
-                                  f"(robust z {score:+.1f} on log10)")  # fmt: skip
+        z = robust_z(_log_values(name, values))
+        median = show(float(np.nanmedian(values)))
+        beyond = np.isfinite(z) & (np.abs(np.nan_to_num(z)) > z_limit)
+        for side, on_side in (("above", beyond & (z > 0)), ("below", beyond & (z < 0))):
+            chosen = np.flatnonzero(on_side)
+            if len(chosen) >= group_size:
+                groups.append(CaseGroup(name, side, tuple(cases[i].case_id for i in chosen),
+                                        show(float(np.median(values[chosen]))), median))  # fmt: skip
+                continue
+            for i in chosen:
+                cases[i].flags.append(f"outlier: {name} {show(float(values[i]))} far {side} the median {median} "
+                                      f"(robust z {z[i]:+.1f} on log10)")  # fmt: skip
+    return groups
+
+
+def _log_values(name: str, values: np.ndarray) -> np.ndarray:
+    """``log10`` of the positive values, rounded to 3 decimals (NaN for the others)."""
+    positive = np.where(values > 0, values, np.nan)
+    logs = np.round(np.log10(positive), 3)
+    # a zero label volume has no log: give it the log of a tenth of the smallest positive volume
+    if name == "label volume" and np.any(values == 0) and np.any(values > 0):
+        logs = np.where(values == 0, np.round(np.log10(np.nanmin(positive) / 10), 3), logs)
+    return logs
 
 
 def _without_details(reason: str) -> str:
@@ -600,10 +655,11 @@ def _without_details(reason: str) -> str:
 
 
 def summary_line(report: QualityReport, max_cases: int = 3, command: str | None = None) -> str | None:
-    """One line naming the flagged cases, or None when none is flagged.
+    """One line naming the flagged cases and the groups of cases, or None when there are neither.
 
-    Example: ``segmorph check flags 5 of 208 cases (case_017: <its first reason>; ...; and 2 more); run
-    segmorph check DATASET for the table``.
+    Example: ``segmorph check flags 5 of 208 cases (case_017: <its first reason>; ...; and 2 more) and finds 1
+    group of cases (intensity range (p99 - p1): 45 cases far below the median 841.8); run segmorph check
+    DATASET for the table``.
 
     Args:
         report: The check's result.
@@ -612,14 +668,21 @@ def summary_line(report: QualityReport, max_cases: int = 3, command: str | None 
         command: The command that prints the full table (default ``segmorph check <report.root>``).
     """
     flagged = report.flagged
-    if not flagged:
+    if not flagged and not report.groups:
         return None
-    named = [f"{case.case_id}: {_without_details(case.flags[0])}" for case in flagged[: max(max_cases, 0)]]
-    if len(flagged) > len(named):
-        named.append(f"and {len(flagged) - len(named)} more")
+    parts = []
+    if flagged:
+        named = [f"{case.case_id}: {_without_details(case.flags[0])}" for case in flagged[: max(max_cases, 0)]]
+        if len(flagged) > len(named):
+            named.append(f"and {len(flagged) - len(named)} more")
+        parts.append(f"flags {len(flagged)} of {len(report.cases)} cases ({'; '.join(named)})")
+    if report.groups:
+        sentences = "; ".join(group.sentence() for group in report.groups)
+        count = len(report.groups)
+        where = "" if flagged else f" among {len(report.cases)}"
+        parts.append(f"finds {count} group{'s' if count > 1 else ''} of cases{where} ({sentences})")
     command = command or f"segmorph check {report.root}"
-    return (f"segmorph check flags {len(flagged)} of {len(report.cases)} cases ({'; '.join(named)}); "
-            f"run {command} for the table")  # fmt: skip
+    return f"segmorph check {' and '.join(parts)}; run {command} for the table"
 
 
 def check_before_training(
