@@ -8,13 +8,17 @@ smallest such overhead measured on the folds before it; a tenth of an equal shar
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Any
 
 from segmorph.errors import SegmorphError
 from segmorph.progress import console
+from segmorph.records import read_json
 
 FIRST_OVERHEAD_SHARE = 0.1  # before any fold has run: planning and validation take about this share of a fold
 MIN_FOLD_BUDGET_S = 30.0
+MAX_FOLDS = 100_000  # a crossval.json naming more folds than this is refused (no dataset here has as many cases)
 
 
 def parse_folds(text: str, num_folds: int) -> tuple[int, ...]:
@@ -53,9 +57,9 @@ def fold_budget(record: dict[str, Any], fold: int) -> float:
     states = record["fold_states"]
     done = [s for s in states.values() if s.get("state") == "done"]
     left = [k for k in record["folds"] if states.get(str(k), {}).get("state") != "done"]
-    used = sum(float(s["wall_s"]) for s in done)
+    used = sum(float(s.get("wall_s", 0.0)) for s in done)
     share = total / max(len(record["folds"]), 1)
-    overheads = [float(s["wall_s"]) - float(s["fit_s"]) for s in done]
+    overheads = [float(s["wall_s"]) - float(s["fit_s"]) for s in done if "wall_s" in s and "fit_s" in s]
     overhead = min(overheads) if overheads else FIRST_OVERHEAD_SHARE * share
     budget = (total - used) / max(len(left), 1) - overhead
     if budget < MIN_FOLD_BUDGET_S:
@@ -63,3 +67,65 @@ def fold_budget(record: dict[str, Any], fold: int) -> float:
                       highlight=False)  # fmt: skip
         return MIN_FOLD_BUDGET_S
     return budget
+
+
+def read_crossval_record(path: str | Path, task: str) -> dict[str, Any]:
+    """A run's ``crossval.json``, checked wherever a reader relies on it (segmentation and classification).
+
+    Args:
+        path: The file.
+        task: ``"segmentation"`` or ``"classification"``; a record naming another task is refused (a record
+            without ``task`` is taken as ``task``).
+
+    Returns:
+        The record: ``num_folds`` a whole number in 2..:data:`MAX_FOLDS`, ``folds`` distinct fold numbers in
+        ``0..num_folds-1``, ``fold_states`` an object of fold number -> ``{"state": ..., "wall_s": s, "fit_s":
+        s}`` (finite seconds >= 0 where given), ``time_budget_s`` finite and >= 0 where given.
+
+    Raises:
+        SegmorphError: Naming ``path``: unreadable, not an object, or a field above that is not as described.
+    """
+    record = read_json(path, "cross-validation record")
+    if record.get("task", task) != task:
+        raise SegmorphError(f"holds a {record.get('task')!r} cross-validation record, not {task}", path)
+    num_folds = record.get("num_folds")
+    if not _whole(num_folds) or not 2 <= num_folds <= MAX_FOLDS:
+        raise SegmorphError(f"num_folds: expected a whole number in 2..{MAX_FOLDS}, got {num_folds!r}", path)
+    folds = record.get("folds")
+    if (not isinstance(folds, list) or not all(_whole(k) and 0 <= k < num_folds for k in folds)
+            or len(set(folds)) != len(folds)):  # fmt: skip
+        raise SegmorphError(f"folds: expected distinct fold numbers in 0..{num_folds - 1}, got {_short(folds)}", path)
+    _check_fold_states(record.get("fold_states", {}), num_folds, path)
+    budget = record.get("time_budget_s", 0.0)
+    if not _seconds(budget):
+        raise SegmorphError(f"time_budget_s: expected seconds >= 0, got {budget!r}", path)
+    return record
+
+
+def _check_fold_states(states: Any, num_folds: int, path: str | Path) -> None:
+    if not isinstance(states, dict):
+        raise SegmorphError(f"fold_states: expected an object of fold number -> state, got {_short(states)}", path)
+    for key, state in states.items():
+        if not (key.isdigit() and int(key) < num_folds) or not isinstance(state, dict):
+            raise SegmorphError(f"fold_states: {key!r}: expected a fold number in 0..{num_folds - 1} with an object",
+                                path)  # fmt: skip
+        if not isinstance(state.get("state", ""), str):
+            raise SegmorphError(f"fold_states: {key!r}: state must be a string", path)
+        times = {name: state[name] for name in ("wall_s", "fit_s", "budget_s") if name in state}
+        for name, value in times.items():
+            if not _seconds(value):
+                raise SegmorphError(f"fold_states: {key!r}: {name} {value!r} is not seconds >= 0", path)
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _seconds(value: Any) -> bool:
+    return (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+            and value >= 0)  # fmt: skip
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

@@ -16,7 +16,7 @@ import torch
 
 from segmorph.classification.api import Classifier, cross_validate_classifier
 from segmorph.classification.crossval_layout import CROSSVAL_FILE, OUT_OF_FOLD_JSON, TASK, fold_folder
-from segmorph.classification.ensemble import load_run_classifier
+from segmorph.classification.ensemble import load_run_classifier, out_of_fold_threshold
 from segmorph.classification.pipeline import train_classifier
 from segmorph.classification.predict import predict_classifier
 from segmorph.classification.request import ClassifyRequest, load_classification_dataset, set_aside, split_dataset
@@ -257,3 +257,12 @@ def test_report_of_a_cross_validation_run(single_run, tmp_path):
     for text in ("Classification cross-validation run", "Out-of-fold metrics", "pooled out of fold", "Hold-out",
                  "ensemble of folds 0, 1", "0.8125", "Most confidently wrong out-of-fold images"):  # fmt: skip
         assert text in page, text
+
+
+@pytest.mark.parametrize("threshold", ["NaN", "1.5", "-0.1", "true", '"0.5"'])
+def test_an_out_of_fold_threshold_that_is_not_a_probability_is_refused(tmp_path, threshold):
+    (tmp_path / OUT_OF_FOLD_JSON).write_text(f'{{"threshold": {threshold}}}')
+    with pytest.raises(SegmorphError, match="threshold: expected a probability from 0 to 1 or null"):
+        out_of_fold_threshold(tmp_path)
+    (tmp_path / OUT_OF_FOLD_JSON).write_text('{"threshold": 0.25}')
+    assert out_of_fold_threshold(tmp_path) == 0.25

@@ -52,8 +52,8 @@ AROUND = (slice(0, 6), slice(0, 6), slice(0, 4))
 
 def _fake_run(folder: Path, probabilities: np.ndarray, cases=CASES, folds: int = 2) -> Path:
     """A cross-validation run as find-best reads it: every case's out-of-fold probabilities and reference,
-    the cases dealt to ``folds`` folds in turn."""
-    record = {"num_folds": folds, "seed": 0, "folds": list(range(folds)),
+    the cases dealt to ``folds`` folds in turn (of a split of at least 2 folds)."""
+    record = {"num_folds": max(folds, 2), "seed": 0, "folds": list(range(folds)),
               "fold_states": {str(k): {"state": "done"} for k in range(folds)}}  # fmt: skip
     folder.mkdir(parents=True)
     (folder / CROSSVAL_FILE).write_text(json.dumps(record))

@@ -53,7 +53,7 @@ from segmorph.classification.split import grouped_kfold
 from segmorph.classification.task import predict_probabilities
 from segmorph.configs import CONFIG_FILE, config_to_dict
 from segmorph.errors import SegmorphError
-from segmorph.folds import fold_budget
+from segmorph.folds import fold_budget, read_crossval_record
 from segmorph.io import atomic_write_text
 from segmorph.metrics.classification import choose_threshold, classification_report, macro_auc, predict_classes
 from segmorph.outputs import check_run_folder
@@ -144,11 +144,11 @@ def _read_record(out: Path, request: ClassifyRequest) -> dict[str, Any] | None:
         if request.resume:
             raise SegmorphError("--resume: no crossval.json here to continue", out)
         return None
-    record = read_json(path, "cross-validation record")
     if not request.resume:
         raise SegmorphError("holds a cross-validation run: add --resume to continue it, or choose another --out", out)
-    if record.get("task") != TASK:
+    if read_json(path, "cross-validation record").get("task") != TASK:
         raise SegmorphError("is not a classification cross-validation run (crossval.json's task)", path)
+    record = read_crossval_record(path, TASK)
     asked = {"num_folds": request.num_folds, "split_seed": split_seed(request),
              "holdout_groups": request.holdout_groups}  # fmt: skip
     found = {key: record.get(key) for key in asked}
@@ -256,7 +256,7 @@ def summarize_out_of_fold(run_dir: str | Path, show: bool = True) -> dict[str, A
         SegmorphError: No fold is done, or a fold's records are missing or unreadable.
     """
     run_dir = Path(run_dir)
-    record = read_json(run_dir / CROSSVAL_FILE, "cross-validation record")
+    record = read_crossval_record(run_dir / CROSSVAL_FILE, TASK)
     done = sorted(int(k) for k, s in record["fold_states"].items() if s.get("state") == "done")
     if not done:
         raise SegmorphError("no fold of this cross-validation run is done", run_dir)

@@ -23,13 +23,14 @@ from segmorph.classification.crossval_layout import (
     CROSSVAL_FILE,
     FINAL_FOLDER,
     OUT_OF_FOLD_JSON,
+    TASK,
     fold_folder,
     is_classification_cross_validation,
 )
 from segmorph.classification.pipeline import MODEL_FILE
 from segmorph.classification.predict import load_classifier
 from segmorph.errors import SegmorphError
-from segmorph.folds import parse_folds
+from segmorph.folds import parse_folds, read_crossval_record
 from segmorph.nn.classifiers import Ensemble
 from segmorph.progress import console
 from segmorph.records import read_json
@@ -107,10 +108,10 @@ def load_fold_ensemble(
     """The mean of the folds' probabilities as one network, with the out-of-fold threshold (see the module
     docstring); ``folds`` as for :func:`load_run_classifier`."""
     run_dir = Path(run_dir)
-    record = read_json(run_dir / CROSSVAL_FILE, "cross-validation record")
-    num_folds = int(record.get("num_folds", 0))
+    record = read_crossval_record(run_dir / CROSSVAL_FILE, TASK)
+    num_folds = record["num_folds"]
     if folds is None:
-        wanted = [int(k) for k in record.get("folds", [])]
+        wanted = list(record["folds"])
     else:
         wanted = list(parse_folds(folds if isinstance(folds, str) else ",".join(map(str, folds)), num_folds))
     found = _available_folds(run_dir, wanted)
@@ -140,9 +141,11 @@ def out_of_fold_threshold(run_dir: str | Path) -> float | None:
         raise SegmorphError(f"no {OUT_OF_FOLD_JSON}: no fold has finished, so there is no out-of-fold threshold; "
                             "continue the run with --resume", run_dir)  # fmt: skip
     threshold = read_json(path, "out-of-fold summary").get("threshold")
-    if threshold is not None and not isinstance(threshold, (int, float)):
-        raise SegmorphError(f"threshold: expected a number or null, got {threshold!r}", path)
-    return None if threshold is None else float(threshold)
+    if threshold is None:
+        return None
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise SegmorphError(f"threshold: expected a probability from 0 to 1 or null, got {threshold!r}", path)
+    return float(threshold)
 
 
 def _available_folds(run_dir: Path, wanted: list[int]) -> list[int]:

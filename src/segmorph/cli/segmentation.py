@@ -355,13 +355,12 @@ def _folds(args: argparse.Namespace) -> tuple[int, ...] | None:
     """``--folds`` of predict as fold numbers (checked against the run's split)."""
     if args.folds is None:
         return None
-    from segmorph.folds import parse_folds
-    from segmorph.records import read_json
-    from segmorph.segmentation.crossval_layout import CROSSVAL_FILE, is_cross_validation_run
+    from segmorph.folds import parse_folds, read_crossval_record
+    from segmorph.segmentation.crossval_layout import CROSSVAL_FILE, TASK, is_cross_validation_run
 
     if not is_cross_validation_run(args.run):
         raise SegmorphError("--folds: applies to a cross-validation run folder (with crossval.json) only", args.run)
-    return parse_folds(args.folds, int(read_json(args.run / CROSSVAL_FILE).get("num_folds", 0)))
+    return parse_folds(args.folds, read_crossval_record(args.run / CROSSVAL_FILE, TASK)["num_folds"])
 
 
 def run_evaluate(args: argparse.Namespace) -> int:

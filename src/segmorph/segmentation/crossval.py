@@ -23,7 +23,7 @@ import numpy as np
 from rich.table import Table
 
 from segmorph.errors import SegmorphError
-from segmorph.folds import fold_budget
+from segmorph.folds import fold_budget, read_crossval_record
 from segmorph.io import atomic_write_bytes, atomic_write_text, read_image
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
@@ -74,9 +74,10 @@ def train_cross_validation(
 def _start_record(out: Path, request: TrainRequest, folds: Sequence[int], budget_per_fold: bool) -> dict[str, Any]:
     path = out / CROSSVAL_FILE
     if path.is_file():
-        record = read_json(path)
-        if record.get("task", TASK) != TASK:
-            raise SegmorphError(f"holds a {record.get('task')} cross-validation run; choose another --out", out)
+        task = read_json(path).get("task", TASK)
+        if task != TASK:
+            raise SegmorphError(f"holds a {task} cross-validation run; choose another --out", out)
+        record = read_crossval_record(path, TASK)
         if not request.resume:
             raise SegmorphError(
                 "holds a cross-validation run: add --resume to continue it, or choose another --out", out
@@ -155,7 +156,7 @@ def summarize_folds(run_dir: str | Path, show: bool = True) -> dict[str, Any]:
     and std of those) and ``postprocessing.json``.
     """
     run_dir = Path(run_dir)
-    record = read_json(run_dir / CROSSVAL_FILE)
+    record = read_crossval_record(run_dir / CROSSVAL_FILE, TASK)
     done = sorted(int(k) for k, s in record["fold_states"].items() if s.get("state") == "done")
     if not done:
         raise SegmorphError("no fold of this cross-validation run is done", run_dir)

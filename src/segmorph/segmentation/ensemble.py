@@ -13,26 +13,28 @@ probabilities without its own clean-up, their mean gives the most likely class, 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from segmorph.errors import SegmorphError
+from segmorph.folds import read_crossval_record
 from segmorph.image import Image
 from segmorph.progress import console
 from segmorph.records import read_json
 from segmorph.segmentation.crossval_layout import (
     CROSSVAL_FILE,
     POSTPROCESSING_FILE,
+    TASK,
     fold_folder,
     is_cross_validation_run,
 )
 from segmorph.segmentation.find_best import ENSEMBLE_FILE, is_ensemble_folder, read_members
 from segmorph.segmentation.plan import Plan
 from segmorph.segmentation.postprocess import keep_largest_component
-from segmorph.segmentation.postprocess_choice import apply_postprocessing
+from segmorph.segmentation.postprocess_choice import apply_postprocessing, check_decision
 from segmorph.segmentation.predict import PredictOptions, Predictor, most_likely_class
 
 POSTPROCESS_CHOICES = ("auto", "none")
@@ -81,14 +83,15 @@ class EnsemblePredictor(_MeanOfMembers):
     ) -> None:  # fmt: skip
         self.run_dir = Path(run_dir)
         _check_postprocess(postprocess)
-        record = read_json(self.run_dir / CROSSVAL_FILE)
+        record = read_crossval_record(self.run_dir / CROSSVAL_FILE, TASK)
         wanted = list(record.get("folds", [])) if folds is None else list(folds)
         self.folds = _available_folds(self.run_dir, wanted, options.checkpoint)
         self.members = [Predictor(fold_folder(self.run_dir, k), device, options) for k in self.folds]
+        _check_same_task([fold_folder(self.run_dir, k) for k in self.folds], self.members)
         self.plan: Plan = self.members[0].plan
         self.device = self.members[0].device
         self.options = options
-        self.decision = _read_decision(self.run_dir, postprocess, options)
+        self.decision = _read_decision(self.run_dir, postprocess, options, self.plan.labels)
 
 
 class RunEnsemblePredictor(_MeanOfMembers):
@@ -113,14 +116,21 @@ class RunEnsemblePredictor(_MeanOfMembers):
         _check_postprocess(postprocess)
         runs = read_members(self.run_dir)
         self.members = [load_predictor(run, device, options, postprocess="none") for run in runs]
+        _check_same_task(runs, self.members)
         self.plan: Plan = self.members[0].plan
-        for run, member in zip(runs[1:], self.members[1:], strict=True):
-            if (member.plan.labels, member.plan.channel_names) != (self.plan.labels, self.plan.channel_names):
-                raise SegmorphError(f"labels or channels differ from those of {runs[0]}; an ensemble averages "
-                                    "runs of one task", run)  # fmt: skip
         self.device = self.members[0].device
         self.options = options
-        self.decision = _read_decision(self.run_dir, postprocess, options)
+        self.decision = _read_decision(self.run_dir, postprocess, options, self.plan.labels)
+
+
+def _check_same_task(folders: Sequence[Path], members: Sequence[Any]) -> None:
+    """Refuse members whose plans name other labels or channels than the first's (their probabilities would not
+    average), naming the member's folder."""
+    first = members[0].plan
+    for folder, member in zip(folders[1:], members[1:], strict=True):
+        if (member.plan.labels, member.plan.channel_names) != (first.labels, first.channel_names):
+            raise SegmorphError(f"labels or channels differ from those of {folders[0]}; an ensemble averages "
+                                "models of one task", folder)  # fmt: skip
 
 
 def _check_postprocess(postprocess: str) -> None:
@@ -128,13 +138,15 @@ def _check_postprocess(postprocess: str) -> None:
         raise SegmorphError(f"postprocess: expected one of {', '.join(POSTPROCESS_CHOICES)}, got {postprocess!r}")
 
 
-def _read_decision(folder: Path, postprocess: str, options: PredictOptions) -> dict[str, Any] | None:
-    """The clean-up decision in ``folder/postprocessing.json`` to apply, or None (``postprocess="none"``,
-    ``options.largest_component`` or no such file)."""
+def _read_decision(
+    folder: Path, postprocess: str, options: PredictOptions, labels: Iterable[int]
+) -> dict[str, Any] | None:
+    """The clean-up decision in ``folder/postprocessing.json`` to apply (checked against the run's ``labels``), or
+    None (``postprocess="none"``, ``options.largest_component`` or no such file)."""
     path = folder / POSTPROCESSING_FILE
-    if postprocess == "none" or options.largest_component or not path.is_file():
+    if postprocess == "none" or options.largest_component or not (path.exists() or path.is_symlink()):
         return None
-    return read_json(path)
+    return check_decision(read_json(path, "postprocessing decision"), labels, path)
 
 
 def _available_folds(run_dir: Path, wanted: list[int], checkpoint: str) -> list[int]:

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from segmorph.errors import SegmorphError
+from segmorph.folds import read_crossval_record
 from segmorph.io import atomic_write_text, read_image
 from segmorph.metrics.segmentation import dice_score
 from segmorph.outputs import Output, check_outputs
@@ -39,6 +40,7 @@ from segmorph.records import read_json
 from segmorph.segmentation.crossval_layout import (
     CROSSVAL_FILE,
     POSTPROCESSING_FILE,
+    TASK,
     fold_folder,
     is_cross_validation_run,
 )
@@ -78,7 +80,7 @@ def out_of_fold(run: str | Path) -> OutOfFold:
     run = Path(run)
     if not is_cross_validation_run(run):
         raise SegmorphError(f"not a cross-validation run (no {CROSSVAL_FILE}; train it with --folds)", run)
-    record = read_json(run / CROSSVAL_FILE, "cross-validation record")
+    record = read_crossval_record(run / CROSSVAL_FILE, TASK)
     states = record.get("fold_states")
     done = sorted(int(k) for k, s in states.items() if isinstance(s, dict) and s.get("state") == "done") if isinstance(
         states, dict) else []  # fmt: skip

@@ -16,7 +16,9 @@ The decision (``postprocessing.json`` of a cross-validation run) is a dict::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import cc3d
@@ -106,8 +108,58 @@ def clean_class(labels: np.ndarray, value: int, method: str, min_voxels: int = 0
     raise SegmorphError(f"postprocessing: unknown method {method!r} (expected one of {', '.join(METHODS)})")
 
 
+def check_decision(decision: Any, labels: Iterable[int], path: str | Path) -> dict[str, Any]:
+    """A decision read from ``path`` (a run's ``postprocessing.json``), checked before anything applies it.
+
+    Args:
+        decision: The parsed JSON.
+        labels: The run's label values; the decision's classes must be foreground values among them.
+        path: The file, for messages.
+
+    Returns:
+        ``decision``, unchanged.
+
+    Raises:
+        SegmorphError: Naming ``path``: not an object with a ``classes`` object; a class key that is not a
+            foreground label of the run; a class entry that is not an object; a method not in :data:`METHODS`;
+            ``min_voxels`` not a whole number >= 0; a Dice (``dice_before``, ``dice_after``, ``candidates``)
+            that is not a finite number.
+    """
+    if not isinstance(decision, Mapping) or not isinstance(decision.get("classes"), Mapping):
+        raise SegmorphError('expected {"classes": {label value: clean-up, ...}}', path)
+    foreground = sorted(int(v) for v in labels if int(v) > 0)
+    for key, choice in decision["classes"].items():
+        where = f"classes: {key!r}"
+        if not (isinstance(key, str) and key.isdigit() and int(key) in foreground):
+            raise SegmorphError(f"{where} is not a foreground label of the run ({', '.join(map(str, foreground))})",
+                                path)  # fmt: skip
+        if not isinstance(choice, Mapping):
+            raise SegmorphError(f"{where}: expected an object with a method, got {type(choice).__name__}", path)
+        _check_choice(choice, where, path)
+    return dict(decision)
+
+
+def _check_choice(choice: Mapping[str, Any], where: str, path: str | Path) -> None:
+    method = choice.get("method")
+    if method not in METHODS:
+        raise SegmorphError(f"{where}: method {method!r} is not one of {', '.join(METHODS)}", path)
+    size = choice.get("min_voxels", 0)
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise SegmorphError(f"{where}: min_voxels {size!r} is not a whole number >= 0", path)
+    candidates = choice.get("candidates", {})
+    if not isinstance(candidates, Mapping):
+        raise SegmorphError(f"{where}: candidates must be an object of Dice values", path)
+    named = {"dice_before": choice.get("dice_before", 0.0), "dice_after": choice.get("dice_after", 0.0)}
+    for name, value in {**named, **{f"candidates {k!r}": v for k, v in candidates.items()}}.items():
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SegmorphError(f"{where}: {name} {value!r} is not a finite number", path)
+    if not isinstance(choice.get("name", ""), str):
+        raise SegmorphError(f"{where}: name must be a string", path)
+
+
 def apply_postprocessing(labels: np.ndarray, decision: Mapping[str, Any]) -> np.ndarray:
-    """Apply a decision of :func:`choose_postprocessing` to a label map ``(*S)``; returns a new map."""
+    """Apply a decision of :func:`choose_postprocessing` (or one read and passed through :func:`check_decision`)
+    to a label map ``(*S)``; returns a new map."""
     for value, choice in decision.get("classes", {}).items():
         labels = clean_class(labels, int(value), str(choice.get("method", "none")), int(choice.get("min_voxels", 0)))
     return labels
