@@ -262,6 +262,7 @@ def _request(args: argparse.Namespace, out: Path, **extra):
 
 def run_train(args: argparse.Namespace) -> int:
     from segmorph.configs import parse_overrides
+    from segmorph.engine.distributed import launched_as_main
     from segmorph.segmentation.api import train
 
     if args.folds is not None:
@@ -276,11 +277,12 @@ def run_train(args: argparse.Namespace) -> int:
         init=args.init, freeze_encoder_steps=args.freeze_encoder_steps, synthetic=args.synthetic,
         synthetic_share=args.synthetic_share, synthetic_count=args.synthetic_count, annotate_every=args.annotate_every,
     )  # fmt: skip
-    say(
-        f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
-        f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}",
-        err=True,
-    )
+    if launched_as_main():  # under torchrun the other processes neither validate nor report
+        say(
+            f"trained {run.steps} steps in {run.elapsed_s / 60:.1f} min ({run.stopped_because}); "
+            f"best validation Dice {run.best_val_dice:.4f} at epoch {run.best_epoch}; run folder {args.out}",
+            err=True,
+        )
     return 0
 
 

@@ -25,6 +25,12 @@ def launched_by_torchrun() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def launched_as_main() -> bool:
+    """Whether this process is torchrun's rank 0 (``RANK``) or was not started by torchrun; unlike
+    :func:`is_main_process` it holds after the process group is gone (what a command prints once training ends)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
+
+
 def init_from_environment(device: torch.device) -> bool:
     """Join the process group when started by torchrun (``WORLD_SIZE`` > 1); True when distributed."""
     if not launched_by_torchrun() or dist.is_initialized():
