@@ -85,7 +85,11 @@ def read_crossval_record(path: str | Path, task: str) -> dict[str, Any]:
     Raises:
         SegmorphError: Naming ``path``: unreadable, not an object, or a field above that is not as described.
     """
-    record = read_json(path, "cross-validation record")
+    return check_crossval_record(read_json(path, "cross-validation record"), task, path)
+
+
+def check_crossval_record(record: dict[str, Any], task: str, path: str | Path) -> dict[str, Any]:
+    """A parsed ``crossval.json`` (from ``path``), checked as :func:`read_crossval_record` checks it; returned as is."""
     if record.get("task", task) != task:
         raise SegmorphError(f"holds a {record.get('task')!r} cross-validation record, not {task}", path)
     num_folds = record.get("num_folds")

@@ -53,7 +53,7 @@ from segmorph.classification.split import grouped_kfold
 from segmorph.classification.task import predict_probabilities
 from segmorph.configs import CONFIG_FILE, config_to_dict
 from segmorph.errors import SegmorphError
-from segmorph.folds import fold_budget, read_crossval_record
+from segmorph.folds import check_crossval_record, fold_budget, read_crossval_record
 from segmorph.io import atomic_write_text
 from segmorph.metrics.classification import choose_threshold, classification_report, macro_auc, predict_classes
 from segmorph.outputs import check_run_folder
@@ -144,11 +144,12 @@ def _read_record(out: Path, request: ClassifyRequest) -> dict[str, Any] | None:
         if request.resume:
             raise SegmorphError("--resume: no crossval.json here to continue", out)
         return None
+    record = read_json(path, "cross-validation record")
     if not request.resume:
         raise SegmorphError("holds a cross-validation run: add --resume to continue it, or choose another --out", out)
-    if read_json(path, "cross-validation record").get("task") != TASK:
+    if record.get("task") != TASK:
         raise SegmorphError("is not a classification cross-validation run (crossval.json's task)", path)
-    record = read_crossval_record(path, TASK)
+    check_crossval_record(record, TASK, path)
     asked = {"num_folds": request.num_folds, "split_seed": split_seed(request),
              "holdout_groups": request.holdout_groups}  # fmt: skip
     found = {key: record.get(key) for key in asked}

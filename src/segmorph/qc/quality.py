@@ -626,7 +626,7 @@ def _flag_outliers(cases: Sequence[CaseQuality], z_limit: float) -> list[CaseGro
     for name, (values, show) in _features(cases).items():
         z = robust_z(_log_values(name, values))
         median = show(float(np.nanmedian(values)))
-        beyond = np.isfinite(z) & (np.abs(np.nan_to_num(z)) > z_limit)
+        beyond = np.abs(z) > z_limit  # NaN (no value) is never beyond
         for side, on_side in (("above", beyond & (z > 0)), ("below", beyond & (z < 0))):
             chosen = np.flatnonzero(on_side)
             if len(chosen) >= group_size:

@@ -23,7 +23,7 @@ import numpy as np
 from rich.table import Table
 
 from segmorph.errors import SegmorphError
-from segmorph.folds import fold_budget, read_crossval_record
+from segmorph.folds import check_crossval_record, fold_budget, read_crossval_record
 from segmorph.io import atomic_write_bytes, atomic_write_text, read_image
 from segmorph.outputs import check_run_folder
 from segmorph.progress import console
@@ -74,10 +74,10 @@ def train_cross_validation(
 def _start_record(out: Path, request: TrainRequest, folds: Sequence[int], budget_per_fold: bool) -> dict[str, Any]:
     path = out / CROSSVAL_FILE
     if path.is_file():
-        task = read_json(path).get("task", TASK)
-        if task != TASK:
-            raise SegmorphError(f"holds a {task} cross-validation run; choose another --out", out)
-        record = read_crossval_record(path, TASK)
+        record = read_json(path, "cross-validation record")
+        if record.get("task", TASK) != TASK:
+            raise SegmorphError(f"holds a {record.get('task')} cross-validation run; choose another --out", out)
+        check_crossval_record(record, TASK, path)
         if not request.resume:
             raise SegmorphError(
                 "holds a cross-validation run: add --resume to continue it, or choose another --out", out

@@ -84,7 +84,7 @@ class EnsemblePredictor(_MeanOfMembers):
         self.run_dir = Path(run_dir)
         _check_postprocess(postprocess)
         record = read_crossval_record(self.run_dir / CROSSVAL_FILE, TASK)
-        wanted = list(record.get("folds", [])) if folds is None else list(folds)
+        wanted = list(record["folds"]) if folds is None else list(folds)
         self.folds = _available_folds(self.run_dir, wanted, options.checkpoint)
         self.members = [Predictor(fold_folder(self.run_dir, k), device, options) for k in self.folds]
         _check_same_task([fold_folder(self.run_dir, k) for k in self.folds], self.members)
